@@ -1,0 +1,109 @@
+//! weir: a load balancer and reverse proxy whose every routing decision is made by a
+//! WebAssembly component.
+//!
+//! The host (this crate) does the I/O; plugins implementing the `weir:plugin` WIT worlds
+//! decide. [`Server::start`] binds the listeners of a [`config::Config`] and serves them
+//! from one [`state::Runtime`] snapshot published behind an `ArcSwap`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub mod config;
+pub mod demo;
+pub mod plugin;
+pub mod proxy;
+pub mod state;
+
+use config::Config;
+use plugin::{LoadError, PluginRuntime};
+use state::{BuildError, Runtime};
+
+/// What every connection task shares: the current snapshot and the plugin runtime.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current runtime snapshot.
+    pub runtime: ArcSwap<Runtime>,
+    /// Loads plugins for new snapshots.
+    pub plugins: PluginRuntime,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The plugin runtime could not be created.
+    #[error("plugin runtime: {0}")]
+    Runtime(#[from] LoadError),
+    /// A pool could not be built.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// A listener could not bind.
+    #[error("listener `{name}`: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy. Dropping it stops accepting and aborts its connections.
+#[derive(Debug)]
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<(String, SocketAddr)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Loads every plugin, binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let plugins = PluginRuntime::new(config.plugins.clone())?;
+        let runtime = Runtime::build(&config, &plugins, None)?;
+        let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), plugins });
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let listener = TcpListener::bind(l.listen)
+                .await
+                .map_err(|source| StartError::Bind { name: l.name.clone(), addr: l.listen, source })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind { name: l.name.clone(), addr: l.listen, source })?;
+            bound.push((listener, addr, Arc::new(l.clone())));
+        }
+        let mut listeners = Vec::with_capacity(bound.len());
+        let mut tasks = Vec::with_capacity(bound.len());
+        for (listener, addr, l) in bound {
+            tracing::info!(listener = %l.name, %addr, pool = %l.pool, "listening");
+            listeners.push((l.name.clone(), addr));
+            tasks.push(tokio::spawn(proxy::serve(listener, l, shared.clone())));
+        }
+        Ok(Self { shared, listeners, tasks })
+    }
+
+    /// The bound address of each listener, by name, in config order.
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// The bound address of the named listener.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    /// The shared state (snapshot and plugin runtime).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

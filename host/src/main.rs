@@ -1,0 +1,188 @@
+//! The `weir` command line: run, check, demo and plugin tooling.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use weir::config::{Config, PluginSettings};
+use weir::plugin::PluginRuntime;
+
+/// A load balancer whose routing decisions are WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for `weir --config F`, the same as `weir run --config F`).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the listeners of a config file.
+    Run,
+    /// Validate a config file and load every plugin it names; exit 1 on any error.
+    Check,
+    /// Start three demo backends behind the proxy and print what to try.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Plugin tooling.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Show which world a component implements, its imports, exports and size.
+    Inspect {
+        /// A `.wasm` component, or a pack name.
+        file: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the plugins embedded in this binary.
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        None | Some(Command::Run) => config_path(cli.config).and_then(|path| block_on(run(path))),
+        Some(Command::Check) => config_path(cli.config).and_then(check),
+        Some(Command::Demo { listen }) => block_on(demo(listen)),
+        Some(Command::Plugin { command }) => plugin(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    path.context("no config file: pass --config FILE (or try `weir demo`)")
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?.block_on(f)
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let server = weir::Server::start(config).await?;
+    tracing::info!(config = %path.display(), listeners = server.listeners().len(), "weir is running");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let plugins = PluginRuntime::new(config.plugins.clone())?;
+    let runtime = weir::state::Runtime::build(&config, &plugins, None)?;
+    println!(
+        "{}: ok ({} listener(s), {} pool(s))",
+        path.display(),
+        config.listeners.len(),
+        config.pools.len()
+    );
+    for (name, pool) in &runtime.pools {
+        println!("  pool {name}: {} backend(s), balancer {}", pool.view.members.len(), pool.balancer.name);
+    }
+    Ok(())
+}
+
+async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+    let text = weir::demo::config(listen).await.context("cannot start the demo backends")?;
+    let config = Config::parse(&text, None)?;
+    let backends: Vec<String> = config.pools["demo"].backends.iter().map(|b| b.address.clone()).collect();
+    let server = weir::Server::start(config).await?;
+    let addr = server.addr("demo").unwrap_or(listen);
+    println!("weir demo: proxy on http://{addr}, round-robin over 3 backends ({})", backends.join(", "));
+    println!();
+    println!("Try:");
+    println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done    # cycles demo-1, demo-2, demo-3");
+    println!("  curl -si http://{addr}/hello | grep -i x-backend");
+    println!();
+    println!("Config in use:{text}");
+    println!("Ctrl-C to stop.");
+    shutdown_signal().await;
+    Ok(())
+}
+
+fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::Inspect { file, json } => {
+            let source = if weir::plugin::pack::get(&file).is_some() && !file.ends_with(".wasm") {
+                weir::config::PluginSource::Pack(file)
+            } else {
+                weir::config::PluginSource::File(file.into())
+            };
+            let bytes = PluginRuntime::bytes(&source)?;
+            let runtime = PluginRuntime::new(PluginSettings::default())?;
+            let info = runtime.inspect(&bytes)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{info}");
+            }
+        }
+        PluginCommand::List => {
+            for name in weir::plugin::pack::names() {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! { _ = ctrl_c => {}, () = term => {} }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,401 @@
+//! The plugin runtime: one wasmtime `Engine` per process, compiled components cached on
+//! disk, one `*Pre` per loaded plugin version, and one `Store` + instance per worker
+//! thread built lazily from it.
+//!
+//! Lifetimes, longest first (STYLE rule 6): the [`Engine`] and its epoch ticker live for the
+//! process; a [`Balancer`] (a compiled component, its `BalancerPluginPre` and its config)
+//! lives while a snapshot uses it; an `InstanceState` lives in one thread's store until
+//! the plugin is dropped or the instance traps.
+//!
+//! Every call runs under an epoch deadline and a memory limit. A trap (including a blown
+//! deadline or memory limit) drops that thread's instance — wasmtime poisons an instance
+//! that trapped — and is counted and logged with the plugin's name; the next call builds a
+//! fresh one. The caller ([`crate::state::Pool::place`]) then applies `on_plugin_error`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::{PluginRef, PluginSettings, PluginSource};
+use crate::state::PoolView;
+
+mod bindings;
+mod cache;
+pub mod inspect;
+pub(crate) mod instance;
+pub mod pack;
+
+use bindings::{BalancerPluginPre, PluginError};
+use instance::{InstanceState, Live};
+
+/// How often the epoch advances; call deadlines are whole ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Deadline for `configure`, instantiation and the first call after a generation change,
+/// when a plugin may rebuild a table.
+const SLOW_CALL_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// What kind of traffic is being placed (the WIT `protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2.
+    Http2,
+    /// WebSocket upgrade.
+    WebSocket,
+    /// Opaque TCP.
+    Tcp,
+    /// TLS passthrough.
+    TlsPassthrough,
+}
+
+/// The request a plugin is asked about. The host moves it into the plugin's store for
+/// the call (no copy, no allocation) and takes it back afterwards.
+#[derive(Debug)]
+pub struct PickRequest {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Client address.
+    pub client: SocketAddr,
+    /// TLS SNI.
+    pub sni: Option<Box<str>>,
+    /// The HTTP request head, for HTTP traffic.
+    pub head: Option<http::request::Parts>,
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not in the pack.
+    #[error("no plugin `{0}` in the pack")]
+    UnknownPackName(String),
+    /// Not a valid component, or not one for this world.
+    #[error("not a usable balancer component: {0}")]
+    Component(String),
+    /// It refused its config.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// `configure` failed otherwise (trap, timeout, error).
+    #[error("configure failed: {0}")]
+    Configure(String),
+}
+
+/// Why one call did not produce a decision.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin answered `no-backend` (not a plugin failure).
+    #[error("no backend")]
+    NoBackend,
+    /// The plugin trapped; its instance was dropped.
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The call ran past its deadline; the instance was dropped.
+    #[error("deadline exceeded")]
+    Timeout,
+    /// The instance exceeded its memory limit; it was dropped.
+    #[error("memory limit exceeded")]
+    MemoryLimit,
+    /// The plugin answered `internal(..)` or `invalid-config(..)`.
+    #[error("plugin error: {0}")]
+    Plugin(String),
+    /// The plugin answered an id that is not eligible.
+    #[error("picked backend {0}, which is not eligible")]
+    InvalidBackend(u32),
+    /// A fresh instance could not be created.
+    #[error("cannot instantiate: {0}")]
+    Instantiate(String),
+}
+
+/// Per-plugin counters, shown by the admin API and asserted by tests.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Traps of any cause (including timeouts and memory).
+    pub traps: AtomicU64,
+    /// Calls past their deadline.
+    pub timeouts: AtomicU64,
+    /// Instances that hit the memory limit.
+    pub memory_limits: AtomicU64,
+    /// `internal` errors and invalid answers.
+    pub errors: AtomicU64,
+    /// Instances created.
+    pub instantiations: AtomicU64,
+}
+
+/// The process-wide engine and its epoch ticker.
+fn engine() -> Result<&'static Engine, LoadError> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut pooling = PoolingAllocationConfig::default();
+            pooling
+                .total_component_instances(2_000)
+                .total_core_instances(10_000)
+                .total_memories(2_000)
+                .total_tables(4_000)
+                .total_stacks(0)
+                .max_memory_size(1 << 30)
+                .max_core_instances_per_component(64)
+                .max_memories_per_component(16)
+                .max_tables_per_component(32)
+                .max_component_instance_size(1 << 20)
+                .max_core_instance_size(1 << 20)
+                .table_elements(100_000);
+            let mut config = WasmConfig::new();
+            config
+                .wasm_component_model(true)
+                .epoch_interruption(true)
+                .max_wasm_stack(512 << 10)
+                .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+            let engine = Engine::new(&config).map_err(|e| e.to_string())?;
+            let ticker = engine.clone();
+            std::thread::Builder::new()
+                .name("weir-epoch".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(EPOCH_TICK);
+                        ticker.increment_epoch();
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(|e| LoadError::Component(format!("cannot create the wasm engine: {e}")))
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
+}
+
+/// Loads plugins: compiles (or fetches from the disk cache), links and validates them.
+pub struct PluginRuntime {
+    engine: &'static Engine,
+    linker: Arc<Linker<InstanceState>>,
+    cache: Option<cache::DiskCache>,
+    settings: PluginSettings,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime").field("cache", &self.cache).field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// A runtime with these limits; the engine is shared by every runtime in the process.
+    pub fn new(settings: PluginSettings) -> Result<Self, LoadError> {
+        let engine = engine()?;
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| bindings::add_to_linker(&mut linker))
+            .map_err(|e| LoadError::Component(format!("cannot link host imports: {e}")))?;
+        let cache = cache::DiskCache::open(engine, settings.cache_dir.as_deref());
+        Ok(Self { engine, linker: Arc::new(linker), cache, settings })
+    }
+
+    /// Reads a plugin's bytes.
+    pub fn bytes(source: &PluginSource) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
+        match source {
+            PluginSource::Pack(name) => {
+                pack::get(name).map(std::borrow::Cow::Borrowed).ok_or_else(|| LoadError::UnknownPackName(name.clone()))
+            }
+            PluginSource::File(path) => std::fs::read(path)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|source| LoadError::Read { path: path.display().to_string(), source }),
+        }
+    }
+
+    /// Compiles a component, or loads it from the disk cache.
+    pub fn compile(&self, bytes: &[u8]) -> Result<(Component, [u8; 32]), LoadError> {
+        let sha: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(c) = self.cache.as_ref().and_then(|c| c.get(self.engine, &sha)) {
+            return Ok((c, sha));
+        }
+        let component = Component::new(self.engine, bytes).map_err(|e| LoadError::Component(format!("{e:#}")))?;
+        if let Some(c) = &self.cache {
+            c.put(&sha, &component);
+        }
+        Ok((component, sha))
+    }
+
+    /// Loads a balancer for `pool`, then validates it: a scratch instance is created and
+    /// configured, so a bad component or a bad config is an error here, never later.
+    pub fn load_balancer(&self, pool: &str, plugin: &PluginRef, view: &Arc<PoolView>) -> Result<Arc<Balancer>, LoadError> {
+        let bytes = Self::bytes(&plugin.source)?;
+        let (component, sha256) = self.compile(&bytes)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(BalancerPluginPre::new)
+            .map_err(|e| LoadError::Component(format!("{e:#}")))?;
+        let balancer = Balancer {
+            name: plugin.source.to_string().into(),
+            pool: pool.into(),
+            pre,
+            config_json: plugin.config_json.clone(),
+            sha256,
+            size: bytes.len(),
+            loaded_at: SystemTime::now(),
+            call_ticks: ticks(self.settings.call_timeout),
+            memory_limit: self.settings.memory_limit,
+            stats: PluginStats::default(),
+            instances: thread_local::ThreadLocal::new(),
+        };
+        balancer.instantiate(view).map_err(|e| match e {
+            CallError::Plugin(m) if m.starts_with("invalid config: ") => {
+                LoadError::InvalidConfig(m["invalid config: ".len()..].to_owned())
+            }
+            other => LoadError::Configure(other.to_string()),
+        })?;
+        Ok(Arc::new(balancer))
+    }
+}
+
+/// A loaded balancer plugin: one version, one config, one instance per thread.
+pub struct Balancer {
+    /// Pack name or file path.
+    pub name: Arc<str>,
+    /// The pool it serves (for logs).
+    pub pool: Arc<str>,
+    pre: BalancerPluginPre<InstanceState>,
+    config_json: String,
+    /// SHA-256 of the component bytes.
+    pub sha256: [u8; 32],
+    /// Component size in bytes.
+    pub size: usize,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    call_ticks: u64,
+    memory_limit: usize,
+    /// Counters.
+    pub stats: PluginStats,
+    instances: thread_local::ThreadLocal<std::cell::RefCell<Option<Live>>>,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer").field("name", &self.name).field("pool", &self.pool).finish_non_exhaustive()
+    }
+}
+
+impl Balancer {
+    /// Creates and configures a fresh instance.
+    fn instantiate(&self, view: &Arc<PoolView>) -> Result<Live, CallError> {
+        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let mut live = Live::new(self.pre.engine(), self.name.clone(), self.pool.clone(), self.memory_limit);
+        live.store.set_epoch_deadline(ticks(SLOW_CALL_TIMEOUT));
+        let bindings = self.pre.instantiate(&mut live.store).map_err(|e| self.classify(&live, e, true))?;
+        live.store.data_mut().pin(view);
+        let configured = bindings.weir_plugin_balancer().call_configure(&mut live.store, &self.config_json);
+        match configured {
+            Ok(Ok(())) => {}
+            Ok(Err(PluginError::InvalidConfig(m))) => return Err(CallError::Plugin(format!("invalid config: {m}"))),
+            Ok(Err(PluginError::Internal(m))) => return Err(CallError::Plugin(m)),
+            Ok(Err(PluginError::NoBackend)) => return Err(CallError::Plugin("configure answered no-backend".into())),
+            Err(e) => return Err(self.classify(&live, e, true)),
+        }
+        live.bindings = Some(bindings);
+        Ok(live)
+    }
+
+    /// Asks the plugin which backend should take `req`. Never panics and never leaves a
+    /// poisoned instance behind.
+    pub fn pick(&self, view: &Arc<PoolView>, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let cell = self.instances.get_or(|| std::cell::RefCell::new(None));
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return (req, Err(CallError::Instantiate("re-entrant call".into())));
+        };
+        if slot.is_none() {
+            match self.instantiate(view) {
+                Ok(live) => *slot = Some(live),
+                Err(e) => {
+                    tracing::warn!(plugin = %self.name, pool = %self.pool, error = %e, "plugin instance could not be created");
+                    return (req, Err(e));
+                }
+            }
+        }
+        let Some(live) = slot.as_mut() else { return (req, Err(CallError::Instantiate("no instance".into()))) };
+        let ticks = if live.generation == view.generation { self.call_ticks } else { ticks(SLOW_CALL_TIMEOUT) };
+        live.generation = view.generation;
+        live.store.set_epoch_deadline(ticks);
+        live.store.data_mut().pin(view);
+        live.store.data_mut().request = Some(req);
+        let result = match &live.bindings {
+            Some(b) => b.weir_plugin_balancer().call_pick(&mut live.store, instance::request_borrow()),
+            None => Err(wasmtime::Error::msg("instance has no bindings")),
+        };
+        // Only this function moves the request in and out, so it is always there.
+        let req = live.store.data_mut().request.take().unwrap_or_else(req_placeholder);
+        let outcome = match result {
+            Ok(Ok(id)) if view.is_eligible(id) => Ok(id),
+            Ok(Ok(id)) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %self.name, pool = %self.pool, id, "plugin picked a backend that is not eligible");
+                Err(CallError::InvalidBackend(id))
+            }
+            Ok(Err(PluginError::NoBackend)) => Err(CallError::NoBackend),
+            Ok(Err(PluginError::Internal(m) | PluginError::InvalidConfig(m))) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plugin = %self.name, pool = %self.pool, error = %m, "plugin returned an error");
+                Err(CallError::Plugin(m))
+            }
+            Err(e) => {
+                let e = self.classify(live, e, false);
+                *slot = None;
+                Err(e)
+            }
+        };
+        (req, outcome)
+    }
+
+    /// Turns a wasmtime error into a [`CallError`], counting and logging it.
+    fn classify(&self, live: &Live, e: wasmtime::Error, loading: bool) -> CallError {
+        let err = if live.store.data().memory_exceeded() {
+            self.stats.memory_limits.fetch_add(1, Ordering::Relaxed);
+            CallError::MemoryLimit
+        } else if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
+            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            CallError::Timeout
+        } else if e.downcast_ref::<wasmtime::Trap>().is_some() {
+            CallError::Trap(format!("{e:#}"))
+        } else {
+            return CallError::Instantiate(format!("{e:#}"));
+        };
+        if !loading {
+            self.stats.traps.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.name, pool = %self.pool, error = %err, "plugin trapped; instance dropped");
+        }
+        err
+    }
+}
+
+/// A stand-in request for the impossible case where the store lost the real one.
+fn req_placeholder() -> PickRequest {
+    PickRequest { protocol: Protocol::Http1, client: SocketAddr::from(([0, 0, 0, 0], 0)), sni: None, head: None }
+}
+
+/// Times one decision loop, for `weir plugin` tooling and benchmarks.
+pub fn time_picks(balancer: &Balancer, view: &Arc<PoolView>, n: u32) -> Duration {
+    let mut req = req_placeholder();
+    let start = Instant::now();
+    for _ in 0..n {
+        req = balancer.pick(view, req).0;
+    }
+    start.elapsed()
+}

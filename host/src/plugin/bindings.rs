@@ -1,0 +1,25 @@
+//! Host bindings generated from `wit/` by wasmtime's `bindgen!`, kept private; the rest of
+//! weir sees only the names re-exported here.
+
+mod generated {
+    wasmtime::component::bindgen!({
+        world: "balancer-plugin",
+        path: "../wit",
+        with: {
+            "weir:plugin/types.request": crate::plugin::instance::RequestHandle,
+        },
+    });
+}
+
+pub(crate) use generated::{BalancerPlugin, BalancerPluginPre};
+pub(crate) use generated::weir::plugin::types::{
+    Backend as WitBackend, Host as TypesHost, HostRequest, PluginError, Protocol as WitProtocol,
+};
+pub(crate) use generated::weir::plugin::{log, pool};
+
+/// Adds the `pool`, `log` and `types` imports to a linker.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<crate::plugin::instance::InstanceState>,
+) -> wasmtime::Result<()> {
+    generated::BalancerPlugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(linker, |s| s)
+}

@@ -1,0 +1,231 @@
+//! One plugin instance in one store, owned by one thread, and the host side of its
+//! imports: `pool` answered from the pinned [`PoolView`], `log` into `tracing`, the
+//! `request` resource answered lazily from the request moved into the store for the call,
+//! and WASI with nothing granted (no files, network, environment or stdio).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{self, BalancerPlugin, WitBackend, WitProtocol};
+use super::{PickRequest, Protocol};
+use crate::state::PoolView;
+
+/// The host type behind the WIT `request` resource. There is only ever one request per
+/// store (the one being placed), so a handle carries no data.
+#[derive(Debug)]
+#[allow(unreachable_pub)] // bindgen re-exports it through the generated bindings
+pub struct RequestHandle;
+
+/// The borrow handed to `pick`.
+pub(crate) fn request_borrow() -> Resource<RequestHandle> {
+    Resource::new_borrow(0)
+}
+
+/// Enforces the per-instance memory limit and remembers that it did.
+#[derive(Debug)]
+struct MemoryLimiter {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::Error::msg(format!("memory limit of {} bytes exceeded", self.limit)));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The data of one plugin store.
+pub(crate) struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    plugin: Arc<str>,
+    pool: Arc<str>,
+    view: Option<Arc<PoolView>>,
+    /// The request being placed, moved in for the duration of one call.
+    pub(crate) request: Option<PickRequest>,
+}
+
+impl InstanceState {
+    /// Pins the pool view for one call. Keeps the `Arc` between calls and swaps it only
+    /// when the view changed, so a call costs no reference-count traffic.
+    pub(crate) fn pin(&mut self, view: &Arc<PoolView>) {
+        if !self.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, view)) {
+            self.view = Some(view.clone());
+        }
+    }
+
+    pub(crate) fn memory_exceeded(&self) -> bool {
+        self.limiter.exceeded
+    }
+
+    fn view(&self) -> Option<&PoolView> {
+        self.view.as_deref()
+    }
+
+    fn head(&self) -> Option<&http::request::Parts> {
+        self.request.as_ref().and_then(|r| r.head.as_ref())
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// One thread's instance of one plugin.
+pub(crate) struct Live {
+    pub(crate) store: Store<InstanceState>,
+    pub(crate) bindings: Option<BalancerPlugin>,
+    /// The pool generation of the last call, to grant a longer deadline after a change.
+    pub(crate) generation: u64,
+}
+
+impl Live {
+    pub(crate) fn new(engine: &wasmtime::Engine, plugin: Arc<str>, pool: Arc<str>, memory_limit: usize) -> Self {
+        let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
+        let state = InstanceState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+            plugin,
+            pool,
+            view: None,
+            request: None,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limiter);
+        Self { store, bindings: None, generation: 0 }
+    }
+}
+
+impl bindings::pool::Host for InstanceState {
+    fn members(&mut self) -> Vec<WitBackend> {
+        let Some(view) = self.view() else { return Vec::new() };
+        view.members
+            .iter()
+            .enumerate()
+            .map(|(i, b)| WitBackend {
+                id: i as u32,
+                address: b.config.address.clone(),
+                weight: b.config.weight,
+                labels: b.config.labels.clone(),
+            })
+            .collect()
+    }
+
+    fn generation(&mut self) -> u64 {
+        self.view().map_or(0, |v| v.generation)
+    }
+
+    fn eligible(&mut self) -> Vec<u32> {
+        self.view().map_or_else(Vec::new, |v| v.eligible.clone())
+    }
+
+    fn active_connections(&mut self, id: u32) -> u32 {
+        self.view().and_then(|v| v.live(id)).map_or(0, |l| l.active.load(Ordering::Relaxed))
+    }
+
+    fn in_flight(&mut self, id: u32) -> u32 {
+        self.view().and_then(|v| v.live(id)).map_or(0, |l| l.in_flight.load(Ordering::Relaxed))
+    }
+
+    fn latency_ewma_us(&mut self, id: u32) -> u32 {
+        self.view().and_then(|v| v.live(id)).map_or(0, |l| l.latency_ewma_us.load(Ordering::Relaxed))
+    }
+
+    fn counter_next(&mut self, name: String) -> u64 {
+        self.view().map_or(0, |v| v.counters.next(&name))
+    }
+}
+
+impl bindings::log::Host for InstanceState {
+    fn write(&mut self, level: bindings::log::Level, message: String) {
+        use bindings::log::Level;
+        let (plugin, pool) = (&*self.plugin, &*self.pool);
+        match level {
+            Level::Trace => tracing::trace!(plugin, pool, "{message}"),
+            Level::Debug => tracing::debug!(plugin, pool, "{message}"),
+            Level::Info => tracing::info!(plugin, pool, "{message}"),
+            Level::Warn => tracing::warn!(plugin, pool, "{message}"),
+            Level::Error => tracing::error!(plugin, pool, "{message}"),
+        }
+    }
+}
+
+impl bindings::TypesHost for InstanceState {}
+
+impl bindings::HostRequest for InstanceState {
+    fn protocol(&mut self, _: Resource<RequestHandle>) -> WitProtocol {
+        match self.request.as_ref().map_or(Protocol::Tcp, |r| r.protocol) {
+            Protocol::Http1 => WitProtocol::Http1,
+            Protocol::Http2 => WitProtocol::Http2,
+            Protocol::WebSocket => WitProtocol::Websocket,
+            Protocol::Tcp => WitProtocol::Tcp,
+            Protocol::TlsPassthrough => WitProtocol::TlsPassthrough,
+        }
+    }
+
+    fn client_ip(&mut self, _: Resource<RequestHandle>) -> String {
+        self.request.as_ref().map(|r| r.client.ip().to_string()).unwrap_or_default()
+    }
+
+    fn client_port(&mut self, _: Resource<RequestHandle>) -> u16 {
+        self.request.as_ref().map_or(0, |r| r.client.port())
+    }
+
+    fn sni(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        self.request.as_ref().and_then(|r| r.sni.as_deref()).map(str::to_owned)
+    }
+
+    fn method(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        self.head().map(|h| h.method.as_str().to_owned())
+    }
+
+    fn authority(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        let head = self.head()?;
+        head.uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| head.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .map(str::to_owned)
+    }
+
+    fn path(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+        self.head().map(|h| h.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())
+    }
+
+    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
+        self.head()?.headers.get(name.as_str())?.to_str().ok().map(str::to_owned)
+    }
+
+    fn cookie(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
+        let head = self.head()?;
+        head.headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then(|| v.trim_matches('"').to_owned())
+            })
+    }
+
+    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! Upstream HTTP/1.1 connections: a per-backend stack of idle keep-alive connections, the
+//! connect with its timeout, and the response body wrapper that hands a connection back
+//! once its response has been read to the end.
+//!
+//! weir connects before it sends, rather than using a generic pooled client, so that a
+//! failed connect leaves the request untouched and it can be retried on another backend,
+//! and so that each connection in use is counted in its backend's `active` figure.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::state::BackendLive;
+
+/// An idle keep-alive connection.
+#[derive(Debug)]
+pub(crate) struct IdleConn {
+    sender: SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// The TCP connect did not finish in time.
+    #[error("connect to {addr} timed out after {after:?}")]
+    Timeout {
+        /// The backend.
+        addr: SocketAddr,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The TCP connect failed.
+    #[error("connect to {addr} failed: {source}")]
+    Io {
+        /// The backend.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP/1 handshake failed.
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The backend.
+        addr: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
+}
+
+/// Marks a connection to a backend as in use for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct ActiveGuard(Arc<BackendLive>);
+
+impl ActiveGuard {
+    pub(crate) fn new(live: Arc<BackendLive>) -> Self {
+        live.active.fetch_add(1, Ordering::Relaxed);
+        Self(live)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection taken for one request.
+#[derive(Debug)]
+pub(crate) struct Checkout {
+    pub(crate) sender: SendRequest<Incoming>,
+    pub(crate) _active: ActiveGuard,
+    /// Whether it came from the idle stack (and so may have been closed by the backend).
+    pub(crate) reused: bool,
+}
+
+/// Takes an idle connection to the backend, or opens a new one.
+pub(crate) async fn checkout(
+    live: &Arc<BackendLive>,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<Checkout, ConnectError> {
+    loop {
+        let idle = live.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let Some(mut idle) = idle else { break };
+        if idle.since.elapsed() >= idle_timeout || idle.sender.is_closed() {
+            continue;
+        }
+        // The previous response was read to the end, so this resolves at once unless the
+        // backend closed the connection meanwhile.
+        if tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await.is_ok_and(|r| r.is_ok()) {
+            return Ok(Checkout { sender: idle.sender, _active: ActiveGuard::new(live.clone()), reused: true });
+        }
+    }
+    connect(live, addr, connect_timeout).await
+}
+
+/// Opens a new connection.
+pub(crate) async fn connect(live: &Arc<BackendLive>, addr: SocketAddr, timeout: Duration) -> Result<Checkout, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Err(_) => return Err(ConnectError::Timeout { addr, after: timeout }),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(Checkout { sender, _active: ActiveGuard::new(live.clone()), reused: false })
+}
+
+/// A response body from a backend. When it has been read to the end its connection goes
+/// back on the backend's idle stack; if it is dropped early the connection is closed.
+#[derive(Debug)]
+pub(crate) struct UpstreamBody {
+    inner: Incoming,
+    conn: Option<Checkout>,
+    live: Arc<BackendLive>,
+    max_idle: usize,
+    finished: bool,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(inner: Incoming, conn: Checkout, live: Arc<BackendLive>, max_idle: usize) -> Self {
+        Self { inner, conn: Some(conn), live, max_idle, finished: false }
+    }
+
+    fn release(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if self.max_idle == 0 || conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.live.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(IdleConn { sender: conn.sender, since: Instant::now() });
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                self.finished = true;
+                self.release();
+            }
+            Poll::Ready(Some(Err(_))) => self.conn = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.finished || self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The runtime snapshot: every pool with its backends, its eligible set and its loaded
+//! plugins, built from a [`Config`] and published whole behind one `ArcSwap`.
+//!
+//! A snapshot is immutable. What changes per request lives beside it in atomics
+//! ([`BackendLive`]: active connections, in-flight requests, latency EWMA, idle upstream
+//! connections), shared by address with the next snapshot so a rebuild keeps them
+//! (STYLE rule 3). Plugins read the pool through [`PoolView`], pinned for the duration of
+//! one call so `members`, `eligible` and `generation` always agree.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{BackendConfig, Config, OnPluginError, PluginSource, PoolConfig};
+use crate::plugin::{Balancer, CallError, LoadError, PickRequest, PluginRuntime};
+
+/// Generations never repeat, across pools and rebuilds.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Live, per-backend state that survives snapshot rebuilds.
+#[derive(Debug, Default)]
+pub struct BackendLive {
+    /// Open connections (upstream HTTP connections in use, tunnels).
+    pub active: AtomicU32,
+    /// Requests sent and not yet answered.
+    pub in_flight: AtomicU32,
+    /// Response-head latency EWMA in µs (0 = no sample yet).
+    pub latency_ewma_us: AtomicU32,
+    /// Requests (or connections) placed on this backend.
+    pub requests: AtomicU64,
+    /// Connect failures.
+    pub connect_failures: AtomicU64,
+    /// Idle upstream keep-alive connections.
+    pub(crate) idle: Mutex<Vec<crate::proxy::upstream::IdleConn>>,
+}
+
+impl BackendLive {
+    /// Folds one latency sample into the EWMA (weight 1/8 for the new sample).
+    pub fn observe_latency(&self, micros: u32) {
+        let _ = self.latency_ewma_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(if old == 0 { micros.max(1) } else { ((u64::from(old) * 7 + u64::from(micros)) / 8).max(1) as u32 })
+        });
+    }
+}
+
+/// One backend in one snapshot.
+#[derive(Debug)]
+pub struct Backend {
+    /// What the config said.
+    pub config: BackendConfig,
+    /// Live state, shared across snapshots by address.
+    pub live: Arc<BackendLive>,
+}
+
+/// Named counters of a pool (`pool.counter-next`), shared across snapshots and plugins.
+#[derive(Debug, Default)]
+pub struct Counters {
+    map: ArcSwap<HashMap<Box<str>, Arc<AtomicU64>>>,
+    grow: Mutex<()>,
+}
+
+impl Counters {
+    /// Returns the counter's value and advances it. Lock-free once the name exists.
+    pub fn next(&self, name: &str) -> u64 {
+        if let Some(c) = self.map.load().get(name) {
+            return c.fetch_add(1, Ordering::Relaxed);
+        }
+        let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.map.load_full();
+        if let Some(c) = current.get(name) {
+            return c.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut next = (*current).clone();
+        next.insert(name.into(), Arc::new(AtomicU64::new(1)));
+        self.map.store(Arc::new(next));
+        0
+    }
+}
+
+/// What a plugin sees of its pool during one call.
+#[derive(Debug)]
+pub struct PoolView {
+    /// Pool name.
+    pub name: Arc<str>,
+    /// Changes with membership, weights or health; never repeats.
+    pub generation: u64,
+    /// All backends, config order; index = backend id.
+    pub members: Vec<Backend>,
+    /// Ids of backends that may take new work, ascending.
+    pub eligible: Vec<u32>,
+    /// `eligible_mask[id]` iff `eligible` contains `id`.
+    eligible_mask: Vec<bool>,
+    /// Shared counters.
+    pub counters: Arc<Counters>,
+}
+
+impl PoolView {
+    /// Whether backend `id` may take new work.
+    pub fn is_eligible(&self, id: u32) -> bool {
+        self.eligible_mask.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// The live state of backend `id`, if it exists.
+    pub fn live(&self, id: u32) -> Option<&BackendLive> {
+        self.members.get(id as usize).map(|b| &*b.live)
+    }
+}
+
+/// The outcome of placing one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Send it to this backend id.
+    Backend(u32),
+    /// No backend can take it (503).
+    NoBackend,
+    /// The plugin failed and the pool's policy is `reject` (503).
+    Rejected,
+}
+
+/// One pool in one snapshot.
+#[derive(Debug)]
+pub struct Pool {
+    /// What the config said.
+    pub config: PoolConfig,
+    /// The plugin-visible view.
+    pub view: Arc<PoolView>,
+    /// The balancer.
+    pub balancer: Arc<Balancer>,
+}
+
+impl Pool {
+    /// Places a request: asks the balancer, and applies `on_plugin_error` when it fails.
+    /// `avoid` is a backend that just failed to connect; if the plugin picks it again the
+    /// next eligible backend is used instead. Gives the request back for the I/O.
+    pub fn place(&self, req: PickRequest, avoid: Option<u32>) -> (PickRequest, Placement) {
+        let view = &self.view;
+        if view.eligible.is_empty() {
+            return (req, Placement::NoBackend);
+        }
+        let (req, outcome) = self.balancer.pick(view, req);
+        let placement = match outcome {
+            Ok(id) if Some(id) == avoid => self.next_after(id),
+            Ok(id) => Placement::Backend(id),
+            Err(CallError::NoBackend) => Placement::NoBackend,
+            Err(_) => match self.config.on_plugin_error {
+                OnPluginError::Reject => Placement::Rejected,
+                OnPluginError::Fallback => self.fallback(avoid),
+            },
+        };
+        (req, placement)
+    }
+
+    /// The built-in round robin over eligible backends.
+    fn fallback(&self, avoid: Option<u32>) -> Placement {
+        let n = self.view.counters.next("weir.fallback");
+        let e = &self.view.eligible;
+        let id = e[(n % e.len() as u64) as usize];
+        if Some(id) == avoid { self.next_after(id) } else { Placement::Backend(id) }
+    }
+
+    /// The eligible backend after `id`, wrapping; `id` itself if it is the only one.
+    fn next_after(&self, id: u32) -> Placement {
+        let e = &self.view.eligible;
+        let pos = e.partition_point(|&x| x <= id);
+        Placement::Backend(e[pos % e.len()])
+    }
+}
+
+/// One complete runtime snapshot.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Pools by name.
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    /// When it was built.
+    pub built_at: Instant,
+}
+
+/// Why a snapshot could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A plugin did not load or refused its config.
+    #[error("pool `{pool}`: balancer `{plugin}`: {source}")]
+    Plugin {
+        /// Pool.
+        pool: String,
+        /// Plugin source.
+        plugin: String,
+        /// Why.
+        source: LoadError,
+    },
+}
+
+impl Runtime {
+    /// Builds a snapshot; reuses live backend state and counters from `previous`.
+    pub fn build(config: &Config, plugins: &PluginRuntime, previous: Option<&Runtime>) -> Result<Self, BuildError> {
+        let mut pools = BTreeMap::new();
+        for (name, pc) in &config.pools {
+            let old = previous.and_then(|p| p.pools.get(name));
+            let name: Arc<str> = Arc::from(name.as_str());
+            let members: Vec<Backend> = pc
+                .backends
+                .iter()
+                .map(|b| {
+                    let live = old
+                        .and_then(|o| o.view.members.iter().find(|m| m.config.address == b.address))
+                        .map_or_else(Default::default, |m| m.live.clone());
+                    Backend { config: b.clone(), live }
+                })
+                .collect();
+            let eligible: Vec<u32> = members
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.config.weight > 0)
+                .map(|(i, _)| i as u32)
+                .collect();
+            let mut eligible_mask = vec![false; members.len()];
+            for &i in &eligible {
+                eligible_mask[i as usize] = true;
+            }
+            let view = Arc::new(PoolView {
+                name: name.clone(),
+                generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+                members,
+                eligible,
+                eligible_mask,
+                counters: old.map_or_else(Default::default, |o| o.view.counters.clone()),
+            });
+            let balancer = match old {
+                Some(o) if o.config.balancer == pc.balancer && matches!(pc.balancer.source, PluginSource::Pack(_)) => {
+                    o.balancer.clone()
+                }
+                _ => plugins.load_balancer(&name, &pc.balancer, &view).map_err(|source| BuildError::Plugin {
+                    pool: name.to_string(),
+                    plugin: pc.balancer.source.to_string(),
+                    source,
+                })?,
+            };
+            pools.insert(name.to_string(), Arc::new(Pool { config: pc.clone(), view, balancer }));
+        }
+        Ok(Runtime { pools, built_at: Instant::now() })
+    }
+}

@@ -1,0 +1,110 @@
+//! What several weir plugins need, written once: bindings to the host imports (`pool`,
+//! `log`, the `request` resource), config parsing that turns a bad key into
+//! `invalid-config` instead of a trap, and a per-instance cache of the pool that is
+//! refreshed only when the host's generation changes.
+//!
+//! A plugin crate generates the bindings for its own world and maps the shared
+//! interfaces onto the ones here:
+//!
+//! ```ignore
+//! wit_bindgen::generate!({
+//!     world: "balancer-plugin",
+//!     path: "../../wit",
+//!     with: {
+//!         "weir:plugin/types@0.1.0": weir_guest::types,
+//!         "weir:plugin/pool@0.1.0": weir_guest::pool,
+//!         "weir:plugin/log@0.1.0": weir_guest::log,
+//!     },
+//! });
+//! ```
+
+mod bindings {
+    wit_bindgen::generate!({
+        inline: "
+            package weir:guest;
+            world imports {
+                import weir:plugin/pool@0.1.0;
+                import weir:plugin/log@0.1.0;
+            }
+        ",
+        path: "../../wit",
+        generate_all,
+    });
+}
+
+pub use bindings::weir::plugin::{log, pool, types};
+use serde::de::DeserializeOwned;
+use types::{Backend, BackendId, PluginError};
+
+/// Parses a plugin's JSON config into `T`; any error becomes `invalid-config` with
+/// serde's message, which names the offending key. Use `#[serde(deny_unknown_fields)]`
+/// on `T` so a misspelt key is refused rather than ignored.
+pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
+    serde_json::from_str(json).map_err(|e| PluginError::InvalidConfig(e.to_string()))
+}
+
+/// Accepts only an empty config (`{}` or `null`), for plugins that take no options.
+pub fn no_config(json: &str) -> Result<(), PluginError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Empty {}
+    match json.trim() {
+        "" | "null" => Ok(()),
+        _ => parse_config::<Empty>(json).map(|_| ()),
+    }
+}
+
+/// A per-instance copy of the pool, refreshed only when the host's generation changes.
+///
+/// Reading `pool.generation` is one cheap host call; the lists are copied into the
+/// plugin only after a change, never per request.
+#[derive(Debug, Default)]
+pub struct PoolCache {
+    generation: Option<u64>,
+    eligible: Vec<BackendId>,
+    members: Vec<Backend>,
+    members_loaded: bool,
+}
+
+impl PoolCache {
+    /// An empty cache; the first [`PoolCache::refresh`] fills it.
+    pub const fn new() -> Self {
+        Self { generation: None, eligible: Vec::new(), members: Vec::new(), members_loaded: false }
+    }
+
+    /// Re-reads the eligible list if the generation changed. Returns true when it did,
+    /// so a plugin can rebuild what it derives from the pool (a ring, a table).
+    pub fn refresh(&mut self) -> bool {
+        let generation = pool::generation();
+        if self.generation == Some(generation) {
+            return false;
+        }
+        self.generation = Some(generation);
+        self.eligible = pool::eligible();
+        self.members.clear();
+        self.members_loaded = false;
+        true
+    }
+
+    /// The ids that may take new work, ascending, as of the last refresh.
+    pub fn eligible(&self) -> &[BackendId] {
+        &self.eligible
+    }
+
+    /// Every configured backend as of the last refresh, loaded on first use.
+    pub fn members(&mut self) -> &[Backend] {
+        if !self.members_loaded {
+            self.members = pool::members();
+            self.members_loaded = true;
+        }
+        &self.members
+    }
+}
+
+/// Writes a log line through the host, formatted like `format!`.
+#[macro_export]
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {
+        $crate::log::write($crate::log::Level::$level, &format!($($arg)*))
+    };
+}

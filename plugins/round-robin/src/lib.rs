@@ -1,0 +1,47 @@
+//! `round-robin`: a strict global cycle over the eligible backends.
+//!
+//! The position is a host counter shared by every instance on every thread, so N
+//! requests over k eligible backends give each exactly N/k (±1), however many worker
+//! threads serve them. Weights are ignored (see `weighted-round-robin`).
+
+use std::cell::RefCell;
+
+use weir_guest::PoolCache;
+use weir_guest::pool;
+use weir_guest::types::{BackendId, PluginError, Request};
+
+wit_bindgen::generate!({
+    world: "balancer-plugin",
+    path: "../../wit",
+    with: {
+        "weir:plugin/types@0.1.0": weir_guest::types,
+        "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/log@0.1.0": weir_guest::log,
+    },
+});
+
+thread_local! {
+    static POOL: RefCell<PoolCache> = const { RefCell::new(PoolCache::new()) };
+}
+
+struct RoundRobin;
+
+impl exports::weir::plugin::balancer::Guest for RoundRobin {
+    fn configure(config: String) -> Result<(), PluginError> {
+        weir_guest::no_config(&config)
+    }
+
+    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+        POOL.with_borrow_mut(|cache| {
+            cache.refresh();
+            let eligible = cache.eligible();
+            if eligible.is_empty() {
+                return Err(PluginError::NoBackend);
+            }
+            let n = pool::counter_next("round-robin");
+            Ok(eligible[(n % eligible.len() as u64) as usize])
+        })
+    }
+}
+
+export!(RoundRobin);
