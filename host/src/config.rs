@@ -449,7 +449,11 @@ impl Cx<'_> {
         for (i, l) in file.listeners.into_iter().enumerate() {
             let key = format!("listener[{i}]");
             let listen = l.listen.get_ref().parse::<SocketAddr>().map_err(|e| {
-                self.spanned(&l.listen, format!("{key}.listen"), format!("`{}` is not ip:port: {e}", l.listen.get_ref()))
+                self.spanned(
+                    &l.listen,
+                    format!("{key}.listen"),
+                    format!("`{}` is not ip:port: {e}", l.listen.get_ref()),
+                )
             })?;
             let pool_exists = |p: &Spanned<String>, k: String| {
                 if pools.contains_key(p.get_ref()) {

@@ -68,10 +68,16 @@ impl Server {
         let shared = Arc::new(Shared { runtime: ArcSwap::from_pointee(runtime), plugins });
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            let listener = TcpListener::bind(l.listen)
-                .await
-                .map_err(|source| StartError::Bind { name: l.name.clone(), addr: l.listen, source })?;
-            let addr = listener.local_addr().map_err(|source| StartError::Bind { name: l.name.clone(), addr: l.listen, source })?;
+            let listener = TcpListener::bind(l.listen).await.map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
+            let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?;
             bound.push((listener, addr, Arc::new(l.clone())));
         }
         let mut listeners = Vec::with_capacity(bound.len());

@@ -95,7 +95,11 @@ fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the tokio runtime")?.block_on(f)
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(f)
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
@@ -111,12 +115,7 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let plugins = PluginRuntime::new(config.plugins.clone())?;
     let runtime = weir::state::Runtime::build(&config, &plugins, None)?;
-    println!(
-        "{}: ok ({} listener(s), {} pool(s))",
-        path.display(),
-        config.listeners.len(),
-        config.pools.len()
-    );
+    println!("{}: ok ({} listener(s), {} pool(s))", path.display(), config.listeners.len(), config.pools.len());
     for (name, pool) in &runtime.pools {
         println!("  pool {name}: {} backend(s), balancer {}", pool.view.members.len(), pool.balancer.name);
     }

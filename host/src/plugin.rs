@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
@@ -192,7 +192,10 @@ pub struct PluginRuntime {
 
 impl std::fmt::Debug for PluginRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRuntime").field("cache", &self.cache).field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("PluginRuntime")
+            .field("cache", &self.cache)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -235,7 +238,12 @@ impl PluginRuntime {
 
     /// Loads a balancer for `pool`, then validates it: a scratch instance is created and
     /// configured, so a bad component or a bad config is an error here, never later.
-    pub fn load_balancer(&self, pool: &str, plugin: &PluginRef, view: &Arc<PoolView>) -> Result<Arc<Balancer>, LoadError> {
+    pub fn load_balancer(
+        &self,
+        pool: &str,
+        plugin: &PluginRef,
+        view: &Arc<PoolView>,
+    ) -> Result<Arc<Balancer>, LoadError> {
         let bytes = Self::bytes(&plugin.source)?;
         let (component, sha256) = self.compile(&bytes)?;
         let pre = self
@@ -284,7 +292,7 @@ pub struct Balancer {
     memory_limit: usize,
     /// Counters.
     pub stats: PluginStats,
-    instances: thread_local::ThreadLocal<std::cell::RefCell<Option<Live>>>,
+    instances: thread_local::ThreadLocal<std::cell::RefCell<Slot>>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -317,22 +325,29 @@ impl Balancer {
     /// poisoned instance behind.
     pub fn pick(&self, view: &Arc<PoolView>, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let cell = self.instances.get_or(|| std::cell::RefCell::new(None));
+        let cell = self.instances.get_or(Default::default);
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return (req, Err(CallError::Instantiate("re-entrant call".into())));
         };
-        if slot.is_none() {
+        let slot = &mut *slot;
+        if slot.live.is_none() {
             match self.instantiate(view) {
-                Ok(live) => *slot = Some(live),
+                Ok(live) => slot.live = Some(live),
                 Err(e) => {
                     tracing::warn!(plugin = %self.name, pool = %self.pool, error = %e, "plugin instance could not be created");
                     return (req, Err(e));
                 }
             }
         }
-        let Some(live) = slot.as_mut() else { return (req, Err(CallError::Instantiate("no instance".into()))) };
-        let ticks = if live.generation == view.generation { self.call_ticks } else { ticks(SLOW_CALL_TIMEOUT) };
-        live.generation = view.generation;
+        let Some(live) = slot.live.as_mut() else { return (req, Err(CallError::Instantiate("no instance".into()))) };
+        // The first call on this thread after a generation change may rebuild tables: it
+        // gets the long deadline, once, so an instance that traps is not granted it again.
+        let ticks = if slot.graced == view.generation {
+            self.call_ticks
+        } else {
+            slot.graced = view.generation;
+            ticks(SLOW_CALL_TIMEOUT)
+        };
         live.store.set_epoch_deadline(ticks);
         live.store.data_mut().pin(view);
         live.store.data_mut().request = Some(req);
@@ -357,7 +372,7 @@ impl Balancer {
             }
             Err(e) => {
                 let e = self.classify(live, e, false);
-                *slot = None;
+                slot.live = None;
                 Err(e)
             }
         };
@@ -385,17 +400,15 @@ impl Balancer {
     }
 }
 
+/// One thread's instance of a plugin, and the generation it was last granted the long
+/// deadline for.
+#[derive(Default)]
+struct Slot {
+    live: Option<Live>,
+    graced: u64,
+}
+
 /// A stand-in request for the impossible case where the store lost the real one.
 fn req_placeholder() -> PickRequest {
     PickRequest { protocol: Protocol::Http1, client: SocketAddr::from(([0, 0, 0, 0], 0)), sni: None, head: None }
-}
-
-/// Times one decision loop, for `weir plugin` tooling and benchmarks.
-pub fn time_picks(balancer: &Balancer, view: &Arc<PoolView>, n: u32) -> Duration {
-    let mut req = req_placeholder();
-    let start = Instant::now();
-    for _ in 0..n {
-        req = balancer.pick(view, req).0;
-    }
-    start.elapsed()
 }

@@ -126,7 +126,12 @@ fn route<'a>(config: &'a ListenerConfig, head: &http::request::Parts) -> &'a str
 }
 
 /// Handles one request end to end. Never fails: every error becomes a response.
-async fn handle(req: Request<Incoming>, peer: SocketAddr, config: &ListenerConfig, shared: &Shared) -> Response<ProxyBody> {
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    config: &ListenerConfig,
+    shared: &Shared,
+) -> Response<ProxyBody> {
     let (mut head, body) = req.into_parts();
     let pool_name = route(config, &head);
     prepare_upstream_head(&mut head, peer);
@@ -142,7 +147,10 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, config: &ListenerConfi
         let id = match placement {
             Placement::Backend(id) => id,
             Placement::NoBackend => {
-                return local(StatusCode::SERVICE_UNAVAILABLE, format!("weir: no eligible backend in pool `{}`", pool.view.name));
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("weir: no eligible backend in pool `{}`", pool.view.name),
+                );
             }
             Placement::Rejected => {
                 return local(
@@ -161,7 +169,10 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, config: &ListenerConfi
                     avoid = Some(id);
                     continue;
                 }
-                return local(StatusCode::BAD_GATEWAY, format!("weir: cannot connect to a backend of pool `{}`: {e}", pool.view.name));
+                return local(
+                    StatusCode::BAD_GATEWAY,
+                    format!("weir: cannot connect to a backend of pool `{}`: {e}", pool.view.name),
+                );
             }
             Err(Failure::Response(res)) => return res,
         }
@@ -189,7 +200,8 @@ async fn forward(
     let live = &backend.live;
     let addr = backend.config.socket_addr;
     let cfg = &pool.config;
-    let mut conn = upstream::checkout(live, addr, cfg.connect_timeout, cfg.idle_timeout).await.map_err(Failure::Connect)?;
+    let mut conn =
+        upstream::checkout(live, addr, cfg.connect_timeout, cfg.idle_timeout).await.map_err(Failure::Connect)?;
     live.requests.fetch_add(1, Ordering::Relaxed);
 
     let (Some(head), Some(incoming)) = (pick.head.take(), body.take()) else {
@@ -201,7 +213,12 @@ async fn forward(
     let started = Instant::now();
     let result = loop {
         match tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(request)).await {
-            Err(_) => break Err(local(StatusCode::GATEWAY_TIMEOUT, format!("weir: backend {} did not answer in {:?}", backend.config.address, cfg.response_timeout))),
+            Err(_) => {
+                break Err(local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("weir: backend {} did not answer in {:?}", backend.config.address, cfg.response_timeout),
+                ));
+            }
             Ok(Ok(res)) => break Ok(res),
             Ok(Err(mut e)) => match e.take_message() {
                 // A reused keep-alive connection the backend had closed: nothing was sent,
@@ -221,7 +238,10 @@ async fn forward(
                 }
                 _ => {
                     let e = e.into_error();
-                    break Err(local(StatusCode::BAD_GATEWAY, format!("weir: backend {} failed: {e}", backend.config.address)));
+                    break Err(local(
+                        StatusCode::BAD_GATEWAY,
+                        format!("weir: backend {} failed: {e}", backend.config.address),
+                    ));
                 }
             },
         }
@@ -314,11 +334,8 @@ mod tests {
 
     #[test]
     fn forwarded_headers_are_added_and_appended() {
-        let req = Request::builder()
-            .uri("http://example.com/a?b=1")
-            .header("x-forwarded-for", "192.0.2.7")
-            .body(())
-            .unwrap();
+        let req =
+            Request::builder().uri("http://example.com/a?b=1").header("x-forwarded-for", "192.0.2.7").body(()).unwrap();
         let (mut head, ()) = req.into_parts();
         prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap());
         assert_eq!(head.uri, "/a?b=1");

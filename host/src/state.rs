@@ -210,12 +210,8 @@ impl Runtime {
                     Backend { config: b.clone(), live }
                 })
                 .collect();
-            let eligible: Vec<u32> = members
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.config.weight > 0)
-                .map(|(i, _)| i as u32)
-                .collect();
+            let eligible: Vec<u32> =
+                members.iter().enumerate().filter(|(_, b)| b.config.weight > 0).map(|(i, _)| i as u32).collect();
             let mut eligible_mask = vec![false; members.len()];
             for &i in &eligible {
                 eligible_mask[i as usize] = true;

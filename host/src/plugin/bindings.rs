@@ -11,11 +11,11 @@ mod generated {
     });
 }
 
-pub(crate) use generated::{BalancerPlugin, BalancerPluginPre};
 pub(crate) use generated::weir::plugin::types::{
     Backend as WitBackend, Host as TypesHost, HostRequest, PluginError, Protocol as WitProtocol,
 };
 pub(crate) use generated::weir::plugin::{log, pool};
+pub(crate) use generated::{BalancerPlugin, BalancerPluginPre};
 
 /// Adds the `pool`, `log` and `types` imports to a linker.
 pub(crate) fn add_to_linker(

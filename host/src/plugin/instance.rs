@@ -90,8 +90,6 @@ impl WasiView for InstanceState {
 pub(crate) struct Live {
     pub(crate) store: Store<InstanceState>,
     pub(crate) bindings: Option<BalancerPlugin>,
-    /// The pool generation of the last call, to grant a longer deadline after a change.
-    pub(crate) generation: u64,
 }
 
 impl Live {
@@ -108,7 +106,7 @@ impl Live {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
-        Self { store, bindings: None, generation: 0 }
+        Self { store, bindings: None }
     }
 }
 

@@ -107,7 +107,11 @@ pub(crate) async fn checkout(
 }
 
 /// Opens a new connection.
-pub(crate) async fn connect(live: &Arc<BackendLive>, addr: SocketAddr, timeout: Duration) -> Result<Checkout, ConnectError> {
+pub(crate) async fn connect(
+    live: &Arc<BackendLive>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Checkout, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),

@@ -1,0 +1,28 @@
+# weir — common tasks. `just --list` shows them.
+
+# Build the weir binary (the build script builds and embeds the plugin pack).
+build:
+    cargo build --release
+
+# Build only the plugin pack and the test fixtures (wasm32-wasip2 components).
+plugins:
+    cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/wasm
+    cargo build --release --target wasm32-wasip2 --manifest-path tests/fixtures/Cargo.toml --target-dir target/wasm
+
+# Run every test (the same command as the README and CI).
+test:
+    cargo test
+
+# Format check and clippy with warnings denied, host and plugins.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+    cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --target-dir target/wasm -- -D warnings
+
+# Benchmarks (figures go to BENCHMARKS.md with the command that made them).
+bench:
+    cargo bench --bench decision
+
+# Three demo backends behind the proxy on 127.0.0.1:8080.
+demo:
+    cargo run -- demo

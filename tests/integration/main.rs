@@ -1,0 +1,8 @@
+//! weir's integration tests, compiled into one binary: real sockets on 127.0.0.1:0, real
+//! upstreams started in-process, real plugins compiled to WebAssembly, real clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_debug_implementations)]
+
+mod cli;
+mod plugins;
+mod proxy;
+mod support;
