@@ -188,6 +188,10 @@ pub struct PluginRuntime {
     linker: Arc<Linker<InstanceState>>,
     cache: Option<cache::DiskCache>,
     settings: PluginSettings,
+    /// Components compiled by cranelift (cache misses).
+    pub compiled: AtomicU64,
+    /// Components loaded from the disk cache.
+    pub cache_hits: AtomicU64,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -208,7 +212,14 @@ impl PluginRuntime {
             .and_then(|()| bindings::add_to_linker(&mut linker))
             .map_err(|e| LoadError::Component(format!("cannot link host imports: {e}")))?;
         let cache = cache::DiskCache::open(engine, settings.cache_dir.as_deref());
-        Ok(Self { engine, linker: Arc::new(linker), cache, settings })
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+            settings,
+            compiled: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+        })
     }
 
     /// Reads a plugin's bytes.
@@ -227,8 +238,10 @@ impl PluginRuntime {
     pub fn compile(&self, bytes: &[u8]) -> Result<(Component, [u8; 32]), LoadError> {
         let sha: [u8; 32] = Sha256::digest(bytes).into();
         if let Some(c) = self.cache.as_ref().and_then(|c| c.get(self.engine, &sha)) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok((c, sha));
         }
+        self.compiled.fetch_add(1, Ordering::Relaxed);
         let component = Component::new(self.engine, bytes).map_err(|e| LoadError::Component(format!("{e:#}")))?;
         if let Some(c) = &self.cache {
             c.put(&sha, &component);

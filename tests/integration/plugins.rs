@@ -105,3 +105,29 @@ async fn a_file_that_is_not_a_component_is_a_load_error() {
     let err = weir::Server::start(config).await.unwrap_err().to_string();
     assert!(err.contains("not a usable balancer component"), "{err}");
 }
+
+#[test]
+fn compiled_plugins_are_cached_on_disk_across_restarts() {
+    use weir::config::{PluginSettings, PluginSource};
+    use weir::plugin::PluginRuntime;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = PluginSettings { cache_dir: Some(dir.path().to_owned()), ..PluginSettings::default() };
+    let bytes = PluginRuntime::bytes(&PluginSource::Pack("round-robin".into())).unwrap();
+
+    let first = PluginRuntime::new(settings.clone()).unwrap();
+    first.compile(&bytes).unwrap();
+    assert_eq!((first.compiled.load(Ordering::Relaxed), first.cache_hits.load(Ordering::Relaxed)), (1, 0));
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(entries.len(), 1);
+
+    // A "restart": a new runtime on the same directory loads instead of compiling.
+    let second = PluginRuntime::new(settings.clone()).unwrap();
+    second.compile(&bytes).unwrap();
+    assert_eq!((second.compiled.load(Ordering::Relaxed), second.cache_hits.load(Ordering::Relaxed)), (0, 1));
+
+    // A damaged entry is dropped and recompiled, never trusted.
+    std::fs::write(entries[0].path(), b"garbage").unwrap();
+    let third = PluginRuntime::new(settings).unwrap();
+    third.compile(&bytes).unwrap();
+    assert_eq!(third.compiled.load(Ordering::Relaxed), 1);
+}
