@@ -170,6 +170,9 @@ struct FileBackend {
     /// Relative weight. Default 1; 0 takes no new work.
     #[serde(default = "one")]
     weight: u32,
+    /// Most open connections at once (0 or absent: no limit). Reloadable.
+    #[serde(default)]
+    max_connections: u32,
     /// Labels passed to plugins.
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -324,6 +327,8 @@ pub struct BackendConfig {
     pub socket_addr: SocketAddr,
     /// Weight.
     pub weight: u32,
+    /// Most open connections (0 = no limit).
+    pub max_connections: u32,
     /// Labels.
     pub labels: Vec<(String, String)>,
 }
@@ -423,6 +428,7 @@ impl Cx<'_> {
                     address,
                     socket_addr,
                     weight: b.weight,
+                    max_connections: b.max_connections,
                     labels: b.labels.into_iter().collect(),
                 });
             }

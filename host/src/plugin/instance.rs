@@ -120,6 +120,7 @@ impl bindings::pool::Host for InstanceState {
                 id: i as u32,
                 address: b.config.address.clone(),
                 weight: b.config.weight,
+                max_connections: b.config.max_connections,
                 labels: b.config.labels.clone(),
             })
             .collect()

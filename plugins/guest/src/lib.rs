@@ -1,7 +1,9 @@
 //! What several weir plugins need, written once: bindings to the host imports (`pool`,
 //! `log`, the `request` resource), config parsing that turns a bad key into
-//! `invalid-config` instead of a trap, and a per-instance cache of the pool that is
-//! refreshed only when the host's generation changes.
+//! `invalid-config` instead of a trap, a per-instance cache of the pool that is
+//! refreshed only when the host's generation changes, the pack's one hash function
+//! ([`hash`]), hash keys ([`key`]), a fast random source ([`rng`]) and the selection
+//! primitives several algorithms share ([`select`]).
 //!
 //! A plugin crate generates the bindings for its own world and maps the shared
 //! interfaces onto the ones here:
@@ -33,6 +35,11 @@ mod bindings {
 }
 
 pub use bindings::weir::plugin::{log, pool, types};
+
+pub mod hash;
+pub mod key;
+pub mod rng;
+pub mod select;
 use serde::de::DeserializeOwned;
 use types::{Backend, BackendId, PluginError};
 
@@ -62,28 +69,35 @@ pub fn no_config(json: &str) -> Result<(), PluginError> {
 pub struct PoolCache {
     generation: Option<u64>,
     eligible: Vec<BackendId>,
+    eligible_weights: Vec<u32>,
+    total_weight: u64,
     members: Vec<Backend>,
-    members_loaded: bool,
 }
 
 impl PoolCache {
     /// An empty cache; the first [`PoolCache::refresh`] fills it.
     pub const fn new() -> Self {
-        Self { generation: None, eligible: Vec::new(), members: Vec::new(), members_loaded: false }
+        Self { generation: None, eligible: Vec::new(), eligible_weights: Vec::new(), total_weight: 0, members: Vec::new() }
     }
 
-    /// Re-reads the eligible list if the generation changed. Returns true when it did,
-    /// so a plugin can rebuild what it derives from the pool (a ring, a table).
+    /// Re-reads the pool if the generation changed. Returns true when it did, so a
+    /// plugin can rebuild what it derives from the pool (a ring, a table).
     pub fn refresh(&mut self) -> bool {
         let generation = pool::generation();
         if self.generation == Some(generation) {
             return false;
         }
         self.generation = Some(generation);
+        self.members = pool::members();
         self.eligible = pool::eligible();
-        self.members.clear();
-        self.members_loaded = false;
+        self.eligible_weights = self.eligible.iter().map(|&id| self.weight(id)).collect();
+        self.total_weight = self.eligible_weights.iter().map(|&w| u64::from(w)).sum();
         true
+    }
+
+    /// The generation of the last refresh.
+    pub fn generation(&self) -> Option<u64> {
+        self.generation
     }
 
     /// The ids that may take new work, ascending, as of the last refresh.
@@ -91,13 +105,29 @@ impl PoolCache {
         &self.eligible
     }
 
-    /// Every configured backend as of the last refresh, loaded on first use.
-    pub fn members(&mut self) -> &[Backend] {
-        if !self.members_loaded {
-            self.members = pool::members();
-            self.members_loaded = true;
-        }
+    /// Weights of [`PoolCache::eligible`], in the same order.
+    pub fn eligible_weights(&self) -> &[u32] {
+        &self.eligible_weights
+    }
+
+    /// Sum of the eligible backends' weights.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// Every configured backend (`members()[id].id == id`), as of the last refresh.
+    pub fn members(&self) -> &[Backend] {
         &self.members
+    }
+
+    /// Weight of backend `id` (0 if unknown).
+    pub fn weight(&self, id: BackendId) -> u32 {
+        self.members.get(id as usize).map_or(0, |b| b.weight)
+    }
+
+    /// Address of backend `id` (empty if unknown): its stable identity for hashing.
+    pub fn address(&self, id: BackendId) -> &str {
+        self.members.get(id as usize).map_or("", |b| b.address.as_str())
     }
 }
 

@@ -6,8 +6,7 @@
 
 use std::cell::RefCell;
 
-use weir_guest::PoolCache;
-use weir_guest::pool;
+use weir_guest::{PoolCache, select};
 use weir_guest::types::{BackendId, PluginError, Request};
 
 wit_bindgen::generate!({
@@ -34,12 +33,7 @@ impl exports::weir::plugin::balancer::Guest for RoundRobin {
     fn pick(_req: &Request) -> Result<BackendId, PluginError> {
         POOL.with_borrow_mut(|cache| {
             cache.refresh();
-            let eligible = cache.eligible();
-            if eligible.is_empty() {
-                return Err(PluginError::NoBackend);
-            }
-            let n = pool::counter_next("round-robin");
-            Ok(eligible[(n % eligible.len() as u64) as usize])
+            select::round_robin(cache, "round-robin")
         })
     }
 }

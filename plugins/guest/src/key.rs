@@ -1,0 +1,86 @@
+//! Hash keys for the hashing balancers: what part of a request picks its backend.
+//!
+//! `key = "client-ip" | "header:NAME" | "cookie:NAME" | "path" | "query:NAME"` in a
+//! plugin's config. A request without the key (no such header, cookie or parameter) is
+//! placed by the plugin's fallback algorithm instead.
+
+use crate::types::{PluginError, Request};
+
+/// What to hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// A request header, by name.
+    Header(String),
+    /// A cookie, by name.
+    Cookie(String),
+    /// The path, without the query.
+    Path,
+    /// A query parameter, by name.
+    Query(String),
+}
+
+impl Default for HashKey {
+    fn default() -> Self {
+        HashKey::ClientIp
+    }
+}
+
+impl std::str::FromStr for HashKey {
+    type Err = PluginError;
+
+    fn from_str(s: &str) -> Result<Self, PluginError> {
+        let named = |prefix: &str| s.strip_prefix(prefix).filter(|n| !n.is_empty()).map(str::to_owned);
+        Ok(match s {
+            "client-ip" => HashKey::ClientIp,
+            "path" => HashKey::Path,
+            _ => {
+                if let Some(n) = named("header:") {
+                    HashKey::Header(n.to_ascii_lowercase())
+                } else if let Some(n) = named("cookie:") {
+                    HashKey::Cookie(n)
+                } else if let Some(n) = named("query:") {
+                    HashKey::Query(n)
+                } else {
+                    return Err(PluginError::InvalidConfig(format!(
+                        "key: `{s}` is not one of client-ip, header:NAME, cookie:NAME, path, query:NAME"
+                    )));
+                }
+            }
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HashKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|e| match e {
+            PluginError::InvalidConfig(m) | PluginError::Internal(m) => serde::de::Error::custom(m),
+            PluginError::NoBackend => serde::de::Error::custom("invalid key"),
+        })
+    }
+}
+
+impl HashKey {
+    /// The key's value for this request, if it has one.
+    pub fn extract(&self, req: &Request) -> Option<String> {
+        match self {
+            HashKey::ClientIp => Some(req.client_ip()),
+            HashKey::Header(name) => req.header(name),
+            HashKey::Cookie(name) => req.cookie(name),
+            HashKey::Path => req.path().map(|p| match p.split_once('?') {
+                Some((path, _)) => path.to_owned(),
+                None => p,
+            }),
+            HashKey::Query(name) => {
+                let path = req.path()?;
+                let (_, query) = path.split_once('?')?;
+                query.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == name).then(|| v.to_owned())
+                })
+            }
+        }
+    }
+}

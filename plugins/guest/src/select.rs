@@ -1,0 +1,121 @@
+//! Selection primitives shared by the balancers, so that each algorithm is written once:
+//! the plugins named after them call these, and the hashing plugins call them as their
+//! fallback when a request has no key.
+//!
+//! All take the instance's [`PoolCache`] (refreshed by the caller) and read live load
+//! from the host (`pool.active-connections`, `pool.in-flight`), which is global across
+//! threads.
+
+use crate::types::{BackendId, PluginError};
+use crate::{PoolCache, pool, rng};
+
+/// Load figure of a backend for least-load algorithms: open connections (WebSocket
+/// tunnels and upstream connections in use) plus requests in flight.
+pub fn load(id: BackendId) -> u64 {
+    u64::from(pool::active_connections(id)) + u64::from(pool::in_flight(id))
+}
+
+/// Weighted random: each eligible backend with probability weight / total weight.
+pub fn random(cache: &PoolCache) -> Result<BackendId, PluginError> {
+    let total = cache.total_weight();
+    if total == 0 {
+        return Err(PluginError::NoBackend);
+    }
+    let mut r = rng::below(total);
+    for (&id, &w) in cache.eligible().iter().zip(cache.eligible_weights()) {
+        let w = u64::from(w);
+        if r < w {
+            return Ok(id);
+        }
+        r -= w;
+    }
+    cache.eligible().last().copied().ok_or(PluginError::NoBackend)
+}
+
+/// Power of two choices: two distinct backends drawn at random (weighted), the one with
+/// the lower `cost / weight` wins. Near-optimal balance for the price of two reads.
+pub fn p2c(cache: &PoolCache, cost: impl Fn(BackendId) -> u64) -> Result<BackendId, PluginError> {
+    let eligible = cache.eligible();
+    match eligible.len() {
+        0 => return Err(PluginError::NoBackend),
+        1 => return Ok(eligible[0]),
+        _ => {}
+    }
+    let a = random(cache)?;
+    let mut b = random(cache)?;
+    for _ in 0..4 {
+        if b != a {
+            break;
+        }
+        b = random(cache)?;
+    }
+    if b == a {
+        // Very uneven weights: take any other backend.
+        let i = rng::below(eligible.len() as u64 - 1) as usize;
+        b = eligible.iter().copied().filter(|&x| x != a).nth(i).unwrap_or(a);
+    }
+    let score = |id: BackendId| cost(id) as f64 / f64::from(cache.weight(id).max(1));
+    Ok(if score(b) < score(a) { b } else { a })
+}
+
+/// Least connections, weight-aware (`load / weight`), ties broken at random.
+/// O(eligible) per call, which is why p2c exists.
+pub fn least_connections(cache: &PoolCache) -> Result<BackendId, PluginError> {
+    let mut best: Option<(u64, u64, BackendId)> = None; // (load numerator, weight, id)
+    let mut ties = 0u64;
+    for (&id, &w) in cache.eligible().iter().zip(cache.eligible_weights()) {
+        let (l, w) = (load(id), u64::from(w.max(1)));
+        match best {
+            // Compare l / w with bl / bw without division.
+            Some((bl, bw, _)) if u128::from(l) * u128::from(bw) > u128::from(bl) * u128::from(w) => {}
+            Some((bl, bw, _)) if u128::from(l) * u128::from(bw) == u128::from(bl) * u128::from(w) => {
+                ties += 1;
+                if rng::below(ties + 1) == 0 {
+                    best = Some((l, w, id));
+                }
+            }
+            _ => {
+                best = Some((l, w, id));
+                ties = 0;
+            }
+        }
+    }
+    best.map(|(_, _, id)| id).ok_or(PluginError::NoBackend)
+}
+
+/// What a hashing balancer does with a request that has no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// Power of two choices on load (the default).
+    #[default]
+    P2c,
+    /// Weighted random.
+    Random,
+    /// Least connections.
+    LeastConnections,
+    /// Global round robin.
+    RoundRobin,
+}
+
+impl Fallback {
+    /// Places a request without a key.
+    pub fn pick(self, cache: &PoolCache) -> Result<BackendId, PluginError> {
+        match self {
+            Fallback::P2c => p2c(cache, load),
+            Fallback::Random => random(cache),
+            Fallback::LeastConnections => least_connections(cache),
+            Fallback::RoundRobin => round_robin(cache, "round-robin"),
+        }
+    }
+}
+
+/// Strict global round robin over the eligible backends, on the named host counter.
+pub fn round_robin(cache: &PoolCache, counter: &str) -> Result<BackendId, PluginError> {
+    let eligible = cache.eligible();
+    if eligible.is_empty() {
+        return Err(PluginError::NoBackend);
+    }
+    let n = pool::counter_next(counter);
+    Ok(eligible[(n % eligible.len() as u64) as usize])
+}
