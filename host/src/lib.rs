@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod plugin;
 pub mod proxy;
+pub mod simulate;
 pub mod state;
 
 use config::Config;

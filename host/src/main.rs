@@ -60,6 +60,46 @@ enum PluginCommand {
     },
     /// List the plugins embedded in this binary.
     List,
+    /// Run a balancer offline against a simulated pool: share per backend, max/mean load,
+    /// keys remapped by a pool change, ns per decision.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// A pack name or a `.wasm` component.
+    #[arg(long)]
+    plugin: String,
+    /// The plugin's config as JSON.
+    #[arg(long, default_value = "{}")]
+    plugin_config: String,
+    /// Number of equal backends.
+    #[arg(long, default_value_t = 10)]
+    backends: u32,
+    /// Weights, one per backend (overrides --backends), e.g. 5,1,1.
+    #[arg(long, value_delimiter = ',')]
+    weights: Vec<u32>,
+    /// Requests to place [default: --keys, else 100000].
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Distinct hash keys (client ip, x-key header, key cookie, /k/KEY path, key= query).
+    #[arg(long, default_value_t = 0)]
+    keys: u64,
+    /// Connections stay open, so load accumulates.
+    #[arg(long)]
+    long_lived: bool,
+    /// Latency EWMA per backend in µs, e.g. 1000,1000,10000.
+    #[arg(long, value_delimiter = ',')]
+    latency_us: Vec<u32>,
+    /// Remove this many backends after the run and report the keys remapped.
+    #[arg(long, default_value_t = 0)]
+    remove: u32,
+    /// Add this many backends after the run and report the keys remapped.
+    #[arg(long, default_value_t = 0)]
+    add: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +200,31 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::List => {
             for name in weir::plugin::pack::names() {
                 println!("{name}");
+            }
+        }
+        PluginCommand::Simulate(a) => {
+            use weir::simulate::{Scenario, SimBackend};
+            let backends = if a.weights.is_empty() {
+                vec![SimBackend::equal(); a.backends as usize]
+            } else {
+                a.weights.iter().map(|&weight| SimBackend { weight, max_connections: 0 }).collect()
+            };
+            let scenario = Scenario {
+                plugin: a.plugin,
+                config_json: a.plugin_config,
+                backends,
+                requests: a.requests.unwrap_or(if a.keys > 0 { a.keys } else { 100_000 }),
+                keys: a.keys,
+                long_lived: a.long_lived,
+                latency_us: a.latency_us,
+                remove: a.remove,
+                add: a.add,
+            };
+            let report = scenario.run()?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
             }
         }
     }

@@ -156,12 +156,18 @@ fn engine() -> Result<&'static Engine, LoadError> {
                 .max_core_instance_size(1 << 20)
                 .table_elements(100_000);
             let mut config = WasmConfig::new();
-            config
-                .wasm_component_model(true)
-                .epoch_interruption(true)
-                .max_wasm_stack(512 << 10)
-                .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-            let engine = Engine::new(&config).map_err(|e| e.to_string())?;
+            config.wasm_component_model(true).epoch_interruption(true).max_wasm_stack(512 << 10);
+            // The pooling allocator reserves its address space up front; where that is
+            // refused (a low `ulimit -v`, some sandboxes) fall back to allocating on demand.
+            let engine =
+                match Engine::new(config.clone().allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))) {
+                    Ok(engine) => engine,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pooling allocator unavailable; instances are allocated on demand");
+                        Engine::new(config.allocation_strategy(InstanceAllocationStrategy::OnDemand))
+                            .map_err(|e| e.to_string())?
+                    }
+                };
             let ticker = engine.clone();
             std::thread::Builder::new()
                 .name("weir-epoch".into())

@@ -209,7 +209,7 @@ async fn forward(
     };
     let mut request = Request::from_parts(head, incoming);
 
-    live.in_flight.fetch_add(1, Ordering::Relaxed);
+    live.request_started();
     let started = Instant::now();
     let result = loop {
         match tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(request)).await {
@@ -228,7 +228,7 @@ async fn forward(
                     match upstream::connect(live, addr, cfg.connect_timeout).await {
                         Ok(fresh) => conn = fresh,
                         Err(e) => {
-                            live.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            live.request_finished();
                             let (head, b) = request.into_parts();
                             pick.head = Some(head);
                             *body = Some(b);
@@ -246,7 +246,7 @@ async fn forward(
             },
         }
     };
-    live.in_flight.fetch_sub(1, Ordering::Relaxed);
+    live.request_finished();
     let res = result.map_err(Failure::Response)?;
     live.observe_latency(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
 

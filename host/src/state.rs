@@ -21,8 +21,10 @@ use crate::plugin::{Balancer, CallError, LoadError, PickRequest, PluginRuntime};
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// Live, per-backend state that survives snapshot rebuilds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackendLive {
+    /// The pool-wide figures this backend adds to.
+    pool: Arc<PoolLive>,
     /// Open connections (upstream HTTP connections in use, tunnels).
     pub active: AtomicU32,
     /// Requests sent and not yet answered.
@@ -38,6 +40,42 @@ pub struct BackendLive {
 }
 
 impl BackendLive {
+    fn new(pool: Arc<PoolLive>) -> Self {
+        Self {
+            pool,
+            active: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            latency_ewma_us: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A connection to this backend opened (or was taken from the idle stack).
+    pub fn open(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.pool.total_load.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection opened with [`BackendLive::open`] closed (or went idle).
+    pub fn close(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool.total_load.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A request was sent to this backend.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.pool.total_load.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request sent with [`BackendLive::request_started`] got its answer (or failed).
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.total_load.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Folds one latency sample into the EWMA (weight 1/8 for the new sample).
     pub fn observe_latency(&self, micros: u32) {
         let _ = self.latency_ewma_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
@@ -55,14 +93,17 @@ pub struct Backend {
     pub live: Arc<BackendLive>,
 }
 
-/// Named counters of a pool (`pool.counter-next`), shared across snapshots and plugins.
+/// Live figures of a whole pool, shared across snapshots and plugins: the named
+/// counters of `pool.counter-next` and the pool's total load.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub struct PoolLive {
     map: ArcSwap<HashMap<Box<str>, Arc<AtomicU64>>>,
     grow: Mutex<()>,
+    /// Sum of `active + in_flight` over the pool's backends.
+    pub total_load: AtomicU64,
 }
 
-impl Counters {
+impl PoolLive {
     /// Returns the counter's value and advances it. Lock-free once the name exists.
     pub fn next(&self, name: &str) -> u64 {
         if let Some(c) = self.map.load().get(name) {
@@ -93,8 +134,8 @@ pub struct PoolView {
     pub eligible: Vec<u32>,
     /// `eligible_mask[id]` iff `eligible` contains `id`.
     eligible_mask: Vec<bool>,
-    /// Shared counters.
-    pub counters: Arc<Counters>,
+    /// Pool-wide live figures (counters, total load).
+    pub live: Arc<PoolLive>,
 }
 
 impl PoolView {
@@ -155,7 +196,7 @@ impl Pool {
 
     /// The built-in round robin over eligible backends.
     fn fallback(&self, avoid: Option<u32>) -> Placement {
-        let n = self.view.counters.next("weir.fallback");
+        let n = self.view.live.next("weir.fallback");
         let e = &self.view.eligible;
         let id = e[(n % e.len() as u64) as usize];
         if Some(id) == avoid { self.next_after(id) } else { Placement::Backend(id) }
@@ -200,13 +241,14 @@ impl Runtime {
         for (name, pc) in &config.pools {
             let old = previous.and_then(|p| p.pools.get(name));
             let name: Arc<str> = Arc::from(name.as_str());
+            let pool_live: Arc<PoolLive> = old.map_or_else(Default::default, |o| o.view.live.clone());
             let members: Vec<Backend> = pc
                 .backends
                 .iter()
                 .map(|b| {
                     let live = old
                         .and_then(|o| o.view.members.iter().find(|m| m.config.address == b.address))
-                        .map_or_else(Default::default, |m| m.live.clone());
+                        .map_or_else(|| Arc::new(BackendLive::new(pool_live.clone())), |m| m.live.clone());
                     Backend { config: b.clone(), live }
                 })
                 .collect();
@@ -222,7 +264,7 @@ impl Runtime {
                 members,
                 eligible,
                 eligible_mask,
-                counters: old.map_or_else(Default::default, |o| o.view.counters.clone()),
+                live: pool_live,
             });
             let balancer = match old {
                 Some(o) if o.config.balancer == pc.balancer && matches!(pc.balancer.source, PluginSource::Pack(_)) => {

@@ -3,6 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_debug_implementations)]
 
 mod cli;
+mod pack;
+mod pack_hashing;
+mod pack_load;
 mod plugins;
 mod proxy;
 mod support;

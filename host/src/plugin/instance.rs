@@ -147,7 +147,11 @@ impl bindings::pool::Host for InstanceState {
     }
 
     fn counter_next(&mut self, name: String) -> u64 {
-        self.view().map_or(0, |v| v.counters.next(&name))
+        self.view().map_or(0, |v| v.live.next(&name))
+    }
+
+    fn total_load(&mut self) -> u64 {
+        self.view().map_or(0, |v| v.live.total_load.load(Ordering::Relaxed))
     }
 }
 

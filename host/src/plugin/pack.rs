@@ -3,8 +3,12 @@
 
 include!(concat!(env!("OUT_DIR"), "/pack.rs"));
 
-/// The component bytes of a pack plugin.
+/// Other names users know an algorithm by: `(alias, pack name)`.
+pub const ALIASES: &[(&str, &str)] = &[("least-request", "p2c")];
+
+/// The component bytes of a pack plugin, by name or alias.
 pub fn get(name: &str) -> Option<&'static [u8]> {
+    let name = ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name, |(_, real)| real);
     PACK.iter().find(|(n, _)| *n == name).map(|(_, bytes)| *bytes)
 }
 

@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -64,14 +63,14 @@ pub(crate) struct ActiveGuard(Arc<BackendLive>);
 
 impl ActiveGuard {
     pub(crate) fn new(live: Arc<BackendLive>) -> Self {
-        live.active.fetch_add(1, Ordering::Relaxed);
+        live.open();
         Self(live)
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.close();
     }
 }
 

@@ -1,0 +1,378 @@
+//! Offline simulation: a real plugin in the real runtime against a simulated pool, with no
+//! sockets. It powers `weir plugin simulate` and the algorithm property tests.
+//!
+//! Backends get stable fake addresses (`10.0.x.y:80`) that are never connected to. Load is
+//! simulated by opening and closing connections on the backends' live counters, exactly
+//! the figures the proxy maintains, so a plugin sees what it would see in production.
+//! Membership changes rebuild the snapshot the way a config reload does: live counters
+//! and the loaded plugin are kept, and the plugin sees a new generation.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::config::{BackendConfig, Config, OnPluginError, PluginRef, PluginSettings, PluginSource, PoolConfig};
+use crate::plugin::{LoadError, PickRequest, PluginRuntime, PluginStats, Protocol};
+use crate::state::{BuildError, Placement, Pool, Runtime};
+
+const POOL: &str = "sim";
+
+/// A simulated backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimBackend {
+    /// Weight (0 = never eligible).
+    pub weight: u32,
+    /// `max_connections` (0 = no limit).
+    pub max_connections: u32,
+}
+
+impl SimBackend {
+    /// Weight 1, no connection limit.
+    pub const fn equal() -> Self {
+        Self { weight: 1, max_connections: 0 }
+    }
+}
+
+/// Why a simulation could not be set up or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The plugin runtime could not start.
+    #[error("plugin runtime: {0}")]
+    Runtime(#[from] LoadError),
+    /// The plugin did not load or refused its config.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// The config is not JSON.
+    #[error("plugin config is not JSON: {0}")]
+    Config(#[from] serde_json::Error),
+    /// No backend with that id.
+    #[error("no backend {0}")]
+    NoSuchBackend(u32),
+}
+
+/// A plugin running against a simulated pool.
+#[derive(Debug)]
+pub struct Sim {
+    plugins: PluginRuntime,
+    config: Config,
+    runtime: Runtime,
+    next_address: u32,
+}
+
+impl Sim {
+    /// Loads `plugin` (a pack name, or a path to a `.wasm` component) with `config_json`
+    /// for a pool of `backends`.
+    pub fn new(plugin: &str, config_json: &str, backends: &[SimBackend]) -> Result<Self, SimError> {
+        let value: serde_json::Value = serde_json::from_str(config_json)?;
+        let source = if plugin.ends_with(".wasm") || plugin.contains('/') {
+            PluginSource::File(plugin.into())
+        } else {
+            PluginSource::Pack(plugin.to_owned())
+        };
+        let plugins = PluginRuntime::new(PluginSettings::default())?;
+        let mut next_address = 0;
+        let pool = PoolConfig {
+            name: POOL.into(),
+            backends: backends.iter().map(|b| fake_backend(&mut next_address, *b)).collect(),
+            balancer: PluginRef { source, config_json: value.to_string() },
+            on_plugin_error: OnPluginError::Reject,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle_per_backend: 0,
+        };
+        let config = Config {
+            source: None,
+            plugins: PluginSettings::default(),
+            listeners: Vec::new(),
+            pools: BTreeMap::from([(POOL.to_owned(), pool)]),
+        };
+        let runtime = Runtime::build(&config, &plugins, None)?;
+        Ok(Self { plugins, config, runtime, next_address })
+    }
+
+    fn rebuild(&mut self, change: impl FnOnce(&mut Vec<BackendConfig>)) -> Result<(), SimError> {
+        let mut config = self.config.clone();
+        if let Some(pool) = config.pools.get_mut(POOL) {
+            change(&mut pool.backends);
+        }
+        self.runtime = Runtime::build(&config, &self.plugins, Some(&self.runtime))?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// The pool as the proxy sees it.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.runtime.pools[POOL]
+    }
+
+    /// The request the plugin is asked about for `key`: client ip derived from the key,
+    /// header `x-key`, cookie `key`, path `/k/{key}?key={key}`. `None`: client 192.0.2.1,
+    /// path `/`, and no header, cookie or query.
+    pub fn request(key: Option<u64>) -> PickRequest {
+        let mut builder = http::Request::builder().header("host", "sim.example");
+        let client = match key {
+            Some(k) => {
+                let text = k.to_string();
+                builder = builder
+                    .uri(format!("/k/{text}?key={text}"))
+                    .header("x-key", HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0")))
+                    .header("cookie", format!("key={text}"));
+                let ip = 0x0b00_0000u32.wrapping_add(k as u32); // 11.0.0.0 + k
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), 40_000)
+            }
+            None => {
+                builder = builder.uri("/");
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 40_000)
+            }
+        };
+        let head = builder.body(()).ok().map(|r| r.into_parts().0);
+        PickRequest { protocol: Protocol::Http1, client, sni: None, head }
+    }
+
+    /// Places one request for `key` (see [`Sim::request`]).
+    pub fn pick(&self, key: Option<u64>) -> Placement {
+        self.pool().place(Self::request(key), None).1
+    }
+
+    /// Places a prepared request, returning it for reuse.
+    pub fn place(&self, req: PickRequest) -> (PickRequest, Placement) {
+        self.pool().place(req, None)
+    }
+
+    fn live(&self, id: u32) -> Option<&crate::state::BackendLive> {
+        self.pool().view.live(id)
+    }
+
+    /// Opens a long-lived connection to backend `id`.
+    pub fn open(&self, id: u32) {
+        if let Some(l) = self.live(id) {
+            l.open();
+        }
+    }
+
+    /// Closes a connection opened with [`Sim::open`].
+    pub fn close(&self, id: u32) {
+        if let Some(l) = self.live(id) {
+            l.close();
+        }
+    }
+
+    /// Open connections of backend `id`.
+    pub fn active(&self, id: u32) -> u32 {
+        self.live(id).map_or(0, |l| l.active.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sets backend `id`'s latency EWMA.
+    pub fn set_latency_us(&self, id: u32, us: u32) {
+        if let Some(l) = self.live(id) {
+            l.latency_ewma_us.store(us, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The stable address of backend `id` (empty if there is none).
+    pub fn address(&self, id: u32) -> String {
+        self.pool().view.members.get(id as usize).map(|b| b.config.address.clone()).unwrap_or_default()
+    }
+
+    /// Removes backend `id`; later ids shift down by one. Live state of the others is kept.
+    pub fn remove(&mut self, id: u32) -> Result<(), SimError> {
+        if id as usize >= self.len() {
+            return Err(SimError::NoSuchBackend(id));
+        }
+        self.rebuild(|l| {
+            l.remove(id as usize);
+        })
+    }
+
+    /// Adds a backend at the end, with a new address.
+    pub fn add(&mut self, b: SimBackend) -> Result<(), SimError> {
+        let backend = fake_backend(&mut self.next_address, b);
+        self.rebuild(|l| l.push(backend))
+    }
+
+    /// Number of backends.
+    pub fn len(&self) -> usize {
+        self.pool().view.members.len()
+    }
+
+    /// Whether the pool has no backends.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The plugin's counters (traps, errors, ...).
+    pub fn stats(&self) -> &PluginStats {
+        &self.pool().balancer.stats
+    }
+}
+
+/// A backend with the next unused fake address (`10.0.x.y:80`, never connected to).
+fn fake_backend(next: &mut u32, b: SimBackend) -> BackendConfig {
+    let n = *next;
+    *next += 1;
+    let socket_addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, (n >> 8) as u8, n as u8)), 80 + (n >> 16) as u16);
+    BackendConfig {
+        address: socket_addr.to_string(),
+        socket_addr,
+        weight: b.weight,
+        max_connections: b.max_connections,
+        labels: Vec::new(),
+    }
+}
+
+/// What `weir plugin simulate` runs.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Pack name or `.wasm` path.
+    pub plugin: String,
+    /// Plugin config, JSON.
+    pub config_json: String,
+    /// The pool.
+    pub backends: Vec<SimBackend>,
+    /// Requests (or connections) to place.
+    pub requests: u64,
+    /// Distinct hash keys, cycled over the requests; 0 = requests carry no key.
+    pub keys: u64,
+    /// Connections stay open, so load accumulates.
+    pub long_lived: bool,
+    /// Latency EWMA per backend, µs (shorter lists leave the rest at 0).
+    pub latency_us: Vec<u32>,
+    /// Backends to remove (the last ones) after the run.
+    pub remove: u32,
+    /// Backends to add after the run.
+    pub add: u32,
+}
+
+/// One backend's row of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendRow {
+    /// Address.
+    pub address: String,
+    /// Weight.
+    pub weight: u32,
+    /// Requests placed on it.
+    pub picks: u64,
+    /// Its share of the placed requests.
+    pub share: f64,
+    /// Open connections at the end (long-lived runs).
+    pub active: u32,
+}
+
+/// The outcome of a scenario.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Plugin.
+    pub plugin: String,
+    /// Per backend, in pool order.
+    pub backends: Vec<BackendRow>,
+    /// Requests placed.
+    pub placed: u64,
+    /// Requests the plugin could not place (no backend, or it failed).
+    pub unplaced: u64,
+    /// Busiest backend's picks over the mean of the eligible backends' picks.
+    pub max_over_mean: f64,
+    /// Fraction of keys mapped to another backend after the pool change, if there was one.
+    pub remapped: Option<f64>,
+    /// Mean time of one placement through the runtime, ns (timed around each call).
+    pub ns_per_decision: f64,
+    /// Traps during the run.
+    pub traps: u64,
+}
+
+impl Scenario {
+    /// Runs the scenario.
+    pub fn run(&self) -> Result<Report, SimError> {
+        let mut sim = Sim::new(&self.plugin, &self.config_json, &self.backends)?;
+        for (id, &us) in self.latency_us.iter().enumerate() {
+            sim.set_latency_us(id as u32, us);
+        }
+        let mut picks = vec![0u64; sim.len()];
+        let (mut unplaced, mut nanos) = (0u64, 0u128);
+        for i in 0..self.requests {
+            let req = Sim::request((self.keys > 0).then(|| i % self.keys));
+            let started = std::time::Instant::now();
+            let (_, placement) = sim.place(req);
+            nanos += started.elapsed().as_nanos();
+            match placement {
+                Placement::Backend(id) => {
+                    picks[id as usize] += 1;
+                    if self.long_lived {
+                        sim.open(id);
+                    }
+                }
+                Placement::NoBackend | Placement::Rejected => unplaced += 1,
+            }
+        }
+        let placed = self.requests - unplaced;
+        let backends: Vec<BackendRow> = picks
+            .iter()
+            .enumerate()
+            .map(|(id, &n)| BackendRow {
+                address: sim.address(id as u32),
+                weight: self.backends[id].weight,
+                picks: n,
+                share: if placed == 0 { 0.0 } else { n as f64 / placed as f64 },
+                active: sim.active(id as u32),
+            })
+            .collect();
+        let eligible = self.backends.iter().filter(|b| b.weight > 0).count().max(1);
+        let mean = placed as f64 / eligible as f64;
+        let max = picks.iter().copied().max().unwrap_or(0) as f64;
+
+        let remapped = if self.keys > 0 && (self.remove > 0 || self.add > 0) {
+            let map = |sim: &Sim| -> Vec<String> {
+                (0..self.keys)
+                    .map(|k| match sim.pick(Some(k)) {
+                        Placement::Backend(id) => sim.address(id),
+                        _ => String::new(),
+                    })
+                    .collect()
+            };
+            let before = map(&sim);
+            for _ in 0..self.remove.min(sim.len() as u32) {
+                sim.remove(sim.len() as u32 - 1)?;
+            }
+            for _ in 0..self.add {
+                sim.add(SimBackend::equal())?;
+            }
+            let after = map(&sim);
+            let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+            Some(moved as f64 / self.keys as f64)
+        } else {
+            None
+        };
+        Ok(Report {
+            plugin: self.plugin.clone(),
+            backends,
+            placed,
+            unplaced,
+            max_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
+            remapped,
+            ns_per_decision: if self.requests == 0 { 0.0 } else { nanos as f64 / self.requests as f64 },
+            traps: sim.stats().traps.load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "plugin {}: {} placed, {} unplaced", self.plugin, self.placed, self.unplaced)?;
+        writeln!(f, "{:<18} {:>6} {:>10} {:>8} {:>8}", "backend", "weight", "picks", "share", "active")?;
+        for b in &self.backends {
+            writeln!(f, "{:<18} {:>6} {:>10} {:>7.2}% {:>8}", b.address, b.weight, b.picks, b.share * 100.0, b.active)?;
+        }
+        writeln!(f, "max/mean        {:.3}", self.max_over_mean)?;
+        if let Some(r) = self.remapped {
+            writeln!(f, "keys remapped   {r:.4} ({:.1}%)", r * 100.0)?;
+        }
+        writeln!(f, "ns/decision     {:.0}", self.ns_per_decision)?;
+        if self.traps > 0 {
+            writeln!(f, "traps           {}", self.traps)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! Every plugin of the embedded pack works in a config and serves real traffic.
+
+use std::collections::HashMap;
+
+use http::StatusCode;
+
+use crate::support::{self, Upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pack_plugin_serves_traffic() {
+    let ups = [Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let client = support::client();
+    let names: Vec<&str> =
+        weir::plugin::pack::names().chain(weir::plugin::pack::ALIASES.iter().map(|(a, _)| *a)).collect();
+    assert!(names.len() >= 2, "{names:?}");
+    for name in names {
+        let server =
+            support::start(&support::config_text(&addrs, &format!("balancer = {{ plugin = \"{name}\" }}"))).await;
+        let url = format!("http://{}/", server.addr("main").unwrap());
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for _ in 0..30 {
+            let (status, body) = support::get(&client, &url).await;
+            assert_eq!(status, StatusCode::OK, "{name}: {body}");
+            *seen.entry(body).or_default() += 1;
+        }
+        let stats = &server.shared().runtime.load().pools["p"].balancer.stats;
+        let traps = stats.traps.load(std::sync::atomic::Ordering::Relaxed);
+        let errors = stats.errors.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((traps, errors), (0, 0), "{name} failed while serving");
+        assert!(seen.keys().all(|k| ["a", "b", "c"].contains(&k.as_str())), "{name}: {seen:?}");
+    }
+}
