@@ -7,9 +7,10 @@
 use crate::types::{PluginError, Request};
 
 /// What to hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum HashKey {
-    /// The client's IP address.
+    /// The client's IP address (the default).
+    #[default]
     ClientIp,
     /// A request header, by name.
     Header(String),
@@ -19,12 +20,6 @@ pub enum HashKey {
     Path,
     /// A query parameter, by name.
     Query(String),
-}
-
-impl Default for HashKey {
-    fn default() -> Self {
-        HashKey::ClientIp
-    }
 }
 
 impl std::str::FromStr for HashKey {

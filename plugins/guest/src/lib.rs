@@ -38,16 +38,30 @@ pub use bindings::weir::plugin::{log, pool, types};
 
 pub mod hash;
 pub mod key;
+pub mod ring;
 pub mod rng;
 pub mod select;
 use serde::de::DeserializeOwned;
 use types::{Backend, BackendId, PluginError};
 
 /// Parses a plugin's JSON config into `T`; any error becomes `invalid-config` with
-/// serde's message, which names the offending key. Use `#[serde(deny_unknown_fields)]`
-/// on `T` so a misspelt key is refused rather than ignored.
+/// serde's message, prefixed by the path of the offending key (`factor: invalid type:
+/// string "x", expected f64 ...`). Use `#[serde(deny_unknown_fields)]` on `T` so a
+/// misspelt key is refused rather than ignored.
 pub fn parse_config<T: DeserializeOwned>(json: &str) -> Result<T, PluginError> {
-    serde_json::from_str(json).map_err(|e| PluginError::InvalidConfig(e.to_string()))
+    let mut de = serde_json::Deserializer::from_str(json);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        // The top level (`.`) names nothing; a message may already start with its key.
+        if path == "." || message.starts_with(&format!("{path}:")) {
+            PluginError::InvalidConfig(message)
+        } else {
+            PluginError::InvalidConfig(format!("{path}: {message}"))
+        }
+    })?;
+    de.end().map_err(|e| PluginError::InvalidConfig(e.to_string()))?;
+    Ok(value)
 }
 
 /// Accepts only an empty config (`{}` or `null`), for plugins that take no options.
@@ -77,7 +91,13 @@ pub struct PoolCache {
 impl PoolCache {
     /// An empty cache; the first [`PoolCache::refresh`] fills it.
     pub const fn new() -> Self {
-        Self { generation: None, eligible: Vec::new(), eligible_weights: Vec::new(), total_weight: 0, members: Vec::new() }
+        Self {
+            generation: None,
+            eligible: Vec::new(),
+            eligible_weights: Vec::new(),
+            total_weight: 0,
+            members: Vec::new(),
+        }
     }
 
     /// Re-reads the pool if the generation changed. Returns true when it did, so a

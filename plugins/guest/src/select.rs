@@ -35,10 +35,23 @@ pub fn random(cache: &PoolCache) -> Result<BackendId, PluginError> {
 /// Power of two choices: two distinct backends drawn at random (weighted), the one with
 /// the lower `cost / weight` wins. Near-optimal balance for the price of two reads.
 pub fn p2c(cache: &PoolCache, cost: impl Fn(BackendId) -> u64) -> Result<BackendId, PluginError> {
+    let (a, b) = match two_choices(cache)? {
+        (a, Some(b)) => (a, b),
+        (a, None) => return Ok(a),
+    };
+    let score = |id: BackendId| cost(id) as f64 / f64::from(cache.weight(id).max(1));
+    Ok(if score(b) < score(a) { b } else { a })
+}
+
+/// The two candidates of power of two choices: two distinct eligible backends, each drawn
+/// at random with probability weight / total weight (the second is `None` when only one
+/// backend is eligible). For balancers that compare the pair themselves (`peak-ewma`);
+/// [`p2c`] is this plus a `cost / weight` comparison.
+pub fn two_choices(cache: &PoolCache) -> Result<(BackendId, Option<BackendId>), PluginError> {
     let eligible = cache.eligible();
     match eligible.len() {
         0 => return Err(PluginError::NoBackend),
-        1 => return Ok(eligible[0]),
+        1 => return Ok((eligible[0], None)),
         _ => {}
     }
     let a = random(cache)?;
@@ -54,8 +67,7 @@ pub fn p2c(cache: &PoolCache, cost: impl Fn(BackendId) -> u64) -> Result<Backend
         let i = rng::below(eligible.len() as u64 - 1) as usize;
         b = eligible.iter().copied().filter(|&x| x != a).nth(i).unwrap_or(a);
     }
-    let score = |id: BackendId| cost(id) as f64 / f64::from(cache.weight(id).max(1));
-    Ok(if score(b) < score(a) { b } else { a })
+    Ok((a, (b != a).then_some(b)))
 }
 
 /// Least connections, weight-aware (`load / weight`), ties broken at random.

@@ -6,8 +6,8 @@
 
 use std::cell::RefCell;
 
-use weir_guest::{PoolCache, select};
 use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::{PoolCache, select};
 
 wit_bindgen::generate!({
     world: "balancer-plugin",

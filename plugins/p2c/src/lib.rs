@@ -1,0 +1,50 @@
+//! `p2c` (also served as `least-request`): power of two choices. Two distinct eligible
+//! backends are drawn at random (weighted), and the one with the lower
+//! `(open connections + requests in flight) / weight` gets the request.
+//!
+//! Config: none (`{}`).
+//!
+//! Load is read live from the host, so it is global across threads. Two random candidates
+//! are enough to keep the busiest backend close to the mean (Mitzenmacher: the maximum
+//! excess drops from O(log n / log log n) for random to O(log log n)), at a constant cost of
+//! four host reads per pick however large the pool. Use it as the default for request
+//! traffic and for long-lived connections in large pools. It never piles onto the single
+//! least-loaded backend the way `least-connections` can when several proxies share a pool
+//! and all see the same minimum. It ignores latency: use `peak-ewma` when backends differ
+//! in speed.
+
+use std::cell::RefCell;
+
+use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::{PoolCache, select};
+
+wit_bindgen::generate!({
+    world: "balancer-plugin",
+    path: "../../wit",
+    with: {
+        "weir:plugin/types@0.1.0": weir_guest::types,
+        "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/log@0.1.0": weir_guest::log,
+    },
+});
+
+thread_local! {
+    static POOL: RefCell<PoolCache> = const { RefCell::new(PoolCache::new()) };
+}
+
+struct P2c;
+
+impl exports::weir::plugin::balancer::Guest for P2c {
+    fn configure(config: String) -> Result<(), PluginError> {
+        weir_guest::no_config(&config)
+    }
+
+    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+        POOL.with_borrow_mut(|cache| {
+            cache.refresh();
+            select::p2c(cache, select::load)
+        })
+    }
+}
+
+export!(P2c);
