@@ -176,10 +176,10 @@ fn bounded_load_places_within_the_bound_under_churn() {
     let s = sim("bounded-load", r#"{"factor": 1.5, "key": "header:x-key"}"#, N);
     let mut open: std::collections::VecDeque<u32> = std::collections::VecDeque::new();
     for i in 0..4000u64 {
-        if i % 4 == 3 {
-            if let Some(id) = open.pop_front() {
-                s.close(id);
-            }
+        if i % 4 == 3
+            && let Some(id) = open.pop_front()
+        {
+            s.close(id);
         }
         let key = if i % 2 == 0 { 42 } else { i };
         let id = pick(&s, Some(key));
