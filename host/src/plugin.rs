@@ -359,16 +359,27 @@ impl Balancer {
             }
         }
         let Some(live) = slot.live.as_mut() else { return (req, Err(CallError::Instantiate("no instance".into()))) };
-        // The first call on this thread after a generation change may rebuild tables: it
-        // gets the long deadline, once, so an instance that traps is not granted it again.
-        let ticks = if slot.graced == view.generation {
-            self.call_ticks
-        } else {
-            slot.graced = view.generation;
-            ticks(SLOW_CALL_TIMEOUT)
-        };
-        live.store.set_epoch_deadline(ticks);
         live.store.data_mut().pin(view);
+        if live.generation != view.generation {
+            // Tell the plugin its pool changed, so it rebuilds what it derives from it. This
+            // gets the long deadline, except when `pool-changed` itself already failed in
+            // this generation on this thread, so a plugin that cannot rebuild is not granted
+            // it on every request. A failed `pick` does not cost the next instance its grace.
+            let grace = if slot.failed_rebuild == view.generation { self.call_ticks } else { ticks(SLOW_CALL_TIMEOUT) };
+            live.store.set_epoch_deadline(grace);
+            let changed = match &live.bindings {
+                Some(b) => b.weir_plugin_balancer().call_pool_changed(&mut live.store),
+                None => Err(wasmtime::Error::msg("instance has no bindings")),
+            };
+            if let Err(e) = changed {
+                let e = self.classify(live, e, false);
+                slot.live = None;
+                slot.failed_rebuild = view.generation;
+                return (req, Err(e));
+            }
+            live.generation = view.generation;
+        }
+        live.store.set_epoch_deadline(self.call_ticks);
         live.store.data_mut().request = Some(req);
         let result = match &live.bindings {
             Some(b) => b.weir_plugin_balancer().call_pick(&mut live.store, instance::request_borrow()),
@@ -419,12 +430,12 @@ impl Balancer {
     }
 }
 
-/// One thread's instance of a plugin, and the generation it was last granted the long
-/// deadline for.
+/// One thread's instance of a plugin, and the last generation in which `pool-changed`
+/// failed on this thread.
 #[derive(Default)]
 struct Slot {
     live: Option<Live>,
-    graced: u64,
+    failed_rebuild: u64,
 }
 
 /// A stand-in request for the impossible case where the store lost the real one.

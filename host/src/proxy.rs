@@ -225,7 +225,7 @@ async fn forward(
                 // so open a fresh one and send it there.
                 Some(req) if conn.reused => {
                     request = req;
-                    match upstream::connect(live, addr, cfg.connect_timeout).await {
+                    match upstream::connect(addr, cfg.connect_timeout).await {
                         Ok(fresh) => conn = fresh,
                         Err(e) => {
                             live.request_finished();

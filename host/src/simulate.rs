@@ -72,7 +72,10 @@ impl Sim {
         } else {
             PluginSource::Pack(plugin.to_owned())
         };
-        let plugins = PluginRuntime::new(PluginSettings::default())?;
+        // Offline, a decision is never late: a generous deadline keeps a busy machine from
+        // turning a slow call into a rejected one.
+        let settings = PluginSettings { call_timeout: Duration::from_secs(1), ..PluginSettings::default() };
+        let plugins = PluginRuntime::new(settings.clone())?;
         let mut next_address = 0;
         let pool = PoolConfig {
             name: POOL.into(),
@@ -86,7 +89,7 @@ impl Sim {
         };
         let config = Config {
             source: None,
-            plugins: PluginSettings::default(),
+            plugins: settings,
             listeners: Vec::new(),
             pools: BTreeMap::from([(POOL.to_owned(), pool)]),
         };

@@ -7,7 +7,7 @@
 //! (STYLE rule 3). Plugins read the pool through [`PoolView`], pinned for the duration of
 //! one call so `members`, `eligible` and `generation` always agree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -93,31 +93,43 @@ pub struct Backend {
     pub live: Arc<BackendLive>,
 }
 
-/// Live figures of a whole pool, shared across snapshots and plugins: the named
-/// counters of `pool.counter-next` and the pool's total load.
+/// Live figures of a whole pool, shared across snapshots and plugins: the counters of
+/// `pool.counter`/`pool.counter-next`, the fallback round robin and the pool's total load.
 #[derive(Debug, Default)]
 pub struct PoolLive {
-    map: ArcSwap<HashMap<Box<str>, Arc<AtomicU64>>>,
-    grow: Mutex<()>,
+    /// Counter names; a counter's handle is its index here.
+    names: Mutex<Vec<Box<str>>>,
+    /// Counter values by handle; replaced (never mutated) when a counter is added, so
+    /// `counter-next` takes no lock.
+    values: ArcSwap<Vec<Arc<AtomicU64>>>,
+    /// Position of the built-in fallback round robin.
+    fallback: AtomicU64,
     /// Sum of `active + in_flight` over the pool's backends.
     pub total_load: AtomicU64,
 }
 
 impl PoolLive {
-    /// Returns the counter's value and advances it. Lock-free once the name exists.
-    pub fn next(&self, name: &str) -> u64 {
-        if let Some(c) = self.map.load().get(name) {
-            return c.fetch_add(1, Ordering::Relaxed);
+    /// The handle of the named counter, created at 0 if new.
+    pub fn counter(&self, name: &str) -> u32 {
+        let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = names.iter().position(|n| &**n == name) {
+            return i as u32;
         }
-        let _guard = self.grow.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = self.map.load_full();
-        if let Some(c) = current.get(name) {
-            return c.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut next = (*current).clone();
-        next.insert(name.into(), Arc::new(AtomicU64::new(1)));
-        self.map.store(Arc::new(next));
-        0
+        names.push(name.into());
+        let mut values = (**self.values.load()).clone();
+        values.push(Arc::new(AtomicU64::new(0)));
+        self.values.store(Arc::new(values));
+        (names.len() - 1) as u32
+    }
+
+    /// Returns counter `id`'s value and advances it; 0 for an unknown handle.
+    pub fn next(&self, id: u32) -> u64 {
+        self.values.load().get(id as usize).map_or(0, |c| c.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Returns the fallback round robin's position and advances it.
+    fn next_fallback(&self) -> u64 {
+        self.fallback.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -191,12 +203,35 @@ impl Pool {
                 OnPluginError::Fallback => self.fallback(avoid),
             },
         };
+        let placement = match placement {
+            Placement::Backend(id) if self.is_full(id) => self.next_not_full(id),
+            other => other,
+        };
         (req, placement)
+    }
+
+    /// Whether backend `id` has reached its `max_connections`.
+    fn is_full(&self, id: u32) -> bool {
+        self.view.members.get(id as usize).is_some_and(|b| {
+            let max = b.config.max_connections;
+            max > 0 && b.live.active.load(Ordering::Relaxed) >= max
+        })
+    }
+
+    /// The first eligible backend after `id` (wrapping) that is not full; `NoBackend` when
+    /// every one is. Only runs when the plugin picked a full backend.
+    fn next_not_full(&self, id: u32) -> Placement {
+        let e = &self.view.eligible;
+        let start = e.partition_point(|&x| x <= id);
+        (0..e.len())
+            .map(|i| e[(start + i) % e.len()])
+            .find(|&c| !self.is_full(c))
+            .map_or(Placement::NoBackend, Placement::Backend)
     }
 
     /// The built-in round robin over eligible backends.
     fn fallback(&self, avoid: Option<u32>) -> Placement {
-        let n = self.view.live.next("weir.fallback");
+        let n = self.view.live.next_fallback();
         let e = &self.view.eligible;
         let id = e[(n % e.len() as u64) as usize];
         if Some(id) == avoid { self.next_after(id) } else { Placement::Backend(id) }

@@ -282,7 +282,7 @@ fn first_fills_backends_in_order_up_to_max_connections() {
 }
 
 #[test]
-fn first_picks_the_least_full_backend_when_all_are_full() {
+fn when_every_backend_is_full_nothing_is_placed_until_one_frees_up() {
     let _serial = serial();
     let backends = [SimBackend { weight: 1, max_connections: 2 }, SimBackend { weight: 1, max_connections: 4 }];
     let sim = sim("first", &backends);
@@ -290,11 +290,12 @@ fn first_picks_the_least_full_backend_when_all_are_full() {
         sim.open(pick(&sim));
     }
     assert_eq!((sim.active(0), sim.active(1)), (2, 4));
-    // Both at 100%: the lowest id; then 3/2 vs 4/4: the second.
-    let a = pick(&sim);
-    sim.open(a);
-    let b = pick(&sim);
-    assert_eq!((a, b), (0, 1));
+    // The host honours max_connections: a full backend takes no new work (503).
+    assert_eq!(sim.pick(None), Placement::NoBackend);
+    sim.close(1);
+    assert_eq!(pick(&sim), 1);
+    sim.close(0);
+    assert_eq!(pick(&sim), 0);
 }
 
 #[test]
@@ -316,7 +317,7 @@ fn weight_zero_is_never_picked() {
 fn one_backend_takes_everything() {
     let _serial = serial();
     for plugin in PLUGINS {
-        let sim = sim(plugin, &[SimBackend { weight: 3, max_connections: 2 }]);
+        let sim = sim(plugin, &[SimBackend { weight: 3, max_connections: 0 }]);
         for _ in 0..20 {
             assert_eq!(pick(&sim), 0, "{plugin}");
             sim.open(0);

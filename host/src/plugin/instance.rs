@@ -90,6 +90,8 @@ impl WasiView for InstanceState {
 pub(crate) struct Live {
     pub(crate) store: Store<InstanceState>,
     pub(crate) bindings: Option<BalancerPlugin>,
+    /// The pool generation the plugin last heard of through `pool-changed` (0: none yet).
+    pub(crate) generation: u64,
 }
 
 impl Live {
@@ -106,7 +108,7 @@ impl Live {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
-        Self { store, bindings: None }
+        Self { store, bindings: None, generation: 0 }
     }
 }
 
@@ -146,8 +148,12 @@ impl bindings::pool::Host for InstanceState {
         self.view().and_then(|v| v.live(id)).map_or(0, |l| l.latency_ewma_us.load(Ordering::Relaxed))
     }
 
-    fn counter_next(&mut self, name: String) -> u64 {
-        self.view().map_or(0, |v| v.live.next(&name))
+    fn counter(&mut self, name: String) -> u32 {
+        self.view().map_or(0, |v| v.live.counter(&name))
+    }
+
+    fn counter_next(&mut self, counter: u32) -> u64 {
+        self.view().map_or(0, |v| v.live.next(counter))
     }
 
     fn total_load(&mut self) -> u64 {

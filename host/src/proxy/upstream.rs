@@ -74,11 +74,12 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// A connection taken for one request.
+/// A connection taken for one request. While the request waits for its response head it
+/// counts in the backend's `in_flight`; while the response body streams, in `active`
+/// (see [`UpstreamBody`]), so one exchange never counts twice.
 #[derive(Debug)]
 pub(crate) struct Checkout {
     pub(crate) sender: SendRequest<Incoming>,
-    pub(crate) _active: ActiveGuard,
     /// Whether it came from the idle stack (and so may have been closed by the backend).
     pub(crate) reused: bool,
 }
@@ -99,18 +100,14 @@ pub(crate) async fn checkout(
         // The previous response was read to the end, so this resolves at once unless the
         // backend closed the connection meanwhile.
         if tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await.is_ok_and(|r| r.is_ok()) {
-            return Ok(Checkout { sender: idle.sender, _active: ActiveGuard::new(live.clone()), reused: true });
+            return Ok(Checkout { sender: idle.sender, reused: true });
         }
     }
-    connect(live, addr, connect_timeout).await
+    connect(addr, connect_timeout).await
 }
 
 /// Opens a new connection.
-pub(crate) async fn connect(
-    live: &Arc<BackendLive>,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<Checkout, ConnectError> {
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Checkout, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
@@ -126,7 +123,7 @@ pub(crate) async fn connect(
             tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(Checkout { sender, _active: ActiveGuard::new(live.clone()), reused: false })
+    Ok(Checkout { sender, reused: false })
 }
 
 /// A response body from a backend. When it has been read to the end its connection goes
@@ -135,14 +132,15 @@ pub(crate) async fn connect(
 pub(crate) struct UpstreamBody {
     inner: Incoming,
     conn: Option<Checkout>,
-    live: Arc<BackendLive>,
+    /// Counts the connection in `active` until the body is done or dropped.
+    active: ActiveGuard,
     max_idle: usize,
     finished: bool,
 }
 
 impl UpstreamBody {
     pub(crate) fn new(inner: Incoming, conn: Checkout, live: Arc<BackendLive>, max_idle: usize) -> Self {
-        Self { inner, conn: Some(conn), live, max_idle, finished: false }
+        Self { inner, conn: Some(conn), active: ActiveGuard::new(live), max_idle, finished: false }
     }
 
     fn release(&mut self) {
@@ -150,7 +148,7 @@ impl UpstreamBody {
         if self.max_idle == 0 || conn.sender.is_closed() {
             return;
         }
-        let mut idle = self.live.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut idle = self.active.0.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if idle.len() < self.max_idle {
             idle.push(IdleConn { sender: conn.sender, since: Instant::now() });
         }

@@ -67,11 +67,16 @@ impl exports::weir::plugin::balancer::Guest for ConsistentHash {
         Ok(())
     }
 
-    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         STATE.with_borrow_mut(|state| {
             if state.cache.refresh() {
                 state.ring = Ring::build(&ring::nodes(&state.cache), Ring::POINTS_PER_WEIGHT);
             }
+        });
+    }
+
+    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+        STATE.with_borrow_mut(|state| {
             if state.ring.is_empty() {
                 return Err(PluginError::NoBackend);
             }

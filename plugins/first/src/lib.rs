@@ -9,7 +9,8 @@
 //! When every eligible backend is full, HAProxy queues the connection until a slot frees
 //! up. A balancer cannot queue, so `first` then picks the backend that is least full
 //! relative to its limit (`open / max_connections`, ties to the lowest id) and lets the host
-//! apply its own limit policy; it never answers `no-backend` while a backend is eligible.
+//! apply its limit: weir places no work on a full backend, so the request is answered as
+//! having no backend (503) until a slot frees up.
 //!
 //! Use it to run on as few backends as possible, so that the others can be scaled down or
 //! powered off when traffic is low, mostly for long-lived connections (WebSocket, TCP,
@@ -43,11 +44,14 @@ impl exports::weir::plugin::balancer::Guest for First {
         weir_guest::no_config(&config)
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         POOL.with_borrow_mut(|cache| {
             cache.refresh();
-            first(cache)
-        })
+        });
+    }
+
+    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+        POOL.with_borrow_mut(|cache| first(cache))
     }
 }
 

@@ -86,6 +86,7 @@ pub struct PoolCache {
     eligible_weights: Vec<u32>,
     total_weight: u64,
     members: Vec<Backend>,
+    round_robin_counter: u32,
 }
 
 impl PoolCache {
@@ -97,22 +98,30 @@ impl PoolCache {
             eligible_weights: Vec::new(),
             total_weight: 0,
             members: Vec::new(),
+            round_robin_counter: 0,
         }
     }
 
-    /// Re-reads the pool if the generation changed. Returns true when it did, so a
-    /// plugin can rebuild what it derives from the pool (a ring, a table).
+    /// Re-reads the pool if the generation changed; call it from `pool-changed`. Returns
+    /// true when it did, so a plugin can rebuild what it derives from the pool (a ring, a
+    /// table).
     pub fn refresh(&mut self) -> bool {
         let generation = pool::generation();
         if self.generation == Some(generation) {
             return false;
         }
         self.generation = Some(generation);
+        self.round_robin_counter = pool::counter("round-robin");
         self.members = pool::members();
         self.eligible = pool::eligible();
         self.eligible_weights = self.eligible.iter().map(|&id| self.weight(id)).collect();
         self.total_weight = self.eligible_weights.iter().map(|&w| u64::from(w)).sum();
         true
+    }
+
+    /// Handle of the pool's shared `round-robin` counter.
+    pub fn round_robin_counter(&self) -> u32 {
+        self.round_robin_counter
     }
 
     /// The generation of the last refresh.

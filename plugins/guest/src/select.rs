@@ -117,17 +117,18 @@ impl Fallback {
             Fallback::P2c => p2c(cache, load),
             Fallback::Random => random(cache),
             Fallback::LeastConnections => least_connections(cache),
-            Fallback::RoundRobin => round_robin(cache, "round-robin"),
+            Fallback::RoundRobin => round_robin(cache),
         }
     }
 }
 
-/// Strict global round robin over the eligible backends, on the named host counter.
-pub fn round_robin(cache: &PoolCache, counter: &str) -> Result<BackendId, PluginError> {
+/// Strict global round robin over the eligible backends, on the pool's `round-robin`
+/// host counter (shared by every instance on every thread).
+pub fn round_robin(cache: &PoolCache) -> Result<BackendId, PluginError> {
     let eligible = cache.eligible();
     if eligible.is_empty() {
         return Err(PluginError::NoBackend);
     }
-    let n = pool::counter_next(counter);
+    let n = pool::counter_next(cache.round_robin_counter());
     Ok(eligible[(n % eligible.len() as u64) as usize])
 }

@@ -51,7 +51,7 @@ impl exports::weir::plugin::balancer::Guest for IpHash {
         weir_guest::no_config(&config)
     }
 
-    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         STATE.with_borrow_mut(|state| {
             if state.cache.refresh() {
                 let mut sum = 0u64;
@@ -65,6 +65,11 @@ impl exports::weir::plugin::balancer::Guest for IpHash {
                     })
                     .collect();
             }
+        });
+    }
+
+    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+        STATE.with_borrow_mut(|state| {
             let total = state.ends.last().copied().unwrap_or(0);
             if total == 0 {
                 return Err(PluginError::NoBackend);

@@ -45,11 +45,14 @@ impl exports::weir::plugin::balancer::Guest for LeastConnections {
         weir_guest::no_config(&config)
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         POOL.with_borrow_mut(|cache| {
             cache.refresh();
-            select::least_connections(cache)
-        })
+        });
+    }
+
+    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+        POOL.with_borrow_mut(|cache| select::least_connections(cache))
     }
 }
 

@@ -145,11 +145,16 @@ impl exports::weir::plugin::balancer::Guest for Maglev {
         Ok(())
     }
 
-    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         STATE.with_borrow_mut(|state| {
             if state.cache.refresh() {
                 state.table = build_table(&ring::nodes(&state.cache));
             }
+        });
+    }
+
+    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+        STATE.with_borrow_mut(|state| {
             if state.table.is_empty() {
                 return Err(PluginError::NoBackend);
             }

@@ -39,11 +39,14 @@ impl exports::weir::plugin::balancer::Guest for P2c {
         weir_guest::no_config(&config)
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         POOL.with_borrow_mut(|cache| {
             cache.refresh();
-            select::p2c(cache, select::load)
-        })
+        });
+    }
+
+    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+        POOL.with_borrow_mut(|cache| select::p2c(cache, select::load))
     }
 }
 

@@ -83,9 +83,14 @@ impl exports::weir::plugin::balancer::Guest for PeakEwma {
         Ok(())
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         POOL.with_borrow_mut(|cache| {
             cache.refresh();
+        });
+    }
+
+    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+        POOL.with_borrow_mut(|cache| {
             let (a, b) = match select::two_choices(cache)? {
                 (a, Some(b)) => (a, b),
                 (a, None) => return Ok(a),

@@ -35,11 +35,14 @@ impl exports::weir::plugin::balancer::Guest for Random {
         weir_guest::no_config(&config)
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         POOL.with_borrow_mut(|cache| {
             cache.refresh();
-            select::random(cache)
-        })
+        });
+    }
+
+    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+        POOL.with_borrow_mut(|cache| select::random(cache))
     }
 }
 

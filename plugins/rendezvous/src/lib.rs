@@ -115,11 +115,16 @@ impl exports::weir::plugin::balancer::Guest for Rendezvous {
         Ok(())
     }
 
-    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         STATE.with_borrow_mut(|state| {
             if state.cache.refresh() {
                 state.contenders = Contenders::new(&ring::nodes(&state.cache));
             }
+        });
+    }
+
+    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+        STATE.with_borrow_mut(|state| {
             if state.contenders.all.is_empty() {
                 return Err(PluginError::NoBackend);
             }

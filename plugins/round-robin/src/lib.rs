@@ -30,11 +30,12 @@ impl exports::weir::plugin::balancer::Guest for RoundRobin {
         weir_guest::no_config(&config)
     }
 
+    fn pool_changed() {
+        POOL.with_borrow_mut(|cache| cache.refresh());
+    }
+
     fn pick(_req: &Request) -> Result<BackendId, PluginError> {
-        POOL.with_borrow_mut(|cache| {
-            cache.refresh();
-            select::round_robin(cache, "round-robin")
-        })
+        POOL.with_borrow(select::round_robin)
     }
 }
 

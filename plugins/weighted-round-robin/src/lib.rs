@@ -65,6 +65,8 @@ enum Plan {
 thread_local! {
     static POOL: RefCell<PoolCache> = const { RefCell::new(PoolCache::new()) };
     static PLAN: RefCell<Plan> = const { RefCell::new(Plan::Empty) };
+    /// Handle of the shared cycle position, resolved in `pool_changed`.
+    static POSITION: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 struct WeightedRoundRobin;
@@ -74,20 +76,24 @@ impl exports::weir::plugin::balancer::Guest for WeightedRoundRobin {
         weir_guest::no_config(&config)
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pool_changed() {
         POOL.with_borrow_mut(|cache| {
-            PLAN.with_borrow_mut(|plan| {
-                if cache.refresh() {
-                    rebuild(plan, cache.eligible(), cache.eligible_weights());
+            if cache.refresh() {
+                PLAN.with_borrow_mut(|plan| rebuild(plan, cache.eligible(), cache.eligible_weights()));
+                POSITION.set(pool::counter(COUNTER));
+            }
+        });
+    }
+
+    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+        POOL.with_borrow(|cache| {
+            PLAN.with_borrow(|plan| match plan {
+                Plan::Empty => Err(PluginError::NoBackend),
+                Plan::Cycle(cycle) => {
+                    let n = pool::counter_next(POSITION.get());
+                    Ok(cycle[(n % cycle.len() as u64) as usize])
                 }
-                match plan {
-                    Plan::Empty => Err(PluginError::NoBackend),
-                    Plan::Cycle(cycle) => {
-                        let n = pool::counter_next(COUNTER);
-                        Ok(cycle[(n % cycle.len() as u64) as usize])
-                    }
-                    Plan::Random => select::random(cache),
-                }
+                Plan::Random => select::random(cache),
             })
         })
     }
