@@ -30,7 +30,7 @@ pub mod inspect;
 pub(crate) mod instance;
 pub mod pack;
 
-use bindings::{BalancerPluginPre, PluginError};
+use bindings::{BalancerPluginPre, PickError, PluginError};
 use instance::{InstanceState, Live};
 
 /// How often the epoch advances; call deadlines are whole ticks.
@@ -108,7 +108,7 @@ pub enum CallError {
     /// The instance exceeded its memory limit; it was dropped.
     #[error("memory limit exceeded")]
     MemoryLimit,
-    /// The plugin answered `internal(..)` or `invalid-config(..)`.
+    /// The plugin answered `failed` (pick) or an error from `configure`.
     #[error("plugin error: {0}")]
     Plugin(String),
     /// The plugin answered an id that is not eligible.
@@ -130,7 +130,7 @@ pub struct PluginStats {
     pub timeouts: AtomicU64,
     /// Instances that hit the memory limit.
     pub memory_limits: AtomicU64,
-    /// `internal` errors and invalid answers.
+    /// `failed` answers and ineligible picks.
     pub errors: AtomicU64,
     /// Instances created.
     pub instantiations: AtomicU64,
@@ -382,7 +382,7 @@ impl Balancer {
         live.store.set_epoch_deadline(self.call_ticks);
         live.store.data_mut().request = Some(req);
         let result = match &live.bindings {
-            Some(b) => b.weir_plugin_balancer().call_pick(&mut live.store, instance::request_borrow()),
+            Some(b) => b.weir_plugin_balancer().call_pick(&mut live.store),
             None => Err(wasmtime::Error::msg("instance has no bindings")),
         };
         // Only this function moves the request in and out, so it is always there.
@@ -394,11 +394,11 @@ impl Balancer {
                 tracing::warn!(plugin = %self.name, pool = %self.pool, id, "plugin picked a backend that is not eligible");
                 Err(CallError::InvalidBackend(id))
             }
-            Ok(Err(PluginError::NoBackend)) => Err(CallError::NoBackend),
-            Ok(Err(PluginError::Internal(m) | PluginError::InvalidConfig(m))) => {
+            Ok(Err(PickError::NoBackend)) => Err(CallError::NoBackend),
+            Ok(Err(PickError::Failed)) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %self.name, pool = %self.pool, error = %m, "plugin returned an error");
-                Err(CallError::Plugin(m))
+                tracing::warn!(plugin = %self.name, pool = %self.pool, "plugin could not decide");
+                Err(CallError::Plugin("pick failed".into()))
             }
             Err(e) => {
                 let e = self.classify(live, e, false);

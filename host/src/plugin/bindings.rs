@@ -5,19 +5,16 @@ mod generated {
     wasmtime::component::bindgen!({
         world: "balancer-plugin",
         path: "../wit",
-        with: {
-            "weir:plugin/types.request": crate::plugin::instance::RequestHandle,
-        },
     });
 }
 
 pub(crate) use generated::weir::plugin::types::{
-    Backend as WitBackend, Host as TypesHost, HostRequest, PluginError, Protocol as WitProtocol,
+    Backend as WitBackend, Host as TypesHost, PickError, PluginError, Protocol as WitProtocol,
 };
-pub(crate) use generated::weir::plugin::{log, pool};
+pub(crate) use generated::weir::plugin::{log, pool, request};
 pub(crate) use generated::{BalancerPlugin, BalancerPluginPre};
 
-/// Adds the `pool`, `log` and `types` imports to a linker.
+/// Adds the `pool`, `request`, `log` and `types` imports to a linker.
 pub(crate) fn add_to_linker(
     linker: &mut wasmtime::component::Linker<crate::plugin::instance::InstanceState>,
 ) -> wasmtime::Result<()> {

@@ -1,29 +1,18 @@
 //! One plugin instance in one store, owned by one thread, and the host side of its
-//! imports: `pool` answered from the pinned [`PoolView`], `log` into `tracing`, the
-//! `request` resource answered lazily from the request moved into the store for the call,
+//! imports: `pool` answered from the pinned [`PoolView`], `log` into `tracing`, `request`
+//! answered lazily from the request moved into the store for the call,
 //! and WASI with nothing granted (no files, network, environment or stdio).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, BalancerPlugin, WitBackend, WitProtocol};
 use super::{PickRequest, Protocol};
 use crate::state::PoolView;
-
-/// The host type behind the WIT `request` resource. There is only ever one request per
-/// store (the one being placed), so a handle carries no data.
-#[derive(Debug)]
-#[allow(unreachable_pub)] // bindgen re-exports it through the generated bindings
-pub struct RequestHandle;
-
-/// The borrow handed to `pick`.
-pub(crate) fn request_borrow() -> Resource<RequestHandle> {
-    Resource::new_borrow(0)
-}
 
 /// Enforces the per-instance memory limit and remembers that it did.
 #[derive(Debug)]
@@ -177,8 +166,8 @@ impl bindings::log::Host for InstanceState {
 
 impl bindings::TypesHost for InstanceState {}
 
-impl bindings::HostRequest for InstanceState {
-    fn protocol(&mut self, _: Resource<RequestHandle>) -> WitProtocol {
+impl bindings::request::Host for InstanceState {
+    fn protocol(&mut self) -> WitProtocol {
         match self.request.as_ref().map_or(Protocol::Tcp, |r| r.protocol) {
             Protocol::Http1 => WitProtocol::Http1,
             Protocol::Http2 => WitProtocol::Http2,
@@ -188,23 +177,23 @@ impl bindings::HostRequest for InstanceState {
         }
     }
 
-    fn client_ip(&mut self, _: Resource<RequestHandle>) -> String {
+    fn client_ip(&mut self) -> String {
         self.request.as_ref().map(|r| r.client.ip().to_string()).unwrap_or_default()
     }
 
-    fn client_port(&mut self, _: Resource<RequestHandle>) -> u16 {
+    fn client_port(&mut self) -> u16 {
         self.request.as_ref().map_or(0, |r| r.client.port())
     }
 
-    fn sni(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+    fn sni(&mut self) -> Option<String> {
         self.request.as_ref().and_then(|r| r.sni.as_deref()).map(str::to_owned)
     }
 
-    fn method(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+    fn method(&mut self) -> Option<String> {
         self.head().map(|h| h.method.as_str().to_owned())
     }
 
-    fn authority(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+    fn authority(&mut self) -> Option<String> {
         let head = self.head()?;
         head.uri
             .authority()
@@ -213,15 +202,15 @@ impl bindings::HostRequest for InstanceState {
             .map(str::to_owned)
     }
 
-    fn path(&mut self, _: Resource<RequestHandle>) -> Option<String> {
+    fn path(&mut self) -> Option<String> {
         self.head().map(|h| h.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned())
     }
 
-    fn header(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
+    fn header(&mut self, name: String) -> Option<String> {
         self.head()?.headers.get(name.as_str())?.to_str().ok().map(str::to_owned)
     }
 
-    fn cookie(&mut self, _: Resource<RequestHandle>, name: String) -> Option<String> {
+    fn cookie(&mut self, name: String) -> Option<String> {
         let head = self.head()?;
         head.headers
             .get_all(http::header::COOKIE)
@@ -232,9 +221,5 @@ impl bindings::HostRequest for InstanceState {
                 let (k, v) = pair.trim().split_once('=')?;
                 (k == name).then(|| v.trim_matches('"').to_owned())
             })
-    }
-
-    fn drop(&mut self, _: Resource<RequestHandle>) -> wasmtime::Result<()> {
-        Ok(())
     }
 }

@@ -39,7 +39,7 @@ use weir_guest::hash::hash;
 use weir_guest::key::HashKey;
 use weir_guest::ring::{self, Ring};
 use weir_guest::select::{self, Fallback};
-use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::types::{BackendId, PickError, PluginError};
 use weir_guest::{PoolCache, pool};
 
 wit_bindgen::generate!({
@@ -48,6 +48,7 @@ wit_bindgen::generate!({
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
         "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/request@0.1.0": weir_guest::request,
         "weir:plugin/log@0.1.0": weir_guest::log,
     },
 });
@@ -102,7 +103,7 @@ struct State {
 
 impl State {
     /// Walks the ring from `key_hash` to the first backend within the bound.
-    fn place(&mut self, key_hash: u64) -> Result<BackendId, PluginError> {
+    fn place(&mut self, key_hash: u64) -> Result<BackendId, PickError> {
         self.pass = self.pass.wrapping_add(1);
         if self.pass == 0 {
             self.seen.fill(0);
@@ -134,7 +135,7 @@ impl State {
                 break;
             }
         }
-        least.map(|(_, id)| id).ok_or(PluginError::NoBackend)
+        least.map(|(_, id)| id).ok_or(PickError::NoBackend)
     }
 }
 
@@ -161,12 +162,12 @@ impl exports::weir::plugin::balancer::Guest for BoundedLoad {
         });
     }
 
-    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+    fn pick() -> Result<BackendId, PickError> {
         STATE.with_borrow_mut(|state| {
             if state.ring.is_empty() {
-                return Err(PluginError::NoBackend);
+                return Err(PickError::NoBackend);
             }
-            match state.config.key.extract(req) {
+            match state.config.key.extract() {
                 Some(key) => state.place(hash(key.as_bytes())),
                 None => state.config.fallback.pick(&state.cache),
             }

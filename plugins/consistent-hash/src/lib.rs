@@ -25,7 +25,7 @@ use weir_guest::hash::hash;
 use weir_guest::key::HashKey;
 use weir_guest::ring::{self, Ring};
 use weir_guest::select::Fallback;
-use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::types::{BackendId, PickError, PluginError};
 
 wit_bindgen::generate!({
     world: "balancer-plugin",
@@ -33,6 +33,7 @@ wit_bindgen::generate!({
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
         "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/request@0.1.0": weir_guest::request,
         "weir:plugin/log@0.1.0": weir_guest::log,
     },
 });
@@ -75,13 +76,13 @@ impl exports::weir::plugin::balancer::Guest for ConsistentHash {
         });
     }
 
-    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+    fn pick() -> Result<BackendId, PickError> {
         STATE.with_borrow_mut(|state| {
             if state.ring.is_empty() {
-                return Err(PluginError::NoBackend);
+                return Err(PickError::NoBackend);
             }
-            match state.config.key.extract(req) {
-                Some(key) => state.ring.get(hash(key.as_bytes())).ok_or(PluginError::NoBackend),
+            match state.config.key.extract() {
+                Some(key) => state.ring.get(hash(key.as_bytes())).ok_or(PickError::NoBackend),
                 None => state.config.fallback.pick(&state.cache),
             }
         })

@@ -20,7 +20,7 @@
 
 use std::cell::RefCell;
 
-use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::types::{BackendId, PickError, PluginError};
 use weir_guest::{PoolCache, pool};
 
 wit_bindgen::generate!({
@@ -29,6 +29,7 @@ wit_bindgen::generate!({
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
         "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/request@0.1.0": weir_guest::request,
         "weir:plugin/log@0.1.0": weir_guest::log,
     },
 });
@@ -50,13 +51,13 @@ impl exports::weir::plugin::balancer::Guest for First {
         });
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pick() -> Result<BackendId, PickError> {
         POOL.with_borrow_mut(|cache| first(cache))
     }
 }
 
 /// The first eligible backend with room; if all are full, the least full one.
-fn first(cache: &PoolCache) -> Result<BackendId, PluginError> {
+fn first(cache: &PoolCache) -> Result<BackendId, PickError> {
     let members = cache.members();
     // The least full so far, as (open, max, id): compared as open / max without division.
     let mut least: Option<(u64, u64, BackendId)> = None;
@@ -72,7 +73,7 @@ fn first(cache: &PoolCache) -> Result<BackendId, PluginError> {
             _ => least = Some((open, max, id)),
         }
     }
-    least.map(|(_, _, id)| id).ok_or(PluginError::NoBackend)
+    least.map(|(_, _, id)| id).ok_or(PickError::NoBackend)
 }
 
 export!(First);

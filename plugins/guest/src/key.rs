@@ -4,7 +4,8 @@
 //! plugin's config. A request without the key (no such header, cookie or parameter) is
 //! placed by the plugin's fallback algorithm instead.
 
-use crate::types::{PluginError, Request};
+use crate::request;
+use crate::types::PluginError;
 
 /// What to hash.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -58,18 +59,18 @@ impl<'de> serde::Deserialize<'de> for HashKey {
 }
 
 impl HashKey {
-    /// The key's value for this request, if it has one.
-    pub fn extract(&self, req: &Request) -> Option<String> {
+    /// The key's value for the request being placed, if it has one.
+    pub fn extract(&self) -> Option<String> {
         match self {
-            HashKey::ClientIp => Some(req.client_ip()),
-            HashKey::Header(name) => req.header(name),
-            HashKey::Cookie(name) => req.cookie(name),
-            HashKey::Path => req.path().map(|p| match p.split_once('?') {
+            HashKey::ClientIp => Some(request::client_ip()),
+            HashKey::Header(name) => request::header(name),
+            HashKey::Cookie(name) => request::cookie(name),
+            HashKey::Path => request::path().map(|p| match p.split_once('?') {
                 Some((path, _)) => path.to_owned(),
                 None => p,
             }),
             HashKey::Query(name) => {
-                let path = req.path()?;
+                let path = request::path()?;
                 let (_, query) = path.split_once('?')?;
                 query.split('&').find_map(|pair| {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

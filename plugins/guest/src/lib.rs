@@ -1,5 +1,5 @@
 //! What several weir plugins need, written once: bindings to the host imports (`pool`,
-//! `log`, the `request` resource), config parsing that turns a bad key into
+//! `request`, `log`), config parsing that turns a bad key into
 //! `invalid-config` instead of a trap, a per-instance cache of the pool that is
 //! refreshed only when the host's generation changes, the pack's one hash function
 //! ([`hash`]), hash keys ([`key`]), a fast random source ([`rng`]) and the selection
@@ -15,6 +15,7 @@
 //!     with: {
 //!         "weir:plugin/types@0.1.0": weir_guest::types,
 //!         "weir:plugin/pool@0.1.0": weir_guest::pool,
+//!         "weir:plugin/request@0.1.0": weir_guest::request,
 //!         "weir:plugin/log@0.1.0": weir_guest::log,
 //!     },
 //! });
@@ -26,6 +27,7 @@ mod bindings {
             package weir:guest;
             world imports {
                 import weir:plugin/pool@0.1.0;
+                import weir:plugin/request@0.1.0;
                 import weir:plugin/log@0.1.0;
             }
         ",
@@ -34,7 +36,7 @@ mod bindings {
     });
 }
 
-pub use bindings::weir::plugin::{log, pool, types};
+pub use bindings::weir::plugin::{log, pool, request, types};
 
 pub mod hash;
 pub mod key;

@@ -6,7 +6,7 @@
 //! from the host (`pool.active-connections`, `pool.in-flight`), which is global across
 //! threads.
 
-use crate::types::{BackendId, PluginError};
+use crate::types::{BackendId, PickError};
 use crate::{PoolCache, pool, rng};
 
 /// Load figure of a backend for least-load algorithms: open connections (WebSocket
@@ -16,10 +16,10 @@ pub fn load(id: BackendId) -> u64 {
 }
 
 /// Weighted random: each eligible backend with probability weight / total weight.
-pub fn random(cache: &PoolCache) -> Result<BackendId, PluginError> {
+pub fn random(cache: &PoolCache) -> Result<BackendId, PickError> {
     let total = cache.total_weight();
     if total == 0 {
-        return Err(PluginError::NoBackend);
+        return Err(PickError::NoBackend);
     }
     let mut r = rng::below(total);
     for (&id, &w) in cache.eligible().iter().zip(cache.eligible_weights()) {
@@ -29,12 +29,12 @@ pub fn random(cache: &PoolCache) -> Result<BackendId, PluginError> {
         }
         r -= w;
     }
-    cache.eligible().last().copied().ok_or(PluginError::NoBackend)
+    cache.eligible().last().copied().ok_or(PickError::NoBackend)
 }
 
 /// Power of two choices: two distinct backends drawn at random (weighted), the one with
 /// the lower `cost / weight` wins. Near-optimal balance for the price of two reads.
-pub fn p2c(cache: &PoolCache, cost: impl Fn(BackendId) -> u64) -> Result<BackendId, PluginError> {
+pub fn p2c(cache: &PoolCache, cost: impl Fn(BackendId) -> u64) -> Result<BackendId, PickError> {
     let (a, b) = match two_choices(cache)? {
         (a, Some(b)) => (a, b),
         (a, None) => return Ok(a),
@@ -47,10 +47,10 @@ pub fn p2c(cache: &PoolCache, cost: impl Fn(BackendId) -> u64) -> Result<Backend
 /// at random with probability weight / total weight (the second is `None` when only one
 /// backend is eligible). For balancers that compare the pair themselves (`peak-ewma`);
 /// [`p2c`] is this plus a `cost / weight` comparison.
-pub fn two_choices(cache: &PoolCache) -> Result<(BackendId, Option<BackendId>), PluginError> {
+pub fn two_choices(cache: &PoolCache) -> Result<(BackendId, Option<BackendId>), PickError> {
     let eligible = cache.eligible();
     match eligible.len() {
-        0 => return Err(PluginError::NoBackend),
+        0 => return Err(PickError::NoBackend),
         1 => return Ok((eligible[0], None)),
         _ => {}
     }
@@ -72,7 +72,7 @@ pub fn two_choices(cache: &PoolCache) -> Result<(BackendId, Option<BackendId>), 
 
 /// Least connections, weight-aware (`load / weight`), ties broken at random.
 /// O(eligible) per call, which is why p2c exists.
-pub fn least_connections(cache: &PoolCache) -> Result<BackendId, PluginError> {
+pub fn least_connections(cache: &PoolCache) -> Result<BackendId, PickError> {
     let mut best: Option<(u64, u64, BackendId)> = None; // (load numerator, weight, id)
     let mut ties = 0u64;
     for (&id, &w) in cache.eligible().iter().zip(cache.eligible_weights()) {
@@ -92,7 +92,7 @@ pub fn least_connections(cache: &PoolCache) -> Result<BackendId, PluginError> {
             }
         }
     }
-    best.map(|(_, _, id)| id).ok_or(PluginError::NoBackend)
+    best.map(|(_, _, id)| id).ok_or(PickError::NoBackend)
 }
 
 /// What a hashing balancer does with a request that has no key.
@@ -112,7 +112,7 @@ pub enum Fallback {
 
 impl Fallback {
     /// Places a request without a key.
-    pub fn pick(self, cache: &PoolCache) -> Result<BackendId, PluginError> {
+    pub fn pick(self, cache: &PoolCache) -> Result<BackendId, PickError> {
         match self {
             Fallback::P2c => p2c(cache, load),
             Fallback::Random => random(cache),
@@ -124,10 +124,10 @@ impl Fallback {
 
 /// Strict global round robin over the eligible backends, on the pool's `round-robin`
 /// host counter (shared by every instance on every thread).
-pub fn round_robin(cache: &PoolCache) -> Result<BackendId, PluginError> {
+pub fn round_robin(cache: &PoolCache) -> Result<BackendId, PickError> {
     let eligible = cache.eligible();
     if eligible.is_empty() {
-        return Err(PluginError::NoBackend);
+        return Err(PickError::NoBackend);
     }
     let n = pool::counter_next(cache.round_robin_counter());
     Ok(eligible[(n % eligible.len() as u64) as usize])

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 
 use weir_guest::PoolCache;
 use weir_guest::hash::hash;
-use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::types::{BackendId, PickError, PluginError};
 
 wit_bindgen::generate!({
     world: "balancer-plugin",
@@ -28,6 +28,7 @@ wit_bindgen::generate!({
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
         "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/request@0.1.0": weir_guest::request,
         "weir:plugin/log@0.1.0": weir_guest::log,
     },
 });
@@ -68,15 +69,15 @@ impl exports::weir::plugin::balancer::Guest for IpHash {
         });
     }
 
-    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+    fn pick() -> Result<BackendId, PickError> {
         STATE.with_borrow_mut(|state| {
             let total = state.ends.last().copied().unwrap_or(0);
             if total == 0 {
-                return Err(PluginError::NoBackend);
+                return Err(PickError::NoBackend);
             }
-            let residue = hash(req.client_ip().as_bytes()) % total;
+            let residue = hash(weir_guest::request::client_ip().as_bytes()) % total;
             let i = state.ends.partition_point(|&end| end <= residue);
-            state.cache.eligible().get(i).copied().ok_or(PluginError::NoBackend)
+            state.cache.eligible().get(i).copied().ok_or(PickError::NoBackend)
         })
     }
 }

@@ -32,7 +32,7 @@ use weir_guest::hash::{hash, hash_seeded};
 use weir_guest::key::HashKey;
 use weir_guest::ring::{self, Node};
 use weir_guest::select::Fallback;
-use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::types::{BackendId, PickError, PluginError};
 
 wit_bindgen::generate!({
     world: "balancer-plugin",
@@ -40,6 +40,7 @@ wit_bindgen::generate!({
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
         "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/request@0.1.0": weir_guest::request,
         "weir:plugin/log@0.1.0": weir_guest::log,
     },
 });
@@ -153,15 +154,15 @@ impl exports::weir::plugin::balancer::Guest for Maglev {
         });
     }
 
-    fn pick(req: &Request) -> Result<BackendId, PluginError> {
+    fn pick() -> Result<BackendId, PickError> {
         STATE.with_borrow_mut(|state| {
             if state.table.is_empty() {
-                return Err(PluginError::NoBackend);
+                return Err(PickError::NoBackend);
             }
-            match state.config.key.extract(req) {
+            match state.config.key.extract() {
                 Some(key) => {
                     let slot = hash(key.as_bytes()) % u64::from(TABLE_SIZE);
-                    state.table.get(slot as usize).copied().ok_or(PluginError::NoBackend)
+                    state.table.get(slot as usize).copied().ok_or(PickError::NoBackend)
                 }
                 None => state.config.fallback.pick(&state.cache),
             }

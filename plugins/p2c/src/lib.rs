@@ -15,7 +15,7 @@
 
 use std::cell::RefCell;
 
-use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::types::{BackendId, PickError, PluginError};
 use weir_guest::{PoolCache, select};
 
 wit_bindgen::generate!({
@@ -24,6 +24,7 @@ wit_bindgen::generate!({
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
         "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/request@0.1.0": weir_guest::request,
         "weir:plugin/log@0.1.0": weir_guest::log,
     },
 });
@@ -45,7 +46,7 @@ impl exports::weir::plugin::balancer::Guest for P2c {
         });
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pick() -> Result<BackendId, PickError> {
         POOL.with_borrow_mut(|cache| select::p2c(cache, select::load))
     }
 }

@@ -34,7 +34,7 @@
 use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Deserializer, de::Error as _};
-use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::types::{BackendId, PickError, PluginError};
 use weir_guest::{PoolCache, pool, select};
 
 wit_bindgen::generate!({
@@ -43,6 +43,7 @@ wit_bindgen::generate!({
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
         "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/request@0.1.0": weir_guest::request,
         "weir:plugin/log@0.1.0": weir_guest::log,
     },
 });
@@ -89,7 +90,7 @@ impl exports::weir::plugin::balancer::Guest for PeakEwma {
         });
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pick() -> Result<BackendId, PickError> {
         POOL.with_borrow_mut(|cache| {
             let (a, b) = match select::two_choices(cache)? {
                 (a, Some(b)) => (a, b),

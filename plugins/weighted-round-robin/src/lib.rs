@@ -30,7 +30,7 @@
 
 use std::cell::RefCell;
 
-use weir_guest::types::{BackendId, PluginError, Request};
+use weir_guest::types::{BackendId, PickError, PluginError};
 use weir_guest::{PoolCache, pool, select};
 
 wit_bindgen::generate!({
@@ -39,6 +39,7 @@ wit_bindgen::generate!({
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
         "weir:plugin/pool@0.1.0": weir_guest::pool,
+        "weir:plugin/request@0.1.0": weir_guest::request,
         "weir:plugin/log@0.1.0": weir_guest::log,
     },
 });
@@ -85,10 +86,10 @@ impl exports::weir::plugin::balancer::Guest for WeightedRoundRobin {
         });
     }
 
-    fn pick(_req: &Request) -> Result<BackendId, PluginError> {
+    fn pick() -> Result<BackendId, PickError> {
         POOL.with_borrow(|cache| {
             PLAN.with_borrow(|plan| match plan {
-                Plan::Empty => Err(PluginError::NoBackend),
+                Plan::Empty => Err(PickError::NoBackend),
                 Plan::Cycle(cycle) => {
                     let n = pool::counter_next(POSITION.get());
                     Ok(cycle[(n % cycle.len() as u64) as usize])
