@@ -9,7 +9,7 @@ mod generated {
 }
 
 pub(crate) use generated::weir::plugin::types::{
-    Backend as WitBackend, Host as TypesHost, PickError, PluginError, Protocol as WitProtocol,
+    Backend as WitBackend, Host as TypesHost, IpAddress, PickError, PluginError, Protocol as WitProtocol,
 };
 pub(crate) use generated::weir::plugin::{log, pool, request};
 pub(crate) use generated::{BalancerPlugin, BalancerPluginPre};

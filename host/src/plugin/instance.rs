@@ -133,6 +133,12 @@ impl bindings::pool::Host for InstanceState {
         self.view().and_then(|v| v.live(id)).map_or(0, |l| l.in_flight.load(Ordering::Relaxed))
     }
 
+    fn load(&mut self, id: u32) -> u64 {
+        self.view()
+            .and_then(|v| v.live(id))
+            .map_or(0, |l| u64::from(l.active.load(Ordering::Relaxed)) + u64::from(l.in_flight.load(Ordering::Relaxed)))
+    }
+
     fn latency_ewma_us(&mut self, id: u32) -> u32 {
         self.view().and_then(|v| v.live(id)).map_or(0, |l| l.latency_ewma_us.load(Ordering::Relaxed))
     }
@@ -179,6 +185,20 @@ impl bindings::request::Host for InstanceState {
 
     fn client_ip(&mut self) -> String {
         self.request.as_ref().map(|r| r.client.ip().to_string()).unwrap_or_default()
+    }
+
+    fn client_addr(&mut self) -> bindings::IpAddress {
+        match self.request.as_ref().map(|r| r.client.ip()) {
+            Some(std::net::IpAddr::V6(ip)) => {
+                let g = ip.segments();
+                bindings::IpAddress::Ipv6((g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]))
+            }
+            Some(std::net::IpAddr::V4(ip)) => {
+                let [a, b, c, d] = ip.octets();
+                bindings::IpAddress::Ipv4((a, b, c, d))
+            }
+            None => bindings::IpAddress::Ipv4((0, 0, 0, 0)),
+        }
     }
 
     fn client_port(&mut self) -> u16 {

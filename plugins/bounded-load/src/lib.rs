@@ -35,7 +35,6 @@
 
 use std::cell::RefCell;
 
-use weir_guest::hash::hash;
 use weir_guest::key::HashKey;
 use weir_guest::ring::{self, Ring};
 use weir_guest::select::{self, Fallback};
@@ -167,8 +166,8 @@ impl exports::weir::plugin::balancer::Guest for BoundedLoad {
             if state.ring.is_empty() {
                 return Err(PickError::NoBackend);
             }
-            match state.config.key.extract() {
-                Some(key) => state.place(hash(key.as_bytes())),
+            match state.config.key.hash() {
+                Some(key_hash) => state.place(key_hash),
                 None => state.config.fallback.pick(&state.cache),
             }
         })

@@ -21,7 +21,6 @@
 use std::cell::RefCell;
 
 use weir_guest::PoolCache;
-use weir_guest::hash::hash;
 use weir_guest::key::HashKey;
 use weir_guest::ring::{self, Ring};
 use weir_guest::select::Fallback;
@@ -81,8 +80,8 @@ impl exports::weir::plugin::balancer::Guest for ConsistentHash {
             if state.ring.is_empty() {
                 return Err(PickError::NoBackend);
             }
-            match state.config.key.extract() {
-                Some(key) => state.ring.get(hash(key.as_bytes())).ok_or(PickError::NoBackend),
+            match state.config.key.hash() {
+                Some(key_hash) => state.ring.get(key_hash).ok_or(PickError::NoBackend),
                 None => state.config.fallback.pick(&state.cache),
             }
         })

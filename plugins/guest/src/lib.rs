@@ -86,6 +86,8 @@ pub struct PoolCache {
     generation: Option<u64>,
     eligible: Vec<BackendId>,
     eligible_weights: Vec<u32>,
+    /// `cumulative[i]` = sum of `eligible_weights[..=i]`, for O(log n) weighted draws.
+    cumulative: Vec<u64>,
     total_weight: u64,
     members: Vec<Backend>,
     round_robin_counter: u32,
@@ -98,6 +100,7 @@ impl PoolCache {
             generation: None,
             eligible: Vec::new(),
             eligible_weights: Vec::new(),
+            cumulative: Vec::new(),
             total_weight: 0,
             members: Vec::new(),
             round_robin_counter: 0,
@@ -117,7 +120,16 @@ impl PoolCache {
         self.members = pool::members();
         self.eligible = pool::eligible();
         self.eligible_weights = self.eligible.iter().map(|&id| self.weight(id)).collect();
-        self.total_weight = self.eligible_weights.iter().map(|&w| u64::from(w)).sum();
+        let mut sum = 0u64;
+        self.cumulative = self
+            .eligible_weights
+            .iter()
+            .map(|&w| {
+                sum += u64::from(w);
+                sum
+            })
+            .collect();
+        self.total_weight = sum;
         true
     }
 
@@ -139,6 +151,12 @@ impl PoolCache {
     /// Weights of [`PoolCache::eligible`], in the same order.
     pub fn eligible_weights(&self) -> &[u32] {
         &self.eligible_weights
+    }
+
+    /// Running sums of [`PoolCache::eligible_weights`]: `cumulative()[i]` is the total
+    /// weight of the first `i + 1` eligible backends.
+    pub fn cumulative_weights(&self) -> &[u64] {
+        &self.cumulative
     }
 
     /// Sum of the eligible backends' weights.

@@ -10,26 +10,22 @@ use crate::types::{BackendId, PickError};
 use crate::{PoolCache, pool, rng};
 
 /// Load figure of a backend for least-load algorithms: open connections (WebSocket
-/// tunnels and upstream connections in use) plus requests in flight.
+/// tunnels and upstream connections streaming a response) plus requests in flight, read
+/// in one host call.
 pub fn load(id: BackendId) -> u64 {
-    u64::from(pool::active_connections(id)) + u64::from(pool::in_flight(id))
+    pool::load(id)
 }
 
 /// Weighted random: each eligible backend with probability weight / total weight.
+/// O(log n): a binary search over the running weight sums built at refresh.
 pub fn random(cache: &PoolCache) -> Result<BackendId, PickError> {
     let total = cache.total_weight();
     if total == 0 {
         return Err(PickError::NoBackend);
     }
-    let mut r = rng::below(total);
-    for (&id, &w) in cache.eligible().iter().zip(cache.eligible_weights()) {
-        let w = u64::from(w);
-        if r < w {
-            return Ok(id);
-        }
-        r -= w;
-    }
-    cache.eligible().last().copied().ok_or(PickError::NoBackend)
+    let r = rng::below(total);
+    let i = cache.cumulative_weights().partition_point(|&c| c <= r);
+    cache.eligible().get(i).copied().ok_or(PickError::NoBackend)
 }
 
 /// Power of two choices: two distinct backends drawn at random (weighted), the one with

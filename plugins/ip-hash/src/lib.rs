@@ -19,7 +19,6 @@
 use std::cell::RefCell;
 
 use weir_guest::PoolCache;
-use weir_guest::hash::hash;
 use weir_guest::types::{BackendId, PickError, PluginError};
 
 wit_bindgen::generate!({
@@ -75,7 +74,7 @@ impl exports::weir::plugin::balancer::Guest for IpHash {
             if total == 0 {
                 return Err(PickError::NoBackend);
             }
-            let residue = hash(weir_guest::request::client_ip().as_bytes()) % total;
+            let residue = weir_guest::key::client_addr_hash() % total;
             let i = state.ends.partition_point(|&end| end <= residue);
             state.cache.eligible().get(i).copied().ok_or(PickError::NoBackend)
         })

@@ -28,7 +28,7 @@
 use std::cell::RefCell;
 
 use weir_guest::PoolCache;
-use weir_guest::hash::{hash, hash_seeded};
+use weir_guest::hash::hash_seeded;
 use weir_guest::key::HashKey;
 use weir_guest::ring::{self, Node};
 use weir_guest::select::Fallback;
@@ -159,9 +159,9 @@ impl exports::weir::plugin::balancer::Guest for Maglev {
             if state.table.is_empty() {
                 return Err(PickError::NoBackend);
             }
-            match state.config.key.extract() {
-                Some(key) => {
-                    let slot = hash(key.as_bytes()) % u64::from(TABLE_SIZE);
+            match state.config.key.hash() {
+                Some(key_hash) => {
+                    let slot = key_hash % u64::from(TABLE_SIZE);
                     state.table.get(slot as usize).copied().ok_or(PickError::NoBackend)
                 }
                 None => state.config.fallback.pick(&state.cache),

@@ -129,8 +129,8 @@ impl exports::weir::plugin::balancer::Guest for Rendezvous {
             if state.contenders.all.is_empty() {
                 return Err(PickError::NoBackend);
             }
-            match state.config.key.extract() {
-                Some(key) => state.contenders.winner(hash(key.as_bytes())).ok_or(PickError::NoBackend),
+            match state.config.key.hash() {
+                Some(key_hash) => state.contenders.winner(key_hash).ok_or(PickError::NoBackend),
                 None => state.config.fallback.pick(&state.cache),
             }
         })
