@@ -146,6 +146,9 @@ pub struct PoolView {
     pub eligible: Vec<u32>,
     /// `eligible_mask[id]` iff `eligible` contains `id`.
     eligible_mask: Vec<bool>,
+    /// `max_connections` by id (0 = no limit), packed so the per-decision check touches
+    /// 4 bytes, not a whole backend record.
+    limits: Vec<u32>,
     /// Pool-wide live figures (counters, total load).
     pub live: Arc<PoolLive>,
 }
@@ -212,10 +215,10 @@ impl Pool {
 
     /// Whether backend `id` has reached its `max_connections`.
     fn is_full(&self, id: u32) -> bool {
-        self.view.members.get(id as usize).is_some_and(|b| {
-            let max = b.config.max_connections;
-            max > 0 && b.live.active.load(Ordering::Relaxed) >= max
-        })
+        match self.view.limits.get(id as usize) {
+            Some(&max) if max > 0 => self.view.live(id).is_some_and(|l| l.active.load(Ordering::Relaxed) >= max),
+            _ => false,
+        }
     }
 
     /// The first eligible backend after `id` (wrapping) that is not full; `NoBackend` when
@@ -296,6 +299,7 @@ impl Runtime {
             let view = Arc::new(PoolView {
                 name: name.clone(),
                 generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+                limits: members.iter().map(|b| b.config.max_connections).collect(),
                 members,
                 eligible,
                 eligible_mask,
