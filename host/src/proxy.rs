@@ -106,7 +106,7 @@ pub(crate) async fn serve(listener: TcpListener, config: Arc<ListenerConfig>, sh
                 let (config, shared) = (config.clone(), shared.clone());
                 async move { Ok::<_, Infallible>(handle(req, peer, &config, &shared).await) }
             });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).with_upgrades().await {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
         });
@@ -134,11 +134,19 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let (mut head, body) = req.into_parts();
     let pool_name = route(config, &head);
+    let websocket = is_websocket_upgrade(&head.headers);
+    let mut client_upgrade = if websocket { head.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
     prepare_upstream_head(&mut head, peer);
+    if websocket {
+        // Hop-by-hop, but the upgrade is what the request is for: ask the backend for it.
+        head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     let Some(pool) = shared.runtime.load().pools.get(pool_name).cloned() else {
         return local(StatusCode::SERVICE_UNAVAILABLE, format!("weir: pool `{pool_name}` is not configured"));
     };
-    let mut pick = PickRequest { protocol: Protocol::Http1, client: peer, sni: None, head: Some(head) };
+    let protocol = if websocket { Protocol::WebSocket } else { Protocol::Http1 };
+    let mut pick = PickRequest { protocol, client: peer, sni: None, head: Some(head) };
     let mut avoid = None;
     let mut body = Some(body);
     for attempt in 0..2 {
@@ -159,7 +167,7 @@ async fn handle(
                 );
             }
         };
-        match forward(&pool, id, &mut pick, &mut body).await {
+        match forward(&pool, id, &mut pick, &mut body, &mut client_upgrade).await {
             Ok(res) => return res,
             Err(Failure::Connect(e)) => {
                 let backend = &pool.view.members[id as usize];
@@ -195,6 +203,7 @@ async fn forward(
     id: u32,
     pick: &mut PickRequest,
     body: &mut Option<Incoming>,
+    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ProxyBody>, Failure> {
     let backend = &pool.view.members[id as usize];
     let live = &backend.live;
@@ -250,10 +259,61 @@ async fn forward(
     let res = result.map_err(Failure::Response)?;
     live.observe_latency(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
 
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client) = client_upgrade.take()
+    {
+        return Ok(tunnel(res, client, live.clone(), conn));
+    }
     let (mut parts, incoming) = res.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     let body = UpstreamBody::new(incoming, conn, live.clone(), cfg.max_idle_per_backend);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// Whether a request asks to become a WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let has_token = |name: HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// Hands a `101 Switching Protocols` back to the client and joins the two upgraded
+/// connections in a tunnel that counts as one active connection of the backend for as
+/// long as it is open.
+fn tunnel(
+    mut res: Response<Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+    live: std::sync::Arc<crate::state::BackendLive>,
+    conn: upstream::Checkout,
+) -> Response<ProxyBody> {
+    let upstream = hyper::upgrade::on(&mut res);
+    let (mut parts, _) = res.into_parts();
+    let active = upstream::ActiveGuard::new(live);
+    tokio::spawn(async move {
+        let _active = active;
+        let _conn = conn;
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade did not complete");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "websocket tunnel ended with an error");
+        }
+    });
+    remove_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())))
 }
 
 /// Rewrites a client request head for the backend: origin-form URI, hop-by-hop headers

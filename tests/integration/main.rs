@@ -9,3 +9,4 @@ mod pack_load;
 mod plugins;
 mod proxy;
 mod support;
+mod websocket;

@@ -119,7 +119,7 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Check
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
         }
     });
