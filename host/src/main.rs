@@ -173,6 +173,7 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     println!("Try:");
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done    # cycles demo-1, demo-2, demo-3");
     println!("  curl -si http://{addr}/hello | grep -i x-backend");
+    println!("  python3 -m websockets ws://{addr}/chat              # type a line: a demo backend echoes it");
     println!();
     println!("Config in use:{text}");
     println!("Ctrl-C to stop.");

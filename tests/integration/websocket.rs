@@ -63,3 +63,16 @@ async fn echo_text_binary_and_ping_through_the_proxy() {
     }
     panic!("the closed tunnel still counts as active");
 }
+
+#[tokio::test]
+async fn demo_backends_echo_websockets_through_the_proxy() {
+    let backend = weir::demo::spawn_backend("demo-x").await.unwrap();
+    let server = support::start(&support::config_text(&[backend], "")).await;
+    let proxy = server.addr("main").unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/chat")).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("demo-x: hi"));
+    // Plain HTTP to the same backend still answers with its name.
+    let (status, body) = support::get(&support::client(), &format!("http://{proxy}/")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "demo-x: GET /\n"));
+}
