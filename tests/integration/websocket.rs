@@ -76,3 +76,106 @@ async fn demo_backends_echo_websockets_through_the_proxy() {
     let (status, body) = support::get(&support::client(), &format!("http://{proxy}/")).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "demo-x: GET /\n"));
 }
+
+type Client = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket through the proxy and returns it with the backend that answered.
+async fn open(proxy: std::net::SocketAddr) -> (Client, String) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/")).await.unwrap();
+    ws.send(Message::text("who")).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    let name = reply.as_str().split(':').next().unwrap().to_owned();
+    (ws, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_balances_open_tunnels() {
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c"] {
+        backends.push(weir::demo::spawn_backend(name).await.unwrap());
+    }
+    let server =
+        support::start(&support::config_text(&backends, "balancer = { plugin = \"least-connections\" }")).await;
+    let proxy = server.addr("main").unwrap();
+    let count = |open: &[(Client, String)], name: &str| open.iter().filter(|(_, n)| n == name).count();
+
+    let mut tunnels = Vec::new();
+    for _ in 0..30 {
+        tunnels.push(open(proxy).await);
+    }
+    assert_eq!([count(&tunnels, "a"), count(&tunnels, "b"), count(&tunnels, "c")], [10, 10, 10]);
+
+    // Close the 10 tunnels on `b`: the next 10 all go there.
+    let (on_b, mut rest): (Vec<_>, Vec<_>) = tunnels.into_iter().partition(|(_, n)| n == "b");
+    let runtime = server.shared().runtime.load();
+    let b_live = runtime.pools["p"].view.members[1].live.clone();
+    for (mut ws, _) in on_b {
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    for _ in 0..200 {
+        if b_live.active.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(b_live.active.load(Ordering::Relaxed), 0);
+    for _ in 0..10 {
+        rest.push(open(proxy).await);
+    }
+    assert_eq!([count(&rest, "a"), count(&rest, "b"), count(&rest, "c")], [10, 10, 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_or_a_half_handshake_affects_no_other_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = weir::demo::spawn_backend("solo").await.unwrap();
+    let server = support::start(&support::config_text(&[backend], "")).await;
+    let proxy = server.addr("main").unwrap();
+    let (mut healthy, _) = open(proxy).await;
+
+    // A client that completes the upgrade, then sends bytes that are not WebSocket frames.
+    let (garbage_ws, _) = open(proxy).await;
+    let mut raw = garbage_ws.into_inner();
+    let tokio_tungstenite::MaybeTlsStream::Plain(ref mut tcp) = raw else { panic!("plain TCP expected") };
+    tcp.write_all(&[0xff; 4096]).await.unwrap();
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tcp.read(&mut sink)).await;
+
+    // A client that closes in the middle of its handshake.
+    let mut half = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-ver")
+        .await
+        .unwrap();
+    drop(half);
+
+    for i in 0..20 {
+        healthy.send(Message::text(format!("m{i}"))).await.unwrap();
+        assert_eq!(healthy.next().await.unwrap().unwrap(), Message::text(format!("solo: m{i}")));
+    }
+}
+
+/// A client nobody here wrote: Python's `websockets` (Debian's python3-websockets, which
+/// `.ci/run` installs) talks to a demo backend through weir.
+#[tokio::test]
+async fn python_websockets_client_through_weir() {
+    const SCRIPT: &str = "import asyncio, sys, websockets
+async def main(url):
+    async with websockets.connect(url) as ws:
+        await ws.send('from python')
+        print(await ws.recv())
+asyncio.run(main(sys.argv[1]))
+";
+    let backend = weir::demo::spawn_backend("py").await.unwrap();
+    let server = support::start(&support::config_text(&[backend], "")).await;
+    let url = format!("ws://{}/py", server.addr("main").unwrap());
+    let out = tokio::process::Command::new("/usr/bin/python3").args(["-c", SCRIPT, &url]).output().await;
+    let out = out.expect("/usr/bin/python3 must exist (Debian's python3)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named 'websockets'"),
+        "install Debian's python3-websockets (apt-get install python3-websockets), as .ci/run does"
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "py: from python\n");
+}
