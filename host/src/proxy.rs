@@ -31,6 +31,7 @@ use crate::config::ListenerConfig;
 use crate::plugin::{PickRequest, Protocol};
 use crate::state::{Placement, Pool};
 
+mod tunnel;
 pub(crate) mod upstream;
 
 use upstream::{ConnectError, UpstreamBody};
@@ -305,8 +306,7 @@ fn tunnel(
                 return;
             }
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        if let Err(e) = tunnel::join(client, upstream).await {
             tracing::debug!(error = %e, "websocket tunnel ended with an error");
         }
     });

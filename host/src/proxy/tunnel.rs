@@ -1,0 +1,90 @@
+//! Tunnels: two connections joined so bytes flow both ways until both sides are done
+//! (WebSockets after their upgrade; raw TCP later).
+//!
+//! An idle tunnel holds no buffer. When both legs are plain TCP, each direction waits for
+//! readability with nothing allocated, then takes a 16 KiB buffer for one burst (reads
+//! until the socket would block, writing each chunk through) and frees it before waiting
+//! again; so an idle tunnel costs its task and two socket registrations, where
+//! `tokio::io::copy_bidirectional` keeps two 8 KiB buffers for the tunnel's whole life.
+//! The trade-off against splice(2): splice would also save the copy through user space
+//! on busy tunnels, but needs `unsafe` and a pool of kernel pipes; with frames mostly small
+//! and tunnels mostly idle, memory is the figure that matters here. End of stream on one
+//! side half-closes the other (`shutdown(SHUT_WR)`), so each side can still finish; an
+//! error on either side ends both.
+
+use std::io;
+use std::net::Shutdown;
+
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Bytes taken per burst.
+const BURST: usize = 16 << 10;
+
+/// Joins two upgraded connections until both directions are finished.
+pub(crate) async fn join(a: Upgraded, b: Upgraded) -> io::Result<()> {
+    match (a.downcast::<TokioIo<TcpStream>>(), b.downcast::<TokioIo<TcpStream>>()) {
+        (Ok(a), Ok(b)) => {
+            let (a_io, b_io) = (a.io.into_inner(), b.io.into_inner());
+            // Bytes each side sent right after its upgrade, already read by hyper.
+            write_all(&b_io, &a.read_buf).await?;
+            write_all(&a_io, &b.read_buf).await?;
+            tokio::try_join!(pump(&a_io, &b_io), pump(&b_io, &a_io)).map(|_| ())
+        }
+        // Not two plain TCP connections (TLS, in time): a buffered copy.
+        (a, b) => {
+            use tokio::io::AsyncWriteExt;
+            let ((mut a, a_early), (mut b, b_early)) = (stream(a), stream(b));
+            b.write_all(&a_early).await?;
+            a.write_all(&b_early).await?;
+            tokio::io::copy_bidirectional(&mut a, &mut b).await.map(|_| ())
+        }
+    }
+}
+
+/// Something a tunnel leg can be copied through.
+trait Leg: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Leg for T {}
+
+/// A leg as a stream, with the bytes its peer sent that were read before the upgrade.
+fn stream(leg: Result<hyper::upgrade::Parts<TokioIo<TcpStream>>, Upgraded>) -> (Box<dyn Leg>, bytes::Bytes) {
+    match leg {
+        Ok(parts) => (Box::new(parts.io.into_inner()), parts.read_buf),
+        Err(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from` ends; then half-closes `to`.
+async fn pump(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    loop {
+        from.readable().await?;
+        let mut buf = Vec::with_capacity(BURST);
+        loop {
+            buf.clear();
+            match from.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    // The peer may already be gone; nothing more to do either way.
+                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                    return Ok(());
+                }
+                Ok(n) => write_all(to, &buf[..n]).await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Writes all of `data`, waiting for writability as needed.
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
