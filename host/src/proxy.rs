@@ -263,7 +263,9 @@ async fn forward(
     if res.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client) = client_upgrade.take()
     {
-        return Ok(tunnel(res, client, live.clone(), conn));
+        // The connection now belongs to the tunnel; its request sender is no longer needed.
+        drop(conn);
+        return Ok(tunnel(res, client, live.clone()));
     }
     let (mut parts, incoming) = res.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -291,14 +293,12 @@ fn tunnel(
     mut res: Response<Incoming>,
     client: hyper::upgrade::OnUpgrade,
     live: std::sync::Arc<crate::state::BackendLive>,
-    conn: upstream::Checkout,
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
     let active = upstream::ActiveGuard::new(live);
     tokio::spawn(async move {
         let _active = active;
-        let _conn = conn;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -27,9 +27,12 @@ pub(crate) async fn join(a: Upgraded, b: Upgraded) -> io::Result<()> {
     match (a.downcast::<TokioIo<TcpStream>>(), b.downcast::<TokioIo<TcpStream>>()) {
         (Ok(a), Ok(b)) => {
             let (a_io, b_io) = (a.io.into_inner(), b.io.into_inner());
-            // Bytes each side sent right after its upgrade, already read by hyper.
+            // Bytes each side sent right after its upgrade, already read by hyper. They
+            // are slices of hyper's read buffers: drop them once written, or each would
+            // keep a whole buffer alive for the life of the tunnel.
             write_all(&b_io, &a.read_buf).await?;
             write_all(&a_io, &b.read_buf).await?;
+            drop((a.read_buf, b.read_buf));
             tokio::try_join!(pump(&a_io, &b_io), pump(&b_io, &a_io)).map(|_| ())
         }
         // Not two plain TCP connections (TLS, in time): a buffered copy.

@@ -1,0 +1,84 @@
+//! Proxy memory per idle WebSocket tunnel: opens N tunnels (default 5,000) through a real
+//! `weir` process to a demo backend in this process, and reports how much the proxy's
+//! resident memory grew per tunnel (both legs: the client's connection and the backend's).
+//! Run with `cargo bench --bench tunnel_memory` (`N=1000` for fewer tunnels).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn main() {
+    let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let backend = weir::demo::spawn_backend("m").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[listener]]\nname = \"ws\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"{backend}\" }}]\nbalancer = {{ plugin = \"least-connections\" }}\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn,weir=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["fields"]["message"] == "listening" {
+                break v["fields"]["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let url = format!("ws://{addr}/");
+
+        // Warm up: the plugin instance, allocator arenas, the accept path.
+        for _ in 0..50 {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            ws.send(Message::text("w")).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+            ws.close(None).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let before = rss_kib(pid);
+
+        let mut open = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+            ws.send(Message::text("x")).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+            open.push(ws);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let after = rss_kib(pid);
+        let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+        println!("{n} idle WebSocket tunnels: proxy RSS {before} KiB -> {after} KiB, {per:.0} bytes per tunnel");
+
+        // Every tunnel still works.
+        for ws in open.iter_mut().take(10) {
+            ws.send(Message::text("y")).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("m: y"));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
