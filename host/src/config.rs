@@ -122,6 +122,11 @@ struct FileListener {
     max_header_bytes: Option<usize>,
     /// Most request headers; more gets 431. Default 100.
     max_headers: Option<usize>,
+    /// A tunnel (WebSocket) with no bytes in either direction for this long is closed.
+    /// Default 1 h (HAProxy's usual `timeout tunnel`).
+    tunnel_idle_timeout_ms: Option<FileDuration>,
+    /// A tunnel is closed after this long whatever its traffic. Default: no limit.
+    tunnel_max_lifetime_ms: Option<FileDuration>,
 }
 
 fn default_protocol() -> ListenerProtocol {
@@ -245,6 +250,17 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Most request headers.
     pub max_headers: usize,
+    /// Limits on the tunnels (WebSockets) of this listener.
+    pub tunnels: TunnelLimits,
+}
+
+/// Limits on tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelLimits {
+    /// Closed after this long without a byte in either direction.
+    pub idle_timeout: Duration,
+    /// Closed after this long, whatever the traffic.
+    pub max_lifetime: Option<Duration>,
 }
 
 /// A route: all given conditions must match.
@@ -486,6 +502,10 @@ impl Cx<'_> {
                 header_read_timeout: l.header_read_timeout_ms.map_or(Duration::from_secs(30), |d| d.0),
                 max_header_bytes: l.max_header_bytes.unwrap_or(64 << 10),
                 max_headers: l.max_headers.unwrap_or(100),
+                tunnels: TunnelLimits {
+                    idle_timeout: l.tunnel_idle_timeout_ms.map_or(Duration::from_secs(3600), |d| d.0),
+                    max_lifetime: l.tunnel_max_lifetime_ms.map(|d| d.0),
+                },
             });
         }
         Ok(Config { source: source.map(Path::to_path_buf), plugins, listeners, pools })

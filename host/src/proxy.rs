@@ -168,7 +168,7 @@ async fn handle(
                 );
             }
         };
-        match forward(&pool, id, &mut pick, &mut body, &mut client_upgrade).await {
+        match forward(&pool, id, &mut pick, &mut body, &mut client_upgrade, config.tunnels).await {
             Ok(res) => return res,
             Err(Failure::Connect(e)) => {
                 let backend = &pool.view.members[id as usize];
@@ -205,6 +205,7 @@ async fn forward(
     pick: &mut PickRequest,
     body: &mut Option<Incoming>,
     client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
+    tunnel_limits: crate::config::TunnelLimits,
 ) -> Result<Response<ProxyBody>, Failure> {
     let backend = &pool.view.members[id as usize];
     let live = &backend.live;
@@ -265,7 +266,7 @@ async fn forward(
     {
         // The connection now belongs to the tunnel; its request sender is no longer needed.
         drop(conn);
-        return Ok(tunnel(res, client, live.clone()));
+        return Ok(tunnel(res, client, live.clone(), tunnel_limits));
     }
     let (mut parts, incoming) = res.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -293,6 +294,7 @@ fn tunnel(
     mut res: Response<Incoming>,
     client: hyper::upgrade::OnUpgrade,
     live: std::sync::Arc<crate::state::BackendLive>,
+    limits: crate::config::TunnelLimits,
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
@@ -306,7 +308,7 @@ fn tunnel(
                 return;
             }
         };
-        if let Err(e) = tunnel::join(client, upstream).await {
+        if let Err(e) = tunnel::join(client, upstream, limits).await {
             tracing::debug!(error = %e, "websocket tunnel ended with an error");
         }
     });

@@ -179,3 +179,24 @@ asyncio.run(main(sys.argv[1]))
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "py: from python\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnels_are_closed_and_busy_ones_are_not() {
+    let backend = weir::demo::spawn_backend("t").await.unwrap();
+    let text = support::config_text(&[backend], "")
+        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_idle_timeout_ms = 300\n");
+    let server = support::start(&text).await;
+    let proxy = server.addr("main").unwrap();
+    let (mut busy, _) = open(proxy).await;
+    let (mut idle, _) = open(proxy).await;
+
+    // Busy: a message every 100 ms for 900 ms, three idle timeouts' worth.
+    for i in 0..9 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        busy.send(Message::text(format!("{i}"))).await.unwrap();
+        assert_eq!(busy.next().await.unwrap().unwrap(), Message::text(format!("t: {i}")));
+    }
+    // Idle since it opened: the proxy has closed it.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), idle.next()).await.unwrap();
+    assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
+}

@@ -14,16 +14,60 @@
 
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::config::TunnelLimits;
+
 /// Bytes taken per burst.
 const BURST: usize = 16 << 10;
 
-/// Joins two upgraded connections until both directions are finished.
-pub(crate) async fn join(a: Upgraded, b: Upgraded) -> io::Result<()> {
+/// `activity` value meaning the copy cannot report activity (the buffered fallback).
+const UNTRACKED: u64 = u64::MAX;
+
+/// Joins two upgraded connections until both directions are finished, the tunnel has
+/// been idle (no byte either way) for `limits.idle_timeout`, or it reaches
+/// `limits.max_lifetime`.
+pub(crate) async fn join(a: Upgraded, b: Upgraded, limits: TunnelLimits) -> io::Result<()> {
+    let started = Instant::now();
+    // Milliseconds after `started` of the last byte moved, in either direction.
+    let activity = AtomicU64::new(0);
+    let copy = copy(a, b, &activity, started);
+    let idle = async {
+        loop {
+            let ms = activity.load(Ordering::Relaxed);
+            if ms == UNTRACKED {
+                return std::future::pending().await;
+            }
+            let last = started + std::time::Duration::from_millis(ms);
+            let deadline = last + limits.idle_timeout;
+            if Instant::now() >= deadline {
+                return io::Error::new(io::ErrorKind::TimedOut, "tunnel idle timeout");
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    };
+    let bounded = async {
+        tokio::select! {
+            done = copy => done,
+            e = idle => Err(e),
+        }
+    };
+    match limits.max_lifetime {
+        Some(max) => tokio::time::timeout(max, bounded)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel max lifetime reached"))),
+        None => bounded.await,
+    }
+}
+
+/// Copies both ways, recording activity.
+async fn copy(a: Upgraded, b: Upgraded, activity: &AtomicU64, started: Instant) -> io::Result<()> {
+    let touch = || activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     match (a.downcast::<TokioIo<TcpStream>>(), b.downcast::<TokioIo<TcpStream>>()) {
         (Ok(a), Ok(b)) => {
             let (a_io, b_io) = (a.io.into_inner(), b.io.into_inner());
@@ -33,7 +77,7 @@ pub(crate) async fn join(a: Upgraded, b: Upgraded) -> io::Result<()> {
             write_all(&b_io, &a.read_buf).await?;
             write_all(&a_io, &b.read_buf).await?;
             drop((a.read_buf, b.read_buf));
-            tokio::try_join!(pump(&a_io, &b_io), pump(&b_io, &a_io)).map(|_| ())
+            tokio::try_join!(pump(&a_io, &b_io, &touch), pump(&b_io, &a_io, &touch)).map(|_| ())
         }
         // Not two plain TCP connections (TLS, in time): a buffered copy.
         (a, b) => {
@@ -41,6 +85,8 @@ pub(crate) async fn join(a: Upgraded, b: Upgraded) -> io::Result<()> {
             let ((mut a, a_early), (mut b, b_early)) = (stream(a), stream(b));
             b.write_all(&a_early).await?;
             a.write_all(&b_early).await?;
+            // No per-burst hook in this copy: the idle timeout does not apply.
+            activity.store(UNTRACKED, Ordering::Relaxed);
             tokio::io::copy_bidirectional(&mut a, &mut b).await.map(|_| ())
         }
     }
@@ -58,8 +104,9 @@ fn stream(leg: Result<hyper::upgrade::Parts<TokioIo<TcpStream>>, Upgraded>) -> (
     }
 }
 
-/// Moves bytes from `from` to `to` until `from` ends; then half-closes `to`.
-async fn pump(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+/// Moves bytes from `from` to `to` until `from` ends; then half-closes `to`. Calls
+/// `touch` after each burst.
+async fn pump(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<()> {
     loop {
         from.readable().await?;
         let mut buf = Vec::with_capacity(BURST);
@@ -76,6 +123,7 @@ async fn pump(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
                 Err(e) => return Err(e),
             }
         }
+        touch();
     }
 }
 
