@@ -200,3 +200,27 @@ async fn idle_tunnels_are_closed_and_busy_ones_are_not() {
     let ended = tokio::time::timeout(std::time::Duration::from_secs(5), idle.next()).await.unwrap();
     assert!(!matches!(ended, Some(Ok(Message::Text(_)))), "{ended:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_end_at_their_max_lifetime_even_when_busy() {
+    let backend = weir::demo::spawn_backend("l").await.unwrap();
+    let text = support::config_text(&[backend], "")
+        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_max_lifetime_ms = 400\n");
+    let server = support::start(&text).await;
+    let (mut ws, _) = open(server.addr("main").unwrap()).await;
+    let started = std::time::Instant::now();
+    let mut echoed = 0;
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        if ws.send(Message::text("ping")).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => echoed += 1,
+            _ => break,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let lived = started.elapsed();
+    assert!(echoed >= 3, "the tunnel worked before its end ({echoed} echoes)");
+    assert!(lived < std::time::Duration::from_secs(3), "the tunnel outlived its 400 ms lifetime: {lived:?}");
+}

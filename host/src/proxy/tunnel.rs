@@ -15,7 +15,7 @@
 use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -37,31 +37,28 @@ pub(crate) async fn join(a: Upgraded, b: Upgraded, limits: TunnelLimits) -> io::
     // Milliseconds after `started` of the last byte moved, in either direction.
     let activity = AtomicU64::new(0);
     let copy = copy(a, b, &activity, started);
-    let idle = async {
+    // One timer per tunnel, for both limits: it sleeps until the earlier of "idle since
+    // the last byte" and "too old", and re-arms when traffic moved the first one.
+    let end_of_life = limits.max_lifetime.map(|max| started + max);
+    let watchdog = async {
         loop {
             let ms = activity.load(Ordering::Relaxed);
-            if ms == UNTRACKED {
-                return std::future::pending().await;
-            }
-            let last = started + std::time::Duration::from_millis(ms);
-            let deadline = last + limits.idle_timeout;
+            let idle_at = (ms != UNTRACKED).then(|| started + Duration::from_millis(ms) + limits.idle_timeout);
+            let deadline = match (idle_at, end_of_life) {
+                (Some(i), Some(e)) => i.min(e),
+                (Some(d), None) | (None, Some(d)) => d,
+                (None, None) => return std::future::pending().await,
+            };
             if Instant::now() >= deadline {
-                return io::Error::new(io::ErrorKind::TimedOut, "tunnel idle timeout");
+                let why = if end_of_life.is_some_and(|e| deadline >= e) { "max lifetime" } else { "idle timeout" };
+                return io::Error::new(io::ErrorKind::TimedOut, format!("tunnel {why}"));
             }
             tokio::time::sleep_until(deadline.into()).await;
         }
     };
-    let bounded = async {
-        tokio::select! {
-            done = copy => done,
-            e = idle => Err(e),
-        }
-    };
-    match limits.max_lifetime {
-        Some(max) => tokio::time::timeout(max, bounded)
-            .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "tunnel max lifetime reached"))),
-        None => bounded.await,
+    tokio::select! {
+        done = copy => done,
+        e = watchdog => Err(e),
     }
 }
 
