@@ -21,9 +21,8 @@
 use std::cell::RefCell;
 
 use weir_guest::PoolCache;
-use weir_guest::key::HashKey;
+use weir_guest::key::KeyConfig;
 use weir_guest::ring::{self, Ring};
-use weir_guest::select::Fallback;
 use weir_guest::types::{BackendId, PickError, PluginError};
 
 wit_bindgen::generate!({
@@ -37,19 +36,9 @@ wit_bindgen::generate!({
     },
 });
 
-/// The plugin's config table.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    /// What to hash.
-    key: HashKey,
-    /// How to place a request without the key.
-    fallback: Fallback,
-}
-
 #[derive(Default)]
 struct State {
-    config: Config,
+    config: KeyConfig,
     cache: PoolCache,
     ring: Ring,
 }
@@ -62,7 +51,7 @@ struct ConsistentHash;
 
 impl exports::weir::plugin::balancer::Guest for ConsistentHash {
     fn configure(config: String) -> Result<(), PluginError> {
-        let config: Config = weir_guest::parse_config(&config)?;
+        let config: KeyConfig = weir_guest::parse_config(&config)?;
         STATE.with_borrow_mut(|state| state.config = config);
         Ok(())
     }
@@ -80,10 +69,7 @@ impl exports::weir::plugin::balancer::Guest for ConsistentHash {
             if state.ring.is_empty() {
                 return Err(PickError::NoBackend);
             }
-            match state.config.key.hash() {
-                Some(key_hash) => state.ring.get(key_hash).ok_or(PickError::NoBackend),
-                None => state.config.fallback.pick(&state.cache),
-            }
+            state.config.place(&state.cache, |h| state.ring.get(h).ok_or(PickError::NoBackend))
         })
     }
 }

@@ -106,3 +106,30 @@ pub fn client_addr_hash() -> u64 {
         }
     }
 }
+
+/// The options every keyed balancer takes: `key` (default `client-ip`) and `fallback`
+/// (default `p2c`). A plugin with more options declares its own struct with these two
+/// fields (serde cannot flatten under `deny_unknown_fields`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyConfig {
+    /// What to hash.
+    pub key: HashKey,
+    /// How to place a request without the key.
+    pub fallback: crate::select::Fallback,
+}
+
+impl KeyConfig {
+    /// Places the request being decided: by the hash of its key with `by_hash`, or with
+    /// the fallback when it has no key.
+    pub fn place(
+        &self,
+        cache: &crate::PoolCache,
+        by_hash: impl FnOnce(u64) -> Result<crate::types::BackendId, crate::types::PickError>,
+    ) -> Result<crate::types::BackendId, crate::types::PickError> {
+        match self.key.hash() {
+            Some(h) => by_hash(h),
+            None => self.fallback.pick(cache),
+        }
+    }
+}

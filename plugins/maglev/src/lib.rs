@@ -29,9 +29,8 @@ use std::cell::RefCell;
 
 use weir_guest::PoolCache;
 use weir_guest::hash::hash_seeded;
-use weir_guest::key::HashKey;
+use weir_guest::key::KeyConfig;
 use weir_guest::ring::{self, Node};
-use weir_guest::select::Fallback;
 use weir_guest::types::{BackendId, PickError, PluginError};
 
 wit_bindgen::generate!({
@@ -116,19 +115,9 @@ fn next_slot(slot: u32, skip: u32) -> u32 {
     if s >= TABLE_SIZE { s - TABLE_SIZE } else { s }
 }
 
-/// The plugin's config table.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    /// What to hash.
-    key: HashKey,
-    /// How to place a request without the key.
-    fallback: Fallback,
-}
-
 #[derive(Default)]
 struct State {
-    config: Config,
+    config: KeyConfig,
     cache: PoolCache,
     table: Vec<BackendId>,
 }
@@ -141,7 +130,7 @@ struct Maglev;
 
 impl exports::weir::plugin::balancer::Guest for Maglev {
     fn configure(config: String) -> Result<(), PluginError> {
-        let config: Config = weir_guest::parse_config(&config)?;
+        let config: KeyConfig = weir_guest::parse_config(&config)?;
         STATE.with_borrow_mut(|state| state.config = config);
         Ok(())
     }
@@ -159,13 +148,9 @@ impl exports::weir::plugin::balancer::Guest for Maglev {
             if state.table.is_empty() {
                 return Err(PickError::NoBackend);
             }
-            match state.config.key.hash() {
-                Some(key_hash) => {
-                    let slot = key_hash % u64::from(TABLE_SIZE);
-                    state.table.get(slot as usize).copied().ok_or(PickError::NoBackend)
-                }
-                None => state.config.fallback.pick(&state.cache),
-            }
+            state.config.place(&state.cache, |h| {
+                state.table.get((h % u64::from(TABLE_SIZE)) as usize).copied().ok_or(PickError::NoBackend)
+            })
         })
     }
 }

@@ -28,9 +28,8 @@ use std::cell::RefCell;
 
 use weir_guest::PoolCache;
 use weir_guest::hash::{combine, hash};
-use weir_guest::key::HashKey;
+use weir_guest::key::KeyConfig;
 use weir_guest::ring::{self, Node};
-use weir_guest::select::Fallback;
 use weir_guest::types::{BackendId, PickError, PluginError};
 
 wit_bindgen::generate!({
@@ -86,19 +85,9 @@ impl Contenders {
     }
 }
 
-/// The plugin's config table.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    /// What to hash.
-    key: HashKey,
-    /// How to place a request without the key.
-    fallback: Fallback,
-}
-
 #[derive(Default)]
 struct State {
-    config: Config,
+    config: KeyConfig,
     cache: PoolCache,
     contenders: Contenders,
 }
@@ -111,7 +100,7 @@ struct Rendezvous;
 
 impl exports::weir::plugin::balancer::Guest for Rendezvous {
     fn configure(config: String) -> Result<(), PluginError> {
-        let config: Config = weir_guest::parse_config(&config)?;
+        let config: KeyConfig = weir_guest::parse_config(&config)?;
         STATE.with_borrow_mut(|state| state.config = config);
         Ok(())
     }
@@ -129,10 +118,7 @@ impl exports::weir::plugin::balancer::Guest for Rendezvous {
             if state.contenders.all.is_empty() {
                 return Err(PickError::NoBackend);
             }
-            match state.config.key.hash() {
-                Some(key_hash) => state.contenders.winner(key_hash).ok_or(PickError::NoBackend),
-                None => state.config.fallback.pick(&state.cache),
-            }
+            state.config.place(&state.cache, |h| state.contenders.winner(h).ok_or(PickError::NoBackend))
         })
     }
 }
