@@ -38,6 +38,11 @@ async fn round_robin_splits_300_requests_exactly() {
             *counts.entry(name).or_default() += 1;
         }
     }
+    let runtime = server.shared().runtime.load();
+    let stats = &runtime.pools["p"].balancer.stats;
+    let failed = stats.traps.load(std::sync::atomic::Ordering::Relaxed)
+        + stats.errors.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(failed, 0, "every request was placed by the plugin, none by the fallback");
     assert_eq!(counts, HashMap::from([("a".into(), 100), ("b".into(), 100), ("c".into(), 100)]));
 }
 

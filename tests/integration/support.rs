@@ -153,11 +153,14 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// Config text for one listener on 127.0.0.1:0 in front of one pool `p` with `backends`;
-/// `pool_extra` is added to the `[pool.p]` table.
+/// `pool_extra` is added to the `[pool.p]` table. Plugin calls get a 50 ms deadline instead
+/// of 2 ms: the tests run many proxies at once on two cores, where a thread preempted in
+/// the middle of a decision would otherwise blow a 2 ms wall-clock deadline and have its
+/// request placed by the fallback, which tests of exact distributions cannot tell apart.
 pub fn config_text(backends: &[SocketAddr], pool_extra: &str) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
     format!(
-        "[plugins]\ncache_dir = {:?}\n\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{}]\n{pool_extra}\n",
+        "[plugins]\ncache_dir = {:?}\ncall_timeout_ms = 50\n\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{}]\n{pool_extra}\n",
         cache_dir().display().to_string(),
         list.join(", ")
     )
