@@ -19,9 +19,11 @@ lint:
     cargo clippy --all-targets -- -D warnings
     cargo clippy --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --target-dir target/wasm -- -D warnings
 
-# Benchmarks (figures go to BENCHMARKS.md with the command that made them).
+# Benchmarks (figures go to BENCHMARKS.md with the command that made them): one decision
+# per balancer (decision), a fixed decision loop for callgrind (pick_loop), memory per idle
+# WebSocket tunnel (tunnel_memory).
 bench:
-    cargo bench --bench decision
+    cargo bench
 
 # Three demo backends behind the proxy on 127.0.0.1:8080.
 demo:
