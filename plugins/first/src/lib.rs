@@ -18,8 +18,6 @@
 //! last. Do not use it to spread load: below the first limit, one backend takes
 //! everything. Cost per pick: one host read per backend up to the first one with room.
 
-use std::cell::RefCell;
-
 use weir_guest::types::{BackendId, PickError, PluginError};
 use weir_guest::{PoolCache, pool};
 
@@ -34,10 +32,6 @@ wit_bindgen::generate!({
     },
 });
 
-thread_local! {
-    static POOL: RefCell<PoolCache> = const { RefCell::new(PoolCache::new()) };
-}
-
 struct First;
 
 impl exports::weir::plugin::balancer::Guest for First {
@@ -46,13 +40,11 @@ impl exports::weir::plugin::balancer::Guest for First {
     }
 
     fn pool_changed() {
-        POOL.with_borrow_mut(|cache| {
-            cache.refresh();
-        });
+        weir_guest::refresh_pool();
     }
 
     fn pick() -> Result<BackendId, PickError> {
-        POOL.with_borrow_mut(|cache| first(cache))
+        weir_guest::with_pool(first)
     }
 }
 

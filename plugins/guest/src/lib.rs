@@ -180,6 +180,21 @@ impl PoolCache {
     }
 }
 
+thread_local! {
+    static POOL: std::cell::RefCell<PoolCache> = const { std::cell::RefCell::new(PoolCache::new()) };
+}
+
+/// Refreshes the instance's own [`PoolCache`]; for plugins whose only state is the pool,
+/// call it from `pool-changed`. Returns what [`PoolCache::refresh`] returns.
+pub fn refresh_pool() -> bool {
+    POOL.with_borrow_mut(PoolCache::refresh)
+}
+
+/// Reads the instance's own [`PoolCache`] (see [`refresh_pool`]); for `pick`.
+pub fn with_pool<R>(f: impl FnOnce(&PoolCache) -> R) -> R {
+    POOL.with_borrow(f)
+}
+
 /// Writes a log line through the host, formatted like `format!`.
 #[macro_export]
 macro_rules! log {

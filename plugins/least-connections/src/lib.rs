@@ -19,10 +19,8 @@
 //! ~25 µs at 100, ~250 µs at 1,000, where `p2c` stays at 1.5–2.5 µs. The default 2 ms call
 //! deadline is reached at roughly 8,000 eligible backends.
 
-use std::cell::RefCell;
-
+use weir_guest::select;
 use weir_guest::types::{BackendId, PickError, PluginError};
-use weir_guest::{PoolCache, select};
 
 wit_bindgen::generate!({
     world: "balancer-plugin",
@@ -35,10 +33,6 @@ wit_bindgen::generate!({
     },
 });
 
-thread_local! {
-    static POOL: RefCell<PoolCache> = const { RefCell::new(PoolCache::new()) };
-}
-
 struct LeastConnections;
 
 impl exports::weir::plugin::balancer::Guest for LeastConnections {
@@ -47,13 +41,11 @@ impl exports::weir::plugin::balancer::Guest for LeastConnections {
     }
 
     fn pool_changed() {
-        POOL.with_borrow_mut(|cache| {
-            cache.refresh();
-        });
+        weir_guest::refresh_pool();
     }
 
     fn pick() -> Result<BackendId, PickError> {
-        POOL.with_borrow_mut(|cache| select::least_connections(cache))
+        weir_guest::with_pool(select::least_connections)
     }
 }
 

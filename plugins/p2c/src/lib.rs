@@ -13,10 +13,8 @@
 //! and all see the same minimum. It ignores latency: use `peak-ewma` when backends differ
 //! in speed.
 
-use std::cell::RefCell;
-
+use weir_guest::select;
 use weir_guest::types::{BackendId, PickError, PluginError};
-use weir_guest::{PoolCache, select};
 
 wit_bindgen::generate!({
     world: "balancer-plugin",
@@ -29,10 +27,6 @@ wit_bindgen::generate!({
     },
 });
 
-thread_local! {
-    static POOL: RefCell<PoolCache> = const { RefCell::new(PoolCache::new()) };
-}
-
 struct P2c;
 
 impl exports::weir::plugin::balancer::Guest for P2c {
@@ -41,13 +35,11 @@ impl exports::weir::plugin::balancer::Guest for P2c {
     }
 
     fn pool_changed() {
-        POOL.with_borrow_mut(|cache| {
-            cache.refresh();
-        });
+        weir_guest::refresh_pool();
     }
 
     fn pick() -> Result<BackendId, PickError> {
-        POOL.with_borrow_mut(|cache| select::p2c(cache, select::load))
+        weir_guest::with_pool(|cache| select::p2c(cache, select::load))
     }
 }
 

@@ -9,10 +9,8 @@
 //! backend's count varies by about √N, and with long-lived connections the busiest
 //! backend drifts well above the mean (use `least-connections` or `p2c` there).
 
-use std::cell::RefCell;
-
+use weir_guest::select;
 use weir_guest::types::{BackendId, PickError, PluginError};
-use weir_guest::{PoolCache, select};
 
 wit_bindgen::generate!({
     world: "balancer-plugin",
@@ -25,10 +23,6 @@ wit_bindgen::generate!({
     },
 });
 
-thread_local! {
-    static POOL: RefCell<PoolCache> = const { RefCell::new(PoolCache::new()) };
-}
-
 struct Random;
 
 impl exports::weir::plugin::balancer::Guest for Random {
@@ -37,13 +31,11 @@ impl exports::weir::plugin::balancer::Guest for Random {
     }
 
     fn pool_changed() {
-        POOL.with_borrow_mut(|cache| {
-            cache.refresh();
-        });
+        weir_guest::refresh_pool();
     }
 
     fn pick() -> Result<BackendId, PickError> {
-        POOL.with_borrow_mut(|cache| select::random(cache))
+        weir_guest::with_pool(select::random)
     }
 }
 

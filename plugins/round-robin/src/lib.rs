@@ -4,10 +4,8 @@
 //! requests over k eligible backends give each exactly N/k (±1), however many worker
 //! threads serve them. Weights are ignored (see `weighted-round-robin`).
 
-use std::cell::RefCell;
-
+use weir_guest::select;
 use weir_guest::types::{BackendId, PickError, PluginError};
-use weir_guest::{PoolCache, select};
 
 wit_bindgen::generate!({
     world: "balancer-plugin",
@@ -20,10 +18,6 @@ wit_bindgen::generate!({
     },
 });
 
-thread_local! {
-    static POOL: RefCell<PoolCache> = const { RefCell::new(PoolCache::new()) };
-}
-
 struct RoundRobin;
 
 impl exports::weir::plugin::balancer::Guest for RoundRobin {
@@ -32,11 +26,11 @@ impl exports::weir::plugin::balancer::Guest for RoundRobin {
     }
 
     fn pool_changed() {
-        POOL.with_borrow_mut(|cache| cache.refresh());
+        weir_guest::refresh_pool();
     }
 
     fn pick() -> Result<BackendId, PickError> {
-        POOL.with_borrow(select::round_robin)
+        weir_guest::with_pool(select::round_robin)
     }
 }
 
