@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::plugin::pack::{self, Role};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -153,6 +154,10 @@ struct FilePool {
     backends: Vec<FileBackend>,
     /// Balancer plugin. Default `{ plugin = "round-robin" }`. Reloadable.
     balancer: Option<FilePluginRef>,
+    /// Session-affinity plugin (`cookie`, `header`, `source-ip`, or a `.wasm`): asked
+    /// before the balancer which backend a returning client is pinned to. Default none.
+    /// Reloadable.
+    affinity: Option<FilePluginRef>,
     /// `"fallback"` or `"reject"`. Default `"fallback"`. Reloadable.
     #[serde(default)]
     on_plugin_error: OnPluginError,
@@ -322,6 +327,8 @@ pub struct PoolConfig {
     pub backends: Vec<BackendConfig>,
     /// Balancer plugin.
     pub balancer: PluginRef,
+    /// Affinity plugin, if any.
+    pub affinity: Option<PluginRef>,
     /// Policy when the balancer fails.
     pub on_plugin_error: OnPluginError,
     /// Upstream connect timeout.
@@ -449,8 +456,12 @@ impl Cx<'_> {
                 });
             }
             let balancer = match pool.balancer {
-                Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"))?,
+                Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"), Role::Balancer)?,
                 None => PluginRef { source: PluginSource::Pack("round-robin".into()), config_json: "{}".into() },
+            };
+            let affinity = match pool.affinity {
+                Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"), Role::Affinity)?),
+                None => None,
             };
             pools.insert(
                 name.clone(),
@@ -458,6 +469,7 @@ impl Cx<'_> {
                     name,
                     backends,
                     balancer,
+                    affinity,
                     on_plugin_error: pool.on_plugin_error,
                     connect_timeout: pool.connect_timeout_ms.map_or(Duration::from_secs(3), |d| d.0),
                     response_timeout: pool.response_timeout_ms.map_or(Duration::from_secs(60), |d| d.0),
@@ -511,25 +523,58 @@ impl Cx<'_> {
         Ok(Config { source: source.map(Path::to_path_buf), plugins, listeners, pools })
     }
 
-    fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str) -> Result<PluginRef, ConfigError> {
+    fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str, role: Role) -> Result<PluginRef, ConfigError> {
         let name = p.plugin.get_ref().trim();
         let source = if name.ends_with(".wasm") || name.contains('/') {
             PluginSource::File(base.join(name))
-        } else if crate::plugin::pack::get(name).is_some() {
+        } else if pack::role(name) == Some(role) {
             PluginSource::Pack(name.to_owned())
         } else {
-            let known: Vec<&str> = crate::plugin::pack::names().collect();
+            let known: Vec<&str> = pack::names_of(role).collect();
+            let what = match pack::role(name) {
+                Some(other) => format!("`{name}` is for `{other}`, not `{role}`"),
+                None => format!("no plugin `{name}` in the pack"),
+            };
             return Err(self.spanned(
                 &p.plugin,
                 format!("{key}.plugin"),
-                format!("no plugin `{name}` in the pack (known: {}); a file must end in .wasm", known.join(", ")),
+                format!("{what} (the pack's {role} plugins: {}); a file must end in .wasm", known.join(", ")),
             ));
         };
         let config_json = match p.config {
-            Some(t) => serde_json::to_string(&t).map_err(|e| self.at(None, format!("{key}.config"), e.to_string()))?,
+            Some(mut t) => {
+                self.read_file_keys(&mut t, base, &format!("{key}.config"))?;
+                serde_json::to_string(&t).map_err(|e| self.at(None, format!("{key}.config"), e.to_string()))?
+            }
             None => "{}".to_owned(),
         };
         Ok(PluginRef { source, config_json })
+    }
+}
+
+impl Cx<'_> {
+    /// Replaces each `NAME_file = "path"` of a plugin's config with `NAME = "<the file's
+    /// contents>"` (trailing whitespace trimmed), the `_FILE` convention of container
+    /// secrets: a plugin cannot read files (it is granted none), and a secret such as the
+    /// `cookie` plugin's signing key belongs in a file of its own, not in the config. The
+    /// path is relative to the config file.
+    fn read_file_keys(&self, table: &mut toml::Table, base: &Path, key: &str) -> Result<(), ConfigError> {
+        let files: Vec<String> = table.keys().filter(|k| k.ends_with("_file")).cloned().collect();
+        for file_key in files {
+            let name = file_key.trim_end_matches("_file").to_owned();
+            let at = format!("{key}.{file_key}");
+            let Some(toml::Value::String(path)) = table.remove(&file_key) else {
+                return Err(self.at(None, at, "expected a path (a string)".into()));
+            };
+            if table.contains_key(&name) {
+                return Err(self.at(None, at, format!("give either `{name}` or `{file_key}`, not both")));
+            }
+            let path = base.join(path);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| self.at(None, at, format!("cannot read {}: {e}", path.display())))?;
+            table.insert(name, toml::Value::String(text.trim_end().to_owned()));
+        }
+        Ok(())
     }
 }
 

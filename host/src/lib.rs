@@ -101,6 +101,23 @@ impl Server {
         self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
     }
 
+    /// Applies a new config to the running server: builds a new snapshot beside the
+    /// current one (live backend figures, counters and stick tables carry over by
+    /// address, unchanged pack plugins are reused) and switches to it at once. New work
+    /// follows the new snapshot; requests and tunnels in progress keep the backend they
+    /// have. On any error nothing changes. Listeners are not rebound: a changed
+    /// `[[listener]]` table needs a restart (a warning says so).
+    pub fn reload(&self, config: &Config) -> Result<(), BuildError> {
+        let current = self.shared.runtime.load();
+        let next = Runtime::build(config, &self.shared.plugins, Some(&current))?;
+        let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        if listeners != self.listeners.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() {
+            tracing::warn!("reload: listeners are not rebound; restart weir to apply listener changes");
+        }
+        self.shared.runtime.store(Arc::new(next));
+        Ok(())
+    }
+
     /// The shared state (snapshot and plugin runtime).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared

@@ -146,7 +146,22 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let server = weir::Server::start(config).await?;
     tracing::info!(config = %path.display(), listeners = server.listeners().len(), "weir is running");
-    shutdown_signal().await;
+    let reloads = async {
+        #[cfg(unix)]
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            while hup.recv().await.is_some() {
+                // A bad new config is reported and changes nothing.
+                match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| Ok(server.reload(&c)?)) {
+                    Ok(()) => tracing::info!(config = %path.display(), "reloaded"),
+                    Err(e) => {
+                        tracing::error!(config = %path.display(), error = %format!("{e:#}"), "reload failed; config unchanged")
+                    }
+                }
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! { () = shutdown_signal() => {}, () = reloads => {} }
     tracing::info!("shutting down");
     Ok(())
 }
@@ -200,7 +215,8 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
         }
         PluginCommand::List => {
             for name in weir::plugin::pack::names() {
-                println!("{name}");
+                let role = weir::plugin::pack::role(name).map(|r| r.to_string()).unwrap_or_default();
+                println!("{name:<22} {role}");
             }
         }
         PluginCommand::Simulate(a) => {

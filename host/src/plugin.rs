@@ -30,7 +30,7 @@ pub mod inspect;
 pub(crate) mod instance;
 pub mod pack;
 
-use bindings::{BalancerPluginPre, PickError, PluginError};
+use bindings::{AffinityPlugin, AffinityPluginPre, BalancerPlugin, BalancerPluginPre, PickError, PluginError};
 use instance::{InstanceState, Live};
 
 /// How often the epoch advances; call deadlines are whole ticks.
@@ -263,14 +263,30 @@ impl PluginRuntime {
         plugin: &PluginRef,
         view: &Arc<PoolView>,
     ) -> Result<Arc<Balancer>, LoadError> {
+        self.load(pool, plugin, view, Kind::Balancer).map(|p| Arc::new(Balancer(p)))
+    }
+
+    /// Loads an affinity plugin for `pool` and validates it, as [`Self::load_balancer`].
+    pub fn load_affinity(
+        &self,
+        pool: &str,
+        plugin: &PluginRef,
+        view: &Arc<PoolView>,
+    ) -> Result<Arc<Affinity>, LoadError> {
+        self.load(pool, plugin, view, Kind::Affinity).map(|p| Arc::new(Affinity(p)))
+    }
+
+    fn load(&self, pool: &str, plugin: &PluginRef, view: &Arc<PoolView>, kind: Kind) -> Result<Plugin, LoadError> {
         let bytes = Self::bytes(&plugin.source)?;
         let (component, sha256) = self.compile(&bytes)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(BalancerPluginPre::new)
-            .map_err(|e| LoadError::Component(format!("{e:#}")))?;
-        let balancer = Balancer {
+        let unusable =
+            |e: wasmtime::Error| LoadError::Component(format!("not a usable {} component: {e:#}", kind.name()));
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(unusable)?;
+        let pre = match kind {
+            Kind::Balancer => Pre::Balancer(BalancerPluginPre::new(instance_pre).map_err(unusable)?),
+            Kind::Affinity => Pre::Affinity(AffinityPluginPre::new(instance_pre).map_err(unusable)?),
+        };
+        let plugin = Plugin {
             name: plugin.source.to_string().into(),
             pool: pool.into(),
             pre,
@@ -283,23 +299,87 @@ impl PluginRuntime {
             stats: PluginStats::default(),
             instances: thread_local::ThreadLocal::new(),
         };
-        balancer.instantiate(view).map_err(|e| match e {
+        plugin.instantiate(view).map_err(|e| match e {
             CallError::Plugin(m) if m.starts_with("invalid config: ") => {
                 LoadError::InvalidConfig(m["invalid config: ".len()..].to_owned())
             }
             other => LoadError::Configure(other.to_string()),
         })?;
-        Ok(Arc::new(balancer))
+        Ok(plugin)
     }
 }
 
-/// A loaded balancer plugin: one version, one config, one instance per thread.
-pub struct Balancer {
+/// The plugin worlds the host calls into.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Balancer,
+    Affinity,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Balancer => "balancer",
+            Kind::Affinity => "affinity",
+        }
+    }
+}
+
+/// A component linked for its world.
+enum Pre {
+    Balancer(BalancerPluginPre<InstanceState>),
+    Affinity(AffinityPluginPre<InstanceState>),
+}
+
+/// One instance's exports.
+pub(crate) enum Exports {
+    Balancer(BalancerPlugin),
+    Affinity(AffinityPlugin),
+}
+
+impl Pre {
+    fn engine(&self) -> &Engine {
+        match self {
+            Pre::Balancer(p) => p.engine(),
+            Pre::Affinity(p) => p.engine(),
+        }
+    }
+
+    fn instantiate(&self, store: &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<Exports> {
+        Ok(match self {
+            Pre::Balancer(p) => Exports::Balancer(p.instantiate(store)?),
+            Pre::Affinity(p) => Exports::Affinity(p.instantiate(store)?),
+        })
+    }
+}
+
+impl Exports {
+    fn configure(
+        &self,
+        store: &mut wasmtime::Store<InstanceState>,
+        json: &str,
+    ) -> wasmtime::Result<Result<(), PluginError>> {
+        match self {
+            Exports::Balancer(b) => b.weir_plugin_balancer().call_configure(store, json),
+            Exports::Affinity(a) => a.weir_plugin_affinity().call_configure(store, json),
+        }
+    }
+
+    fn pool_changed(&self, store: &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<()> {
+        match self {
+            Exports::Balancer(b) => b.weir_plugin_balancer().call_pool_changed(store),
+            Exports::Affinity(a) => a.weir_plugin_affinity().call_pool_changed(store),
+        }
+    }
+}
+
+/// A loaded plugin of any world: one version, one config, one instance per thread.
+pub struct Plugin {
     /// Pack name or file path.
     pub name: Arc<str>,
     /// The pool it serves (for logs).
     pub pool: Arc<str>,
-    pre: BalancerPluginPre<InstanceState>,
+    pre: Pre,
     config_json: String,
     /// SHA-256 of the component bytes.
     pub sha256: [u8; 32],
@@ -314,35 +394,41 @@ pub struct Balancer {
     instances: thread_local::ThreadLocal<std::cell::RefCell<Slot>>,
 }
 
-impl std::fmt::Debug for Balancer {
+impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Balancer").field("name", &self.name).field("pool", &self.pool).finish_non_exhaustive()
+        f.debug_struct("Plugin").field("name", &self.name).field("pool", &self.pool).finish_non_exhaustive()
     }
 }
 
-impl Balancer {
+impl Plugin {
     /// Creates and configures a fresh instance.
     fn instantiate(&self, view: &Arc<PoolView>) -> Result<Live, CallError> {
         self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let mut live = Live::new(self.pre.engine(), self.name.clone(), self.pool.clone(), self.memory_limit);
         live.store.set_epoch_deadline(ticks(SLOW_CALL_TIMEOUT));
-        let bindings = self.pre.instantiate(&mut live.store).map_err(|e| self.classify(&live, e, true))?;
+        let exports = self.pre.instantiate(&mut live.store).map_err(|e| self.classify(&live, e, true))?;
         live.store.data_mut().pin(view);
-        let configured = bindings.weir_plugin_balancer().call_configure(&mut live.store, &self.config_json);
-        match configured {
+        match exports.configure(&mut live.store, &self.config_json) {
             Ok(Ok(())) => {}
             Ok(Err(PluginError::InvalidConfig(m))) => return Err(CallError::Plugin(format!("invalid config: {m}"))),
             Ok(Err(PluginError::Internal(m))) => return Err(CallError::Plugin(m)),
             Ok(Err(PluginError::NoBackend)) => return Err(CallError::Plugin("configure answered no-backend".into())),
             Err(e) => return Err(self.classify(&live, e, true)),
         }
-        live.bindings = Some(bindings);
+        live.exports = Some(exports);
         Ok(live)
     }
 
-    /// Asks the plugin which backend should take `req`. Never panics and never leaves a
-    /// poisoned instance behind.
-    pub fn pick(&self, view: &Arc<PoolView>, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
+    /// Runs one data-path call on this thread's instance, with `req` readable through the
+    /// `request` import: creates the instance if needed, tells it first of a pool change,
+    /// and drops it if the call traps. Never panics and never leaves a poisoned instance
+    /// behind; gives the request back.
+    fn call<R>(
+        &self,
+        view: &Arc<PoolView>,
+        req: PickRequest,
+        f: impl FnOnce(&Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
+    ) -> (PickRequest, Result<R, CallError>) {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let cell = self.instances.get_or(Default::default);
         let Ok(mut slot) = cell.try_borrow_mut() else {
@@ -364,12 +450,12 @@ impl Balancer {
             // Tell the plugin its pool changed, so it rebuilds what it derives from it. This
             // gets the long deadline, except when `pool-changed` itself already failed in
             // this generation on this thread, so a plugin that cannot rebuild is not granted
-            // it on every request. A failed `pick` does not cost the next instance its grace.
+            // it on every request. A failed call does not cost the next instance its grace.
             let grace = if slot.failed_rebuild == view.generation { self.call_ticks } else { ticks(SLOW_CALL_TIMEOUT) };
             live.store.set_epoch_deadline(grace);
-            let changed = match &live.bindings {
-                Some(b) => b.weir_plugin_balancer().call_pool_changed(&mut live.store),
-                None => Err(wasmtime::Error::msg("instance has no bindings")),
+            let changed = match &live.exports {
+                Some(x) => x.pool_changed(&mut live.store),
+                None => Err(wasmtime::Error::msg("instance has no exports")),
             };
             if let Err(e) = changed {
                 let e = self.classify(live, e, false);
@@ -381,32 +467,27 @@ impl Balancer {
         }
         live.store.set_epoch_deadline(self.call_ticks);
         live.store.data_mut().request = Some(req);
-        let result = match &live.bindings {
-            Some(b) => b.weir_plugin_balancer().call_pick(&mut live.store),
-            None => Err(wasmtime::Error::msg("instance has no bindings")),
+        let result = match &live.exports {
+            Some(x) => f(x, &mut live.store),
+            None => Err(wasmtime::Error::msg("instance has no exports")),
         };
         // Only this function moves the request in and out, so it is always there.
-        let req = live.store.data_mut().request.take().unwrap_or_else(req_placeholder);
-        let outcome = match result {
-            Ok(Ok(id)) if view.is_eligible(id) => Ok(id),
-            Ok(Ok(id)) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %self.name, pool = %self.pool, id, "plugin picked a backend that is not eligible");
-                Err(CallError::InvalidBackend(id))
-            }
-            Ok(Err(PickError::NoBackend)) => Err(CallError::NoBackend),
-            Ok(Err(PickError::Failed)) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(plugin = %self.name, pool = %self.pool, "plugin could not decide");
-                Err(CallError::Plugin("pick failed".into()))
-            }
+        let req = live.store.data_mut().request.take().unwrap_or_default();
+        match result {
+            Ok(r) => (req, Ok(r)),
             Err(e) => {
                 let e = self.classify(live, e, false);
                 slot.live = None;
-                Err(e)
+                (req, Err(e))
             }
-        };
-        (req, outcome)
+        }
+    }
+
+    /// Counts and logs a plugin's wrong answer.
+    fn misbehaved(&self, what: &str, e: CallError) -> CallError {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = %self.name, pool = %self.pool, error = %e, "plugin {what}");
+        e
     }
 
     /// Turns a wasmtime error into a [`CallError`], counting and logging it.
@@ -430,6 +511,108 @@ impl Balancer {
     }
 }
 
+/// A loaded balancer plugin (world `balancer-plugin`).
+#[derive(Debug)]
+pub struct Balancer(Plugin);
+
+impl std::ops::Deref for Balancer {
+    type Target = Plugin;
+    fn deref(&self) -> &Plugin {
+        &self.0
+    }
+}
+
+impl Balancer {
+    /// Asks the plugin which backend should take `req`.
+    pub fn pick(&self, view: &Arc<PoolView>, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
+        let (req, result) = self.0.call(view, req, |x, store| match x {
+            Exports::Balancer(b) => b.weir_plugin_balancer().call_pick(store),
+            Exports::Affinity(_) => Err(wasmtime::Error::msg("not a balancer")),
+        });
+        let outcome = match result {
+            Ok(Ok(id)) if view.is_eligible(id) => Ok(id),
+            Ok(Ok(id)) => {
+                Err(self.0.misbehaved("picked a backend that is not eligible", CallError::InvalidBackend(id)))
+            }
+            Ok(Err(PickError::NoBackend)) => Err(CallError::NoBackend),
+            Ok(Err(PickError::Failed)) => {
+                Err(self.0.misbehaved("could not decide", CallError::Plugin("pick failed".into())))
+            }
+            Err(e) => Err(e),
+        };
+        (req, outcome)
+    }
+}
+
+/// A loaded affinity plugin (world `affinity-plugin`). Its failures never fail a request:
+/// a failed `lookup` leaves the choice to the balancer, a failed `bind` adds no header.
+#[derive(Debug)]
+pub struct Affinity(Plugin);
+
+impl std::ops::Deref for Affinity {
+    type Target = Plugin;
+    fn deref(&self) -> &Plugin {
+        &self.0
+    }
+}
+
+/// What `affinity.bind` left for the response.
+#[derive(Debug, Default)]
+pub struct Bound {
+    /// Headers to add to the response.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The stick entry the plugin set, held for as long as this value lives (a tunnel
+    /// keeps it; a plain response drops it).
+    pub hold: Option<crate::state::StickHold>,
+}
+
+impl Affinity {
+    /// The backend `req`'s client is pinned to, if the plugin names one that is eligible.
+    pub fn lookup(&self, view: &Arc<PoolView>, req: PickRequest) -> (PickRequest, Option<u32>) {
+        let (req, result) = self.0.call(view, req, |x, store| match x {
+            Exports::Affinity(a) => a.weir_plugin_affinity().call_pinned(store),
+            Exports::Balancer(_) => Err(wasmtime::Error::msg("not an affinity plugin")),
+        });
+        let pinned = match result {
+            Ok(Some(id)) if id as usize >= view.members.len() => {
+                self.0.misbehaved("named a backend that does not exist", CallError::InvalidBackend(id));
+                None
+            }
+            Ok(pinned) => pinned,
+            Err(_) => None,
+        };
+        (req, pinned)
+    }
+
+    /// Tells the plugin that `req` goes to `chosen`; returns the headers it wants on the
+    /// response and the stick entry it set. Headers that are not valid HTTP are dropped
+    /// and counted as plugin errors.
+    pub fn bind(&self, view: &Arc<PoolView>, req: PickRequest, chosen: u32) -> (PickRequest, Bound) {
+        let (req, result) = self.0.call(view, req, |x, store| {
+            store.data_mut().stuck = None;
+            let headers = match x {
+                Exports::Affinity(a) => a.weir_plugin_affinity().call_bind(&mut *store, chosen)?,
+                Exports::Balancer(_) => return Err(wasmtime::Error::msg("not an affinity plugin")),
+            };
+            Ok((headers, store.data_mut().stuck.take()))
+        });
+        let mut bound = Bound::default();
+        if let Ok((headers, stuck)) = result {
+            bound.headers.reserve_exact(headers.len());
+            for (name, value) in headers {
+                match (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value)) {
+                    (Ok(n), Ok(v)) => bound.headers.push((n, v)),
+                    _ => {
+                        self.0.misbehaved("returned a header that is not valid HTTP", CallError::Plugin(name));
+                    }
+                }
+            }
+            bound.hold = stuck.and_then(|(table, key)| view.live.with_stick_table(table, |t| t.hold(key)));
+        }
+        (req, bound)
+    }
+}
+
 /// One thread's instance of a plugin, and the last generation in which `pool-changed`
 /// failed on this thread.
 #[derive(Default)]
@@ -438,7 +621,10 @@ struct Slot {
     failed_rebuild: u64,
 }
 
-/// A stand-in request for the impossible case where the store lost the real one.
-fn req_placeholder() -> PickRequest {
-    PickRequest { protocol: Protocol::Http1, client: SocketAddr::from(([0, 0, 0, 0], 0)), sni: None, head: None }
+/// A TCP connection from `0.0.0.0:0`: what the `request` import answers outside a call,
+/// and a stand-in while a request is lent out.
+impl Default for PickRequest {
+    fn default() -> Self {
+        PickRequest { protocol: Protocol::Tcp, client: SocketAddr::from(([0, 0, 0, 0], 0)), sni: None, head: None }
+    }
 }

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::Shared;
 use crate::config::ListenerConfig;
-use crate::plugin::{PickRequest, Protocol};
+use crate::plugin::{Bound, PickRequest, Protocol};
 use crate::state::{Placement, Pool};
 
 mod tunnel;
@@ -214,6 +214,14 @@ async fn forward(
     let mut conn =
         upstream::checkout(live, addr, cfg.connect_timeout, cfg.idle_timeout).await.map_err(Failure::Connect)?;
     live.requests.fetch_add(1, Ordering::Relaxed);
+    // The backend is settled: let the affinity plugin pin the client to it.
+    let bound = if pool.affinity.is_some() {
+        let (req, bound) = pool.bind(std::mem::take(pick), id);
+        *pick = req;
+        bound
+    } else {
+        Bound::default()
+    };
 
     let (Some(head), Some(incoming)) = (pick.head.take(), body.take()) else {
         return Err(Failure::Response(local(StatusCode::INTERNAL_SERVER_ERROR, "weir: request lost".into())));
@@ -266,12 +274,22 @@ async fn forward(
     {
         // The connection now belongs to the tunnel; its request sender is no longer needed.
         drop(conn);
-        return Ok(tunnel(res, client, live.clone(), tunnel_limits));
+        let mut res = tunnel(res, client, live.clone(), bound.hold, tunnel_limits);
+        add_headers(res.headers_mut(), bound.headers);
+        return Ok(res);
     }
     let (mut parts, incoming) = res.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    add_headers(&mut parts.headers, bound.headers);
     let body = UpstreamBody::new(incoming, conn, live.clone(), cfg.max_idle_per_backend);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// Appends the headers an affinity plugin asked for.
+fn add_headers(to: &mut HeaderMap, headers: Vec<(HeaderName, HeaderValue)>) {
+    for (name, value) in headers {
+        to.append(name, value);
+    }
 }
 
 /// Whether a request asks to become a WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
@@ -294,13 +312,16 @@ fn tunnel(
     mut res: Response<Incoming>,
     client: hyper::upgrade::OnUpgrade,
     live: std::sync::Arc<crate::state::BackendLive>,
+    stick: Option<crate::state::StickHold>,
     limits: crate::config::TunnelLimits,
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
     let active = upstream::ActiveGuard::new(live);
     tokio::spawn(async move {
-        let _active = active;
+        // Both live as long as the tunnel: it is one of its backend's active
+        // connections, and it keeps its stick entry (if any) from expiring.
+        let _held = (active, stick);
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

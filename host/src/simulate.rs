@@ -81,6 +81,7 @@ impl Sim {
             name: POOL.into(),
             backends: backends.iter().map(|b| fake_backend(&mut next_address, *b)).collect(),
             balancer: PluginRef { source, config_json: value.to_string() },
+            affinity: None,
             on_plugin_error: OnPluginError::Reject,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),

@@ -10,12 +10,15 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::config::{BackendConfig, Config, OnPluginError, PluginSource, PoolConfig};
-use crate::plugin::{Balancer, CallError, LoadError, PickRequest, PluginRuntime};
+use crate::plugin::{Affinity, Balancer, Bound, CallError, LoadError, PickRequest, PluginRuntime};
+
+mod stick;
+pub use stick::{StickHold, StickTable};
 
 /// Generations never repeat, across pools and rebuilds.
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -93,15 +96,56 @@ pub struct Backend {
     pub live: Arc<BackendLive>,
 }
 
+/// Named objects of a pool that plugins reach by a handle (counters, stick tables).
+/// Resolving a name takes a lock (once per instance); using a handle takes none: the
+/// list is replaced, never mutated, when an object is added.
+#[derive(Debug)]
+struct Registry<T> {
+    names: Mutex<Vec<Box<str>>>,
+    values: ArcSwap<Vec<Arc<T>>>,
+}
+
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self { names: Mutex::default(), values: ArcSwap::from_pointee(Vec::new()) }
+    }
+}
+
+impl<T> Registry<T> {
+    /// The handle of `name`, created with `make` if new.
+    fn resolve(&self, name: &str, make: impl FnOnce() -> T) -> u32 {
+        let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = names.iter().position(|n| &**n == name) {
+            return i as u32;
+        }
+        names.push(name.into());
+        let mut values = (**self.values.load()).clone();
+        values.push(Arc::new(make()));
+        self.values.store(Arc::new(values));
+        (names.len() - 1) as u32
+    }
+
+    /// The object named `name`, if it exists.
+    fn named(&self, name: &str) -> Option<Arc<T>> {
+        let id =
+            self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().position(|n| &**n == name)?;
+        self.with(id as u32, Arc::clone)
+    }
+
+    /// Runs `f` on the object behind `id`; `None` for an unknown handle.
+    fn with<R>(&self, id: u32, f: impl FnOnce(&Arc<T>) -> R) -> Option<R> {
+        self.values.load().get(id as usize).map(f)
+    }
+}
+
 /// Live figures of a whole pool, shared across snapshots and plugins: the counters of
-/// `pool.counter`/`pool.counter-next`, the fallback round robin and the pool's total load.
+/// `pool.counter`/`pool.counter-next`, the stick tables of `pool.stick-*`, the fallback
+/// round robin and the pool's total load.
 #[derive(Debug, Default)]
 pub struct PoolLive {
-    /// Counter names; a counter's handle is its index here.
-    names: Mutex<Vec<Box<str>>>,
-    /// Counter values by handle; replaced (never mutated) when a counter is added, so
-    /// `counter-next` takes no lock.
-    values: ArcSwap<Vec<Arc<AtomicU64>>>,
+    counters: Registry<AtomicU64>,
+    sticks: Registry<StickTable>,
+    secrets: Registry<[u8; 32]>,
     /// Position of the built-in fallback round robin.
     fallback: AtomicU64,
     /// Sum of `active + in_flight` over the pool's backends.
@@ -111,20 +155,43 @@ pub struct PoolLive {
 impl PoolLive {
     /// The handle of the named counter, created at 0 if new.
     pub fn counter(&self, name: &str) -> u32 {
-        let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(i) = names.iter().position(|n| &**n == name) {
-            return i as u32;
-        }
-        names.push(name.into());
-        let mut values = (**self.values.load()).clone();
-        values.push(Arc::new(AtomicU64::new(0)));
-        self.values.store(Arc::new(values));
-        (names.len() - 1) as u32
+        self.counters.resolve(name, || AtomicU64::new(0))
     }
 
     /// Returns counter `id`'s value and advances it; 0 for an unknown handle.
     pub fn next(&self, id: u32) -> u64 {
-        self.values.load().get(id as usize).map_or(0, |c| c.fetch_add(1, Ordering::Relaxed))
+        self.counters.with(id, |c| c.fetch_add(1, Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// The handle of the named stick table, created if new; its TTL becomes `ttl`.
+    pub fn stick_table(&self, name: &str, ttl: Duration) -> u32 {
+        let id = self.sticks.resolve(name, || StickTable::new(ttl));
+        self.sticks.with(id, |t| t.set_ttl(ttl));
+        id
+    }
+
+    /// The stick table named `name` (as a plugin named it), if one was made.
+    pub fn stick_table_named(&self, name: &str) -> Option<Arc<StickTable>> {
+        self.sticks.named(name)
+    }
+
+    /// Runs `f` on stick table `id`; `None` for an unknown handle.
+    pub fn with_stick_table<R>(&self, id: u32, f: impl FnOnce(&Arc<StickTable>) -> R) -> Option<R> {
+        self.sticks.with(id, f)
+    }
+
+    /// The named random secret of this pool, made on first use.
+    pub fn secret(&self, name: &str) -> [u8; 32] {
+        let id = self.secrets.resolve(name, || {
+            let mut key = [0u8; 32];
+            if let Err(e) = getrandom::fill(&mut key) {
+                // Without the OS's randomness the secret is all zeros: predictable, so say
+                // so loudly; the plugin still works, its signatures are just forgeable.
+                tracing::error!(pool_secret = name, error = %e, "no random source; the secret is predictable");
+            }
+            key
+        });
+        self.secrets.with(id, |k| **k).unwrap_or_default()
     }
 
     /// Returns the fallback round robin's position and advances it.
@@ -149,7 +216,9 @@ pub struct PoolView {
     /// `max_connections` by id (0 = no limit), packed so the per-decision check touches
     /// 4 bytes, not a whole backend record.
     limits: Vec<u32>,
-    /// Pool-wide live figures (counters, total load).
+    /// Backend id by [`stick::address_key`] of its address, for stick entries.
+    by_address: std::collections::HashMap<u64, u32>,
+    /// Pool-wide live figures (counters, stick tables, total load).
     pub live: Arc<PoolLive>,
 }
 
@@ -157,6 +226,16 @@ impl PoolView {
     /// Whether backend `id` may take new work.
     pub fn is_eligible(&self, id: u32) -> bool {
         self.eligible_mask.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// The current id of the backend a stick entry names, if it is still a member.
+    pub fn by_address_key(&self, key: u64) -> Option<u32> {
+        self.by_address.get(&key).copied()
+    }
+
+    /// The key stick entries name backend `id` by.
+    pub fn address_key(&self, id: u32) -> Option<u64> {
+        self.members.get(id as usize).map(|b| stick::address_key(&b.config.address))
     }
 
     /// The live state of backend `id`, if it exists.
@@ -185,17 +264,28 @@ pub struct Pool {
     pub view: Arc<PoolView>,
     /// The balancer.
     pub balancer: Arc<Balancer>,
+    /// The affinity plugin, if the pool has one.
+    pub affinity: Option<Arc<Affinity>>,
 }
 
 impl Pool {
-    /// Places a request: asks the balancer, and applies `on_plugin_error` when it fails.
-    /// `avoid` is a backend that just failed to connect; if the plugin picks it again the
-    /// next eligible backend is used instead. Gives the request back for the I/O.
+    /// Places a request: asks the affinity plugin for a pinned backend, then (when there
+    /// is none, or it is not eligible or full) the balancer, and applies
+    /// `on_plugin_error` when the balancer fails. `avoid` is a backend that just failed to
+    /// connect: affinity is not asked again, and if the balancer picks it again the next
+    /// eligible backend is used instead. Gives the request back for the I/O.
     pub fn place(&self, req: PickRequest, avoid: Option<u32>) -> (PickRequest, Placement) {
         let view = &self.view;
         if view.eligible.is_empty() {
             return (req, Placement::NoBackend);
         }
+        let req = match &self.affinity {
+            Some(affinity) if avoid.is_none() => match affinity.lookup(view, req) {
+                (req, Some(id)) if view.is_eligible(id) && !self.is_full(id) => return (req, Placement::Backend(id)),
+                (req, _) => req,
+            },
+            _ => req,
+        };
         let (req, outcome) = self.balancer.pick(view, req);
         let placement = match outcome {
             Ok(id) if Some(id) == avoid => self.next_after(id),
@@ -211,6 +301,15 @@ impl Pool {
             other => other,
         };
         (req, placement)
+    }
+
+    /// Tells the affinity plugin (if any) where `req` went; returns what it wants added to
+    /// the response.
+    pub fn bind(&self, req: PickRequest, id: u32) -> (PickRequest, Bound) {
+        match &self.affinity {
+            Some(affinity) => affinity.bind(&self.view, req, id),
+            None => (req, Bound::default()),
+        }
     }
 
     /// Whether backend `id` has reached its `max_connections`.
@@ -261,10 +360,12 @@ pub struct Runtime {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A plugin did not load or refused its config.
-    #[error("pool `{pool}`: balancer `{plugin}`: {source}")]
+    #[error("pool `{pool}`: {role} `{plugin}`: {source}")]
     Plugin {
         /// Pool.
         pool: String,
+        /// `balancer` or `affinity`.
+        role: &'static str,
         /// Plugin source.
         plugin: String,
         /// Why.
@@ -300,6 +401,11 @@ impl Runtime {
                 name: name.clone(),
                 generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
                 limits: members.iter().map(|b| b.config.max_connections).collect(),
+                by_address: members
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (stick::address_key(&b.config.address), i as u32))
+                    .collect(),
                 members,
                 eligible,
                 eligible_mask,
@@ -311,11 +417,26 @@ impl Runtime {
                 }
                 _ => plugins.load_balancer(&name, &pc.balancer, &view).map_err(|source| BuildError::Plugin {
                     pool: name.to_string(),
+                    role: "balancer",
                     plugin: pc.balancer.source.to_string(),
                     source,
                 })?,
             };
-            pools.insert(name.to_string(), Arc::new(Pool { config: pc.clone(), view, balancer }));
+            let affinity = match (&pc.affinity, old) {
+                (None, _) => None,
+                (Some(a), Some(o))
+                    if o.config.affinity.as_ref() == Some(a) && matches!(a.source, PluginSource::Pack(_)) =>
+                {
+                    o.affinity.clone()
+                }
+                (Some(a), _) => Some(plugins.load_affinity(&name, a, &view).map_err(|source| BuildError::Plugin {
+                    pool: name.to_string(),
+                    role: "affinity",
+                    plugin: a.source.to_string(),
+                    source,
+                })?),
+            };
+            pools.insert(name.to_string(), Arc::new(Pool { config: pc.clone(), view, balancer, affinity }));
         }
         Ok(Runtime { pools, built_at: Instant::now() })
     }

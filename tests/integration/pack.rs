@@ -11,8 +11,7 @@ async fn every_pack_plugin_serves_traffic() {
     let ups = [Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await];
     let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
     let client = support::client();
-    let names: Vec<&str> =
-        weir::plugin::pack::names().chain(weir::plugin::pack::ALIASES.iter().map(|(a, _)| *a)).collect();
+    let names: Vec<&str> = weir::plugin::pack::names_of(weir::plugin::pack::Role::Balancer).collect();
     assert!(names.len() >= 2, "{names:?}");
     for name in names {
         let server =
@@ -30,4 +29,22 @@ async fn every_pack_plugin_serves_traffic() {
         assert_eq!((traps, errors), (0, 0), "{name} failed while serving");
         assert!(seen.keys().all(|k| ["a", "b", "c"].contains(&k.as_str())), "{name}: {seen:?}");
     }
+}
+
+/// The pack's role table agrees with what each component really exports.
+#[test]
+fn pack_roles_match_the_components() {
+    use weir::plugin::pack::{self, Role};
+    let runtime = weir::plugin::PluginRuntime::new(weir::config::PluginSettings::default()).unwrap();
+    for name in pack::names() {
+        let world = runtime.inspect(pack::get(name).unwrap()).unwrap().world;
+        let expected = match pack::role(name) {
+            Some(Role::Balancer) => "balancer-plugin",
+            Some(Role::Affinity) => "affinity-plugin",
+            None => panic!("{name} has no role"),
+        };
+        assert_eq!(world, Some(expected), "{name}");
+    }
+    assert!(pack::names_of(Role::Affinity).eq(["cookie", "header", "source-ip"]));
+    assert!(pack::names_of(Role::Balancer).any(|n| n == "least-request"));
 }

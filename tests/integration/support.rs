@@ -133,13 +133,20 @@ pub fn client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// An empty request body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|e: Infallible| match e {}).boxed()
+}
+
+/// A response's whole body, as text.
+pub async fn body_text(res: Response<Incoming>) -> String {
+    String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
 /// GETs `url`; returns status and body text.
 pub async fn get(client: &Client<HttpConnector, Body>, url: &str) -> (StatusCode, String) {
-    let req = Request::get(url).body(Empty::new().map_err(|e: Infallible| match e {}).boxed()).unwrap();
-    let res = client.request(req).await.unwrap();
-    let status = res.status();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let res = client.request(Request::get(url).body(empty()).unwrap()).await.unwrap();
+    (res.status(), body_text(res).await)
 }
 
 /// Where compiled plugins are cached for the tests (shared by every test, inside target/).

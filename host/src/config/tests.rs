@@ -68,7 +68,7 @@ fn unknown_pool_and_plugin_are_located() {
 
     let (line, _, key, message) = invalid(&GOOD.replace("plugin = \"round-robin\"", "plugin = \"round-rabin\""));
     assert_eq!((line, key.as_str()), (16, "pool.web.balancer.plugin"));
-    assert!(message.contains("known: "), "{message}");
+    assert!(message.contains("the pack's balancer plugins: ") && message.contains("round-robin"), "{message}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Host bindings generated from `wit/` by wasmtime's `bindgen!`, kept private; the rest of
-//! weir sees only the names re-exported here.
+//! weir sees only the names re-exported here. The imports (`types`, `pool`, `request`,
+//! `log`) are generated once, with the balancer world, and shared by the affinity world.
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -8,6 +9,20 @@ mod generated {
     });
 }
 
+mod affinity {
+    wasmtime::component::bindgen!({
+        world: "affinity-plugin",
+        path: "../wit",
+        with: {
+            "weir:plugin/types@0.1.0": super::generated::weir::plugin::types,
+            "weir:plugin/pool@0.1.0": super::generated::weir::plugin::pool,
+            "weir:plugin/request@0.1.0": super::generated::weir::plugin::request,
+            "weir:plugin/log@0.1.0": super::generated::weir::plugin::log,
+        },
+    });
+}
+
+pub(crate) use affinity::{AffinityPlugin, AffinityPluginPre};
 pub(crate) use generated::weir::plugin::types::{
     Backend as WitBackend, Host as TypesHost, IpAddress, PickError, PluginError, Protocol as WitProtocol,
 };

@@ -10,8 +10,8 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{self, BalancerPlugin, WitBackend, WitProtocol};
-use super::{PickRequest, Protocol};
+use super::bindings::{self, WitBackend, WitProtocol};
+use super::{Exports, PickRequest, Protocol};
 use crate::state::PoolView;
 
 /// Enforces the per-instance memory limit and remembers that it did.
@@ -45,6 +45,8 @@ pub(crate) struct InstanceState {
     view: Option<Arc<PoolView>>,
     /// The request being placed, moved in for the duration of one call.
     pub(crate) request: Option<PickRequest>,
+    /// The last `(table, key)` given to `stick-set` during the current call.
+    pub(crate) stuck: Option<(u32, u64)>,
 }
 
 impl InstanceState {
@@ -78,7 +80,7 @@ impl WasiView for InstanceState {
 /// One thread's instance of one plugin.
 pub(crate) struct Live {
     pub(crate) store: Store<InstanceState>,
-    pub(crate) bindings: Option<BalancerPlugin>,
+    pub(crate) exports: Option<Exports>,
     /// The pool generation the plugin last heard of through `pool-changed` (0: none yet).
     pub(crate) generation: u64,
 }
@@ -94,10 +96,11 @@ impl Live {
             pool,
             view: None,
             request: None,
+            stuck: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
-        Self { store, bindings: None, generation: 0 }
+        Self { store, exports: None, generation: 0 }
     }
 }
 
@@ -153,6 +156,28 @@ impl bindings::pool::Host for InstanceState {
 
     fn total_load(&mut self) -> u64 {
         self.view().map_or(0, |v| v.live.total_load.load(Ordering::Relaxed))
+    }
+
+    fn secret(&mut self, name: String) -> Vec<u8> {
+        self.view().map_or_else(Vec::new, |v| v.live.secret(&name).to_vec())
+    }
+
+    fn stick_table(&mut self, name: String, ttl_ms: u64) -> u32 {
+        self.view().map_or(u32::MAX, |v| v.live.stick_table(&name, std::time::Duration::from_millis(ttl_ms)))
+    }
+
+    fn stick_get(&mut self, table: u32, key: u64) -> Option<u32> {
+        let view = self.view()?;
+        let backend = view.live.with_stick_table(table, |t| t.get(key))??;
+        view.by_address_key(backend)
+    }
+
+    fn stick_set(&mut self, table: u32, key: u64, id: u32) {
+        let Some(view) = self.view() else { return };
+        let Some(backend) = view.address_key(id) else { return };
+        if view.live.with_stick_table(table, |t| t.set(key, backend)).is_some() {
+            self.stuck = Some((table, key));
+        }
     }
 }
 

@@ -16,3 +16,36 @@ pub fn get(name: &str) -> Option<&'static [u8]> {
 pub fn names() -> impl Iterator<Item = &'static str> {
     PACK.iter().map(|(n, _)| *n)
 }
+
+/// What a plugin is for: the world it implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `balancer-plugin`.
+    Balancer,
+    /// `affinity-plugin`.
+    Affinity,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Balancer => "balancer",
+            Role::Affinity => "affinity",
+        })
+    }
+}
+
+/// The pack plugins that implement `affinity-plugin`; every other one is a balancer (a
+/// test checks this against the components themselves).
+pub const AFFINITY: &[&str] = &["cookie", "header", "source-ip"];
+
+/// The role of a pack plugin, by name or alias.
+pub fn role(name: &str) -> Option<Role> {
+    get(name)?;
+    Some(if AFFINITY.contains(&name) { Role::Affinity } else { Role::Balancer })
+}
+
+/// The pack's names (aliases included) of one role, sorted.
+pub fn names_of(role: Role) -> impl Iterator<Item = &'static str> {
+    names().chain(ALIASES.iter().map(|(a, _)| *a)).filter(move |n| self::role(n) == Some(role))
+}

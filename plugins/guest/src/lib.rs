@@ -43,6 +43,7 @@ pub mod key;
 pub mod ring;
 pub mod rng;
 pub mod select;
+pub mod stick;
 use serde::de::DeserializeOwned;
 use types::{Backend, BackendId, PluginError};
 

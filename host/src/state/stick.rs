@@ -1,0 +1,191 @@
+//! Stick tables: what the `pool.stick-*` imports read and write. A table maps 64-bit keys
+//! (hashed by the plugin: a session header, a client address) to a backend, named by a
+//! hash of its address so an entry survives snapshot rebuilds and reorderings.
+//!
+//! An entry expires `ttl` after it was last read or written, but never while a tunnel
+//! bound through it is open ([`StickHold`]); then `ttl` after the last one closed, as
+//! HAProxy users expect of a stick table under long-lived connections. The table is split
+//! into shards, each behind its own mutex held for one hash-map operation, so threads
+//! placing different keys rarely meet. Expired entries are swept from a shard when it has
+//! doubled since its last sweep, so memory follows the live entries.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Shards per table (a power of two).
+const SHARDS: usize = 16;
+
+/// Milliseconds since the first call in this process: the tables' clock.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The identity a stick entry names a backend by: a hash of its configured address,
+/// which (unlike its id) does not change when the pool is rebuilt.
+pub(crate) fn address_key(address: &str) -> u64 {
+    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    h.write(address.as_bytes());
+    h.finish()
+}
+
+#[derive(Debug)]
+struct Entry {
+    backend: u64,
+    last_ms: u64,
+    /// Open tunnels bound through this entry.
+    open: u32,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    entries: HashMap<u64, Entry>,
+    /// Size after the last sweep.
+    swept_len: usize,
+}
+
+/// One named stick table of a pool.
+#[derive(Debug)]
+pub struct StickTable {
+    ttl_ms: AtomicU64,
+    shards: [Mutex<Shard>; SHARDS],
+    /// Live tunnels holding an entry of this table (for tests and the admin API).
+    pub holds: AtomicU64,
+}
+
+impl StickTable {
+    /// An empty table whose entries expire `ttl` after their last use.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
+            shards: std::array::from_fn(|_| Mutex::default()),
+            holds: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, Shard> {
+        // The plugin's keys are hashes already; the high bits pick the shard, the map
+        // hashes the whole key again.
+        self.shards[(key >> 60) as usize % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the TTL (a reloaded plugin config may change it); applies to every entry.
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn live(&self, e: &Entry, now: u64) -> bool {
+        e.open > 0 || now.saturating_sub(e.last_ms) < self.ttl_ms.load(Ordering::Relaxed)
+    }
+
+    /// The backend (address key) `key` is stuck to, refreshing the entry; `None` if there
+    /// is no live entry.
+    pub fn get(&self, key: u64) -> Option<u64> {
+        let now = now_ms();
+        let mut shard = self.shard(key);
+        match shard.entries.get_mut(&key) {
+            Some(e) if self.live(e, now) => {
+                e.last_ms = now;
+                Some(e.backend)
+            }
+            Some(_) => {
+                shard.entries.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Sticks `key` to `backend` (an address key), keeping the count of tunnels open on
+    /// the entry.
+    pub fn set(&self, key: u64, backend: u64) {
+        let now = now_ms();
+        let mut shard = self.shard(key);
+        let e = shard.entries.entry(key).or_insert(Entry { backend, last_ms: now, open: 0 });
+        e.backend = backend;
+        e.last_ms = now;
+        if shard.entries.len() >= 2 * shard.swept_len.max(32) {
+            let ttl = self.ttl_ms.load(Ordering::Relaxed);
+            shard.entries.retain(|_, e| e.open > 0 || now.saturating_sub(e.last_ms) < ttl);
+            shard.swept_len = shard.entries.len();
+        }
+    }
+
+    /// Keeps `key`'s entry alive until the returned hold is dropped (a tunnel's life).
+    pub fn hold(self: &Arc<Self>, key: u64) -> StickHold {
+        if let Some(e) = self.shard(key).entries.get_mut(&key) {
+            e.open += 1;
+        }
+        self.holds.fetch_add(1, Ordering::Relaxed);
+        StickHold { table: self.clone(), key }
+    }
+
+    /// Live entries (swept or not), for tests and the admin API.
+    pub fn len(&self) -> usize {
+        let now = now_ms();
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock().unwrap_or_else(PoisonError::into_inner).entries.values().filter(|e| self.live(e, now)).count()
+            })
+            .sum()
+    }
+
+    /// Whether the table has no live entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keeps one stick entry alive while a tunnel bound through it is open; its drop starts
+/// the entry's TTL.
+#[derive(Debug)]
+pub struct StickHold {
+    table: Arc<StickTable>,
+    key: u64,
+}
+
+impl Drop for StickHold {
+    fn drop(&mut self) {
+        let now = now_ms();
+        if let Some(e) = self.table.shard(self.key).entries.get_mut(&self.key) {
+            e.open = e.open.saturating_sub(1);
+            e.last_ms = now;
+        }
+        self.table.holds.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_expire_after_ttl_but_not_while_held() {
+        let t = Arc::new(StickTable::new(Duration::from_millis(40)));
+        t.set(1, 10);
+        t.set(2, 20);
+        let hold = t.hold(2);
+        assert_eq!(t.get(1), Some(10));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(t.get(1), None, "expired");
+        assert_eq!(t.get(2), Some(20), "held by an open tunnel");
+        drop(hold);
+        assert_eq!(t.get(2), Some(20), "the TTL starts when the last tunnel closes");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(t.get(2), None);
+    }
+
+    #[test]
+    fn sweeping_keeps_memory_to_live_entries() {
+        let t = StickTable::new(Duration::ZERO);
+        for k in 0..100_000u64 {
+            t.set(k.wrapping_mul(0x9e37_79b9_7f4a_7c15), 1);
+        }
+        let stored: usize = t.shards.iter().map(|s| s.lock().unwrap().entries.len()).sum();
+        assert!(stored < 2 * 32 * SHARDS, "{stored} entries kept with a zero TTL");
+    }
+}
