@@ -169,6 +169,13 @@ struct FilePool {
     idle_timeout_ms: Option<FileDuration>,
     /// Most idle upstream connections kept per backend. Default 64. Reloadable.
     max_idle_per_backend: Option<usize>,
+    /// When a backend leaves the pool (reload) or weir shuts down, its WebSockets get a
+    /// close frame `1001` each, spread evenly over this window so clients do not all
+    /// reconnect at once. Default 10 s. Reloadable.
+    drain_spread_ms: Option<FileDuration>,
+    /// Tunnels of a drained backend still open this long after the drain began are cut.
+    /// At least `drain_spread_ms`. Default 30 s. Reloadable.
+    drain_deadline_ms: Option<FileDuration>,
 }
 
 /// One backend.
@@ -339,6 +346,10 @@ pub struct PoolConfig {
     pub idle_timeout: Duration,
     /// Idle upstream connections kept per backend.
     pub max_idle_per_backend: usize,
+    /// Window over which a drain spreads its close frames.
+    pub drain_spread: Duration,
+    /// When a drain cuts the tunnels still open.
+    pub drain_deadline: Duration,
 }
 
 /// One backend.
@@ -459,6 +470,15 @@ impl Cx<'_> {
                 Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"), Role::Balancer)?,
                 None => PluginRef { source: PluginSource::Pack("round-robin".into()), config_json: "{}".into() },
             };
+            let drain_spread = pool.drain_spread_ms.map_or(Duration::from_secs(10), |d| d.0);
+            let drain_deadline = pool.drain_deadline_ms.map_or(Duration::from_secs(30), |d| d.0);
+            if drain_deadline < drain_spread {
+                return Err(self.at(
+                    None,
+                    format!("{key}.drain_deadline_ms"),
+                    format!("{drain_deadline:?} is shorter than drain_spread_ms ({drain_spread:?})"),
+                ));
+            }
             let affinity = match pool.affinity {
                 Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"), Role::Affinity)?),
                 None => None,
@@ -475,6 +495,8 @@ impl Cx<'_> {
                     response_timeout: pool.response_timeout_ms.map_or(Duration::from_secs(60), |d| d.0),
                     idle_timeout: pool.idle_timeout_ms.map_or(Duration::from_secs(60), |d| d.0),
                     max_idle_per_backend: pool.max_idle_per_backend.unwrap_or(64),
+                    drain_spread,
+                    drain_deadline,
                 },
             );
         }

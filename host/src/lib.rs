@@ -105,17 +105,57 @@ impl Server {
     /// current one (live backend figures, counters and stick tables carry over by
     /// address, unchanged pack plugins are reused) and switches to it at once. New work
     /// follows the new snapshot; requests and tunnels in progress keep the backend they
-    /// have. On any error nothing changes. Listeners are not rebound: a changed
-    /// `[[listener]]` table needs a restart (a warning says so).
+    /// have, except that the WebSockets of a backend that left its pool are drained (a
+    /// close frame each, spread over the pool's `drain_spread_ms`, cut at
+    /// `drain_deadline_ms`); a backend that stays keeps every tunnel untouched. On any
+    /// error nothing changes. Listeners are not rebound: a changed `[[listener]]` table
+    /// needs a restart (a warning says so).
     pub fn reload(&self, config: &Config) -> Result<(), BuildError> {
-        let current = self.shared.runtime.load();
-        let next = Runtime::build(config, &self.shared.plugins, Some(&current))?;
+        let current = self.shared.runtime.load_full();
+        let next = Arc::new(Runtime::build(config, &self.shared.plugins, Some(&current))?);
         let listeners: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
         if listeners != self.listeners.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() {
             tracing::warn!("reload: listeners are not rebound; restart weir to apply listener changes");
         }
-        self.shared.runtime.store(Arc::new(next));
+        self.shared.runtime.store(next.clone());
+        for (name, old) in &current.pools {
+            let new = next.pools.get(name);
+            let config = new.map_or(&old.config, |p| &p.config);
+            for member in &old.view.members {
+                let stays = new.is_some_and(|p| p.view.members.iter().any(|m| Arc::ptr_eq(&m.live, &member.live)));
+                if !stays {
+                    let n = member.live.drain_tunnels(config.drain_spread, config.drain_deadline);
+                    tracing::info!(pool = %name, backend = %member.config.address, tunnels = n, "backend removed; draining its tunnels");
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Graceful shutdown: stops accepting, drains every tunnel of every pool (close
+    /// frames spread over each pool's `drain_spread_ms`), and returns once none is left
+    /// or the longest `drain_deadline_ms` has passed (tunnels are cut at their pool's
+    /// deadline). Returns how many tunnels were drained.
+    pub async fn shutdown(&self) -> usize {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let runtime = self.shared.runtime.load_full();
+        let mut drained = 0;
+        let mut longest = std::time::Duration::ZERO;
+        for pool in runtime.pools.values() {
+            longest = longest.max(pool.config.drain_deadline);
+            for m in &pool.view.members {
+                drained += m.live.drain_tunnels(pool.config.drain_spread, pool.config.drain_deadline);
+            }
+        }
+        let open = || runtime.pools.values().flat_map(|p| &p.view.members).map(|m| m.live.tunnels()).sum::<usize>();
+        // A little beyond the deadline, for the cut tunnels to unregister.
+        let give_up = tokio::time::Instant::now() + longest + std::time::Duration::from_millis(500);
+        while open() > 0 && tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drained
     }
 
     /// The shared state (snapshot and plugin runtime).

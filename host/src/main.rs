@@ -162,7 +162,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         std::future::pending::<()>().await
     };
     tokio::select! { () = shutdown_signal() => {}, () = reloads => {} }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining tunnels");
+    let drained = server.shutdown().await;
+    tracing::info!(tunnels = drained, "stopped");
     Ok(())
 }
 

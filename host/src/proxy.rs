@@ -31,6 +31,7 @@ use crate::config::ListenerConfig;
 use crate::plugin::{Bound, PickRequest, Protocol};
 use crate::state::{Placement, Pool};
 
+pub(crate) mod drain;
 mod tunnel;
 pub(crate) mod upstream;
 
@@ -317,10 +318,12 @@ fn tunnel(
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
+    let entry = live.tunnels.register();
     let active = upstream::ActiveGuard::new(live);
     tokio::spawn(async move {
-        // Both live as long as the tunnel: it is one of its backend's active
-        // connections, and it keeps its stick entry (if any) from expiring.
+        // These live as long as the tunnel: it is one of its backend's active connections
+        // and open tunnels (where a drain finds it), and it keeps its stick entry (if any)
+        // from expiring.
         let _held = (active, stick);
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
@@ -329,7 +332,7 @@ fn tunnel(
                 return;
             }
         };
-        if let Err(e) = tunnel::join(client, upstream, limits).await {
+        if let Err(e) = tunnel::join(client, upstream, limits, &entry.order).await {
             tracing::debug!(error = %e, "websocket tunnel ended with an error");
         }
     });

@@ -87,6 +87,8 @@ impl Sim {
             response_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             max_idle_per_backend: 0,
+            drain_spread: Duration::ZERO,
+            drain_deadline: Duration::ZERO,
         };
         let config = Config {
             source: None,

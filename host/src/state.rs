@@ -40,6 +40,8 @@ pub struct BackendLive {
     pub connect_failures: AtomicU64,
     /// Idle upstream keep-alive connections.
     pub(crate) idle: Mutex<Vec<crate::proxy::upstream::IdleConn>>,
+    /// Open tunnels (WebSockets), so a drain can reach them.
+    pub(crate) tunnels: Arc<crate::proxy::drain::Tunnels>,
 }
 
 impl BackendLive {
@@ -52,6 +54,7 @@ impl BackendLive {
             requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
+            tunnels: Arc::default(),
         }
     }
 
@@ -77,6 +80,18 @@ impl BackendLive {
     pub fn request_finished(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.pool.total_load.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open tunnels (WebSockets) to this backend.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.len()
+    }
+
+    /// Orders this backend's open tunnels to close gracefully: a close frame each, spread
+    /// evenly over `spread`, and a cut at `deadline` for those still open. Returns how
+    /// many were ordered.
+    pub fn drain_tunnels(&self, spread: Duration, deadline: Duration) -> usize {
+        self.tunnels.drain(spread, deadline)
     }
 
     /// Folds one latency sample into the EWMA (weight 1/8 for the new sample).

@@ -4,6 +4,7 @@
 
 mod affinity;
 mod cli;
+mod drain;
 mod pack;
 mod pack_hashing;
 mod pack_load;

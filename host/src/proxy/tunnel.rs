@@ -10,7 +10,9 @@
 //! on busy tunnels, but needs `unsafe` and a pool of kernel pipes; with frames mostly small
 //! and tunnels mostly idle, memory is the figure that matters here. End of stream on one
 //! side half-closes the other (`shutdown(SHUT_WR)`), so each side can still finish; an
-//! error on either side ends both.
+//! error on either side ends both. The backend→client direction also follows the
+//! WebSocket frame boundaries, so a drain can put a close frame between two frames (see
+//! [`super::drain`]).
 
 use std::io;
 use std::net::Shutdown;
@@ -21,6 +23,9 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use tokio::sync::Notify;
+
+use super::drain::{DrainOrder, FrameTracker, going_away};
 use crate::config::TunnelLimits;
 
 /// Bytes taken per burst.
@@ -29,31 +34,61 @@ const BURST: usize = 16 << 10;
 /// `activity` value meaning the copy cannot report activity (the buffered fallback).
 const UNTRACKED: u64 = u64::MAX;
 
-/// Joins two upgraded connections until both directions are finished, the tunnel has
-/// been idle (no byte either way) for `limits.idle_timeout`, or it reaches
-/// `limits.max_lifetime`.
-pub(crate) async fn join(a: Upgraded, b: Upgraded, limits: TunnelLimits) -> io::Result<()> {
+/// Joins a client's upgraded connection (`client`) and its backend's (`backend`) until
+/// both directions are finished, the tunnel has been idle (no byte either way) for
+/// `limits.idle_timeout`, it reaches `limits.max_lifetime`, or a drain `order` cuts it
+/// (after its close frame went out at the order's moment).
+pub(crate) async fn join(
+    client: Upgraded,
+    backend: Upgraded,
+    limits: TunnelLimits,
+    order: &DrainOrder,
+) -> io::Result<()> {
     let started = Instant::now();
     // Milliseconds after `started` of the last byte moved, in either direction.
     let activity = AtomicU64::new(0);
-    let copy = copy(a, b, &activity, started);
-    // One timer per tunnel, for both limits: it sleeps until the earlier of "idle since
-    // the last byte" and "too old", and re-arms when traffic moved the first one.
+    // Set by the watchdog when this tunnel's close frame is due.
+    let closing = Closing::default();
+    let copy = copy(client, backend, &activity, started, &closing);
+    // One timer per tunnel, for every limit: it sleeps until the earliest of "idle since
+    // the last byte", "too old", "close frame due" and "drain deadline", and re-arms when
+    // traffic moved the first one or a drain order arrived.
     let end_of_life = limits.max_lifetime.map(|max| started + max);
     let watchdog = async {
+        let mut close_sent = false;
         loop {
             let ms = activity.load(Ordering::Relaxed);
             let idle_at = (ms != UNTRACKED).then(|| started + Duration::from_millis(ms) + limits.idle_timeout);
-            let deadline = match (idle_at, end_of_life) {
-                (Some(i), Some(e)) => i.min(e),
-                (Some(d), None) | (None, Some(d)) => d,
-                (None, None) => return std::future::pending().await,
-            };
-            if Instant::now() >= deadline {
-                let why = if end_of_life.is_some_and(|e| deadline >= e) { "max lifetime" } else { "idle timeout" };
+            let close_at = order.close_at().filter(|_| !close_sent);
+            let cut_at = order.cut_at();
+            let deadline = [idle_at, end_of_life, close_at, cut_at].into_iter().flatten().min();
+            let now = Instant::now();
+            if let Some(deadline) = deadline.filter(|d| now >= *d) {
+                if close_at == Some(deadline) {
+                    closing.due.store(true, Ordering::Relaxed);
+                    closing.wake.notify_one();
+                    close_sent = true;
+                    continue;
+                }
+                let why = if cut_at == Some(deadline) {
+                    "drain deadline"
+                } else if end_of_life == Some(deadline) {
+                    "max lifetime"
+                } else {
+                    "idle timeout"
+                };
                 return io::Error::new(io::ErrorKind::TimedOut, format!("tunnel {why}"));
             }
-            tokio::time::sleep_until(deadline.into()).await;
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = sleep => {}
+                () = order.changed.notified() => {}
+            }
         }
     };
     tokio::select! {
@@ -62,8 +97,8 @@ pub(crate) async fn join(a: Upgraded, b: Upgraded, limits: TunnelLimits) -> io::
     }
 }
 
-/// Copies both ways, recording activity.
-async fn copy(a: Upgraded, b: Upgraded, activity: &AtomicU64, started: Instant) -> io::Result<()> {
+/// Copies both ways, recording activity; `a` is the client, `b` the backend.
+async fn copy(a: Upgraded, b: Upgraded, activity: &AtomicU64, started: Instant, closing: &Closing) -> io::Result<()> {
     let touch = || activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     match (a.downcast::<TokioIo<TcpStream>>(), b.downcast::<TokioIo<TcpStream>>()) {
         (Ok(a), Ok(b)) => {
@@ -71,10 +106,13 @@ async fn copy(a: Upgraded, b: Upgraded, activity: &AtomicU64, started: Instant) 
             // Bytes each side sent right after its upgrade, already read by hyper. They
             // are slices of hyper's read buffers: drop them once written, or each would
             // keep a whole buffer alive for the life of the tunnel.
+            let mut frames = FrameTracker::default();
             write_all(&b_io, &a.read_buf).await?;
+            frames.advance(&b.read_buf, false);
             write_all(&a_io, &b.read_buf).await?;
             drop((a.read_buf, b.read_buf));
-            tokio::try_join!(pump(&a_io, &b_io, &touch), pump(&b_io, &a_io, &touch)).map(|_| ())
+            let to_client = pump_frames(&b_io, &a_io, &touch, frames, closing);
+            tokio::try_join!(pump(&a_io, &b_io, &touch), to_client).map(|_| ())
         }
         // Not two plain TCP connections (TLS, in time): a buffered copy.
         (a, b) => {
@@ -121,6 +159,78 @@ async fn pump(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result
             }
         }
         touch();
+    }
+}
+
+/// The watchdog's word to the backend→client pump that the close frame is due.
+#[derive(Debug, Default)]
+struct Closing {
+    /// Checked between chunks, so a backend that never pauses cannot hold the close off.
+    due: std::sync::atomic::AtomicBool,
+    /// Wakes a pump waiting for the backend.
+    wake: Notify,
+}
+
+/// [`pump`] for the backend→client direction, following its frame boundaries: once the
+/// close is due, the next boundary gets a `1001` close frame, after which the backend's
+/// bytes are read and dropped until it closes.
+async fn pump_frames(
+    from: &TcpStream,
+    to: &TcpStream,
+    touch: &impl Fn(),
+    mut frames: FrameTracker,
+    closing: &Closing,
+) -> io::Result<()> {
+    loop {
+        let draining = closing.due.load(Ordering::Relaxed);
+        if draining && frames.at_boundary() {
+            write_all(to, &going_away()).await?;
+            return discard(from, to).await;
+        }
+        tokio::select! {
+            ready = from.readable() => ready?,
+            () = closing.wake.notified(), if !draining => continue,
+        }
+        let mut buf = Vec::with_capacity(BURST);
+        loop {
+            let draining = closing.due.load(Ordering::Relaxed);
+            if draining && frames.at_boundary() {
+                break;
+            }
+            buf.clear();
+            match from.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                    return Ok(());
+                }
+                Ok(n) => {
+                    // While draining, stop at the first boundary: the close goes there.
+                    let used = frames.advance(&buf[..n], draining);
+                    let pass = if draining && !frames.lost() { used } else { n };
+                    write_all(to, &buf[..pass]).await?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        touch();
+    }
+}
+
+/// Reads and drops what `from` still sends until it ends, then half-closes `to`.
+async fn discard(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    let mut sink = [0u8; 512];
+    loop {
+        from.readable().await?;
+        match from.try_read(&mut sink) {
+            Ok(0) => {
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -1,0 +1,264 @@
+//! Graceful drain of WebSocket tunnels: when a backend leaves the pool (a reload) or
+//! weir shuts down (SIGTERM), each of the backend's tunnels gets a close frame `1001
+//! Going Away` from the proxy at its own moment, spread evenly over `drain_spread_ms` so
+//! the clients do not reconnect in one storm, and tunnels still open at
+//! `drain_deadline_ms` are cut.
+//!
+//! The tunnel copies raw bytes, so a close frame may only be put between two frames of
+//! the backend→client direction. The cheapest correct way, chosen here: that direction
+//! tracks frame *headers* only ([`FrameTracker`]: tungstenite parses each header as it
+//! passes, and the payload after it is skipped by its length, never looked at), which
+//! costs a few instructions per frame and no memory beyond 14 bytes while a tunnel lives.
+//! Against splice(2): splicing moves bytes without ever seeing them, so it cannot know
+//! where a frame ends; a splicing tunnel would have to switch to this copy when its drain
+//! begins and then wait for a boundary it cannot find without having tracked the frames
+//! from the start. The copy loop (which holds no buffer while idle) keeps the boundary
+//! known at all times, so the close goes out at the first boundary after its moment.
+//! After the close frame, the backend's further bytes are read and dropped (a close must
+//! be the last frame), while the client's bytes still flow, so its close reply reaches
+//! the backend and each side ends cleanly.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+/// "No moment set".
+const NEVER: u64 = u64::MAX;
+
+/// The drain clock: milliseconds since the first call in this process.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    base().elapsed().as_millis() as u64
+}
+
+/// The instant of a drain-clock reading.
+pub(crate) fn instant(ms: u64) -> Option<Instant> {
+    (ms != NEVER).then(|| base() + Duration::from_millis(ms))
+}
+
+/// One tunnel's drain orders: when to send its close frame and when to cut it.
+#[derive(Debug)]
+pub(crate) struct DrainOrder {
+    close_at: AtomicU64,
+    cut_at: AtomicU64,
+    /// Wakes the tunnel's watchdog when an order arrives.
+    pub(crate) changed: Notify,
+}
+
+impl DrainOrder {
+    fn new() -> Self {
+        Self { close_at: AtomicU64::new(NEVER), cut_at: AtomicU64::new(NEVER), changed: Notify::new() }
+    }
+
+    /// When the tunnel should send its close frame, if it was ordered to.
+    pub(crate) fn close_at(&self) -> Option<Instant> {
+        instant(self.close_at.load(Ordering::Relaxed))
+    }
+
+    /// When the tunnel must end, if it was ordered to.
+    pub(crate) fn cut_at(&self) -> Option<Instant> {
+        instant(self.cut_at.load(Ordering::Relaxed))
+    }
+
+    fn order(&self, close_at: u64, cut_at: u64) {
+        // An earlier order stands (a shutdown during a reload drain keeps the sooner one).
+        self.close_at.fetch_min(close_at, Ordering::Relaxed);
+        self.cut_at.fetch_min(cut_at, Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+}
+
+/// The open tunnels of one backend, so they can be drained.
+#[derive(Debug, Default)]
+pub(crate) struct Tunnels {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<DrainOrder>>>,
+}
+
+impl Tunnels {
+    /// Registers a new tunnel; it is unregistered when the returned entry is dropped.
+    pub(crate) fn register(self: &Arc<Self>) -> TunnelEntry {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let order = Arc::new(DrainOrder::new());
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).insert(id, order.clone());
+        TunnelEntry { tunnels: self.clone(), id, order }
+    }
+
+    /// Open tunnels.
+    pub(crate) fn len(&self) -> usize {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Orders every open tunnel to close: the `i`-th of `n` at `i/n` of `spread` from now
+    /// (oldest first), every one cut at `deadline` from now. Returns how many.
+    pub(crate) fn drain(&self, spread: Duration, deadline: Duration) -> usize {
+        let mut orders: Vec<(u64, Arc<DrainOrder>)> =
+            self.open.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(&k, v)| (k, v.clone())).collect();
+        orders.sort_unstable_by_key(|(k, _)| *k);
+        let (now, n) = (now_ms(), orders.len() as u64);
+        let (spread, deadline) = (spread.as_millis() as u64, deadline.as_millis() as u64);
+        for (i, (_, order)) in orders.iter().enumerate() {
+            order.order(now + spread * i as u64 / n.max(1), now + deadline);
+        }
+        orders.len()
+    }
+}
+
+/// A tunnel's registration; dropping it unregisters the tunnel.
+#[derive(Debug)]
+pub(crate) struct TunnelEntry {
+    tunnels: Arc<Tunnels>,
+    id: u64,
+    /// This tunnel's orders.
+    pub(crate) order: Arc<DrainOrder>,
+}
+
+impl Drop for TunnelEntry {
+    fn drop(&mut self) {
+        self.tunnels.open.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
+}
+
+/// The close frame a draining proxy sends a client: `1001 Going Away`, unmasked (it goes
+/// server→client).
+pub(crate) fn going_away() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    let frame = Frame::close(Some(CloseFrame { code: CloseCode::Away, reason: "weir: backend draining".into() }));
+    // Writing into a Vec cannot fail.
+    let _ = frame.format(&mut out);
+    out
+}
+
+/// Follows the frame boundaries of one direction of a WebSocket byte stream by parsing
+/// each frame header (with tungstenite) and skipping its payload by length.
+#[derive(Debug, Default)]
+pub(crate) struct FrameTracker {
+    /// Payload bytes of the current frame still to pass.
+    payload_left: u64,
+    /// A header seen in part.
+    header: [u8; 14],
+    header_len: u8,
+    /// The stream stopped parsing as WebSocket frames; no boundary is known any more.
+    lost: bool,
+}
+
+impl FrameTracker {
+    /// Whether the bytes so far end exactly at a frame boundary.
+    pub(crate) fn at_boundary(&self) -> bool {
+        !self.lost && self.payload_left == 0 && self.header_len == 0
+    }
+
+    /// Whether the stream was not WebSocket frames after all.
+    pub(crate) fn lost(&self) -> bool {
+        self.lost
+    }
+
+    /// Consumes `data`, or only up to (and including) the first frame boundary in it when
+    /// `stop_at_boundary`; returns how many bytes it consumed.
+    pub(crate) fn advance(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let mut used = 0;
+        while used < data.len() && !self.lost {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min((data.len() - used) as u64);
+                self.payload_left -= n;
+                used += n as usize;
+            } else {
+                self.header[usize::from(self.header_len)] = data[used];
+                self.header_len += 1;
+                used += 1;
+                match FrameHeader::parse(&mut Cursor::new(&self.header[..usize::from(self.header_len)])) {
+                    Ok(Some((_, len))) => {
+                        self.header_len = 0;
+                        self.payload_left = len;
+                    }
+                    Ok(None) if usize::from(self.header_len) < self.header.len() => {}
+                    _ => self.lost = true,
+                }
+            }
+            if stop_at_boundary && self.at_boundary() {
+                break;
+            }
+        }
+        used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    fn frames() -> (Vec<u8>, Vec<usize>) {
+        let mut stream = Vec::new();
+        let mut ends = Vec::new();
+        for (i, len) in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000].into_iter().enumerate() {
+            let op = if i % 2 == 0 { OpCode::Data(Data::Binary) } else { OpCode::Data(Data::Text) };
+            Frame::message(vec![b'a'; len], op, i != 3).format(&mut stream).unwrap();
+            ends.push(stream.len());
+        }
+        stream.extend(going_away());
+        ends.push(stream.len());
+        (stream, ends)
+    }
+
+    #[test]
+    fn boundaries_are_found_however_the_stream_is_split() {
+        let (stream, ends) = frames();
+        for chunk in [1, 2, 3, 7, 13, 100, 4_096, 65_537, stream.len()] {
+            let mut t = FrameTracker::default();
+            let mut found = Vec::new();
+            let mut pos = 0;
+            for piece in stream.chunks(chunk) {
+                let mut at = 0;
+                while at < piece.len() {
+                    at += t.advance(&piece[at..], true);
+                    if t.at_boundary() {
+                        found.push(pos + at);
+                    }
+                }
+                pos += piece.len();
+            }
+            found.dedup();
+            assert_eq!(found, ends, "chunks of {chunk}");
+            assert!(!t.lost());
+        }
+    }
+
+    #[test]
+    fn non_websocket_bytes_lose_the_boundary_for_good() {
+        let mut t = FrameTracker::default();
+        // Opcode 3 is reserved.
+        t.advance(&[0x83, 0x00, 0x81, 0x00], false);
+        assert!(t.lost() && !t.at_boundary());
+    }
+
+    #[test]
+    fn drain_orders_are_spread_evenly_and_the_earliest_stands() {
+        let tunnels = Arc::new(Tunnels::default());
+        let entries: Vec<TunnelEntry> = (0..4).map(|_| tunnels.register()).collect();
+        let now = Instant::now();
+        assert_eq!(tunnels.drain(Duration::from_millis(4_000), Duration::from_millis(9_000)), 4);
+        let offsets: Vec<u128> =
+            entries.iter().map(|e| e.order.close_at().unwrap().saturating_duration_since(now).as_millis()).collect();
+        for (i, off) in offsets.iter().enumerate() {
+            let expected = 1_000 * i as u128;
+            assert!(off.abs_diff(expected) <= 50, "{offsets:?}");
+        }
+        let cut = entries[0].order.cut_at().unwrap();
+        tunnels.drain(Duration::from_secs(100), Duration::from_secs(100));
+        assert_eq!(entries[0].order.cut_at(), Some(cut));
+        drop(entries);
+        assert_eq!(tunnels.len(), 0);
+    }
+}
