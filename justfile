@@ -21,7 +21,7 @@ lint:
 
 # Benchmarks (figures go to BENCHMARKS.md with the command that made them): one decision
 # per balancer (decision), a fixed decision loop for callgrind (pick_loop), memory per idle
-# WebSocket tunnel (tunnel_memory).
+# WebSocket tunnel (tunnel_memory), WebSocket echo p99 through weir vs direct (ws_echo).
 bench:
     cargo bench
 

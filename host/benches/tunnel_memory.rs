@@ -4,8 +4,7 @@
 //! Run with `cargo bench --bench tunnel_memory` (`N=1000` for fewer tunnels).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -21,34 +20,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async move {
         let backend = weir::demo::spawn_backend("m").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("weir.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[[listener]]\nname = \"ws\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"{backend}\" }}]\nbalancer = {{ plugin = \"least-connections\" }}\n"
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn,weir=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let (mut child, addr, _dir) = common::spawn_weir(&format!(
+            "[[listener]]\nname = \"ws\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"{backend}\" }}]\nbalancer = {{ plugin = \"least-connections\" }}\n"
+        ));
         let pid = child.id();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["fields"]["message"] == "listening" {
-                break v["fields"]["addr"].as_str().unwrap().to_owned();
-            }
-        };
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         let url = format!("ws://{addr}/");
 
         // Warm up: the plugin instance, allocator arenas, the accept path.

@@ -39,6 +39,8 @@ pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
+            // Small echoes go out at once, not after the client's delayed ACK.
+            let _ = stream.set_nodelay(true);
             let name = name.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| answer(name.clone(), req));
