@@ -24,10 +24,20 @@ pub const CONFIG_TEMPLATE: &str = r#"
 name = "demo"
 listen = "{listen}"
 pool = "demo"
+[[listener.route]]
+path_prefix = "/sticky"
+pool = "sticky"
 
 [pool.demo]
 backends = [{backends}]
 balancer = { plugin = "round-robin" }
+
+# The same backends, but a returning client (a WebSocket reconnect included) is pinned to
+# its backend by a signed cookie.
+[pool.sticky]
+backends = [{backends}]
+balancer = { plugin = "least-connections" }
+affinity = { plugin = "cookie", config = { name = "WEIR_AFFINITY", max_age_s = 3600 } }
 "#;
 
 /// Starts a demo backend on 127.0.0.1:0 that answers every request with its name and

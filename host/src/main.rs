@@ -191,6 +191,8 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done    # cycles demo-1, demo-2, demo-3");
     println!("  curl -si http://{addr}/hello | grep -i x-backend");
     println!("  python3 -m websockets ws://{addr}/chat              # type a line: a demo backend echoes it");
+    println!("  curl -s -c /tmp/weir.jar -b /tmp/weir.jar http://{addr}/sticky   # repeat: always the same backend");
+    println!("  python3 examples/sticky_websocket.py ws://{addr}/sticky       # 5 WebSocket reconnects, one backend");
     println!();
     println!("Config in use:{text}");
     println!("Ctrl-C to stop.");

@@ -260,3 +260,23 @@ async fn source_ip_pins_every_request_of_a_client() {
     let (backend, _) = ws_visit(server.addr("main").unwrap(), None).await;
     assert_eq!(format!("{backend}: GET /\n"), first);
 }
+
+/// `weir demo`'s sticky route, with the example script it prints (Python's `websockets`
+/// as the client): every reconnect lands on the first visit's backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_a_sticky_websocket() {
+    let text = weir::demo::config("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = weir::Server::start(weir::config::Config::parse(&text, None).unwrap()).await.unwrap();
+    let url = format!("ws://{}/sticky", server.addr("demo").unwrap());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/sticky_websocket.py");
+    let out = tokio::process::Command::new("/usr/bin/python3").args([script, &url, "5"]).output().await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("5 of 5 reconnects landed on demo-"), "{stdout}");
+    assert!(!stdout.contains("new cookie"), "{stdout}");
+    // The demo's default route still rotates.
+    let proxy = server.addr("demo").unwrap();
+    let (a, _) = ws_visit(proxy, None).await;
+    let (b, _) = ws_visit(proxy, None).await;
+    assert_ne!(a, b, "round robin on /");
+}

@@ -116,6 +116,8 @@ impl State {
         let key = match &c.key {
             Some(k) if k.len() < 16 => return invalid(format!("key: {} bytes; at least 16 are needed", k.len())),
             Some(k) => k.as_bytes().to_vec(),
+            // Said once per pool and process, not by every instance on every thread.
+            None if pool::counter_next(pool::counter("cookie: random key warned")) > 0 => pool::secret("cookie"),
             None => {
                 weir_guest::log!(
                     Warn,
