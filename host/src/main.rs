@@ -174,7 +174,8 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let runtime = weir::state::Runtime::build(&config, &plugins, None)?;
     println!("{}: ok ({} listener(s), {} pool(s))", path.display(), config.listeners.len(), config.pools.len());
     for (name, pool) in &runtime.pools {
-        println!("  pool {name}: {} backend(s), balancer {}", pool.view.members.len(), pool.balancer.name);
+        let affinity = pool.affinity.as_ref().map(|a| format!(", affinity {}", a.name)).unwrap_or_default();
+        println!("  pool {name}: {} backend(s), balancer {}{affinity}", pool.view.members.len(), pool.balancer.name);
     }
     Ok(())
 }
