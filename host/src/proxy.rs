@@ -32,6 +32,7 @@ use crate::plugin::{Bound, PickRequest, Protocol};
 use crate::state::{Placement, Pool};
 
 pub(crate) mod drain;
+mod splice;
 mod tunnel;
 pub(crate) mod upstream;
 

@@ -1,18 +1,19 @@
 //! Tunnels: two connections joined so bytes flow both ways until both sides are done
 //! (WebSockets after their upgrade; raw TCP later).
 //!
-//! An idle tunnel holds no buffer. When both legs are plain TCP, each direction waits for
-//! readability with nothing allocated, then takes a 16 KiB buffer for one burst (reads
-//! until the socket would block, writing each chunk through) and frees it before waiting
-//! again; so an idle tunnel costs its task and two socket registrations, where
+//! An idle tunnel holds no buffer and no pipe. When both legs are plain TCP, each
+//! direction waits for readability with nothing allocated, then moves one burst (until
+//! the socket would block) and lets go of what it used before waiting again; so an idle
+//! tunnel costs its task and two socket registrations, where
 //! `tokio::io::copy_bidirectional` keeps two 8 KiB buffers for the tunnel's whole life.
-//! The trade-off against splice(2): splice would also save the copy through user space
-//! on busy tunnels, but needs `unsafe` and a pool of kernel pipes; with frames mostly small
-//! and tunnels mostly idle, memory is the figure that matters here. End of stream on one
-//! side half-closes the other (`shutdown(SHUT_WR)`), so each side can still finish; an
-//! error on either side ends both. The backend→client direction also follows the
-//! WebSocket frame boundaries, so a drain can put a close frame between two frames (see
-//! [`super::drain`]).
+//! The client→backend direction uses splice(2) ([`super::splice`]: a kernel pipe from a
+//! pool, per burst), so its bytes never enter weir's memory. The backend→client direction
+//! is copied through a 16 KiB buffer taken per burst, because it must see the WebSocket
+//! frame headers to know where a drain may put its close frame ([`super::drain`] weighs
+//! this against splicing); measured, the two ways cost the same on small messages
+//! (BENCHMARKS.md, `ws_echo`). End of stream on one side half-closes the other
+//! (`shutdown(SHUT_WR)`), so each side can still finish; an error on either side ends
+//! both. Legs that are not plain TCP (TLS, in time) use a buffered copy.
 
 use std::io;
 use std::net::Shutdown;
@@ -112,7 +113,8 @@ async fn copy(a: Upgraded, b: Upgraded, activity: &AtomicU64, started: Instant, 
             write_all(&a_io, &b.read_buf).await?;
             drop((a.read_buf, b.read_buf));
             let to_client = pump_frames(&b_io, &a_io, &touch, frames, closing);
-            tokio::try_join!(pump(&a_io, &b_io, &touch), to_client).map(|_| ())
+            // Client→backend needs no frame boundary: splice(2), no copy through weir.
+            tokio::try_join!(super::splice::pump(&a_io, &b_io, &touch), to_client).map(|_| ())
         }
         // Not two plain TCP connections (TLS, in time): a buffered copy.
         (a, b) => {
@@ -141,24 +143,22 @@ fn stream(leg: Result<hyper::upgrade::Parts<TokioIo<TcpStream>>, Upgraded>) -> (
 
 /// Moves bytes from `from` to `to` until `from` ends; then half-closes `to`. Calls
 /// `touch` after each burst.
-async fn pump(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<()> {
+/// Copies what `from` has ready to `to` through a 16 KiB buffer taken for this burst
+/// only; returns true at the end of `from`'s stream, after half-closing `to`.
+pub(super) async fn copy_burst(from: &TcpStream, to: &TcpStream) -> io::Result<bool> {
+    let mut buf = Vec::with_capacity(BURST);
     loop {
-        from.readable().await?;
-        let mut buf = Vec::with_capacity(BURST);
-        loop {
-            buf.clear();
-            match from.try_read_buf(&mut buf) {
-                Ok(0) => {
-                    // The peer may already be gone; nothing more to do either way.
-                    let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                    return Ok(());
-                }
-                Ok(n) => write_all(to, &buf[..n]).await?,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+        buf.clear();
+        match from.try_read_buf(&mut buf) {
+            Ok(0) => {
+                // The peer may already be gone; nothing more to do either way.
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+                return Ok(true);
             }
+            Ok(n) => write_all(to, &buf[..n]).await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
         }
-        touch();
     }
 }
 
