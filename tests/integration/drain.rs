@@ -31,6 +31,23 @@ async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
     }
 }
 
+/// Waits for every client's close frame, asserts each is `1001 Going Away`, lets each
+/// client answer it (tungstenite does) until its connection ends, and returns when each
+/// close arrived after `started`, sorted.
+async fn closed_with_1001(clients: Vec<Ws>, started: Instant) -> Vec<Duration> {
+    let waits = clients.into_iter().map(|mut ws| async move {
+        let code = close_code(&mut ws).await;
+        let at = started.elapsed();
+        while let Some(Ok(_)) = ws.next().await {}
+        (code, at)
+    });
+    let results = futures_util::future::join_all(waits).await;
+    assert!(results.iter().all(|(code, _)| *code == Some(CloseCode::Away)), "{results:?}");
+    let mut times: Vec<Duration> = results.into_iter().map(|(_, at)| at).collect();
+    times.sort();
+    times
+}
+
 fn pool(drain: &str) -> String {
     format!("balancer = {{ plugin = \"first\" }}\n{drain}")
 }
@@ -65,17 +82,7 @@ async fn removing_a_backend_closes_its_websockets_with_1001_spread_over_the_wind
     let started = Instant::now();
     let config = weir::config::Config::parse(&support::config_text(&[b], &pool(drain)), None).unwrap();
     server.reload(&config).unwrap();
-    let waits = clients.into_iter().map(|mut ws| async move {
-        let code = close_code(&mut ws).await;
-        let at = started.elapsed();
-        // The client answers the close (tungstenite does) and the tunnel ends.
-        while let Some(Ok(_)) = ws.next().await {}
-        (code, at)
-    });
-    let results = futures_util::future::join_all(waits).await;
-    let mut times: Vec<Duration> = results.iter().map(|(_, at)| *at).collect();
-    times.sort();
-    assert!(results.iter().all(|(code, _)| *code == Some(CloseCode::Away)), "{results:?}");
+    let times = closed_with_1001(clients, started).await;
     assert!(*times.last().unwrap() < Duration::from_millis(1_500), "all within the 1 s window (+slack): {times:?}");
     let early = times.iter().filter(|t| **t < Duration::from_millis(100)).count();
     assert!(early <= 4, "{early} of 20 closed in the first 10% of the window: {times:?}");
@@ -181,16 +188,7 @@ async fn sigterm_drains_every_websocket_then_exits() {
     let started = Instant::now();
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let waits = clients.into_iter().map(|mut ws| async move {
-        let code = close_code(&mut ws).await;
-        let at = started.elapsed();
-        while let Some(Ok(_)) = ws.next().await {}
-        (code, at)
-    });
-    let results = futures_util::future::join_all(waits).await;
-    assert!(results.iter().all(|(code, _)| *code == Some(CloseCode::Away)), "{results:?}");
-    let mut times: Vec<Duration> = results.iter().map(|(_, at)| *at).collect();
-    times.sort();
+    let times = closed_with_1001(clients, started).await;
     assert!(times[9] - times[0] >= Duration::from_millis(500), "not spread: {times:?}");
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");

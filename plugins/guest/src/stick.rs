@@ -35,3 +35,26 @@ impl Sticky {
         }
     }
 }
+
+thread_local! {
+    static STICKY: std::cell::OnceCell<Sticky> = const { std::cell::OnceCell::new() };
+}
+
+/// Makes `sticky` this instance's table; call it from `configure`. A stick-table plugin
+/// then answers `pinned` with [`pinned`] and `bind` with [`bind`].
+pub fn install(sticky: Sticky) {
+    STICKY.with(|s| {
+        let _ = s.set(sticky);
+    });
+}
+
+/// `affinity.pinned` of a stick-table plugin: the installed table's answer.
+pub fn pinned() -> Option<BackendId> {
+    STICKY.with(|s| s.get().and_then(Sticky::pinned))
+}
+
+/// `affinity.bind` of a stick-table plugin: sticks the request to `chosen`; no header.
+pub fn bind(chosen: BackendId) -> Vec<(String, String)> {
+    STICKY.with(|s| s.get().map(|s| s.bind(chosen)));
+    Vec::new()
+}

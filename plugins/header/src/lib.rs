@@ -6,7 +6,7 @@
 //! header is left to the balancer and pins nothing.
 
 use weir_guest::key::HashKey;
-use weir_guest::stick::Sticky;
+use weir_guest::stick::{self, Sticky};
 use weir_guest::types::{BackendId, PluginError};
 
 wit_bindgen::generate!({
@@ -32,10 +32,6 @@ fn default_ttl() -> u64 {
     1800
 }
 
-thread_local! {
-    static STICKY: std::cell::OnceCell<Sticky> = const { std::cell::OnceCell::new() };
-}
-
 struct Header;
 
 impl exports::weir::plugin::affinity::Guest for Header {
@@ -44,19 +40,18 @@ impl exports::weir::plugin::affinity::Guest for Header {
         let key: HashKey = format!("header:{}", c.name.trim())
             .parse()
             .map_err(|_| PluginError::InvalidConfig(format!("name: `{}` is not a header name", c.name)))?;
-        STICKY.with(|s| s.set(Sticky::new(&format!("header:{}", c.name.to_ascii_lowercase()), c.ttl_s, key)).ok());
+        stick::install(Sticky::new(&format!("header:{}", c.name.to_ascii_lowercase()), c.ttl_s, key));
         Ok(())
     }
 
     fn pool_changed() {}
 
     fn pinned() -> Option<BackendId> {
-        STICKY.with(|s| s.get().and_then(Sticky::pinned))
+        stick::pinned()
     }
 
     fn bind(chosen: BackendId) -> Vec<(String, String)> {
-        STICKY.with(|s| s.get().map(|s| s.bind(chosen)));
-        Vec::new()
+        stick::bind(chosen)
     }
 }
 

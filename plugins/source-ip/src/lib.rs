@@ -6,7 +6,7 @@
 //! after its last WebSocket closed).
 
 use weir_guest::key::HashKey;
-use weir_guest::stick::Sticky;
+use weir_guest::stick::{self, Sticky};
 use weir_guest::types::{BackendId, PluginError};
 
 wit_bindgen::generate!({
@@ -31,28 +31,23 @@ fn default_ttl() -> u64 {
     1800
 }
 
-thread_local! {
-    static STICKY: std::cell::OnceCell<Sticky> = const { std::cell::OnceCell::new() };
-}
-
 struct SourceIp;
 
 impl exports::weir::plugin::affinity::Guest for SourceIp {
     fn configure(config: String) -> Result<(), PluginError> {
         let c: Config = weir_guest::parse_config(&config)?;
-        STICKY.with(|s| s.set(Sticky::new("source-ip", c.ttl_s, HashKey::ClientIp)).ok());
+        stick::install(Sticky::new("source-ip", c.ttl_s, HashKey::ClientIp));
         Ok(())
     }
 
     fn pool_changed() {}
 
     fn pinned() -> Option<BackendId> {
-        STICKY.with(|s| s.get().and_then(Sticky::pinned))
+        stick::pinned()
     }
 
     fn bind(chosen: BackendId) -> Vec<(String, String)> {
-        STICKY.with(|s| s.get().map(|s| s.bind(chosen)));
-        Vec::new()
+        stick::bind(chosen)
     }
 }
 
