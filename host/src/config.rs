@@ -95,6 +95,9 @@ struct FilePlugins {
     cache_dir: Option<PathBuf>,
     /// Deadline for one decision call. Default 2 ms.
     call_timeout_ms: Option<FileDuration>,
+    /// Deadline for `configure`, instantiation and `pool-changed` (where a plugin
+    /// rebuilds a ring or table). Default 250 ms. Read at start, like this whole table.
+    rebuild_timeout_ms: Option<FileDuration>,
     /// Linear-memory limit for one plugin instance, in MiB. Default 16.
     memory_limit_mib: Option<u32>,
 }
@@ -233,13 +236,20 @@ pub struct PluginSettings {
     pub cache_dir: Option<PathBuf>,
     /// Deadline for one decision call.
     pub call_timeout: Duration,
+    /// Deadline for `configure`, instantiation and `pool-changed`.
+    pub rebuild_timeout: Duration,
     /// Linear-memory limit per instance, in bytes.
     pub memory_limit: usize,
 }
 
 impl Default for PluginSettings {
     fn default() -> Self {
-        Self { cache_dir: None, call_timeout: Duration::from_millis(2), memory_limit: 16 << 20 }
+        Self {
+            cache_dir: None,
+            call_timeout: Duration::from_millis(2),
+            rebuild_timeout: Duration::from_millis(250),
+            memory_limit: 16 << 20,
+        }
     }
 }
 
@@ -444,6 +454,7 @@ impl Cx<'_> {
         let plugins = PluginSettings {
             cache_dir: file.plugins.cache_dir.map(|d| base.join(d)),
             call_timeout: file.plugins.call_timeout_ms.map_or(defaults.call_timeout, |d| d.0),
+            rebuild_timeout: file.plugins.rebuild_timeout_ms.map_or(defaults.rebuild_timeout, |d| d.0),
             memory_limit: file.plugins.memory_limit_mib.map_or(defaults.memory_limit, |m| (m as usize) << 20),
         };
 

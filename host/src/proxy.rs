@@ -149,7 +149,7 @@ async fn handle(
         return local(StatusCode::SERVICE_UNAVAILABLE, format!("weir: pool `{pool_name}` is not configured"));
     };
     let protocol = if websocket { Protocol::WebSocket } else { Protocol::Http1 };
-    let mut pick = PickRequest { protocol, client: peer, sni: None, head: Some(head) };
+    let mut pick = PickRequest { protocol, client: peer, sni: None, head: Some(Box::new(head)) };
     let mut avoid = None;
     let mut body = Some(body);
     for attempt in 0..2 {
@@ -228,7 +228,7 @@ async fn forward(
     let (Some(head), Some(incoming)) = (pick.head.take(), body.take()) else {
         return Err(Failure::Response(local(StatusCode::INTERNAL_SERVER_ERROR, "weir: request lost".into())));
     };
-    let mut request = Request::from_parts(head, incoming);
+    let mut request = Request::from_parts(*head, incoming);
 
     live.request_started();
     let started = Instant::now();
@@ -251,7 +251,7 @@ async fn forward(
                         Err(e) => {
                             live.request_finished();
                             let (head, b) = request.into_parts();
-                            pick.head = Some(head);
+                            pick.head = Some(Box::new(head));
                             *body = Some(b);
                             return Err(Failure::Connect(e));
                         }

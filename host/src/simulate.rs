@@ -72,9 +72,13 @@ impl Sim {
         } else {
             PluginSource::Pack(plugin.to_owned())
         };
-        // Offline, a decision is never late: a generous deadline keeps a busy machine from
-        // turning a slow call into a rejected one.
-        let settings = PluginSettings { call_timeout: Duration::from_secs(1), ..PluginSettings::default() };
+        // Offline, a decision is never late: generous deadlines keep a busy machine (or
+        // valgrind) from turning a slow call or table rebuild into a fallback placement.
+        let settings = PluginSettings {
+            call_timeout: Duration::from_secs(1),
+            rebuild_timeout: Duration::from_secs(60),
+            ..PluginSettings::default()
+        };
         let plugins = PluginRuntime::new(settings.clone())?;
         let mut next_address = 0;
         let pool = PoolConfig {
@@ -135,7 +139,7 @@ impl Sim {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 40_000)
             }
         };
-        let head = builder.body(()).ok().map(|r| r.into_parts().0);
+        let head = builder.body(()).ok().map(|r| Box::new(r.into_parts().0));
         PickRequest { protocol: Protocol::Http1, client, sni: None, head }
     }
 

@@ -70,6 +70,11 @@ impl BackendLive {
         self.pool.total_load.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// `active + in_flight`: the load figure least-load balancers compare.
+    pub fn load(&self) -> u64 {
+        u64::from(self.active.load(Ordering::Relaxed)) + u64::from(self.in_flight.load(Ordering::Relaxed))
+    }
+
     /// A request was sent to this backend.
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -34,6 +34,9 @@ fn invalid(text: &str) -> (usize, usize, String, String) {
 fn parses_a_full_config() {
     let c = Config::parse(GOOD, None).unwrap();
     assert_eq!(c.plugins.call_timeout, Duration::from_millis(3));
+    assert_eq!(c.plugins.rebuild_timeout, Duration::from_millis(250), "the default");
+    let slow = GOOD.replace("call_timeout_ms = \"3ms\"", "rebuild_timeout_ms = \"1s\"");
+    assert_eq!(Config::parse(&slow, None).unwrap().plugins.rebuild_timeout, Duration::from_secs(1));
     assert_eq!(c.listeners[0].routes[0].pool, "api");
     assert_eq!(c.pools["web"].backends[0].weight, 3);
     assert_eq!(c.pools["web"].backends[1].weight, 1);

@@ -12,7 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, WitBackend, WitProtocol};
 use super::{Exports, PickRequest, Protocol};
-use crate::state::PoolView;
+use crate::state::{BackendLive, PoolView};
 
 /// Enforces the per-instance memory limit and remembers that it did.
 #[derive(Debug)]
@@ -67,7 +67,7 @@ impl InstanceState {
     }
 
     fn head(&self) -> Option<&http::request::Parts> {
-        self.request.as_ref().and_then(|r| r.head.as_ref())
+        self.request.as_ref().and_then(|r| r.head.as_deref())
     }
 }
 
@@ -137,9 +137,18 @@ impl bindings::pool::Host for InstanceState {
     }
 
     fn load(&mut self, id: u32) -> u64 {
-        self.view()
-            .and_then(|v| v.live(id))
-            .map_or(0, |l| u64::from(l.active.load(Ordering::Relaxed)) + u64::from(l.in_flight.load(Ordering::Relaxed)))
+        self.view().and_then(|v| v.live(id)).map_or(0, BackendLive::load)
+    }
+
+    fn load_pair(&mut self, a: u32, b: u32) -> u64 {
+        let load = |id| self.view().and_then(|v| v.live(id)).map_or(0, BackendLive::load).min(u64::from(u32::MAX));
+        load(a) << 32 | load(b)
+    }
+
+    fn latency_pair(&mut self, a: u32, b: u32) -> u64 {
+        let latency =
+            |id| self.view().and_then(|v| v.live(id)).map_or(0, |l| l.latency_ewma_us.load(Ordering::Relaxed));
+        u64::from(latency(a)) << 32 | u64::from(latency(b))
     }
 
     fn latency_ewma_us(&mut self, id: u32) -> u32 {
@@ -223,6 +232,14 @@ impl bindings::request::Host for InstanceState {
                 bindings::IpAddress::Ipv4((a, b, c, d))
             }
             None => bindings::IpAddress::Ipv4((0, 0, 0, 0)),
+        }
+    }
+
+    fn client_addr_hash(&mut self) -> u64 {
+        match self.request.as_ref().map(|r| r.client.ip()) {
+            Some(std::net::IpAddr::V6(ip)) => xxhash_rust::xxh3::xxh3_64(&ip.octets()),
+            Some(std::net::IpAddr::V4(ip)) => xxhash_rust::xxh3::xxh3_64(&ip.octets()),
+            None => xxhash_rust::xxh3::xxh3_64(&[0; 4]),
         }
     }
 

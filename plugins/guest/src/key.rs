@@ -60,7 +60,8 @@ impl<'de> serde::Deserialize<'de> for HashKey {
 
 impl HashKey {
     /// The hash of the key of the request being placed, if it has one. The client ip is
-    /// hashed from its numeric form (no text crosses the ABI); the others from their text.
+    /// hashed from its numeric form by the host (no text crosses the ABI); the others
+    /// from their text.
     pub fn hash(&self) -> Option<u64> {
         match self {
             HashKey::ClientIp => Some(client_addr_hash()),
@@ -90,21 +91,11 @@ impl HashKey {
     }
 }
 
-/// Hash of the client's IP address from its numeric form: the 4 octets of an IPv4 address,
-/// the 16 bytes of an IPv6 one.
+/// Hash of the client's IP address: [`crate::hash::hash`] of its octets (4 for IPv4, 16
+/// for IPv6), computed by the host (`request.client-addr-hash`) so that one scalar
+/// crosses the ABI.
 pub fn client_addr_hash() -> u64 {
-    use crate::types::IpAddress;
-    match request::client_addr() {
-        IpAddress::Ipv4((a, b, c, d)) => crate::hash::hash(&[a, b, c, d]),
-        IpAddress::Ipv6(g) => {
-            let groups = [g.0, g.1, g.2, g.3, g.4, g.5, g.6, g.7];
-            let mut bytes = [0u8; 16];
-            for (i, group) in groups.iter().enumerate() {
-                bytes[2 * i..2 * i + 2].copy_from_slice(&group.to_be_bytes());
-            }
-            crate::hash::hash(&bytes)
-        }
-    }
+    request::client_addr_hash()
 }
 
 /// The options every keyed balancer takes: `key` (default `client-ip`) and `fallback`

@@ -3,8 +3,7 @@
 //! fallback when a request has no key.
 //!
 //! All take the instance's [`PoolCache`] (refreshed by the caller) and read live load
-//! from the host (`pool.active-connections`, `pool.in-flight`), which is global across
-//! threads.
+//! from the host (`pool.load`, `pool.load-pair`), which is global across threads.
 
 use crate::types::{BackendId, PickError};
 use crate::{PoolCache, pool, rng};
@@ -16,27 +15,31 @@ pub fn load(id: BackendId) -> u64 {
     pool::load(id)
 }
 
+/// Splits what `pool.load-pair` and `pool.latency-pair` answer into the figures of their
+/// first and second backend.
+pub fn unpack(pair: u64) -> (u32, u32) {
+    ((pair >> 32) as u32, pair as u32)
+}
+
 /// Weighted random: each eligible backend with probability weight / total weight.
-/// O(log n): a binary search over the running weight sums built at refresh.
+/// O(1): one draw from the alias table built at refresh.
 pub fn random(cache: &PoolCache) -> Result<BackendId, PickError> {
-    let total = cache.total_weight();
-    if total == 0 {
-        return Err(PickError::NoBackend);
-    }
-    let r = rng::below(total);
-    let i = cache.cumulative_weights().partition_point(|&c| c <= r);
+    let i = cache.weighted_index(rng::next_u64(), rng::next_u64()).ok_or(PickError::NoBackend)?;
     cache.eligible().get(i).copied().ok_or(PickError::NoBackend)
 }
 
 /// Power of two choices: two distinct backends drawn at random (weighted), the one with
-/// the lower `cost / weight` wins. Near-optimal balance for the price of two reads.
-pub fn p2c(cache: &PoolCache, cost: impl Fn(BackendId) -> u64) -> Result<BackendId, PickError> {
+/// the lower `load / weight` wins. Near-optimal balance for the price of one host read
+/// (`pool.load-pair`).
+pub fn p2c(cache: &PoolCache) -> Result<BackendId, PickError> {
     let (a, b) = match two_choices(cache)? {
         (a, Some(b)) => (a, b),
         (a, None) => return Ok(a),
     };
-    let score = |id: BackendId| cost(id) as f64 / f64::from(cache.weight(id).max(1));
-    Ok(if score(b) < score(a) { b } else { a })
+    let (la, lb) = unpack(pool::load_pair(a, b));
+    // Compare la / wa with lb / wb without division.
+    let (wa, wb) = (u64::from(cache.weight(a).max(1)), u64::from(cache.weight(b).max(1)));
+    Ok(if u64::from(lb) * wa < u64::from(la) * wb { b } else { a })
 }
 
 /// The two candidates of power of two choices: two distinct eligible backends, each drawn
@@ -110,7 +113,7 @@ impl Fallback {
     /// Places a request without a key.
     pub fn pick(self, cache: &PoolCache) -> Result<BackendId, PickError> {
         match self {
-            Fallback::P2c => p2c(cache, load),
+            Fallback::P2c => p2c(cache),
             Fallback::Random => random(cache),
             Fallback::LeastConnections => least_connections(cache),
             Fallback::RoundRobin => round_robin(cache),

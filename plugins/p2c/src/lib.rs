@@ -7,7 +7,7 @@
 //! Load is read live from the host, so it is global across threads. Two random candidates
 //! are enough to keep the busiest backend close to the mean (Mitzenmacher: the maximum
 //! excess drops from O(log n / log log n) for random to O(log log n)), at a constant cost of
-//! four host reads per pick however large the pool. Use it as the default for request
+//! one host read (both loads) per pick however large the pool. Use it as the default for request
 //! traffic and for long-lived connections in large pools. It never piles onto the single
 //! least-loaded backend the way `least-connections` can when several proxies share a pool
 //! and all see the same minimum. It ignores latency: use `peak-ewma` when backends differ
@@ -39,7 +39,7 @@ impl exports::weir::plugin::balancer::Guest for P2c {
     }
 
     fn pick() -> Result<BackendId, PickError> {
-        weir_guest::with_pool(|cache| select::p2c(cache, select::load))
+        weir_guest::with_pool(select::p2c)
     }
 }
 

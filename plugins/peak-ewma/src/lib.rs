@@ -29,7 +29,8 @@
 //! measures which backend drew the expensive requests; use `p2c` there. The host keeps a
 //! plain EWMA (new sample weight 1/8) rather than Finagle's peak-sensitive, time-decayed
 //! one; the `+ load` factor still reacts at once to a backend whose requests pile up.
-//! Cost per pick: six host reads, independent of pool size.
+//! Cost per pick: two host reads (`pool.load-pair`, `pool.latency-pair`), independent of
+//! pool size.
 
 use std::cell::{Cell, RefCell};
 
@@ -96,11 +97,13 @@ impl exports::weir::plugin::balancer::Guest for PeakEwma {
                 (a, Some(b)) => (a, b),
                 (a, None) => return Ok(a),
             };
-            let (la, lb) = latencies(pool::latency_ewma_us(a), pool::latency_ewma_us(b), DEFAULT_LATENCY_US.get());
-            let cost = |id: BackendId, latency: u64| {
-                latency as f64 * (select::load(id) + 1) as f64 / f64::from(cache.weight(id).max(1))
+            let (load_a, load_b) = select::unpack(pool::load_pair(a, b));
+            let (ewma_a, ewma_b) = select::unpack(pool::latency_pair(a, b));
+            let (la, lb) = latencies(ewma_a, ewma_b, DEFAULT_LATENCY_US.get());
+            let cost = |id: BackendId, latency: u64, load: u32| {
+                latency as f64 * (f64::from(load) + 1.0) / f64::from(cache.weight(id).max(1))
             };
-            Ok(if cost(b, lb) < cost(a, la) { b } else { a })
+            Ok(if cost(b, lb, load_b) < cost(a, la, load_a) { b } else { a })
         })
     }
 }
