@@ -9,9 +9,11 @@ plugins:
     cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/wasm
     cargo build --release --target wasm32-wasip2 --manifest-path tests/fixtures/Cargo.toml --target-dir target/wasm
 
-# Run every test (the same command as the README and CI).
+# Run every test: host and integration tests (the README's command), then the plugins'
+# own unit tests natively (CI runs both).
 test:
     cargo test
+    cargo test --manifest-path plugins/Cargo.toml --target "$(rustc -vV | sed -n 's/^host: //p')" --target-dir target/native
 
 # Format check and clippy with warnings denied, host and plugins.
 lint:

@@ -145,6 +145,12 @@ impl bindings::pool::Host for InstanceState {
         load(a) << 32 | load(b)
     }
 
+    fn loads(&mut self) -> Vec<u32> {
+        self.view().map_or_else(Vec::new, |v| {
+            v.members.iter().map(|b| b.live.load().min(u64::from(u32::MAX)) as u32).collect()
+        })
+    }
+
     fn latency_pair(&mut self, a: u32, b: u32) -> u64 {
         let latency =
             |id| self.view().and_then(|v| v.live(id)).map_or(0, |l| l.latency_ewma_us.load(Ordering::Relaxed));

@@ -70,12 +70,14 @@ pub fn two_choices(cache: &PoolCache) -> Result<(BackendId, Option<BackendId>), 
 }
 
 /// Least connections, weight-aware (`load / weight`), ties broken at random.
-/// O(eligible) per call, which is why p2c exists.
+/// O(eligible) per call (every load read in one `pool.loads` call), which is why p2c
+/// exists.
 pub fn least_connections(cache: &PoolCache) -> Result<BackendId, PickError> {
+    let loads = pool::loads();
     let mut best: Option<(u64, u64, BackendId)> = None; // (load numerator, weight, id)
     let mut ties = 0u64;
     for (&id, &w) in cache.eligible().iter().zip(cache.eligible_weights()) {
-        let (l, w) = (load(id), u64::from(w.max(1)));
+        let (l, w) = (loads.get(id as usize).map_or(0, |&l| u64::from(l)), u64::from(w.max(1)));
         match best {
             // Compare l / w with bl / bw without division.
             Some((bl, bw, _)) if u128::from(l) * u128::from(bw) > u128::from(bl) * u128::from(w) => {}
