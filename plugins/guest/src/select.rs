@@ -73,21 +73,25 @@ pub fn two_choices(cache: &PoolCache) -> Result<(BackendId, Option<BackendId>), 
 /// O(eligible) per call (every load read in one `pool.loads` call), which is why p2c
 /// exists.
 pub fn least_connections(cache: &PoolCache) -> Result<BackendId, PickError> {
+    use std::cmp::Ordering;
     let loads = pool::loads();
-    let mut best: Option<(u64, u64, BackendId)> = None; // (load numerator, weight, id)
+    // (load, weight, id) of the best so far. Loads and weights are u32, so l / w is compared
+    // with bl / bw as l × bw against bl × w in u64: exact, and no 128-bit multiply (a
+    // helper call on wasm32).
+    let mut best: Option<(u64, u64, BackendId)> = None;
     let mut ties = 0u64;
     for (&id, &w) in cache.eligible().iter().zip(cache.eligible_weights()) {
         let (l, w) = (loads.get(id as usize).map_or(0, |&l| u64::from(l)), u64::from(w.max(1)));
-        match best {
-            // Compare l / w with bl / bw without division.
-            Some((bl, bw, _)) if u128::from(l) * u128::from(bw) > u128::from(bl) * u128::from(w) => {}
-            Some((bl, bw, _)) if u128::from(l) * u128::from(bw) == u128::from(bl) * u128::from(w) => {
+        let order = best.map_or(Ordering::Less, |(bl, bw, _)| (l * bw).cmp(&(bl * w)));
+        match order {
+            Ordering::Greater => {}
+            Ordering::Equal => {
                 ties += 1;
                 if rng::below(ties + 1) == 0 {
                     best = Some((l, w, id));
                 }
             }
-            _ => {
+            Ordering::Less => {
                 best = Some((l, w, id));
                 ties = 0;
             }
