@@ -46,7 +46,7 @@ fn request() -> PickRequest {
 }
 
 /// One decision by each pack balancer at N backends.
-#[divan::bench(args = PLUGINS, consts = [10, 100, 1_000, 10_000], sample_count = 50)]
+#[divan::bench(args = PLUGINS, consts = [10, 100, 1_000, 10_000], sample_count = 50, sample_size = 400)]
 fn decision<const N: usize>(bencher: divan::Bencher, plugin: &str) {
     let sim = sim(plugin, N);
     bencher.with_inputs(request).bench_local_values(|req| sim.place(req));

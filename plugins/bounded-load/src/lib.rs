@@ -103,17 +103,31 @@ struct State {
 impl State {
     /// Walks the ring from `key_hash` to the first backend within the bound.
     fn place(&mut self, key_hash: u64) -> Result<BackendId, PickError> {
+        let total_after = pool::total_load() + 1;
+        let total_weight = self.cache.total_weight();
+        // Most picks end at the key's own backend: check it before setting up the walk,
+        // so the common case touches no `seen` entry.
+        let home = self.ring.get(key_hash).ok_or(PickError::NoBackend)?;
+        let home_load = select::load(home);
+        if home_load < capacity(self.config.factor, total_after, self.cache.weight(home), total_weight) {
+            return Ok(home);
+        }
         self.pass = self.pass.wrapping_add(1);
         if self.pass == 0 {
             self.seen.fill(0);
             self.pass = 1;
         }
-        let total_after = pool::total_load() + 1;
-        let total_weight = self.cache.total_weight();
+        if let Some(seen) = self.seen.get_mut(home as usize) {
+            *seen = self.pass;
+        }
         let eligible = self.cache.eligible().len();
-        let mut checked = 0;
+        if eligible <= 1 {
+            return Ok(home);
+        }
+        let mut checked = 1;
         // The least loaded per unit of weight: only used if live counters moved under us.
-        let mut least: Option<(f64, BackendId)> = None;
+        let mut least: Option<(f64, BackendId)> =
+            Some((home_load as f64 / f64::from(self.cache.weight(home).max(1)), home));
         for id in self.ring.walk(key_hash) {
             let Some(seen) = self.seen.get_mut(id as usize) else { continue };
             if *seen == self.pass {

@@ -42,16 +42,15 @@ pub fn nodes(cache: &PoolCache) -> Vec<Node<'_>> {
 /// Removing a backend moves only the keys that landed on its points (1/n of them);
 /// changing a backend's weight adds or removes only its own points.
 ///
-/// A lookup does not binary-search the whole ring: a bucket index over the top bits of
-/// the circle (about one bucket per two points) narrows it to the few points of one
-/// bucket, so it touches two or three cache lines instead of ~17 scattered ones at the
-/// largest ring (most of a lookup's cost at 10,000 backends, measured).
+/// A lookup is memory-bound at large rings (131,072 points is 2 MiB), so it is laid out to
+/// touch few cache lines: each point sits with its owner (one line gives both), and a
+/// bucket index over the top bits of the circle (about one bucket per eight points, at
+/// most 16,384 buckets: 64 KiB, which stays in cache) narrows the search to one bucket's
+/// few adjacent points, instead of a binary search's ~17 scattered reads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ring {
-    /// Point positions, ascending.
-    points: Vec<u64>,
-    /// `owners[i]` owns `points[i]`.
-    owners: Vec<BackendId>,
+    /// The points, ascending by position.
+    points: Vec<Point>,
     /// `buckets[b]` is the index of the first point whose top `bits` bits are `>= b`, for
     /// `b` in `0..=2^bits` (the last entry is `points.len()`).
     buckets: Vec<u32>,
@@ -59,19 +58,26 @@ pub struct Ring {
     bits: u32,
 }
 
+/// One point of the ring and the backend that owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Point {
+    position: u64,
+    owner: BackendId,
+}
+
 impl Ring {
     /// Points per unit of weight, as in libketama and nginx (40 MD5 digests × 4): enough
     /// for max/mean ≈ 1.1 over 10 equal backends.
     pub const POINTS_PER_WEIGHT: u32 = 160;
 
-    /// Most points a ring holds (12 bytes each, so 1.5 MiB, about 10 ms to build). When
+    /// Most points a ring holds (16 bytes each, so 2 MiB, about 10 ms to build). When
     /// `points_per_weight × total weight` is larger, every backend's count is scaled down
     /// proportionally (each keeps at least one point).
     pub const MAX_POINTS: u64 = 1 << 17;
 
     /// An empty ring, owning no points.
     pub const fn new() -> Self {
-        Self { points: Vec::new(), owners: Vec::new(), buckets: Vec::new(), bits: 0 }
+        Self { points: Vec::new(), buckets: Vec::new(), bits: 0 }
     }
 
     /// Builds the ring of `nodes` with `points_per_weight` points per unit of weight, at
@@ -95,9 +101,9 @@ impl Ring {
         // Ties (two equal 64-bit points) are vanishingly rare; breaking them by address keeps
         // the ring independent of id order even then.
         pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| address_of(nodes, a.1).cmp(address_of(nodes, b.1))));
-        let (points, owners): (Vec<u64>, Vec<BackendId>) = pairs.into_iter().unzip();
+        let points: Vec<Point> = pairs.into_iter().map(|(position, owner)| Point { position, owner }).collect();
         let (buckets, bits) = bucket_index(&points);
-        Self { points, owners, buckets, bits }
+        Self { points, buckets, bits }
     }
 
     /// Number of points.
@@ -114,8 +120,8 @@ impl Ring {
     /// O(log points). Meaningless on an empty ring (returns 0).
     pub fn position(&self, key_hash: u64) -> usize {
         let i = match self.bucket_bounds(key_hash) {
-            Some((lo, hi)) => lo + self.points[lo..hi].partition_point(|&p| p < key_hash),
-            None => self.points.partition_point(|&p| p < key_hash),
+            Some((lo, hi)) => lo + self.points[lo..hi].partition_point(|p| p.position < key_hash),
+            None => self.points.partition_point(|p| p.position < key_hash),
         };
         if i == self.points.len() { 0 } else { i }
     }
@@ -136,7 +142,7 @@ impl Ring {
 
     /// The backend that owns `key_hash`, or `None` on an empty ring.
     pub fn get(&self, key_hash: u64) -> Option<BackendId> {
-        self.owners.get(self.position(key_hash)).copied()
+        self.points.get(self.position(key_hash)).map(|p| p.owner)
     }
 
     /// The owners of every point once around the ring, clockwise from where `key_hash`
@@ -144,23 +150,23 @@ impl Ring {
     /// first owner that may take more work gets the key.
     pub fn walk(&self, key_hash: u64) -> impl Iterator<Item = BackendId> + '_ {
         let start = self.position(key_hash);
-        self.owners[start..].iter().chain(&self.owners[..start]).copied()
+        self.points[start..].iter().chain(&self.points[..start]).map(|p| p.owner)
     }
 }
 
-/// The bucket index of sorted `points`: about one bucket per two points (at most 2^17
+/// The bucket index of sorted `points`: about one bucket per eight points (at most 2^14
 /// buckets), each entry the index of the bucket's first point. Returns it and the number
 /// of top bits that select a bucket (0, and no index, for an empty ring).
-fn bucket_index(points: &[u64]) -> (Vec<u32>, u32) {
+fn bucket_index(points: &[Point]) -> (Vec<u32>, u32) {
     if points.is_empty() {
         return (Vec::new(), 0);
     }
-    let bits = (usize::BITS - (points.len() / 2).max(1).leading_zeros()).min(17);
+    let bits = (usize::BITS - (points.len() / 8).max(1).leading_zeros()).min(14);
     let count = 1usize << bits;
     let mut buckets = Vec::with_capacity(count + 1);
     let mut i = 0usize;
     for b in 0..count {
-        while i < points.len() && ((points[i] >> (64 - bits)) as usize) < b {
+        while i < points.len() && ((points[i].position >> (64 - bits)) as usize) < b {
             i += 1;
         }
         buckets.push(i as u32);
@@ -239,12 +245,12 @@ mod tests {
         nodes[2].weight = 0;
         let ring = Ring::build(&nodes, 10);
         assert_eq!(ring.len(), 40);
-        assert_eq!(ring.owners.iter().filter(|&&o| o == 1).count(), 30);
+        assert_eq!(ring.points.iter().filter(|p| p.owner == 1).count(), 30);
         nodes[0].weight = u32::MAX;
         nodes[1].weight = u32::MAX / 2;
         let big = Ring::build(&nodes, Ring::POINTS_PER_WEIGHT);
         assert!(big.len() as u64 <= Ring::MAX_POINTS && big.len() > 1000);
-        assert!(big.owners.contains(&1));
+        assert!(big.points.iter().any(|p| p.owner == 1));
     }
 
     #[test]
@@ -254,12 +260,12 @@ mod tests {
             let ring = Ring::build(&equal_nodes(&addrs), Ring::POINTS_PER_WEIGHT);
             assert!(ring.bits > 0 && ring.buckets.len() == (1 << ring.bits) + 1);
             let full = |h: u64| {
-                let i = ring.points.partition_point(|&p| p < h);
+                let i = ring.points.partition_point(|p| p.position < h);
                 if i == ring.points.len() { 0 } else { i }
             };
             let mut probes: Vec<u64> = (0..20_000).map(key).collect();
             // The edges: each point itself, one either side, and the ends of the circle.
-            for &p in ring.points.iter().take(500) {
+            for p in ring.points.iter().take(500).map(|p| p.position) {
                 probes.extend([p, p.wrapping_sub(1), p.wrapping_add(1)]);
             }
             probes.extend([0, 1, u64::MAX, u64::MAX - 1, 1 << 63]);
