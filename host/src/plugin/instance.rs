@@ -151,6 +151,12 @@ impl bindings::pool::Host for InstanceState {
         })
     }
 
+    fn load_and_total(&mut self, id: u32) -> u64 {
+        let Some(view) = self.view() else { return 0 };
+        let load = view.live(id).map_or(0, BackendLive::load).min(u64::from(u32::MAX));
+        load << 32 | view.live.total_load.load(Ordering::Relaxed).min(u64::from(u32::MAX))
+    }
+
     fn latency_pair(&mut self, a: u32, b: u32) -> u64 {
         let latency =
             |id| self.view().and_then(|v| v.live(id)).map_or(0, |l| l.latency_ewma_us.load(Ordering::Relaxed));

@@ -103,12 +103,12 @@ struct State {
 impl State {
     /// Walks the ring from `key_hash` to the first backend within the bound.
     fn place(&mut self, key_hash: u64) -> Result<BackendId, PickError> {
-        let total_after = pool::total_load() + 1;
         let total_weight = self.cache.total_weight();
         // Most picks end at the key's own backend: check it before setting up the walk,
-        // so the common case touches no `seen` entry.
+        // so the common case touches no `seen` entry and makes one host call.
         let home = self.ring.get(key_hash).ok_or(PickError::NoBackend)?;
-        let home_load = select::load(home);
+        let (home_load, total) = select::unpack(pool::load_and_total(home));
+        let (home_load, total_after) = (u64::from(home_load), u64::from(total) + 1);
         if home_load < capacity(self.config.factor, total_after, self.cache.weight(home), total_weight) {
             return Ok(home);
         }
