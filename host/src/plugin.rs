@@ -121,8 +121,8 @@ pub enum CallError {
 /// Per-plugin counters, shown by the admin API and asserted by tests.
 #[derive(Debug, Default)]
 pub struct PluginStats {
-    /// Calls made.
-    pub calls: AtomicU64,
+    /// Calls made (counted per thread: every decision adds one).
+    pub calls: PerThreadCounter,
     /// Traps of any cause (including timeouts and memory).
     pub traps: AtomicU64,
     /// Calls past their deadline.
@@ -133,6 +133,27 @@ pub struct PluginStats {
     pub errors: AtomicU64,
     /// Instances created.
     pub instantiations: AtomicU64,
+}
+
+/// A count that every thread adds to on the hot path without sharing a cache line with
+/// another thread: each thread has its own cell, and reading sums them. (One shared
+/// atomic written by every decision on every thread bounces its cache line between
+/// cores.)
+#[derive(Debug, Default)]
+pub struct PerThreadCounter(thread_local::ThreadLocal<AtomicU64>);
+
+impl PerThreadCounter {
+    /// Adds one on the calling thread.
+    pub fn add(&self) {
+        let cell = self.0.get_or_default();
+        // Only this thread writes its cell, so a plain load and store is enough.
+        cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// The sum over every thread.
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// The process-wide engine and its epoch ticker.
@@ -431,7 +452,7 @@ impl Plugin {
         req: PickRequest,
         f: impl FnOnce(&Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
     ) -> (PickRequest, Result<R, CallError>) {
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.calls.add();
         let cell = self.instances.get_or(Default::default);
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return (req, Err(CallError::Instantiate("re-entrant call".into())));

@@ -43,6 +43,8 @@ async fn round_robin_splits_300_requests_exactly() {
     let failed = stats.traps.load(std::sync::atomic::Ordering::Relaxed)
         + stats.errors.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(failed, 0, "every request was placed by the plugin, none by the fallback");
+    // One call per request, counted on whichever worker thread made it.
+    assert_eq!(stats.calls.get(), 300);
     assert_eq!(counts, HashMap::from([("a".into(), 100), ("b".into(), 100), ("c".into(), 100)]));
 }
 
