@@ -75,6 +75,11 @@ impl BackendLive {
         u64::from(self.active.load(Ordering::Relaxed)) + u64::from(self.in_flight.load(Ordering::Relaxed))
     }
 
+    /// [`BackendLive::load`] capped at `u32::MAX`, as the packed plugin reads give it.
+    pub fn load_u32(&self) -> u32 {
+        u32::try_from(self.load()).unwrap_or(u32::MAX)
+    }
+
     /// A request was sent to this backend.
     pub fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -141,26 +141,26 @@ impl bindings::pool::Host for InstanceState {
     }
 
     fn load_pair(&mut self, a: u32, b: u32) -> u64 {
-        let load = |id| self.view().and_then(|v| v.live(id)).map_or(0, BackendLive::load).min(u64::from(u32::MAX));
-        load(a) << 32 | load(b)
+        let load = |id| self.view().and_then(|v| v.live(id)).map_or(0, BackendLive::load_u32);
+        pack(load(a), load(b))
     }
 
     fn loads(&mut self) -> Vec<u32> {
         self.view().map_or_else(Vec::new, |v| {
-            v.members.iter().map(|b| b.live.load().min(u64::from(u32::MAX)) as u32).collect()
+            (0..v.members.len() as u32).filter_map(|id| v.live(id)).map(BackendLive::load_u32).collect()
         })
     }
 
     fn load_and_total(&mut self, id: u32) -> u64 {
         let Some(view) = self.view() else { return 0 };
-        let load = view.live(id).map_or(0, BackendLive::load).min(u64::from(u32::MAX));
-        load << 32 | view.live.total_load.load(Ordering::Relaxed).min(u64::from(u32::MAX))
+        let total = u32::try_from(view.live.total_load.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        pack(view.live(id).map_or(0, BackendLive::load_u32), total)
     }
 
     fn latency_pair(&mut self, a: u32, b: u32) -> u64 {
         let latency =
             |id| self.view().and_then(|v| v.live(id)).map_or(0, |l| l.latency_ewma_us.load(Ordering::Relaxed));
-        u64::from(latency(a)) << 32 | u64::from(latency(b))
+        pack(latency(a), latency(b))
     }
 
     fn latency_ewma_us(&mut self, id: u32) -> u32 {
@@ -200,6 +200,12 @@ impl bindings::pool::Host for InstanceState {
             self.stuck = Some((table, key));
         }
     }
+}
+
+/// Two 32-bit figures in one `u64`, the first in the high half: what the `pool.*-pair`
+/// reads return, so one scalar crosses the ABI.
+fn pack(high: u32, low: u32) -> u64 {
+    u64::from(high) << 32 | u64::from(low)
 }
 
 impl bindings::log::Host for InstanceState {

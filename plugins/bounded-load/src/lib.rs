@@ -108,8 +108,9 @@ impl State {
         // so the common case touches no `seen` entry and makes one host call.
         let home = self.ring.get(key_hash).ok_or(PickError::NoBackend)?;
         let (home_load, total) = select::unpack(pool::load_and_total(home));
-        let (home_load, total_after) = (u64::from(home_load), u64::from(total) + 1);
-        if home_load < capacity(self.config.factor, total_after, self.cache.weight(home), total_weight) {
+        let (home_load, total_after, home_weight) =
+            (u64::from(home_load), u64::from(total) + 1, self.cache.weight(home));
+        if home_load < capacity(self.config.factor, total_after, home_weight, total_weight) {
             return Ok(home);
         }
         self.pass = self.pass.wrapping_add(1);
@@ -126,8 +127,7 @@ impl State {
         }
         let mut checked = 1;
         // The least loaded per unit of weight: only used if live counters moved under us.
-        let mut least: Option<(f64, BackendId)> =
-            Some((home_load as f64 / f64::from(self.cache.weight(home).max(1)), home));
+        let mut least: Option<(f64, BackendId)> = Some((home_load as f64 / f64::from(home_weight.max(1)), home));
         for id in self.ring.walk(key_hash) {
             let Some(seen) = self.seen.get_mut(id as usize) else { continue };
             if *seen == self.pass {

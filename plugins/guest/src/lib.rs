@@ -87,8 +87,6 @@ pub struct PoolCache {
     generation: Option<u64>,
     eligible: Vec<BackendId>,
     eligible_weights: Vec<u32>,
-    /// `cumulative[i]` = sum of `eligible_weights[..=i]`.
-    cumulative: Vec<u64>,
     total_weight: u64,
     /// Walker's alias table over `eligible`, for O(1) weighted draws.
     alias: AliasTable,
@@ -106,7 +104,6 @@ impl PoolCache {
             generation: None,
             eligible: Vec::new(),
             eligible_weights: Vec::new(),
-            cumulative: Vec::new(),
             total_weight: 0,
             alias: AliasTable::new(),
             members: Vec::new(),
@@ -129,16 +126,7 @@ impl PoolCache {
         self.weights = self.members.iter().map(|b| b.weight).collect();
         self.eligible = pool::eligible();
         self.eligible_weights = self.eligible.iter().map(|&id| self.weight(id)).collect();
-        let mut sum = 0u64;
-        self.cumulative = self
-            .eligible_weights
-            .iter()
-            .map(|&w| {
-                sum += u64::from(w);
-                sum
-            })
-            .collect();
-        self.total_weight = sum;
+        self.total_weight = self.eligible_weights.iter().map(|&w| u64::from(w)).sum();
         self.alias = AliasTable::build(&self.eligible_weights);
         true
     }
@@ -167,12 +155,6 @@ impl PoolCache {
     /// Weights of [`PoolCache::eligible`], in the same order.
     pub fn eligible_weights(&self) -> &[u32] {
         &self.eligible_weights
-    }
-
-    /// Running sums of [`PoolCache::eligible_weights`]: `cumulative()[i]` is the total
-    /// weight of the first `i + 1` eligible backends.
-    pub fn cumulative_weights(&self) -> &[u64] {
-        &self.cumulative
     }
 
     /// Sum of the eligible backends' weights.
