@@ -3,8 +3,8 @@
 //!
 //! Every error names the file, line, column and dotted key it is about. Unknown keys are
 //! errors, so a misspelt option never silently falls back to a default. Field docs below
-//! give each option's default and whether a reload can change it (listeners are bound
-//! once at start; pools, backends and plugins are reloadable).
+//! give each option's default and whether a reload can change it (listeners, pools,
+//! backends and plugins are reloadable; `[plugins]` is read at start only).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,7 +12,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::plugin::pack::{self, Role};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -78,7 +77,7 @@ struct FileConfig {
     /// Plugin runtime limits. Not reloadable.
     #[serde(default)]
     plugins: FilePlugins,
-    /// Listeners, `[[listener]]`. Bound at start; not reloadable.
+    /// Listeners, `[[listener]]`. Reloadable: added ones are bound, removed ones closed.
     #[serde(default, rename = "listener")]
     listeners: Vec<FileListener>,
     /// Pools, `[pool.NAME]`. Reloadable.
@@ -230,7 +229,7 @@ pub struct Config {
 }
 
 /// Plugin runtime settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginSettings {
     /// Compiled-plugin cache directory.
     pub cache_dir: Option<PathBuf>,
@@ -254,7 +253,7 @@ impl Default for PluginSettings {
 }
 
 /// One listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     /// Name for logs.
     pub name: String,
@@ -286,7 +285,7 @@ pub struct TunnelLimits {
 }
 
 /// A route: all given conditions must match.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// Lower-case host, or `*.suffix`.
     pub host: Option<String>,
@@ -336,7 +335,7 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// One pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Name.
     pub name: String,
@@ -378,12 +377,50 @@ pub struct BackendConfig {
 }
 
 /// Which plugin, with which options.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PluginRef {
     /// Pack name or file.
     pub source: PluginSource,
     /// Options as JSON.
     pub config_json: String,
+    /// Where the file names it (for errors found when the plugin is loaded).
+    pub at: Option<Location>,
+}
+
+impl PluginRef {
+    /// A pack plugin with no options, named nowhere in a file.
+    pub fn pack(name: &str) -> Self {
+        Self { source: PluginSource::Pack(name.to_owned()), config_json: "{}".to_owned(), at: None }
+    }
+}
+
+/// Two references are the same plugin with the same options wherever the file names them.
+impl PartialEq for PluginRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source && self.config_json == other.config_json
+    }
+}
+
+impl Eq for PluginRef {}
+
+/// A place in the config file: what errors found after parsing (a plugin that does not
+/// load) point at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file (or `<inline>`).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path.
+    pub key: String,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.key)
+    }
 }
 
 /// Where a plugin comes from.
@@ -393,6 +430,20 @@ pub enum PluginSource {
     Pack(String),
     /// A `.wasm` component on disk.
     File(PathBuf),
+}
+
+impl PluginSource {
+    /// The one place that tells a pack name from a file: a name ending in `.wasm` or
+    /// containing a `/` is a file (relative to `base`), anything else a pack name.
+    /// Whether the pack has it is the plugin layer's question, asked when it loads.
+    pub fn parse(name: &str, base: &Path) -> Self {
+        let name = name.trim();
+        if name.ends_with(".wasm") || name.contains('/') {
+            PluginSource::File(base.join(name))
+        } else {
+            PluginSource::Pack(name.to_owned())
+        }
+    }
 }
 
 impl std::fmt::Display for PluginSource {
@@ -405,6 +456,11 @@ impl std::fmt::Display for PluginSource {
 }
 
 impl Config {
+    /// A config with no listener and no pool, and default settings.
+    pub fn empty() -> Self {
+        Self { source: None, plugins: PluginSettings::default(), listeners: Vec::new(), pools: BTreeMap::new() }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -438,11 +494,16 @@ impl Cx<'_> {
     }
 
     fn at(&self, span: Option<Range<usize>>, key: String, message: String) -> ConfigError {
+        let Location { file, line, column, key } = self.location(span, key);
+        ConfigError::Invalid { file, line, column, key, message }
+    }
+
+    fn location(&self, span: Option<Range<usize>>, key: String) -> Location {
         let offset = span.map_or(0, |s| s.start).min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        ConfigError::Invalid { file: self.file.clone(), line, column, key, message }
+        Location { file: self.file.clone(), line, column, key }
     }
 
     fn spanned<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -478,8 +539,8 @@ impl Cx<'_> {
                 });
             }
             let balancer = match pool.balancer {
-                Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"), Role::Balancer)?,
-                None => PluginRef { source: PluginSource::Pack("round-robin".into()), config_json: "{}".into() },
+                Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"))?,
+                None => PluginRef::pack("round-robin"),
             };
             let drain_spread = pool.drain_spread_ms.map_or(Duration::from_secs(10), |d| d.0);
             let drain_deadline = pool.drain_deadline_ms.map_or(Duration::from_secs(30), |d| d.0);
@@ -491,7 +552,7 @@ impl Cx<'_> {
                 ));
             }
             let affinity = match pool.affinity {
-                Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"), Role::Affinity)?),
+                Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"))?),
                 None => None,
             };
             pools.insert(
@@ -556,24 +617,9 @@ impl Cx<'_> {
         Ok(Config { source: source.map(Path::to_path_buf), plugins, listeners, pools })
     }
 
-    fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str, role: Role) -> Result<PluginRef, ConfigError> {
-        let name = p.plugin.get_ref().trim();
-        let source = if name.ends_with(".wasm") || name.contains('/') {
-            PluginSource::File(base.join(name))
-        } else if pack::role(name) == Some(role) {
-            PluginSource::Pack(name.to_owned())
-        } else {
-            let known: Vec<&str> = pack::names_of(role).collect();
-            let what = match pack::role(name) {
-                Some(other) => format!("`{name}` is for `{other}`, not `{role}`"),
-                None => format!("no plugin `{name}` in the pack"),
-            };
-            return Err(self.spanned(
-                &p.plugin,
-                format!("{key}.plugin"),
-                format!("{what} (the pack's {role} plugins: {}); a file must end in .wasm", known.join(", ")),
-            ));
-        };
+    fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str) -> Result<PluginRef, ConfigError> {
+        let source = PluginSource::parse(p.plugin.get_ref(), base);
+        let at = self.location(Some(p.plugin.span()), format!("{key}.plugin"));
         let config_json = match p.config {
             Some(mut t) => {
                 self.read_file_keys(&mut t, base, &format!("{key}.config"))?;
@@ -581,7 +627,7 @@ impl Cx<'_> {
             }
             None => "{}".to_owned(),
         };
-        Ok(PluginRef { source, config_json })
+        Ok(PluginRef { source, config_json, at: Some(at) })
     }
 }
 

@@ -1,6 +1,7 @@
 //! `weir demo`: three in-process demo backends behind the proxy, from an embedded config,
 //! so a new user sees load balancing work with one command and nothing to write. Each
 //! backend answers HTTP with its name and echoes WebSocket messages, prefixed with it.
+//! The same [`Backend`] serves the tests and benchmarks.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,14 +9,17 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Message, Role};
+
+use crate::net::listen::Acceptor;
 
 /// The demo's config; `{backends}` is replaced by the demo backends' addresses and
 /// `{listen}` by the proxy address.
@@ -40,30 +44,72 @@ balancer = { plugin = "least-connections" }
 affinity = { plugin = "cookie", config = { name = "WEIR_AFFINITY", max_age_s = 3600 } }
 "#;
 
-/// Starts a demo backend on 127.0.0.1:0 that answers every request with its name and
-/// echoes WebSocket messages.
-pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let name: Arc<str> = name.into();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            // Small echoes go out at once, not after the client's delayed ACK.
-            let _ = stream.set_nodelay(true);
-            let name = name.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| answer(name.clone(), req));
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
-            });
-        }
-    });
-    Ok(addr)
+/// A demo backend on 127.0.0.1, the one the tests use too. It answers:
+/// - a WebSocket upgrade: echoes text (prefixed with its name) and binary messages;
+/// - `/upload`: reads the whole body, answers with its length;
+/// - `/download?bytes=N`: streams N bytes in 64 KiB chunks, never held whole;
+/// - `/headers`: the request headers, one `name: value` per line;
+/// - `/delay?ms=N`: its name, after N ms;
+/// - `/stall`: answers after 30 s;
+/// - anything else: `NAME: METHOD URI`.
+///
+/// Dropping it stops it (its accept loop; connections already open finish).
+#[derive(Debug)]
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// One demo request: a WebSocket upgrade becomes an echo session; anything else gets
-/// the backend's name.
-async fn answer(name: Arc<str>, mut req: http::Request<Incoming>) -> Result<http::Response<Full<Bytes>>, Infallible> {
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    /// Starts a backend named `name` on 127.0.0.1:0.
+    pub async fn start(name: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let name: Arc<str> = name.into();
+        let mut acceptor = Acceptor::new(listener, format!("demo backend {name}"));
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = acceptor.accept().await;
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| answer(name.clone(), req));
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    /// Starts a backend that lives as long as the process (the demo's), returning its
+    /// address.
+    pub async fn spawn(name: &str) -> std::io::Result<SocketAddr> {
+        let backend = Self::start(name).await?;
+        let addr = backend.addr;
+        std::mem::forget(backend);
+        Ok(addr)
+    }
+}
+
+/// Starts a demo backend on 127.0.0.1:0 for the life of the process; see [`Backend`].
+pub async fn spawn_backend(name: &str) -> std::io::Result<SocketAddr> {
+    Backend::spawn(name).await
+}
+
+type DemoBody = BoxBody<Bytes, Infallible>;
+
+fn full(text: impl Into<Bytes>) -> DemoBody {
+    Full::new(text.into()).boxed()
+}
+
+/// One demo request.
+async fn answer(name: Arc<str>, mut req: http::Request<Incoming>) -> Result<http::Response<DemoBody>, Infallible> {
     let key = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes()));
     let upgrade =
         req.headers().get(http::header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
@@ -84,7 +130,7 @@ async fn answer(name: Arc<str>, mut req: http::Request<Incoming>) -> Result<http
                 }
             }
         });
-        let mut res = http::Response::new(Full::new(Bytes::new()));
+        let mut res = http::Response::new(full(Bytes::new()));
         *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
         let h = res.headers_mut();
         h.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
@@ -94,12 +140,84 @@ async fn answer(name: Arc<str>, mut req: http::Request<Incoming>) -> Result<http
         }
         return Ok(res);
     }
-    let body = format!("{name}: {} {}\n", req.method(), req.uri());
-    let mut res = http::Response::new(Full::new(Bytes::from(body)));
+    let query = |key: &str| -> u64 {
+        req.uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut res = match req.uri().path() {
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut total: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => break,
+                }
+            }
+            http::Response::new(full(total.to_string()))
+        }
+        "/download" => http::Response::new(Repeat::new(query("bytes")).boxed()),
+        "/headers" => {
+            let text: String =
+                req.headers().iter().map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?"))).collect();
+            http::Response::new(full(text))
+        }
+        "/delay" => {
+            tokio::time::sleep(std::time::Duration::from_millis(query("ms"))).await;
+            http::Response::new(full(name.to_string()))
+        }
+        "/stall" => {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            http::Response::new(full("late"))
+        }
+        _ => http::Response::new(full(format!("{name}: {} {}\n", req.method(), req.uri()))),
+    };
     if let Ok(v) = http::HeaderValue::from_str(&name) {
         res.headers_mut().insert("x-backend", v);
     }
     Ok(res)
+}
+
+/// A body of `left` bytes produced lazily in 64 KiB chunks, never held whole.
+#[derive(Debug)]
+pub struct Repeat {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl Repeat {
+    /// `bytes` bytes of `x`.
+    pub fn new(bytes: u64) -> Self {
+        Self { left: bytes, chunk: Bytes::from(vec![b'x'; 64 << 10]) }
+    }
+}
+
+impl hyper::body::Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let take = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= take as u64;
+        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..take)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
 }
 
 /// Starts three demo backends and returns the demo config text for them.

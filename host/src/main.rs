@@ -123,7 +123,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: a file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -150,9 +152,19 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         #[cfg(unix)]
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             while hup.recv().await.is_some() {
-                // A bad new config is reported and changes nothing.
-                match Config::load(&path).map_err(anyhow::Error::from).and_then(|c| Ok(server.reload(&c)?)) {
-                    Ok(()) => tracing::info!(config = %path.display(), "reloaded"),
+                // A bad new config is reported and changes nothing. Reading it resolves host
+                // names: a blocking thread does that, not a worker serving traffic.
+                let load = {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || Config::load(&path))
+                };
+                let result = match load.await {
+                    Ok(Ok(config)) => server.reload(config).await.map_err(anyhow::Error::from),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(anyhow::anyhow!("reading the config was interrupted: {e}")),
+                };
+                match result {
+                    Ok(applied) => tracing::info!(config = %path.display(), ?applied, "reloaded"),
                     Err(e) => {
                         tracing::error!(config = %path.display(), error = %format!("{e:#}"), "reload failed; config unchanged")
                     }
@@ -162,7 +174,7 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
         std::future::pending::<()>().await
     };
     tokio::select! { () = shutdown_signal() => {}, () = reloads => {} }
-    tracing::info!("shutting down: draining tunnels");
+    tracing::info!("shutting down: finishing requests in flight, draining tunnels");
     let drained = server.shutdown().await;
     tracing::info!(tunnels = drained, "stopped");
     Ok(())
@@ -171,9 +183,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let plugins = PluginRuntime::new(config.plugins.clone())?;
-    let runtime = weir::state::Runtime::build(&config, &plugins, None)?;
+    let snapshot = weir::state::Snapshot::build(&config, &plugins, None)?;
     println!("{}: ok ({} listener(s), {} pool(s))", path.display(), config.listeners.len(), config.pools.len());
-    for (name, pool) in &runtime.pools {
+    for (name, pool) in &snapshot.pools {
         let affinity = pool.affinity.as_ref().map(|a| format!(", affinity {}", a.name)).unwrap_or_default();
         println!("  pool {name}: {} backend(s), balancer {}{affinity}", pool.view.members.len(), pool.balancer.name);
     }
@@ -204,11 +216,7 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
 fn plugin(command: PluginCommand) -> anyhow::Result<()> {
     match command {
         PluginCommand::Inspect { file, json } => {
-            let source = if weir::plugin::pack::get(&file).is_some() && !file.ends_with(".wasm") {
-                weir::config::PluginSource::Pack(file)
-            } else {
-                weir::config::PluginSource::File(file.into())
-            };
+            let source = weir::config::PluginSource::parse(&file, std::path::Path::new("."));
             let bytes = PluginRuntime::bytes(&source)?;
             let runtime = PluginRuntime::new(PluginSettings::default())?;
             let info = runtime.inspect(&bytes)?;

@@ -2,54 +2,43 @@
 //! disk, one `*Pre` per loaded plugin version, and one `Store` + instance per worker
 //! thread built lazily from it.
 //!
-//! Lifetimes, longest first (STYLE rule 6): the [`Engine`] and its epoch ticker live for the
-//! process; a [`Balancer`] (a compiled component, its `BalancerPluginPre` and its config)
-//! lives while a snapshot uses it; an `InstanceState` lives in one thread's store until
-//! the plugin is dropped or the instance traps.
+//! Lifetimes, longest first (STYLE rule 6): the engine and its epoch ticker live for the
+//! process; a [`Balancer`] or [`Affinity`] (a compiled component, its world's `Pre` and its
+//! config) lives while a snapshot uses it; an `InstanceState` lives in one thread's store
+//! until the plugin is dropped or the instance traps.
 //!
 //! Every call runs under an epoch deadline and a memory limit. A trap (including a blown
 //! deadline or memory limit) drops that thread's instance — wasmtime poisons an instance
 //! that trapped — and is counted and logged with the plugin's name; the next call builds a
-//! fresh one. The caller ([`crate::state::Pool::place`]) then applies `on_plugin_error`.
+//! fresh one. The caller (the state layer's placement) then applies `on_plugin_error`.
+//!
+//! This layer sees a pool only through [`PoolHost`], which the state layer implements.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::config::{PluginRef, PluginSettings, PluginSource};
-use crate::state::PoolView;
+use crate::core::Protocol;
 
 mod bindings;
 mod cache;
+mod engine;
+mod imports;
 pub mod inspect;
-pub(crate) mod instance;
+mod instance;
 pub mod pack;
+mod world;
 
-use bindings::{AffinityPlugin, AffinityPluginPre, BalancerPlugin, BalancerPluginPre, PickError, PluginError};
+use bindings::{PickError, PluginError};
+pub use instance::PoolHost;
 use instance::{InstanceState, Live};
-
-/// How often the epoch advances; call deadlines are whole ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// What kind of traffic is being placed (the WIT `protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// HTTP/1.x.
-    Http1,
-    /// HTTP/2.
-    Http2,
-    /// WebSocket upgrade.
-    WebSocket,
-    /// Opaque TCP.
-    Tcp,
-    /// TLS passthrough.
-    TlsPassthrough,
-}
+use world::{AffinityWorld, BalancerWorld, World};
 
 /// The request a plugin is asked about. The host moves it into the plugin's store for
 /// the call and takes it back afterwards, so it is kept small: the HTTP head sits behind
@@ -67,9 +56,23 @@ pub struct PickRequest {
     pub head: Option<Box<http::request::Parts>>,
 }
 
-/// Why a plugin could not be loaded.
+/// A TCP connection from `0.0.0.0:0`: what the `request` import answers outside a call,
+/// and a stand-in while a request is lent out.
+impl Default for PickRequest {
+    fn default() -> Self {
+        PickRequest { protocol: Protocol::Tcp, client: SocketAddr::from(([0, 0, 0, 0], 0)), sni: None, head: None }
+    }
+}
+
+/// Why a plugin could not be loaded. Each names the world it was loaded for.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The wasm engine could not be created.
+    #[error("cannot create the wasm engine: {0}")]
+    Engine(String),
+    /// The host imports could not be linked.
+    #[error("cannot link host imports: {0}")]
+    Link(String),
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
@@ -78,18 +81,34 @@ pub enum LoadError {
         /// Why.
         source: std::io::Error,
     },
-    /// Not in the pack.
-    #[error("no plugin `{0}` in the pack")]
-    UnknownPackName(String),
-    /// Not a valid component, or not one for this world.
-    #[error("not a usable balancer component: {0}")]
-    Component(String),
+    /// Not in the pack, or in it for another world.
+    #[error("{0}")]
+    Pack(String),
+    /// Not a valid component.
+    #[error("not a valid component: {0}")]
+    Compile(String),
+    /// A component, but not one of the world it was loaded for.
+    #[error("not a usable {world} component: {message}")]
+    WrongWorld {
+        /// `balancer` or `affinity`.
+        world: &'static str,
+        /// Why.
+        message: String,
+    },
     /// It refused its config.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
-    /// `configure` failed otherwise (trap, timeout, error).
-    #[error("configure failed: {0}")]
-    Configure(String),
+    /// Instantiating or configuring it failed otherwise (trap, timeout, error).
+    #[error("{world} could not be configured: {source}")]
+    Configure {
+        /// `balancer` or `affinity`.
+        world: &'static str,
+        /// Why.
+        source: CallError,
+    },
+    /// The blocking task that loaded it failed.
+    #[error("loading was interrupted: {0}")]
+    Interrupted(String),
 }
 
 /// Why one call did not produce a decision.
@@ -110,6 +129,9 @@ pub enum CallError {
     /// The plugin answered `failed` (pick) or an error from `configure`.
     #[error("plugin error: {0}")]
     Plugin(String),
+    /// The plugin refused its config.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
     /// The plugin answered an id that is not eligible.
     #[error("picked backend {0}, which is not eligible")]
     InvalidBackend(u32),
@@ -156,58 +178,6 @@ impl PerThreadCounter {
     }
 }
 
-/// The process-wide engine and its epoch ticker.
-fn engine() -> Result<&'static Engine, LoadError> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let mut pooling = PoolingAllocationConfig::default();
-            pooling
-                .total_component_instances(2_000)
-                .total_core_instances(10_000)
-                .total_memories(2_000)
-                .total_tables(4_000)
-                .total_stacks(0)
-                .max_memory_size(1 << 30)
-                .max_core_instances_per_component(64)
-                .max_memories_per_component(16)
-                .max_tables_per_component(32)
-                .max_component_instance_size(1 << 20)
-                .max_core_instance_size(1 << 20)
-                .table_elements(100_000);
-            let mut config = WasmConfig::new();
-            config.wasm_component_model(true).epoch_interruption(true).max_wasm_stack(512 << 10);
-            // The pooling allocator reserves its address space up front; where that is
-            // refused (a low `ulimit -v`, some sandboxes) fall back to allocating on demand.
-            let engine =
-                match Engine::new(config.clone().allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))) {
-                    Ok(engine) => engine,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pooling allocator unavailable; instances are allocated on demand");
-                        Engine::new(config.allocation_strategy(InstanceAllocationStrategy::OnDemand))
-                            .map_err(|e| e.to_string())?
-                    }
-                };
-            let ticker = engine.clone();
-            std::thread::Builder::new()
-                .name("weir-epoch".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(EPOCH_TICK);
-                        ticker.increment_epoch();
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            Ok(engine)
-        })
-        .as_ref()
-        .map_err(|e| LoadError::Component(format!("cannot create the wasm engine: {e}")))
-}
-
-fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
-}
-
 /// Loads plugins: compiles (or fetches from the disk cache), links and validates them.
 pub struct PluginRuntime {
     engine: &'static Engine,
@@ -232,11 +202,11 @@ impl std::fmt::Debug for PluginRuntime {
 impl PluginRuntime {
     /// A runtime with these limits; the engine is shared by every runtime in the process.
     pub fn new(settings: PluginSettings) -> Result<Self, LoadError> {
-        let engine = engine()?;
+        let engine = engine::engine()?;
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .and_then(|()| bindings::add_to_linker(&mut linker))
-            .map_err(|e| LoadError::Component(format!("cannot link host imports: {e}")))?;
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let cache = cache::DiskCache::open(engine, settings.cache_dir.as_deref());
         Ok(Self {
             engine,
@@ -248,12 +218,17 @@ impl PluginRuntime {
         })
     }
 
+    /// The limits plugins run under.
+    pub fn settings(&self) -> &PluginSettings {
+        &self.settings
+    }
+
     /// Reads a plugin's bytes.
     pub fn bytes(source: &PluginSource) -> Result<std::borrow::Cow<'static, [u8]>, LoadError> {
         match source {
-            PluginSource::Pack(name) => {
-                pack::get(name).map(std::borrow::Cow::Borrowed).ok_or_else(|| LoadError::UnknownPackName(name.clone()))
-            }
+            PluginSource::Pack(name) => pack::get(name)
+                .map(std::borrow::Cow::Borrowed)
+                .ok_or_else(|| LoadError::Pack(format!("no plugin `{name}` in the pack"))),
             PluginSource::File(path) => std::fs::read(path)
                 .map(std::borrow::Cow::Owned)
                 .map_err(|source| LoadError::Read { path: path.display().to_string(), source }),
@@ -268,7 +243,7 @@ impl PluginRuntime {
             return Ok((c, sha));
         }
         self.compiled.fetch_add(1, Ordering::Relaxed);
-        let component = Component::new(self.engine, bytes).map_err(|e| LoadError::Component(format!("{e:#}")))?;
+        let component = Component::new(self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         if let Some(c) = &self.cache {
             c.put(&sha, &component);
         }
@@ -277,13 +252,14 @@ impl PluginRuntime {
 
     /// Loads a balancer for `pool`, then validates it: a scratch instance is created and
     /// configured, so a bad component or a bad config is an error here, never later.
+    /// Compiling may take a while: call it off the threads that serve traffic.
     pub fn load_balancer(
         &self,
         pool: &str,
         plugin: &PluginRef,
-        view: &Arc<PoolView>,
+        view: &Arc<dyn PoolHost>,
     ) -> Result<Arc<Balancer>, LoadError> {
-        self.load(pool, plugin, view, Kind::Balancer).map(|p| Arc::new(Balancer(p)))
+        self.load::<BalancerWorld>(pool, plugin, view, pack::Role::Balancer).map(|p| Arc::new(Balancer(p)))
     }
 
     /// Loads an affinity plugin for `pool` and validates it, as [`Self::load_balancer`].
@@ -291,149 +267,101 @@ impl PluginRuntime {
         &self,
         pool: &str,
         plugin: &PluginRef,
-        view: &Arc<PoolView>,
+        view: &Arc<dyn PoolHost>,
     ) -> Result<Arc<Affinity>, LoadError> {
-        self.load(pool, plugin, view, Kind::Affinity).map(|p| Arc::new(Affinity(p)))
+        self.load::<AffinityWorld>(pool, plugin, view, pack::Role::Affinity).map(|p| Arc::new(Affinity(p)))
     }
 
-    fn load(&self, pool: &str, plugin: &PluginRef, view: &Arc<PoolView>, kind: Kind) -> Result<Plugin, LoadError> {
+    fn load<W: World>(
+        &self,
+        pool: &str,
+        plugin: &PluginRef,
+        view: &Arc<dyn PoolHost>,
+        role: pack::Role,
+    ) -> Result<Plugin<W>, LoadError> {
+        pack::check(&plugin.source, role).map_err(LoadError::Pack)?;
         let bytes = Self::bytes(&plugin.source)?;
         let (component, sha256) = self.compile(&bytes)?;
-        let unusable =
-            |e: wasmtime::Error| LoadError::Component(format!("not a usable {} component: {e:#}", kind.name()));
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(unusable)?;
-        let pre = match kind {
-            Kind::Balancer => Pre::Balancer(BalancerPluginPre::new(instance_pre).map_err(unusable)?),
-            Kind::Affinity => Pre::Affinity(AffinityPluginPre::new(instance_pre).map_err(unusable)?),
-        };
+        let unusable = |e: wasmtime::Error| LoadError::WrongWorld { world: W::NAME, message: format!("{e:#}") };
+        let pre = W::pre(self.linker.instantiate_pre(&component).map_err(unusable)?).map_err(unusable)?;
         let plugin = Plugin {
-            name: plugin.source.to_string().into(),
-            pool: pool.into(),
+            info: PluginInfo {
+                name: plugin.source.to_string().into(),
+                pool: pool.into(),
+                sha256,
+                size: bytes.len(),
+                loaded_at: SystemTime::now(),
+                stats: PluginStats::default(),
+            },
             pre,
             config_json: plugin.config_json.clone(),
-            sha256,
-            size: bytes.len(),
-            loaded_at: SystemTime::now(),
-            call_ticks: ticks(self.settings.call_timeout),
-            rebuild_ticks: ticks(self.settings.rebuild_timeout),
+            call_ticks: engine::ticks(self.settings.call_timeout),
+            rebuild_ticks: engine::ticks(self.settings.rebuild_timeout),
             memory_limit: self.settings.memory_limit,
-            stats: PluginStats::default(),
             instances: thread_local::ThreadLocal::new(),
         };
         plugin.instantiate(view).map_err(|e| match e {
-            CallError::Plugin(m) if m.starts_with("invalid config: ") => {
-                LoadError::InvalidConfig(m["invalid config: ".len()..].to_owned())
-            }
-            other => LoadError::Configure(other.to_string()),
+            CallError::InvalidConfig(m) => LoadError::InvalidConfig(m),
+            source => LoadError::Configure { world: W::NAME, source },
         })?;
         Ok(plugin)
     }
 }
 
-/// The plugin worlds the host calls into.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Balancer,
-    Affinity,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Balancer => "balancer",
-            Kind::Affinity => "affinity",
-        }
-    }
-}
-
-/// A component linked for its world.
-enum Pre {
-    Balancer(BalancerPluginPre<InstanceState>),
-    Affinity(AffinityPluginPre<InstanceState>),
-}
-
-/// One instance's exports.
-pub(crate) enum Exports {
-    Balancer(BalancerPlugin),
-    Affinity(AffinityPlugin),
-}
-
-impl Pre {
-    fn engine(&self) -> &Engine {
-        match self {
-            Pre::Balancer(p) => p.engine(),
-            Pre::Affinity(p) => p.engine(),
-        }
-    }
-
-    fn instantiate(&self, store: &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<Exports> {
-        Ok(match self {
-            Pre::Balancer(p) => Exports::Balancer(p.instantiate(store)?),
-            Pre::Affinity(p) => Exports::Affinity(p.instantiate(store)?),
-        })
-    }
-}
-
-impl Exports {
-    fn configure(
-        &self,
-        store: &mut wasmtime::Store<InstanceState>,
-        json: &str,
-    ) -> wasmtime::Result<Result<(), PluginError>> {
-        match self {
-            Exports::Balancer(b) => b.weir_plugin_balancer().call_configure(store, json),
-            Exports::Affinity(a) => a.weir_plugin_affinity().call_configure(store, json),
-        }
-    }
-
-    fn pool_changed(&self, store: &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<()> {
-        match self {
-            Exports::Balancer(b) => b.weir_plugin_balancer().call_pool_changed(store),
-            Exports::Affinity(a) => a.weir_plugin_affinity().call_pool_changed(store),
-        }
-    }
-}
-
-/// A loaded plugin of any world: one version, one config, one instance per thread.
-pub struct Plugin {
+/// What every loaded plugin is, whatever its world: its identity and its counters.
+#[derive(Debug)]
+pub struct PluginInfo {
     /// Pack name or file path.
     pub name: Arc<str>,
     /// The pool it serves (for logs).
     pub pool: Arc<str>,
-    pre: Pre,
-    config_json: String,
     /// SHA-256 of the component bytes.
     pub sha256: [u8; 32],
     /// Component size in bytes.
     pub size: usize,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// Counters.
+    pub stats: PluginStats,
+}
+
+/// A loaded plugin of world `W`: one version, one config, one instance per thread.
+struct Plugin<W: World> {
+    info: PluginInfo,
+    pre: W::Pre,
+    config_json: String,
     call_ticks: u64,
     /// Deadline of `configure`, instantiation and `pool-changed`, in epoch ticks.
     rebuild_ticks: u64,
     memory_limit: usize,
-    /// Counters.
-    pub stats: PluginStats,
-    instances: thread_local::ThreadLocal<std::cell::RefCell<Slot>>,
+    instances: thread_local::ThreadLocal<std::cell::RefCell<Slot<W>>>,
 }
 
-impl std::fmt::Debug for Plugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("name", &self.name).field("pool", &self.pool).finish_non_exhaustive()
+/// One thread's instance of a plugin, and the last generation in which `pool-changed`
+/// failed on this thread.
+struct Slot<W: World> {
+    live: Option<Live<W>>,
+    failed_rebuild: u64,
+}
+
+impl<W: World> Default for Slot<W> {
+    fn default() -> Self {
+        Self { live: None, failed_rebuild: 0 }
     }
 }
 
-impl Plugin {
+impl<W: World> Plugin<W> {
     /// Creates and configures a fresh instance.
-    fn instantiate(&self, view: &Arc<PoolView>) -> Result<Live, CallError> {
-        self.stats.instantiations.fetch_add(1, Ordering::Relaxed);
-        let mut live = Live::new(self.pre.engine(), self.name.clone(), self.pool.clone(), self.memory_limit);
+    fn instantiate(&self, view: &Arc<dyn PoolHost>) -> Result<Live<W>, CallError> {
+        let info = &self.info;
+        info.stats.instantiations.fetch_add(1, Ordering::Relaxed);
+        let mut live = Live::<W>::new(W::engine(&self.pre), info.name.clone(), info.pool.clone(), self.memory_limit);
         live.store.set_epoch_deadline(self.rebuild_ticks);
-        let exports = self.pre.instantiate(&mut live.store).map_err(|e| self.classify(&live, e, true))?;
+        let exports = W::instantiate(&self.pre, &mut live.store).map_err(|e| self.classify(&live, e, true))?;
         live.store.data_mut().pin(view);
-        match exports.configure(&mut live.store, &self.config_json) {
+        match W::configure(&exports, &mut live.store, &self.config_json) {
             Ok(Ok(())) => {}
-            Ok(Err(PluginError::InvalidConfig(m))) => return Err(CallError::Plugin(format!("invalid config: {m}"))),
+            Ok(Err(PluginError::InvalidConfig(m))) => return Err(CallError::InvalidConfig(m)),
             Ok(Err(PluginError::Internal(m))) => return Err(CallError::Plugin(m)),
             Ok(Err(PluginError::NoBackend)) => return Err(CallError::Plugin("configure answered no-backend".into())),
             Err(e) => return Err(self.classify(&live, e, true)),
@@ -448,11 +376,12 @@ impl Plugin {
     /// behind; gives the request back.
     fn call<R>(
         &self,
-        view: &Arc<PoolView>,
+        view: &Arc<dyn PoolHost>,
         req: PickRequest,
-        f: impl FnOnce(&Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&W::Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
     ) -> (PickRequest, Result<R, CallError>) {
-        self.stats.calls.add();
+        let info = &self.info;
+        info.stats.calls.add();
         let cell = self.instances.get_or(Default::default);
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return (req, Err(CallError::Instantiate("re-entrant call".into())));
@@ -462,31 +391,32 @@ impl Plugin {
             match self.instantiate(view) {
                 Ok(live) => slot.live = Some(live),
                 Err(e) => {
-                    tracing::warn!(plugin = %self.name, pool = %self.pool, error = %e, "plugin instance could not be created");
+                    tracing::warn!(plugin = %info.name, pool = %info.pool, world = W::NAME, error = %e, "plugin instance could not be created");
                     return (req, Err(e));
                 }
             }
         }
         let Some(live) = slot.live.as_mut() else { return (req, Err(CallError::Instantiate("no instance".into()))) };
         live.store.data_mut().pin(view);
-        if live.generation != view.generation {
+        let generation = view.generation();
+        if live.generation != generation {
             // Tell the plugin its pool changed, so it rebuilds what it derives from it. This
             // gets the long deadline, except when `pool-changed` itself already failed in
             // this generation on this thread, so a plugin that cannot rebuild is not granted
             // it on every request. A failed call does not cost the next instance its grace.
-            let grace = if slot.failed_rebuild == view.generation { self.call_ticks } else { self.rebuild_ticks };
+            let grace = if slot.failed_rebuild == generation { self.call_ticks } else { self.rebuild_ticks };
             live.store.set_epoch_deadline(grace);
             let changed = match &live.exports {
-                Some(x) => x.pool_changed(&mut live.store),
+                Some(x) => W::pool_changed(x, &mut live.store),
                 None => Err(wasmtime::Error::msg("instance has no exports")),
             };
             if let Err(e) = changed {
                 let e = self.classify(live, e, false);
                 slot.live = None;
-                slot.failed_rebuild = view.generation;
+                slot.failed_rebuild = generation;
                 return (req, Err(e));
             }
-            live.generation = view.generation;
+            live.generation = generation;
         }
         live.store.set_epoch_deadline(self.call_ticks);
         live.store.data_mut().request = Some(req);
@@ -508,18 +438,20 @@ impl Plugin {
 
     /// Counts and logs a plugin's wrong answer.
     fn misbehaved(&self, what: &str, e: CallError) -> CallError {
-        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(plugin = %self.name, pool = %self.pool, error = %e, "plugin {what}");
+        let info = &self.info;
+        info.stats.errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = %info.name, pool = %info.pool, world = W::NAME, error = %e, "plugin {what}");
         e
     }
 
     /// Turns a wasmtime error into a [`CallError`], counting and logging it.
-    fn classify(&self, live: &Live, e: wasmtime::Error, loading: bool) -> CallError {
+    fn classify(&self, live: &Live<W>, e: wasmtime::Error, loading: bool) -> CallError {
+        let stats = &self.info.stats;
         let err = if live.store.data().memory_exceeded() {
-            self.stats.memory_limits.fetch_add(1, Ordering::Relaxed);
+            stats.memory_limits.fetch_add(1, Ordering::Relaxed);
             CallError::MemoryLimit
         } else if matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) {
-            self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            stats.timeouts.fetch_add(1, Ordering::Relaxed);
             CallError::Timeout
         } else if e.downcast_ref::<wasmtime::Trap>().is_some() {
             CallError::Trap(format!("{e:#}"))
@@ -527,31 +459,47 @@ impl Plugin {
             return CallError::Instantiate(format!("{e:#}"));
         };
         if !loading {
-            self.stats.traps.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(plugin = %self.name, pool = %self.pool, error = %err, "plugin trapped; instance dropped");
+            stats.traps.fetch_add(1, Ordering::Relaxed);
+            let info = &self.info;
+            tracing::warn!(plugin = %info.name, pool = %info.pool, world = W::NAME, error = %err, "plugin trapped; instance dropped");
         }
         err
     }
 }
 
 /// A loaded balancer plugin (world `balancer-plugin`).
-#[derive(Debug)]
-pub struct Balancer(Plugin);
+pub struct Balancer(Plugin<BalancerWorld>);
 
-impl std::ops::Deref for Balancer {
-    type Target = Plugin;
-    fn deref(&self) -> &Plugin {
-        &self.0
-    }
+/// A loaded affinity plugin (world `affinity-plugin`). Its failures never fail a request:
+/// a failed `lookup` leaves the choice to the balancer, a failed `bind` adds no header.
+pub struct Affinity(Plugin<AffinityWorld>);
+
+macro_rules! plugin_newtype {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = PluginInfo;
+            fn deref(&self) -> &PluginInfo {
+                &self.0.info
+            }
+        }
+
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("name", &self.0.info.name)
+                    .field("pool", &self.0.info.pool)
+                    .finish_non_exhaustive()
+            }
+        }
+    };
 }
+plugin_newtype!(Balancer);
+plugin_newtype!(Affinity);
 
 impl Balancer {
     /// Asks the plugin which backend should take `req`.
-    pub fn pick(&self, view: &Arc<PoolView>, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
-        let (req, result) = self.0.call(view, req, |x, store| match x {
-            Exports::Balancer(b) => b.weir_plugin_balancer().call_pick(store),
-            Exports::Affinity(_) => Err(wasmtime::Error::msg("not a balancer")),
-        });
+    pub fn pick(&self, view: &Arc<dyn PoolHost>, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
+        let (req, result) = self.0.call(view, req, |x, store| x.weir_plugin_balancer().call_pick(store));
         let outcome = match result {
             Ok(Ok(id)) if view.is_eligible(id) => Ok(id),
             Ok(Ok(id)) => {
@@ -567,37 +515,21 @@ impl Balancer {
     }
 }
 
-/// A loaded affinity plugin (world `affinity-plugin`). Its failures never fail a request:
-/// a failed `lookup` leaves the choice to the balancer, a failed `bind` adds no header.
-#[derive(Debug)]
-pub struct Affinity(Plugin);
-
-impl std::ops::Deref for Affinity {
-    type Target = Plugin;
-    fn deref(&self) -> &Plugin {
-        &self.0
-    }
-}
-
 /// What `affinity.bind` left for the response.
 #[derive(Debug, Default)]
 pub struct Bound {
     /// Headers to add to the response.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// The stick entry the plugin set, held for as long as this value lives (a tunnel
-    /// keeps it; a plain response drops it).
-    pub hold: Option<crate::state::StickHold>,
+    /// The `(table, key)` of the stick entry the plugin set, if any.
+    pub stuck: Option<(u32, u64)>,
 }
 
 impl Affinity {
-    /// The backend `req`'s client is pinned to, if the plugin names one that is eligible.
-    pub fn lookup(&self, view: &Arc<PoolView>, req: PickRequest) -> (PickRequest, Option<u32>) {
-        let (req, result) = self.0.call(view, req, |x, store| match x {
-            Exports::Affinity(a) => a.weir_plugin_affinity().call_pinned(store),
-            Exports::Balancer(_) => Err(wasmtime::Error::msg("not an affinity plugin")),
-        });
+    /// The backend `req`'s client is pinned to, if the plugin names one that exists.
+    pub fn lookup(&self, view: &Arc<dyn PoolHost>, req: PickRequest) -> (PickRequest, Option<u32>) {
+        let (req, result) = self.0.call(view, req, |x, store| x.weir_plugin_affinity().call_pinned(store));
         let pinned = match result {
-            Ok(Some(id)) if id as usize >= view.members.len() => {
+            Ok(Some(id)) if id as usize >= view.members().len() => {
                 self.0.misbehaved("named a backend that does not exist", CallError::InvalidBackend(id));
                 None
             }
@@ -610,13 +542,10 @@ impl Affinity {
     /// Tells the plugin that `req` goes to `chosen`; returns the headers it wants on the
     /// response and the stick entry it set. Headers that are not valid HTTP are dropped
     /// and counted as plugin errors.
-    pub fn bind(&self, view: &Arc<PoolView>, req: PickRequest, chosen: u32) -> (PickRequest, Bound) {
+    pub fn bind(&self, view: &Arc<dyn PoolHost>, req: PickRequest, chosen: u32) -> (PickRequest, Bound) {
         let (req, result) = self.0.call(view, req, |x, store| {
             store.data_mut().stuck = None;
-            let headers = match x {
-                Exports::Affinity(a) => a.weir_plugin_affinity().call_bind(&mut *store, chosen)?,
-                Exports::Balancer(_) => return Err(wasmtime::Error::msg("not an affinity plugin")),
-            };
+            let headers = x.weir_plugin_affinity().call_bind(&mut *store, chosen)?;
             Ok((headers, store.data_mut().stuck.take()))
         });
         let mut bound = Bound::default();
@@ -630,24 +559,8 @@ impl Affinity {
                     }
                 }
             }
-            bound.hold = stuck.and_then(|(table, key)| view.live.with_stick_table(table, |t| t.hold(key)));
+            bound.stuck = stuck;
         }
         (req, bound)
-    }
-}
-
-/// One thread's instance of a plugin, and the last generation in which `pool-changed`
-/// failed on this thread.
-#[derive(Default)]
-struct Slot {
-    live: Option<Live>,
-    failed_rebuild: u64,
-}
-
-/// A TCP connection from `0.0.0.0:0`: what the `request` import answers outside a call,
-/// and a stand-in while a request is lent out.
-impl Default for PickRequest {
-    fn default() -> Self {
-        PickRequest { protocol: Protocol::Tcp, client: SocketAddr::from(([0, 0, 0, 0], 0)), sni: None, head: None }
     }
 }

@@ -15,8 +15,9 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::config::{BackendConfig, Config, OnPluginError, PluginRef, PluginSettings, PluginSource, PoolConfig};
-use crate::plugin::{LoadError, PickRequest, PluginRuntime, PluginStats, Protocol};
-use crate::state::{BuildError, Placement, Pool, Runtime};
+use crate::core::Protocol;
+use crate::plugin::{LoadError, PickRequest, PluginRuntime, PluginStats};
+use crate::state::{BuildError, Placement, Pool, Snapshot};
 
 const POOL: &str = "sim";
 
@@ -58,7 +59,7 @@ pub enum SimError {
 pub struct Sim {
     plugins: PluginRuntime,
     config: Config,
-    runtime: Runtime,
+    snapshot: Snapshot,
     next_address: u32,
 }
 
@@ -67,11 +68,7 @@ impl Sim {
     /// for a pool of `backends`.
     pub fn new(plugin: &str, config_json: &str, backends: &[SimBackend]) -> Result<Self, SimError> {
         let value: serde_json::Value = serde_json::from_str(config_json)?;
-        let source = if plugin.ends_with(".wasm") || plugin.contains('/') {
-            PluginSource::File(plugin.into())
-        } else {
-            PluginSource::Pack(plugin.to_owned())
-        };
+        let source = PluginSource::parse(plugin, std::path::Path::new("."));
         // Offline, a decision is never late: generous deadlines keep a busy machine (or
         // valgrind) from turning a slow call or table rebuild into a fallback placement.
         let settings = PluginSettings {
@@ -84,7 +81,7 @@ impl Sim {
         let pool = PoolConfig {
             name: POOL.into(),
             backends: backends.iter().map(|b| fake_backend(&mut next_address, *b)).collect(),
-            balancer: PluginRef { source, config_json: value.to_string() },
+            balancer: PluginRef { source, config_json: value.to_string(), at: None },
             affinity: None,
             on_plugin_error: OnPluginError::Reject,
             connect_timeout: Duration::from_secs(1),
@@ -94,14 +91,9 @@ impl Sim {
             drain_spread: Duration::ZERO,
             drain_deadline: Duration::ZERO,
         };
-        let config = Config {
-            source: None,
-            plugins: settings,
-            listeners: Vec::new(),
-            pools: BTreeMap::from([(POOL.to_owned(), pool)]),
-        };
-        let runtime = Runtime::build(&config, &plugins, None)?;
-        Ok(Self { plugins, config, runtime, next_address })
+        let config = Config { plugins: settings, pools: BTreeMap::from([(POOL.to_owned(), pool)]), ..Config::empty() };
+        let snapshot = Snapshot::build(&config, &plugins, None)?;
+        Ok(Self { plugins, config, snapshot, next_address })
     }
 
     fn rebuild(&mut self, change: impl FnOnce(&mut Vec<BackendConfig>)) -> Result<(), SimError> {
@@ -109,14 +101,14 @@ impl Sim {
         if let Some(pool) = config.pools.get_mut(POOL) {
             change(&mut pool.backends);
         }
-        self.runtime = Runtime::build(&config, &self.plugins, Some(&self.runtime))?;
+        self.snapshot = Snapshot::build(&config, &self.plugins, Some(&self.snapshot))?;
         self.config = config;
         Ok(())
     }
 
     /// The pool as the proxy sees it.
     pub fn pool(&self) -> &Arc<Pool> {
-        &self.runtime.pools[POOL]
+        &self.snapshot.pools[POOL]
     }
 
     /// The request the plugin is asked about for `key`: client ip derived from the key,

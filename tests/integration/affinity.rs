@@ -96,7 +96,7 @@ async fn cookie_pins_websocket_reconnects_and_ignores_forgeries() {
         let (_, fresh) = ws_visit(proxy, Some(bad)).await;
         assert!(fresh.is_some(), "{bad:?} was accepted");
     }
-    let stats = &server.shared().runtime.load().pools["p"].affinity.clone().unwrap().stats;
+    let stats = &server.snapshot().pools["p"].affinity.clone().unwrap().stats;
     assert_eq!(stats.traps.load(std::sync::atomic::Ordering::Relaxed), 0);
     assert_eq!(stats.errors.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
@@ -124,7 +124,7 @@ async fn cookie_moves_when_its_backend_is_removed_and_survives_restart_and_reord
     let home_index: usize = home.strip_prefix("demo-").unwrap().parse::<usize>().unwrap() - 1;
     let rest: Vec<SocketAddr> = addrs.iter().enumerate().filter(|(i, _)| *i != home_index).map(|(_, a)| *a).collect();
     let config = weir::config::Config::parse(&support::config_text(&rest, &cookie_pool(&key)), None).unwrap();
-    server.reload(&config).unwrap();
+    server.reload(config).await.unwrap();
     let (moved, fresh) = ws_visit(proxy, Some(&cookie)).await;
     assert_ne!(moved, home);
     let fresh = cookie_pair(&fresh.expect("a client whose backend left gets a new cookie"));
@@ -180,10 +180,16 @@ async fn bad_cookie_config_is_a_load_error_naming_pool_and_key() {
         let err = weir::Server::start(config).await.unwrap_err().to_string();
         assert!(err.contains("pool `p`") && err.contains("affinity `cookie`") && err.contains(expected), "{err}");
     }
-    // A balancer is not an affinity plugin and vice versa: a config error, with the line.
+    // A balancer is not an affinity plugin and vice versa: an error naming the key and line.
     let text = support::config_text(&addrs, "affinity = { plugin = \"p2c\" }");
-    let err = weir::config::Config::parse(&text, None).unwrap_err().to_string();
+    let config = weir::config::Config::parse(&text, None).unwrap();
+    let err = weir::Server::start(config).await.unwrap_err().to_string();
+    assert!(err.starts_with("<inline>:12:"), "{err}");
     assert!(err.contains("pool.p.affinity.plugin") && err.contains("`p2c` is for `balancer`"), "{err}");
+    let text = support::config_text(&addrs, "balancer = { plugin = \"round-rabin\" }");
+    let err = weir::Server::start(weir::config::Config::parse(&text, None).unwrap()).await.unwrap_err().to_string();
+    assert!(err.contains("pool.p.balancer.plugin") && err.contains("no plugin `round-rabin` in the pack"), "{err}");
+    assert!(err.contains("the pack's balancer plugins: ") && err.contains("round-robin"), "{err}");
     let text =
         support::config_text(&addrs, "affinity = { plugin = \"cookie\", config = { key_file = \"/nonexistent/k\" } }");
     let err = weir::config::Config::parse(&text, None).unwrap_err().to_string();
@@ -221,7 +227,7 @@ async fn header_stick_table_pins_sessions_and_open_tunnels_keep_entries_alive() 
     assert_eq!(anonymous.len(), 3, "{anonymous:?}");
 
     // A WebSocket opened in session `carol` holds its entry past the 1 s TTL.
-    let table = server.shared().runtime.load().pools["p"].view.live.stick_table_named("header:x-session").unwrap();
+    let table = server.snapshot().pools["p"].view.live.stick_table_named("header:x-session").unwrap();
     let mut req = format!("ws://{proxy}/chat").into_client_request().unwrap();
     req.headers_mut().insert("x-session", HeaderValue::from_static("carol"));
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();

@@ -76,12 +76,12 @@ async fn removing_a_backend_closes_its_websockets_with_1001_spread_over_the_wind
         assert_eq!(backend, "demo-a", "`first` fills the first backend");
         clients.push(ws);
     }
-    let live_a = server.shared().runtime.load().pools["p"].view.members[0].live.clone();
+    let live_a = server.snapshot().pools["p"].view.members[0].live.clone();
     assert_eq!(live_a.tunnels(), 20);
 
     let started = Instant::now();
     let config = weir::config::Config::parse(&support::config_text(&[b], &pool(drain)), None).unwrap();
-    server.reload(&config).unwrap();
+    server.reload(config).await.unwrap();
     let times = closed_with_1001(clients, started).await;
     assert!(*times.last().unwrap() < Duration::from_millis(1_500), "all within the 1 s window (+slack): {times:?}");
     let early = times.iter().filter(|t| **t < Duration::from_millis(100)).count();
@@ -106,7 +106,7 @@ async fn a_reload_that_keeps_the_backend_touches_none_of_its_tunnels() {
         None,
     )
     .unwrap();
-    server.reload(&config).unwrap();
+    server.reload(config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("demo-a: still here"));
@@ -120,9 +120,9 @@ async fn a_client_that_ignores_the_close_is_cut_at_the_deadline() {
     let server = support::start(&support::config_text(&[a, b], &pool(drain))).await;
     // This client never reads again, so it never answers the close frame.
     let (mut deaf, _) = open(server.addr("main").unwrap()).await;
-    let live_a = server.shared().runtime.load().pools["p"].view.members[0].live.clone();
+    let live_a = server.snapshot().pools["p"].view.members[0].live.clone();
     let config = weir::config::Config::parse(&support::config_text(&[b], &pool(drain)), None).unwrap();
-    server.reload(&config).unwrap();
+    server.reload(config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(live_a.tunnels(), 1, "held until the deadline");
     eventually("the deaf tunnel was cut", || live_a.tunnels() == 0).await;
@@ -143,7 +143,7 @@ async fn a_stalled_8_mib_echo_arrives_whole_before_the_close() {
     ws.send(Message::binary(big.clone())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let config = weir::config::Config::parse(&support::config_text(&[b], &pool(drain)), None).unwrap();
-    server.reload(&config).unwrap();
+    server.reload(config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The whole frame first, intact (tungstenite checks the framing), then the close.
     let echo = ws.next().await.unwrap().unwrap();
@@ -230,7 +230,7 @@ async fn a_close_due_in_the_middle_of_a_frame_waits_for_its_end() {
     // The frame is a third through when the drain begins.
     tokio::time::sleep(Duration::from_millis(350)).await;
     let config = weir::config::Config::parse(&support::config_text(&[other], &pool(drain)), None).unwrap();
-    server.reload(&config).unwrap();
+    server.reload(config).await.unwrap();
     let frame = ws.next().await.unwrap().unwrap().into_data();
     let expected: Vec<u8> = (0..10u8).flat_map(|i| [i; 10_000]).collect();
     assert!(frame == expected, "the frame in flight arrived damaged");

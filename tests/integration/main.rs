@@ -4,7 +4,9 @@
 
 mod affinity;
 mod cli;
+mod control;
 mod drain;
+mod layers;
 mod pack;
 mod pack_hashing;
 mod pack_load;

@@ -13,6 +13,8 @@ struct Outcome {
     timeouts: u64,
     memory_limits: u64,
     errors: u64,
+    /// Counters, stick tables and secrets the pool holds.
+    names: (usize, usize, usize),
 }
 
 async fn run_fixture(fixture: &str, policy: &str, requests: usize) -> Outcome {
@@ -29,7 +31,7 @@ async fn run_fixture(fixture: &str, policy: &str, requests: usize) -> Outcome {
     for _ in 0..requests {
         statuses.push(support::get(&client, &url).await.0);
     }
-    let runtime = server.shared().runtime.load();
+    let runtime = server.snapshot();
     let stats = &runtime.pools["p"].balancer.stats;
     Outcome {
         statuses,
@@ -37,6 +39,7 @@ async fn run_fixture(fixture: &str, policy: &str, requests: usize) -> Outcome {
         timeouts: stats.timeouts.load(Ordering::Relaxed),
         memory_limits: stats.memory_limits.load(Ordering::Relaxed),
         errors: stats.errors.load(Ordering::Relaxed),
+        names: runtime.pools["p"].view.live.names(),
     }
 }
 
@@ -103,7 +106,18 @@ async fn a_file_that_is_not_a_component_is_a_load_error() {
     let text = support::config_text(&[up.addr], &format!("balancer = {{ plugin = {:?} }}", path.display().to_string()));
     let config = weir::config::Config::parse(&text, None).unwrap();
     let err = weir::Server::start(config).await.unwrap_err().to_string();
-    assert!(err.contains("not a usable balancer component"), "{err}");
+    assert!(err.contains("not a valid component"), "{err}");
+}
+
+#[tokio::test]
+async fn a_component_of_another_world_is_a_load_error_naming_the_world() {
+    let up = Upstream::start("a").await;
+    // `first-backend` is a balancer, given here as an affinity plugin.
+    let extra = format!("affinity = {{ plugin = {:?} }}", support::fixture("first-backend").display().to_string());
+    let config = weir::config::Config::parse(&support::config_text(&[up.addr], &extra), None).unwrap();
+    let err = weir::Server::start(config).await.unwrap_err().to_string();
+    assert!(err.contains("affinity") && err.contains("not a usable affinity component"), "{err}");
+    assert!(!err.contains("balancer component"), "{err}");
 }
 
 #[test]
@@ -130,4 +144,13 @@ fn compiled_plugins_are_cached_on_disk_across_restarts() {
     let third = PluginRuntime::new(settings).unwrap();
     third.compile(&bytes).unwrap();
     assert_eq!(third.compiled.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_grow_the_host_with_endless_names() {
+    // `names` asks for a new counter, stick table and secret on every pick.
+    let o = run_fixture("names", "reject", 1_000).await;
+    assert!(all(&o.statuses, StatusCode::OK), "{:?}", o.statuses);
+    assert_eq!((o.traps, o.errors), (0, 0));
+    assert_eq!(o.names, (weir::state::MAX_NAMES, weir::state::MAX_NAMES, weir::state::MAX_NAMES), "capped per pool");
 }

@@ -3,129 +3,36 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// A backend started in-process. It answers:
-/// - `/upload`: reads the whole body, answers with its length;
-/// - `/download?bytes=N`: streams N bytes in 64 KiB chunks;
-/// - `/headers`: the request headers, one `name: value` per line;
-/// - `/stall`: answers after 30 s;
-/// - anything else: its own name.
+/// A backend started in-process: weir's demo backend (see `weir::demo::Backend` for what
+/// it answers; anything but its special paths gets `NAME: METHOD URI`). Stops on drop.
 pub struct Upstream {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _backend: weir::demo::Backend,
 }
 
 impl Upstream {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let name: Arc<str> = name.into();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let name = name.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| serve(name.clone(), req));
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
-        Self { addr, task }
+        let backend = weir::demo::Backend::start(name).await.unwrap();
+        Self { addr: backend.addr, _backend: backend }
     }
 }
 
-fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|e: Infallible| match e {}).boxed()
-}
-
-async fn serve(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let res = match path.as_str() {
-        "/upload" => {
-            let mut body = req.into_body();
-            let mut total: u64 = 0;
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
-                    Err(_) => break,
-                }
-            }
-            Response::new(full(total.to_string()))
-        }
-        "/download" => {
-            let n: u64 =
-                req.uri().query().and_then(|q| q.strip_prefix("bytes=")).and_then(|v| v.parse().ok()).unwrap_or(0);
-            Response::new(Repeat::new(n).boxed())
-        }
-        "/headers" => {
-            let text: String =
-                req.headers().iter().map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?"))).collect();
-            Response::new(full(text))
-        }
-        "/stall" => {
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-            Response::new(full("late"))
-        }
-        _ => Response::new(full(name.to_string())),
-    };
-    Ok(res)
-}
-
-/// A body of `left` bytes produced lazily in 64 KiB chunks, never held whole.
-pub struct Repeat {
-    left: u64,
-    chunk: Bytes,
-}
-
-impl Repeat {
-    pub fn new(bytes: u64) -> Self {
-        Self { left: bytes, chunk: Bytes::from(vec![b'x'; 64 << 10]) }
-    }
-}
-
-impl hyper::body::Body for Repeat {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if self.left == 0 {
-            return std::task::Poll::Ready(None);
-        }
-        let take = self.left.min(self.chunk.len() as u64) as usize;
-        self.left -= take as u64;
-        std::task::Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..take)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.left)
-    }
+/// The backend's name in a demo backend's default answer (`NAME: METHOD URI`).
+pub fn name_of(body: &str) -> &str {
+    body.split(": ").next().unwrap_or(body)
 }
 
 /// A real HTTP/1.1 client with keep-alive.
@@ -154,9 +61,9 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
 }
 
-/// A test fixture plugin (`tests/fixtures/NAME`), built by host/build.rs.
+/// A test fixture plugin (`tests/fixtures/NAME`), built by the `weir-fixtures` dev-dependency.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("WEIR_FIXTURES_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+    weir_fixtures::path(name)
 }
 
 /// Config text for one listener on 127.0.0.1:0 in front of one pool `p` with `backends`;

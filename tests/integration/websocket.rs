@@ -48,7 +48,7 @@ async fn echo_text_binary_and_ping_through_the_proxy() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(b"are you there".to_vec().into()));
 
     // The open tunnel is load on its backend, as least-connections and p2c see it.
-    let runtime = server.shared().runtime.load();
+    let runtime = server.snapshot();
     let live = runtime.pools["p"].view.members[0].live.clone();
     assert_eq!(live.active.load(Ordering::Relaxed), 1);
 
@@ -107,7 +107,7 @@ async fn least_connections_balances_open_tunnels() {
 
     // Close the 10 tunnels on `b`: the next 10 all go there.
     let (on_b, mut rest): (Vec<_>, Vec<_>) = tunnels.into_iter().partition(|(_, n)| n == "b");
-    let runtime = server.shared().runtime.load();
+    let runtime = server.snapshot();
     let b_live = runtime.pools["p"].view.members[1].live.clone();
     for (mut ws, _) in on_b {
         ws.close(None).await.unwrap();
@@ -223,4 +223,65 @@ async fn tunnels_end_at_their_max_lifetime_even_when_busy() {
     let lived = started.elapsed();
     assert!(echoed >= 3, "the tunnel worked before its end ({echoed} echoes)");
     assert!(lived < std::time::Duration::from_secs(3), "the tunnel outlived its 400 ms lifetime: {lived:?}");
+}
+
+/// A WebSocket backend that never pauses: after the upgrade it writes 16 KiB binary
+/// frames as fast as its socket takes them, so weir always has bytes ready from it.
+async fn firehose_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let key = text.lines().find_map(|l| l.strip_prefix("sec-websocket-key:")).unwrap_or("").trim();
+                let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {accept}\r\n\r\n"
+                );
+                if stream.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut frame = vec![0x82, 126, 0x40, 0x00];
+                frame.extend(std::iter::repeat_n(b'f', 16 << 10));
+                while stream.write_all(&frame).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_backend_never_pauses_is_never_idle() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = firehose_backend().await;
+    let text = support::config_text(&[backend], "")
+        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_idle_timeout_ms = 300\n");
+    let server = support::start(&text).await;
+    let mut client = tokio::net::TcpStream::connect(server.addr("main").unwrap()).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    // A client that reads slower than the backend writes: 4 KiB every 10 ms, for 1.5 s,
+    // five idle timeouts. Bytes move the whole time, so the tunnel must stay open.
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4 << 10];
+    let mut total = 0usize;
+    while started.elapsed() < std::time::Duration::from_millis(1_500) {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), client.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the busy tunnel was cut after {:?} ({total} bytes)", started.elapsed());
+        total += n;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(total > 64 << 10, "{total}");
 }

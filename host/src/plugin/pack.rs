@@ -49,3 +49,18 @@ pub fn role(name: &str) -> Option<Role> {
 pub fn names_of(role: Role) -> impl Iterator<Item = &'static str> {
     names().chain(ALIASES.iter().map(|(a, _)| *a)).filter(move |n| self::role(n) == Some(role))
 }
+
+/// Checks that a pack source names a plugin of `role`; file sources pass (their world
+/// is checked when they are linked). The error says what the pack has instead.
+pub fn check(source: &crate::config::PluginSource, role: Role) -> Result<(), String> {
+    let crate::config::PluginSource::Pack(name) = source else { return Ok(()) };
+    if self::role(name) == Some(role) {
+        return Ok(());
+    }
+    let known: Vec<&str> = names_of(role).collect();
+    let what = match self::role(name) {
+        Some(other) => format!("`{name}` is for `{other}`, not `{role}`"),
+        None => format!("no plugin `{name}` in the pack"),
+    };
+    Err(format!("{what} (the pack's {role} plugins: {}); a file must end in .wasm", known.join(", ")))
+}

@@ -12,17 +12,13 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::core::clock::now_ms;
 
 /// Shards per table (a power of two).
 const SHARDS: usize = 16;
-
-/// Milliseconds since the first call in this process: the tables' clock.
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
 
 /// The identity a stick entry names a backend by: a hash of its configured address,
 /// which (unlike its id) does not change when the pool is rebuilt.
@@ -60,7 +56,7 @@ impl StickTable {
     /// An empty table whose entries expire `ttl` after their last use.
     pub fn new(ttl: Duration) -> Self {
         Self {
-            ttl_ms: AtomicU64::new(ttl.as_millis() as u64),
+            ttl_ms: AtomicU64::new(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             shards: std::array::from_fn(|_| Mutex::default()),
             holds: AtomicU64::new(0),
         }
@@ -74,7 +70,7 @@ impl StickTable {
 
     /// Sets the TTL (a reloaded plugin config may change it); applies to every entry.
     pub fn set_ttl(&self, ttl: Duration) {
-        self.ttl_ms.store(ttl.as_millis() as u64, Ordering::Relaxed);
+        self.ttl_ms.store(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     fn live(&self, e: &Entry, now: u64) -> bool {

@@ -126,6 +126,11 @@ impl State {
                 pool::secret("cookie")
             }
         };
+        if key.len() < 16 {
+            // The host refused a secret (the pool holds too many names): never sign with
+            // a short or empty key.
+            return Err(PluginError::Internal("cookie: the host gave no signing secret".into()));
+        }
         let mac = HmacSha256::new_from_slice(&key).map_err(|e| PluginError::InvalidConfig(format!("key: {e}")))?;
         let mut attributes = String::new();
         for (ok, part) in [

@@ -1,14 +1,15 @@
-//! Upstream HTTP/1.1 connections: a per-backend stack of idle keep-alive connections, the
-//! connect with its timeout, and the response body wrapper that hands a connection back
-//! once its response has been read to the end.
+//! Upstream HTTP/1.1 connections: the idle keep-alive connections of every backend
+//! ([`IdlePool`]), the connect with its timeout, and the response body wrapper that hands a
+//! connection back once its response has been read to the end.
 //!
 //! weir connects before it sends, rather than using a generic pooled client, so that a
 //! failed connect leaves the request untouched and it can be retried on another backend,
 //! and so that each connection in use is counted in its backend's `active` figure.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,42 @@ use crate::state::BackendLive;
 pub(crate) struct IdleConn {
     sender: SendRequest<Incoming>,
     since: Instant,
+}
+
+/// Shards of the idle pool (a power of two).
+const SHARDS: usize = 16;
+
+/// The idle keep-alive connections of every backend, by [`BackendLive::key`]. Kept here,
+/// beside the snapshot rather than in it, so a backend that leaves its pool has its idle
+/// connections closed at once ([`IdlePool::forget`]) whoever still holds an old snapshot.
+/// Sharded, each shard locked for one push or pop.
+#[derive(Debug, Default)]
+pub(crate) struct IdlePool {
+    shards: [Mutex<HashMap<u64, Vec<IdleConn>>>; SHARDS],
+}
+
+impl IdlePool {
+    fn shard(&self, backend: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<IdleConn>>> {
+        self.shards[backend as usize % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pop(&self, backend: u64) -> Option<IdleConn> {
+        self.shard(backend).get_mut(&backend)?.pop()
+    }
+
+    fn push(&self, backend: u64, conn: IdleConn, max: usize) {
+        let mut shard = self.shard(backend);
+        let stack = shard.entry(backend).or_default();
+        if stack.len() < max {
+            stack.push(conn);
+        }
+    }
+
+    /// Closes every idle connection to `backend` (it left its pool).
+    pub(crate) fn forget(&self, backend: u64) -> usize {
+        let gone = self.shard(backend).remove(&backend);
+        gone.map_or(0, |v| v.len())
+    }
 }
 
 /// Why no connection could be had.
@@ -86,14 +123,14 @@ pub(crate) struct Checkout {
 
 /// Takes an idle connection to the backend, or opens a new one.
 pub(crate) async fn checkout(
-    live: &Arc<BackendLive>,
+    pool: &IdlePool,
+    live: &BackendLive,
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> Result<Checkout, ConnectError> {
     loop {
-        let idle = live.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
-        let Some(mut idle) = idle else { break };
+        let Some(mut idle) = pool.pop(live.key()) else { break };
         if idle.since.elapsed() >= idle_timeout || idle.sender.is_closed() {
             continue;
         }
@@ -132,6 +169,8 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Check
 pub(crate) struct UpstreamBody {
     inner: Incoming,
     conn: Option<Checkout>,
+    /// Where the connection goes back to.
+    pool: Arc<IdlePool>,
     /// Counts the connection in `active` until the body is done or dropped.
     active: ActiveGuard,
     max_idle: usize,
@@ -139,19 +178,23 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, conn: Checkout, live: Arc<BackendLive>, max_idle: usize) -> Self {
-        Self { inner, conn: Some(conn), active: ActiveGuard::new(live), max_idle, finished: false }
+    pub(crate) fn new(
+        inner: Incoming,
+        conn: Checkout,
+        pool: Arc<IdlePool>,
+        live: Arc<BackendLive>,
+        max_idle: usize,
+    ) -> Self {
+        Self { inner, conn: Some(conn), pool, active: ActiveGuard::new(live), max_idle, finished: false }
     }
 
     fn release(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if self.max_idle == 0 || conn.sender.is_closed() {
+        if self.max_idle == 0 || conn.sender.is_closed() || self.active.0.is_retired() {
             return;
         }
-        let mut idle = self.active.0.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < self.max_idle {
-            idle.push(IdleConn { sender: conn.sender, since: Instant::now() });
-        }
+        let idle = IdleConn { sender: conn.sender, since: Instant::now() };
+        self.pool.push(self.active.0.key(), idle, self.max_idle);
     }
 }
 

@@ -21,31 +21,16 @@
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use crate::core::clock::{self, NEVER, now_ms};
+use crate::state::BackendLive;
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
-
-/// "No moment set".
-const NEVER: u64 = u64::MAX;
-
-/// The drain clock: milliseconds since the first call in this process.
-fn base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    base().elapsed().as_millis() as u64
-}
-
-/// The instant of a drain-clock reading.
-pub(crate) fn instant(ms: u64) -> Option<Instant> {
-    (ms != NEVER).then(|| base() + Duration::from_millis(ms))
-}
 
 /// One tunnel's drain orders: when to send its close frame and when to cut it.
 #[derive(Debug)]
@@ -63,12 +48,12 @@ impl DrainOrder {
 
     /// When the tunnel should send its close frame, if it was ordered to.
     pub(crate) fn close_at(&self) -> Option<Instant> {
-        instant(self.close_at.load(Ordering::Relaxed))
+        clock::instant(self.close_at.load(Ordering::Relaxed))
     }
 
     /// When the tunnel must end, if it was ordered to.
     pub(crate) fn cut_at(&self) -> Option<Instant> {
-        instant(self.cut_at.load(Ordering::Relaxed))
+        clock::instant(self.cut_at.load(Ordering::Relaxed))
     }
 
     fn order(&self, close_at: u64, cut_at: u64) {
@@ -79,37 +64,50 @@ impl DrainOrder {
     }
 }
 
-/// The open tunnels of one backend, so they can be drained.
+/// The open tunnels of every backend, by [`BackendLive::key`], so a drain can reach them.
+/// Kept by the net layer beside the snapshot (the state layer only counts tunnels);
+/// locked when a tunnel opens or closes and when a drain is ordered, never per byte.
 #[derive(Debug, Default)]
-pub(crate) struct Tunnels {
+pub(crate) struct Registry {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<DrainOrder>>>,
+    by_backend: Mutex<HashMap<u64, HashMap<u64, Arc<DrainOrder>>>>,
 }
 
-impl Tunnels {
-    /// Registers a new tunnel; it is unregistered when the returned entry is dropped.
-    pub(crate) fn register(self: &Arc<Self>) -> TunnelEntry {
+impl Registry {
+    /// Registers a new tunnel to `backend`; it is unregistered (and uncounted) when the
+    /// returned entry is dropped.
+    pub(crate) fn register(self: &Arc<Self>, backend: &Arc<BackendLive>) -> TunnelEntry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let order = Arc::new(DrainOrder::new());
-        self.open.lock().unwrap_or_else(PoisonError::into_inner).insert(id, order.clone());
-        TunnelEntry { tunnels: self.clone(), id, order }
+        self.lock().entry(backend.key()).or_default().insert(id, order.clone());
+        backend.tunnel_opened();
+        TunnelEntry { registry: self.clone(), backend: backend.clone(), id, order }
     }
 
-    /// Open tunnels.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HashMap<u64, Arc<DrainOrder>>>> {
+        self.by_backend.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Open tunnels of every backend.
     pub(crate) fn len(&self) -> usize {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.lock().values().map(HashMap::len).sum()
     }
 
-    /// Orders every open tunnel to close: the `i`-th of `n` at `i/n` of `spread` from now
-    /// (oldest first), every one cut at `deadline` from now. Returns how many.
-    pub(crate) fn drain(&self, spread: Duration, deadline: Duration) -> usize {
-        let mut orders: Vec<(u64, Arc<DrainOrder>)> =
-            self.open.lock().unwrap_or_else(PoisonError::into_inner).iter().map(|(&k, v)| (k, v.clone())).collect();
+    /// Orders every open tunnel of `backend` to close: the `i`-th of `n` at `i/n` of
+    /// `spread` from now (oldest first), every one cut at `deadline` from now. Returns how
+    /// many.
+    pub(crate) fn drain(&self, backend: u64, spread: Duration, deadline: Duration) -> usize {
+        let mut orders: Vec<(u64, Arc<DrainOrder>)> = match self.lock().get(&backend) {
+            Some(open) => open.iter().map(|(&k, v)| (k, v.clone())).collect(),
+            None => return 0,
+        };
         orders.sort_unstable_by_key(|(k, _)| *k);
         let (now, n) = (now_ms(), orders.len() as u64);
-        let (spread, deadline) = (spread.as_millis() as u64, deadline.as_millis() as u64);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NEVER / 4);
+        let (spread, deadline) = (ms(spread), ms(deadline));
         for (i, (_, order)) in orders.iter().enumerate() {
-            order.order(now + spread * i as u64 / n.max(1), now + deadline);
+            let close_at = now.saturating_add(spread.saturating_mul(i as u64) / n.max(1));
+            order.order(close_at, now.saturating_add(deadline));
         }
         orders.len()
     }
@@ -118,7 +116,8 @@ impl Tunnels {
 /// A tunnel's registration; dropping it unregisters the tunnel.
 #[derive(Debug)]
 pub(crate) struct TunnelEntry {
-    tunnels: Arc<Tunnels>,
+    registry: Arc<Registry>,
+    backend: Arc<BackendLive>,
     id: u64,
     /// This tunnel's orders.
     pub(crate) order: Arc<DrainOrder>,
@@ -126,7 +125,16 @@ pub(crate) struct TunnelEntry {
 
 impl Drop for TunnelEntry {
     fn drop(&mut self) {
-        self.tunnels.open.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+        let key = self.backend.key();
+        let mut map = self.registry.lock();
+        if let Some(open) = map.get_mut(&key) {
+            open.remove(&self.id);
+            if open.is_empty() {
+                map.remove(&key);
+            }
+        }
+        drop(map);
+        self.backend.tunnel_closed();
     }
 }
 
@@ -245,10 +253,13 @@ mod tests {
 
     #[test]
     fn drain_orders_are_spread_evenly_and_the_earliest_stands() {
-        let tunnels = Arc::new(Tunnels::default());
-        let entries: Vec<TunnelEntry> = (0..4).map(|_| tunnels.register()).collect();
+        let registry = Arc::new(Registry::default());
+        let pool = Arc::new(crate::state::PoolLive::new("p".into()));
+        let live = Arc::new(crate::state::BackendLive::new(pool));
+        let entries: Vec<TunnelEntry> = (0..4).map(|_| registry.register(&live)).collect();
+        assert_eq!(live.tunnels(), 4);
         let now = Instant::now();
-        assert_eq!(tunnels.drain(Duration::from_millis(4_000), Duration::from_millis(9_000)), 4);
+        assert_eq!(registry.drain(live.key(), Duration::from_millis(4_000), Duration::from_millis(9_000)), 4);
         let offsets: Vec<u128> =
             entries.iter().map(|e| e.order.close_at().unwrap().saturating_duration_since(now).as_millis()).collect();
         for (i, off) in offsets.iter().enumerate() {
@@ -256,9 +267,20 @@ mod tests {
             assert!(off.abs_diff(expected) <= 50, "{offsets:?}");
         }
         let cut = entries[0].order.cut_at().unwrap();
-        tunnels.drain(Duration::from_secs(100), Duration::from_secs(100));
+        registry.drain(live.key(), Duration::from_secs(100), Duration::from_secs(100));
         assert_eq!(entries[0].order.cut_at(), Some(cut));
         drop(entries);
-        assert_eq!(tunnels.len(), 0);
+        assert_eq!((registry.len(), live.tunnels()), (0, 0));
+    }
+
+    #[test]
+    fn a_drain_far_beyond_the_clock_does_not_overflow() {
+        let registry = Arc::new(Registry::default());
+        let pool = Arc::new(crate::state::PoolLive::new("p".into()));
+        let live = Arc::new(crate::state::BackendLive::new(pool));
+        let entry = registry.register(&live);
+        assert_eq!(registry.drain(live.key(), Duration::MAX, Duration::MAX), 1);
+        // The first close is due now; the cut lies beyond any clock reading.
+        assert!(entry.order.close_at().is_some_and(|t| t <= Instant::now() + Duration::from_secs(1)));
     }
 }

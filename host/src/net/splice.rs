@@ -72,42 +72,44 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
-/// Moves bytes from `from` to `to` with splice(2) until `from` ends; then half-closes
-/// `to`. Calls `touch` after each burst. When no pipe can be had (descriptors exhausted)
-/// a burst is copied instead.
-pub(crate) async fn pump(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<()> {
-    loop {
-        from.readable().await?;
-        let ended = match Pipe::take() {
-            Ok(pipe) => burst(pipe, from, to).await?,
-            Err(e) => {
-                tracing::debug!(error = %e, "no pipe for splice; copying this burst");
-                super::tunnel::copy_burst(from, to).await?
-            }
-        };
-        if ended {
-            return Ok(());
-        }
-        touch();
-    }
+/// What one [`burst`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Burst {
+    /// `from` had nothing more for now.
+    Drained,
+    /// `from` ended; `to` was half-closed.
+    Ended,
+    /// No pipe could be had (descriptors exhausted): nothing was moved.
+    NoPipe,
 }
 
-/// Splices what `from` has ready to `to`; returns true at the end of `from`'s stream,
-/// after half-closing `to`. The pipe goes back to the pool empty; on an error it is
-/// dropped (closed) with whatever it held.
-async fn burst(pipe: Pipe, from: &TcpStream, to: &TcpStream) -> io::Result<bool> {
+/// Splices what `from` has ready to `to` through a pipe from the pool, calling `touch`
+/// after every chunk that went out (so a burst that never ends still shows activity).
+/// The pipe goes back to the pool empty; on an error it is dropped (closed) with
+/// whatever it held.
+pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<Burst> {
+    let pipe = match Pipe::take() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            tracing::debug!(error = %e, "no pipe for splice");
+            return Ok(Burst::NoPipe);
+        }
+    };
     loop {
         match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
             Ok(0) => {
                 pipe.give();
                 // The peer may already be gone; nothing more to do either way.
                 let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                return Ok(true);
+                return Ok(Burst::Ended);
             }
-            Ok(n) => flush(&pipe, n, to).await?,
+            Ok(n) => {
+                flush(&pipe, n, to).await?;
+                touch();
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 pipe.give();
-                return Ok(false);
+                return Ok(Burst::Drained);
             }
             Err(e) => return Err(e),
         }

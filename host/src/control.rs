@@ -1,0 +1,309 @@
+//! The one writer (DESIGN convention 1; sozu's command state, linkerd's `Update`): every
+//! change to a running server is a list of [`Command`]s applied by [`Control::apply`],
+//! one list at a time, which builds the next snapshot beside the current one and
+//! publishes it whole. A reload is the [`diff`] between the old and the new config;
+//! the admin API, plugin file watch and health verdicts will send commands the same way.
+//!
+//! Applying is all or nothing: plugins are compiled and configured, and new listeners
+//! bound, before anything is published; on any error nothing changes. Compiling runs on a
+//! blocking thread, never on a worker that serves traffic. After publishing, the backends
+//! that left their pool are retired: their idle upstream connections closed, their
+//! WebSockets drained (a close frame each, spread over the pool's `drain_spread_ms`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ListenerConfig, PoolConfig};
+use crate::http;
+use crate::net::listen::{Acceptor, Stop};
+use crate::plugin::PluginRuntime;
+use crate::state::{BuildError, Pool, Snapshot};
+
+/// One change to a running server.
+#[derive(Debug, Clone)]
+// Commands are few and off the data path: their size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Command {
+    /// Add a pool, or replace the pool of that name (live backend state, counters, stick
+    /// tables and unchanged pack plugins carry over).
+    UpsertPool(PoolConfig),
+    /// Remove a pool; its backends are retired.
+    RemovePool(String),
+    /// Add a listener (bound now), or change one: a new address rebinds it, anything
+    /// else (routes, timeouts, limits) applies at once.
+    UpsertListener(ListenerConfig),
+    /// Close a listener: it accepts no more; its open connections finish.
+    RemoveListener(String),
+}
+
+/// The commands that turn `old` into `new`: only what changed.
+pub fn diff(old: &Config, new: &Config) -> Vec<Command> {
+    let mut commands = Vec::new();
+    for (name, pool) in &new.pools {
+        if old.pools.get(name) != Some(pool) {
+            commands.push(Command::UpsertPool(pool.clone()));
+        }
+    }
+    for name in old.pools.keys().filter(|n| !new.pools.contains_key(*n)) {
+        commands.push(Command::RemovePool(name.clone()));
+    }
+    let old_listeners: BTreeMap<&str, &ListenerConfig> = old.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+    let new_names: HashSet<&str> = new.listeners.iter().map(|l| l.name.as_str()).collect();
+    for l in &new.listeners {
+        if old_listeners.get(l.name.as_str()) != Some(&l) {
+            commands.push(Command::UpsertListener(l.clone()));
+        }
+    }
+    for name in old_listeners.keys().filter(|n| !new_names.contains(*n)) {
+        commands.push(Command::RemoveListener((*name).to_owned()));
+    }
+    commands
+}
+
+/// Why commands could not be applied. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A pool could not be built.
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// A listener could not bind.
+    #[error("listener `{name}`: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A listener names a pool that does not exist after the commands.
+    #[error("listener `{listener}`: no pool named `{pool}`")]
+    NoPool {
+        /// Listener name.
+        listener: String,
+        /// The missing pool.
+        pool: String,
+    },
+    /// The blocking task building the pools failed.
+    #[error("building the snapshot was interrupted: {0}")]
+    Interrupted(String),
+}
+
+/// What [`Control::apply`] changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Pools added or replaced.
+    pub pools: usize,
+    /// Pools removed.
+    pub pools_removed: usize,
+    /// Listeners bound.
+    pub listeners_bound: usize,
+    /// Listeners whose settings changed in place.
+    pub listeners_changed: usize,
+    /// Listeners closed.
+    pub listeners_closed: usize,
+    /// Backends retired (left their pool).
+    pub backends_retired: usize,
+    /// Tunnels ordered to drain.
+    pub tunnels_drained: usize,
+    /// Idle upstream connections closed.
+    pub idle_closed: usize,
+}
+
+/// A running listener's accept task and where it is bound.
+#[derive(Debug)]
+struct Running {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// The writer's own state: what it alone changes.
+#[derive(Debug)]
+struct Writer {
+    listeners: BTreeMap<String, Running>,
+}
+
+/// The one writer of a server's snapshot.
+#[derive(Debug)]
+pub struct Control {
+    pub(crate) ctx: Arc<http::Context>,
+    plugins: Arc<PluginRuntime>,
+    stop: watch::Receiver<Stop>,
+    writer: Mutex<Writer>,
+    /// Bound listener addresses by name, readable without waiting for the writer.
+    addrs: std::sync::RwLock<Vec<(String, SocketAddr)>>,
+}
+
+impl Control {
+    /// A writer for `ctx`'s snapshot (empty at first: apply commands to fill it).
+    pub(crate) fn new(ctx: Arc<http::Context>, plugins: Arc<PluginRuntime>, stop: watch::Receiver<Stop>) -> Self {
+        Self {
+            ctx,
+            plugins,
+            stop,
+            writer: Mutex::new(Writer { listeners: BTreeMap::new() }),
+            addrs: std::sync::RwLock::default(),
+        }
+    }
+
+    /// The bound address of each listener, by name, in name order.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Applies `commands` as one change: all of them or, on any error, none.
+    pub async fn apply(&self, commands: Vec<Command>) -> Result<Applied, ControlError> {
+        let mut writer = self.writer.lock().await;
+        let started = Instant::now();
+        let current = self.ctx.snapshot.load_full();
+        let mut applied = Applied::default();
+
+        // Build the changed pools off the serving threads.
+        let upserts: Vec<(PoolConfig, Option<Arc<Pool>>)> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::UpsertPool(p) => Some((p.clone(), current.pools.get(&p.name).cloned())),
+                _ => None,
+            })
+            .collect();
+        let plugins = self.plugins.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            upserts
+                .into_iter()
+                .map(|(config, old)| Pool::build(&config, &plugins, old.as_deref()).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ControlError::Interrupted(e.to_string()))??;
+
+        let mut pools = current.pools.clone();
+        for pool in built {
+            pools.insert(pool.config.name.clone(), pool);
+            applied.pools += 1;
+        }
+        let mut listeners = current.listeners.clone();
+        let mut to_bind: Vec<ListenerConfig> = Vec::new();
+        let mut to_close: Vec<String> = Vec::new();
+        for c in &commands {
+            match c {
+                Command::UpsertPool(_) => {}
+                Command::RemovePool(name) => {
+                    if pools.remove(name).is_some() {
+                        applied.pools_removed += 1;
+                    }
+                }
+                Command::UpsertListener(l) => {
+                    match writer.listeners.get(&l.name) {
+                        Some(running) if running.addr == l.listen || l.listen.port() == 0 => {
+                            applied.listeners_changed += 1;
+                        }
+                        Some(_) => {
+                            to_close.push(l.name.clone());
+                            to_bind.push(l.clone());
+                        }
+                        None => to_bind.push(l.clone()),
+                    }
+                    listeners.insert(l.name.clone(), Arc::new(l.clone()));
+                }
+                Command::RemoveListener(name) => {
+                    listeners.remove(name);
+                    to_close.push(name.clone());
+                }
+            }
+        }
+        for l in listeners.values() {
+            for pool in std::iter::once(&l.pool).chain(l.routes.iter().map(|r| &r.pool)) {
+                if !pools.contains_key(pool) {
+                    return Err(ControlError::NoPool { listener: l.name.clone(), pool: pool.clone() });
+                }
+            }
+        }
+        // Bind before publishing, so a busy port changes nothing.
+        let mut bound = Vec::with_capacity(to_bind.len());
+        for l in &to_bind {
+            let bind_err = |source| ControlError::Bind { name: l.name.clone(), addr: l.listen, source };
+            let listener = TcpListener::bind(l.listen).await.map_err(bind_err)?;
+            let addr = listener.local_addr().map_err(bind_err)?;
+            bound.push((l.name.clone(), listener, addr));
+        }
+
+        let next = Arc::new(Snapshot { pools, listeners, built_at: Instant::now() });
+        self.ctx.snapshot.store(next.clone());
+
+        for name in &to_close {
+            if let Some(running) = writer.listeners.remove(name) {
+                running.task.abort();
+                if !to_bind.iter().any(|l| &l.name == name) {
+                    applied.listeners_closed += 1;
+                }
+                tracing::info!(listener = %name, addr = %running.addr, "listener closed");
+            }
+        }
+        for (name, listener, addr) in bound {
+            let pool = next.listeners.get(&name).map(|l| l.pool.clone()).unwrap_or_default();
+            tracing::info!(listener = %name, %addr, %pool, "listening");
+            let acceptor = Acceptor::new(listener, name.clone());
+            let task =
+                tokio::spawn(http::server::serve(acceptor, name.as_str().into(), self.ctx.clone(), self.stop.clone()));
+            writer.listeners.insert(name, Running { addr, task });
+            applied.listeners_bound += 1;
+        }
+        *self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            writer.listeners.iter().map(|(n, r)| (n.clone(), r.addr)).collect();
+
+        self.retire_removed(&current, &next, &mut applied);
+        tracing::debug!(?applied, took_ms = started.elapsed().as_millis() as u64, "snapshot published");
+        Ok(applied)
+    }
+
+    /// Retires every backend of `old` that `new` no longer has (by live state): closes
+    /// its idle connections and drains its tunnels over its pool's drain settings (the
+    /// new pool's, if the pool stays). O(backends).
+    fn retire_removed(&self, old: &Snapshot, new: &Snapshot, applied: &mut Applied) {
+        for (name, old_pool) in &old.pools {
+            let new_pool = new.pools.get(name);
+            if new_pool.is_some_and(|p| Arc::ptr_eq(p, old_pool)) {
+                continue;
+            }
+            let kept: HashSet<u64> =
+                new_pool.map(|p| p.view.members.iter().map(|m| m.live.key()).collect()).unwrap_or_default();
+            let config = new_pool.map_or(&old_pool.config, |p| &p.config);
+            for member in &old_pool.view.members {
+                let key = member.live.key();
+                if kept.contains(&key) {
+                    continue;
+                }
+                member.live.retire();
+                let idle = self.ctx.idle.forget(key);
+                let tunnels = self.ctx.tunnels.drain(key, config.drain_spread, config.drain_deadline);
+                applied.backends_retired += 1;
+                applied.idle_closed += idle;
+                applied.tunnels_drained += tunnels;
+                tracing::info!(pool = %name, backend = %member.config.address, tunnels, idle, "backend removed; draining its tunnels");
+            }
+        }
+    }
+
+    /// Stops accepting on every listener (open connections are left to the caller).
+    pub(crate) async fn close_listeners(&self) {
+        let mut writer = self.writer.lock().await;
+        for (_, running) in std::mem::take(&mut writer.listeners) {
+            running.task.abort();
+        }
+    }
+
+    /// Aborts every accept task now (for `Drop`, which cannot wait for the writer).
+    pub(crate) fn abort_listeners(&self) {
+        if let Ok(mut writer) = self.writer.try_lock() {
+            for (_, running) in std::mem::take(&mut writer.listeners) {
+                running.task.abort();
+            }
+        }
+    }
+}

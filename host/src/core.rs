@@ -1,0 +1,79 @@
+//! What every layer of weir shares and nothing else owns: the kinds of traffic
+//! ([`Protocol`]), where a fault came from ([`Origin`]), and the one process clock
+//! ([`clock`]) that stick tables, drain orders and tunnels read.
+
+use std::time::{Duration, Instant};
+
+/// What kind of traffic is being placed (the WIT `protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2.
+    Http2,
+    /// WebSocket upgrade.
+    WebSocket,
+    /// Opaque TCP.
+    Tcp,
+    /// TLS passthrough.
+    TlsPassthrough,
+}
+
+/// Where a data-plane failure came from. The status a client is answered with, the
+/// one-line body and the `origin` log field all derive from it (pingora's `ErrorSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client sent something wrong (400, 431) or went away.
+    Client,
+    /// A backend failed, was unreachable or too slow (502, 504).
+    Upstream,
+    /// A plugin failed or refused (503 under `on_plugin_error = "reject"`).
+    Plugin,
+    /// The configuration cannot serve the request (503: no pool, no backend).
+    Config,
+}
+
+impl Origin {
+    /// The name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Client => "client",
+            Origin::Upstream => "upstream",
+            Origin::Plugin => "plugin",
+            Origin::Config => "config",
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The process clock: a monotonic millisecond count from the first reading in this
+/// process. Readings fit in a `u64` that an atomic can hold, which is why stick tables
+/// and drain orders store them instead of `Instant`s.
+pub mod clock {
+    use super::{Duration, Instant};
+    use std::sync::OnceLock;
+
+    /// A reading that means "never" (no moment set).
+    pub const NEVER: u64 = u64::MAX;
+
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    /// Milliseconds since the clock started.
+    pub fn now_ms() -> u64 {
+        base().elapsed().as_millis() as u64
+    }
+
+    /// The instant of a reading; `None` for [`NEVER`] (or a reading too far out to
+    /// represent).
+    pub fn instant(ms: u64) -> Option<Instant> {
+        if ms == NEVER { None } else { base().checked_add(Duration::from_millis(ms)) }
+    }
+}

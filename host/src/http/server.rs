@@ -1,0 +1,164 @@
+//! The HTTP/1.1 server side: one task per listener accepts, one task per client
+//! connection serves it with hyper, and [`handle`] takes each request from routing to
+//! the response.
+//!
+//! A listener's settings (routes, timeouts, limits) are read from the current snapshot:
+//! routes per request, so a reload changes them at once; hyper's limits per connection,
+//! so they apply to connections accepted after the reload. Every connection task watches
+//! the server's [`Stop`]: on `Graceful` it lets the request in flight finish and closes
+//! (hyper's graceful shutdown), on `Abort` it drops the connection.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use super::errors::ProxyError;
+use super::forward::{Exchange, Failure, forward};
+use super::headers::{is_websocket_upgrade, prepare_upstream_head};
+use super::route::route;
+use super::{Context, ProxyBody};
+use crate::config::ListenerConfig;
+use crate::core::Protocol;
+use crate::net::listen::{Acceptor, Stop};
+use crate::plugin::PickRequest;
+use crate::state::Placement;
+
+/// Accepts connections until the task is aborted (the listener was removed) or the
+/// server stops (`stop` leaves `Serve`).
+pub(crate) async fn serve(mut acceptor: Acceptor, name: Arc<str>, ctx: Arc<Context>, stop: watch::Receiver<Stop>) {
+    let mut stopping = stop.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            conn = acceptor.accept() => conn,
+            () = stop_serving(&mut stopping) => return,
+        };
+        let Some(config) = ctx.snapshot.load().listeners.get(&*name).cloned() else {
+            // Removed by a reload that has not stopped this task yet.
+            return;
+        };
+        let (ctx, name, mut stop) = (ctx.clone(), name.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _open = ctx.connections.track();
+            let builder = builder(&config);
+            let service = {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                hyper::service::service_fn(move |req| {
+                    let (ctx, name, stop) = (ctx.clone(), name.clone(), stop.clone());
+                    async move { Ok::<_, Infallible>(handle(req, peer, &name, &ctx, stop).await) }
+                })
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let mut graceful = false;
+            loop {
+                tokio::select! {
+                    done = conn.as_mut() => {
+                        if let Err(e) = done {
+                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                        }
+                        return;
+                    }
+                    changed = stop.changed() => {
+                        let now = if changed.is_ok() { *stop.borrow_and_update() } else { Stop::Abort };
+                        match now {
+                            Stop::Abort => return,
+                            Stop::Graceful if !graceful => {
+                                graceful = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Resolves when the server stops serving (graceful or not) or is gone.
+async fn stop_serving(stop: &mut watch::Receiver<Stop>) {
+    while *stop.borrow_and_update() == Stop::Serve {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// hyper's server settings for a listener.
+fn builder(config: &ListenerConfig) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(config.max_header_bytes)
+        .max_buf_size(config.max_header_bytes.max(400 << 10))
+        .max_headers(config.max_headers);
+    builder
+}
+
+/// Handles one request end to end. Never fails: every error becomes a response.
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    listener: &str,
+    ctx: &Context,
+    stop: watch::Receiver<Stop>,
+) -> Response<ProxyBody> {
+    let (mut head, body) = req.into_parts();
+    // One snapshot load: the route, the pool and the listener's limits all come from it.
+    let (pool, tunnel_limits) = {
+        let snapshot = ctx.snapshot.load();
+        let Some(config) = snapshot.listeners.get(listener) else {
+            return ProxyError::NoPool(format!("(listener `{listener}` was removed)")).into_response();
+        };
+        let pool_name = route(config, &head);
+        match snapshot.pools.get(pool_name) {
+            Some(pool) => (pool.clone(), config.tunnels),
+            None => return ProxyError::NoPool(pool_name.to_owned()).into_response(),
+        }
+    };
+    let websocket = is_websocket_upgrade(&head.headers);
+    let client_upgrade = if websocket { head.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    prepare_upstream_head(&mut head, peer);
+    if websocket {
+        // Hop-by-hop, but the upgrade is what the request is for: ask the backend for it.
+        head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    let protocol = if websocket { Protocol::WebSocket } else { Protocol::Http1 };
+    let mut pick = PickRequest { protocol, client: peer, sni: None, head: Some(Box::new(head)) };
+    let mut exchange = Exchange { body: Some(body), client_upgrade, tunnel_limits, stop };
+    let mut avoid = None;
+    for attempt in 0..2 {
+        let (returned, placement) = pool.place(pick, avoid);
+        pick = returned;
+        let id = match placement {
+            Placement::Backend(id) => id,
+            Placement::NoBackend => return ProxyError::NoBackend(pool.view.name.to_string()).into_response(),
+            Placement::Rejected => return ProxyError::Rejected(pool.view.name.to_string()).into_response(),
+        };
+        match forward(ctx, &pool, id, &mut pick, &mut exchange).await {
+            Ok(res) => return res,
+            Err(Failure::Connect(e)) => {
+                let backend = &pool.view.members[id as usize];
+                backend.live.connect_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(pool = %pool.view.name, backend = %backend.config.address, attempt, error = %e, "connect failed");
+                if attempt == 0 && pool.view.eligible.len() > 1 {
+                    avoid = Some(id);
+                    continue;
+                }
+                return ProxyError::Connect { pool: pool.view.name.to_string(), source: e }.into_response();
+            }
+            Err(Failure::Answer(e)) => return e.into_response(),
+        }
+    }
+    ProxyError::NoBackend(pool.view.name.to_string()).into_response()
+}

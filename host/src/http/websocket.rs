@@ -1,0 +1,71 @@
+//! WebSocket over HTTP/1.1: after the backend's `101 Switching Protocols`, the client's
+//! and the backend's upgraded connections are joined in a tunnel ([`crate::net::tunnel`])
+//! that counts as one active connection of the backend for as long as it is open.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http::header::{self, HeaderValue};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use super::headers::remove_hop_by_hop;
+use super::upstream::ActiveGuard;
+use super::{Context, ProxyBody};
+use crate::config::TunnelLimits;
+use crate::net::listen::Stop;
+use crate::net::tunnel;
+use crate::state::{BackendLive, StickHold};
+
+/// Hands a `101 Switching Protocols` back to the client and spawns the tunnel. The tunnel
+/// is registered with its backend (where a drain finds it), keeps its stick entry (if
+/// any) from expiring, and ends when the server is dropped (`stop` says `Abort`).
+pub(crate) fn upgrade(
+    ctx: &Context,
+    mut res: Response<Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+    live: Arc<BackendLive>,
+    stick: Option<StickHold>,
+    limits: TunnelLimits,
+    mut stop: watch::Receiver<Stop>,
+) -> Response<ProxyBody> {
+    let upstream = hyper::upgrade::on(&mut res);
+    let (mut parts, _) = res.into_parts();
+    let entry = ctx.tunnels.register(&live);
+    let active = ActiveGuard::new(live);
+    tokio::spawn(async move {
+        let _held = (active, stick);
+        let run = async {
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade did not complete");
+                    return;
+                }
+            };
+            if let Err(e) = tunnel::join(client, upstream, limits, &entry.order).await {
+                tracing::debug!(error = %e, "websocket tunnel ended with an error");
+            }
+        };
+        tokio::select! {
+            () = run => {}
+            () = aborted(&mut stop) => {}
+        }
+        drop(entry);
+    });
+    remove_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())))
+}
+
+/// Resolves when the server says `Abort` or is gone.
+pub(crate) async fn aborted(stop: &mut watch::Receiver<Stop>) {
+    while *stop.borrow_and_update() != Stop::Abort {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}

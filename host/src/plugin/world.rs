@@ -1,0 +1,106 @@
+//! The plugin worlds as types: each [`World`] names its linked form (`Pre`) and its
+//! instance's exports, and says how to instantiate, configure and tell it of a pool
+//! change. [`super::Plugin`] is generic over it, so a balancer can only be asked to pick
+//! and an affinity plugin only to look up and bind: there is no "not a balancer" arm.
+//! A new world (health, in time) is one more impl here and one more newtype beside
+//! [`super::Balancer`].
+
+use wasmtime::Engine;
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+use super::bindings::{AffinityPlugin, AffinityPluginPre, BalancerPlugin, BalancerPluginPre, PluginError};
+use super::instance::InstanceState;
+
+/// A WIT world the host calls into.
+pub(crate) trait World: 'static {
+    /// The world's role, for logs and errors (`balancer`, `affinity`).
+    const NAME: &'static str;
+    /// The component linked for this world (one per plugin version).
+    type Pre: Send + Sync;
+    /// One instance's exports.
+    type Exports: Send;
+
+    /// Checks that the linked component exports this world and types its exports.
+    fn pre(linked: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre>;
+    /// The engine the component was compiled for.
+    fn engine(pre: &Self::Pre) -> &Engine;
+    /// A new instance in `store`.
+    fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> wasmtime::Result<Self::Exports>;
+    /// `configure(json)`.
+    fn configure(
+        exports: &Self::Exports,
+        store: &mut Store<InstanceState>,
+        json: &str,
+    ) -> wasmtime::Result<Result<(), PluginError>>;
+    /// `pool-changed()`.
+    fn pool_changed(exports: &Self::Exports, store: &mut Store<InstanceState>) -> wasmtime::Result<()>;
+}
+
+/// World `balancer-plugin`.
+#[derive(Debug)]
+pub(crate) enum BalancerWorld {}
+
+impl World for BalancerWorld {
+    const NAME: &'static str = "balancer";
+    type Pre = BalancerPluginPre<InstanceState>;
+    type Exports = BalancerPlugin;
+
+    fn pre(linked: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
+        BalancerPluginPre::new(linked)
+    }
+
+    fn engine(pre: &Self::Pre) -> &Engine {
+        pre.engine()
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> wasmtime::Result<Self::Exports> {
+        pre.instantiate(store)
+    }
+
+    fn configure(
+        exports: &Self::Exports,
+        store: &mut Store<InstanceState>,
+        json: &str,
+    ) -> wasmtime::Result<Result<(), PluginError>> {
+        exports.weir_plugin_balancer().call_configure(store, json)
+    }
+
+    fn pool_changed(exports: &Self::Exports, store: &mut Store<InstanceState>) -> wasmtime::Result<()> {
+        exports.weir_plugin_balancer().call_pool_changed(store)
+    }
+}
+
+/// World `affinity-plugin`.
+#[derive(Debug)]
+pub(crate) enum AffinityWorld {}
+
+impl World for AffinityWorld {
+    const NAME: &'static str = "affinity";
+    type Pre = AffinityPluginPre<InstanceState>;
+    type Exports = AffinityPlugin;
+
+    fn pre(linked: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
+        AffinityPluginPre::new(linked)
+    }
+
+    fn engine(pre: &Self::Pre) -> &Engine {
+        pre.engine()
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> wasmtime::Result<Self::Exports> {
+        pre.instantiate(store)
+    }
+
+    fn configure(
+        exports: &Self::Exports,
+        store: &mut Store<InstanceState>,
+        json: &str,
+    ) -> wasmtime::Result<Result<(), PluginError>> {
+        exports.weir_plugin_affinity().call_configure(store, json)
+    }
+
+    fn pool_changed(exports: &Self::Exports, store: &mut Store<InstanceState>) -> wasmtime::Result<()> {
+        exports.weir_plugin_affinity().call_pool_changed(store)
+    }
+}

@@ -1,0 +1,142 @@
+//! A running weir: the wiring of the layers ([`Server::start`]), reloads
+//! ([`Server::reload`], through the one writer in [`crate::control`]) and shutdown.
+//!
+//! Everything a server starts ends with it: its accept loops, its connection tasks and
+//! its tunnels all watch the server's stop signal. [`Server::shutdown`] is graceful
+//! (stop accepting, let requests in flight finish, drain WebSockets, up to each pool's
+//! `drain_deadline_ms`); dropping a `Server` without it closes everything at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::control::{self, Applied, Control, ControlError};
+use crate::http;
+use crate::net::listen::{Connections, Stop};
+use crate::plugin::{LoadError, PluginRuntime};
+use crate::state::Snapshot;
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The plugin runtime could not be created.
+    #[error("plugin runtime: {0}")]
+    Runtime(#[from] LoadError),
+    /// A pool could not be built or a listener not bound.
+    #[error("{0}")]
+    Control(#[from] ControlError),
+}
+
+/// A running proxy. Dropping it stops accepting and closes every connection and tunnel
+/// it serves at once; [`Server::shutdown`] first lets them finish.
+#[derive(Debug)]
+pub struct Server {
+    control: Control,
+    config: std::sync::Mutex<Config>,
+    stop: watch::Sender<Stop>,
+}
+
+impl Server {
+    /// Loads every plugin, binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let plugins = Arc::new(PluginRuntime::new(config.plugins.clone())?);
+        let ctx = Arc::new(http::Context {
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
+            idle: Arc::default(),
+            tunnels: Arc::default(),
+            connections: Arc::new(Connections::default()),
+        });
+        let (stop, stop_rx) = watch::channel(Stop::Serve);
+        let control = Control::new(ctx, plugins, stop_rx);
+        control.apply(control::diff(&Config::empty(), &config)).await?;
+        Ok(Self { control, config: std::sync::Mutex::new(config), stop })
+    }
+
+    /// The bound address of each listener, by name.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.control.listeners()
+    }
+
+    /// The bound address of the named listener.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.control.listeners().into_iter().find(|(n, _)| n == name).map(|(_, a)| a)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.control.ctx.snapshot.load_full()
+    }
+
+    /// The one writer, for callers that send their own commands.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Applies a new config to the running server: the difference from the current one
+    /// becomes commands for the one writer. Changed pools are rebuilt beside the current
+    /// ones (live backend figures, counters and stick tables carry over by address,
+    /// unchanged pack plugins are reused); listeners added to the file are bound, removed
+    /// ones closed, changed ones take their new routes and limits at once. New work
+    /// follows the new snapshot; requests and tunnels in progress keep the backend they
+    /// have, except that the WebSockets of a backend that left its pool are drained (a
+    /// close frame each, spread over the pool's `drain_spread_ms`, cut at
+    /// `drain_deadline_ms`). `[plugins]` and `[runtime]` are read at start only (a
+    /// warning says so). On any error nothing changes.
+    pub async fn reload(&self, config: Config) -> Result<Applied, ControlError> {
+        let current = self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if current.plugins != config.plugins {
+            tracing::warn!("reload: [plugins] is read at start only; restart weir to apply its changes");
+        }
+        let applied = self.control.apply(control::diff(&current, &config)).await?;
+        *self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        Ok(applied)
+    }
+
+    /// Graceful shutdown: stops accepting, lets every request in flight finish and
+    /// closes idle connections, drains every tunnel (close frames spread over each pool's
+    /// `drain_spread_ms`), and returns once nothing is left or the longest
+    /// `drain_deadline_ms` has passed, when whatever remains is closed. Returns how many
+    /// tunnels were drained.
+    pub async fn shutdown(&self) -> usize {
+        let _ = self.stop.send(Stop::Graceful);
+        self.control.close_listeners().await;
+        let ctx = &self.control.ctx;
+        let snapshot = ctx.snapshot.load_full();
+        let mut drained = 0;
+        let mut longest = Duration::ZERO;
+        for pool in snapshot.pools.values() {
+            longest = longest.max(pool.config.drain_deadline);
+            for m in &pool.view.members {
+                drained += ctx.tunnels.drain(m.live.key(), pool.config.drain_spread, pool.config.drain_deadline);
+            }
+        }
+        // A little beyond the deadline, for the cut tunnels to unregister.
+        let give_up = longest + Duration::from_millis(500);
+        let everything_done = async {
+            ctx.connections.all_closed().await;
+            while ctx.tunnels.len() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(give_up, everything_done).await.is_err() {
+            tracing::warn!(
+                connections = ctx.connections.open(),
+                tunnels = ctx.tunnels.len(),
+                "drain deadline passed; closing what is left"
+            );
+        }
+        let _ = self.stop.send(Stop::Abort);
+        drained
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.send(Stop::Abort);
+        self.control.abort_listeners();
+    }
+}

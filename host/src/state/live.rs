@@ -1,0 +1,266 @@
+//! Live figures that survive snapshot rebuilds, kept in atomics beside the immutable
+//! snapshot (STYLE rules 3 and 4): per backend ([`BackendLive`]: connections, requests in
+//! flight, latency, open tunnels) and per pool ([`PoolLive`]: the named counters, stick
+//! tables and secrets plugins reach by handle, the fallback round robin, the total load).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::stick::StickTable;
+
+/// Most names of each kind (counters, stick tables, secrets) one pool holds. Plugins
+/// name these objects, and the host keeps them outside the plugin's memory limit, so a
+/// plugin asking for ever new names would otherwise grow the host without bound.
+pub const MAX_NAMES: usize = 256;
+
+/// Keys of [`BackendLive`]s never repeat in a process.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// Live, per-backend state that survives snapshot rebuilds.
+#[derive(Debug)]
+pub struct BackendLive {
+    /// Identifies this backend's live state for the layers that keep per-backend state of
+    /// their own (idle upstream connections, open tunnels' drain orders).
+    key: u64,
+    /// The pool-wide figures this backend adds to.
+    pool: Arc<PoolLive>,
+    /// Open connections (upstream HTTP connections in use, tunnels).
+    pub active: AtomicU32,
+    /// Requests sent and not yet answered.
+    pub in_flight: AtomicU32,
+    /// Response-head latency EWMA in µs (0 = no sample yet).
+    pub latency_ewma_us: AtomicU32,
+    /// Requests (or connections) placed on this backend.
+    pub requests: AtomicU64,
+    /// Connect failures.
+    pub connect_failures: AtomicU64,
+    /// Open tunnels (WebSockets).
+    tunnels: AtomicU32,
+    /// Set when the backend left its pool: nothing new is kept for it (idle connections).
+    retired: std::sync::atomic::AtomicBool,
+}
+
+impl BackendLive {
+    pub(crate) fn new(pool: Arc<PoolLive>) -> Self {
+        Self {
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            pool,
+            active: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            latency_ewma_us: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            tunnels: AtomicU32::new(0),
+            retired: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the backend as gone from its pool (a reload removed it).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the backend left its pool.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    /// This backend's key, unique in the process.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// A connection to this backend opened (or was taken from the idle stack).
+    pub fn open(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.pool.total_load.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection opened with [`BackendLive::open`] closed (or went idle).
+    pub fn close(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool.total_load.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// `active + in_flight`: the load figure least-load balancers compare.
+    pub fn load(&self) -> u64 {
+        u64::from(self.active.load(Ordering::Relaxed)) + u64::from(self.in_flight.load(Ordering::Relaxed))
+    }
+
+    /// A request was sent to this backend.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.pool.total_load.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request sent with [`BackendLive::request_started`] got its answer (or failed).
+    pub fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.total_load.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open tunnels (WebSockets) to this backend.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed) as usize
+    }
+
+    /// A tunnel to this backend opened.
+    pub fn tunnel_opened(&self) {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A tunnel counted by [`BackendLive::tunnel_opened`] closed.
+    pub fn tunnel_closed(&self) {
+        self.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Folds one latency sample into the EWMA (weight 1/8 for the new sample).
+    pub fn observe_latency(&self, micros: u32) {
+        let _ = self.latency_ewma_us.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            Some(if old == 0 { micros.max(1) } else { ((u64::from(old) * 7 + u64::from(micros)) / 8).max(1) as u32 })
+        });
+    }
+}
+
+/// Named objects of a pool that plugins reach by a handle (counters, stick tables).
+/// Resolving a name takes a lock (once per instance); using a handle takes none: the
+/// list is replaced, never mutated, when an object is added. At most [`MAX_NAMES`].
+#[derive(Debug)]
+struct Registry<T> {
+    kind: &'static str,
+    names: Mutex<Vec<Box<str>>>,
+    values: ArcSwap<Vec<Arc<T>>>,
+    /// Names refused since the cap was reached (logged once, at the first).
+    refused: AtomicU64,
+}
+
+impl<T> Registry<T> {
+    fn new(kind: &'static str) -> Self {
+        Self { kind, names: Mutex::default(), values: ArcSwap::from_pointee(Vec::new()), refused: AtomicU64::new(0) }
+    }
+
+    /// The handle of `name`, created with `make` if new; `None` when the pool already
+    /// holds [`MAX_NAMES`] of this kind (logged).
+    fn resolve(&self, pool: &str, name: &str, make: impl FnOnce() -> T) -> Option<u32> {
+        let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = names.iter().position(|n| &**n == name) {
+            return Some(i as u32);
+        }
+        if names.len() >= MAX_NAMES {
+            if self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::error!(
+                    pool,
+                    kind = self.kind,
+                    limit = MAX_NAMES,
+                    "a plugin asked for more {}s than a pool may hold; refusing new names",
+                    self.kind
+                );
+            }
+            return None;
+        }
+        names.push(name.into());
+        let mut values = (**self.values.load()).clone();
+        values.push(Arc::new(make()));
+        self.values.store(Arc::new(values));
+        Some((names.len() - 1) as u32)
+    }
+
+    /// The object named `name`, if it exists.
+    fn named(&self, name: &str) -> Option<Arc<T>> {
+        let id = self.names.lock().unwrap_or_else(PoisonError::into_inner).iter().position(|n| &**n == name)?;
+        self.with(id as u32, Arc::clone)
+    }
+
+    /// Runs `f` on the object behind `id`; `None` for an unknown handle.
+    fn with<R>(&self, id: u32, f: impl FnOnce(&Arc<T>) -> R) -> Option<R> {
+        self.values.load().get(id as usize).map(f)
+    }
+
+    /// Objects held.
+    fn len(&self) -> usize {
+        self.values.load().len()
+    }
+}
+
+/// Live figures of a whole pool, shared across snapshots and plugins: the counters of
+/// `pool.counter`/`pool.counter-next`, the stick tables of `pool.stick-*`, the secrets of
+/// `pool.secret`, the fallback round robin and the pool's total load.
+#[derive(Debug)]
+pub struct PoolLive {
+    name: Arc<str>,
+    counters: Registry<AtomicU64>,
+    sticks: Registry<StickTable>,
+    secrets: Registry<[u8; 32]>,
+    /// Position of the built-in fallback round robin.
+    fallback: AtomicU64,
+    /// Sum of `active + in_flight` over the pool's backends.
+    pub total_load: AtomicU64,
+}
+
+impl PoolLive {
+    /// The live figures of a new pool.
+    pub fn new(name: Arc<str>) -> Self {
+        Self {
+            name,
+            counters: Registry::new("counter"),
+            sticks: Registry::new("stick table"),
+            secrets: Registry::new("secret"),
+            fallback: AtomicU64::new(0),
+            total_load: AtomicU64::new(0),
+        }
+    }
+
+    /// The handle of the named counter, created at 0 if new.
+    pub fn counter(&self, name: &str) -> Option<u32> {
+        self.counters.resolve(&self.name, name, || AtomicU64::new(0))
+    }
+
+    /// Returns counter `id`'s value and advances it; 0 for an unknown handle.
+    pub fn next(&self, id: u32) -> u64 {
+        self.counters.with(id, |c| c.fetch_add(1, Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// The handle of the named stick table, created if new; its TTL becomes `ttl`.
+    pub fn stick_table(&self, name: &str, ttl: Duration) -> Option<u32> {
+        let id = self.sticks.resolve(&self.name, name, || StickTable::new(ttl))?;
+        self.sticks.with(id, |t| t.set_ttl(ttl));
+        Some(id)
+    }
+
+    /// The stick table named `name` (as a plugin named it), if one was made.
+    pub fn stick_table_named(&self, name: &str) -> Option<Arc<StickTable>> {
+        self.sticks.named(name)
+    }
+
+    /// Runs `f` on stick table `id`; `None` for an unknown handle.
+    pub fn with_stick_table<R>(&self, id: u32, f: impl FnOnce(&Arc<StickTable>) -> R) -> Option<R> {
+        self.sticks.with(id, f)
+    }
+
+    /// The named random secret of this pool, made on first use.
+    pub fn secret(&self, name: &str) -> Option<[u8; 32]> {
+        let id = self.secrets.resolve(&self.name, name, || {
+            let mut key = [0u8; 32];
+            if let Err(e) = getrandom::fill(&mut key) {
+                // Without the OS's randomness the secret is all zeros: predictable, so say
+                // so loudly; the plugin still works, its signatures are just forgeable.
+                tracing::error!(pool_secret = name, error = %e, "no random source; the secret is predictable");
+            }
+            key
+        })?;
+        self.secrets.with(id, |k| **k)
+    }
+
+    /// How many counters, stick tables and secrets the pool holds.
+    pub fn names(&self) -> (usize, usize, usize) {
+        (self.counters.len(), self.sticks.len(), self.secrets.len())
+    }
+
+    /// Returns the fallback round robin's position and advances it.
+    pub(super) fn next_fallback(&self) -> u64 {
+        self.fallback.fetch_add(1, Ordering::Relaxed)
+    }
+}
