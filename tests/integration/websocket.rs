@@ -272,16 +272,19 @@ async fn a_tunnel_whose_backend_never_pauses_is_never_idle() {
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         .await
         .unwrap();
-    // A client that reads slower than the backend writes: 4 KiB every 10 ms, for 1.5 s,
-    // five idle timeouts. Bytes move the whole time, so the tunnel must stay open.
+    // A client that reads slower than the backend writes, so weir always has bytes ready
+    // from the backend and waits on the client: first it reads nothing for 100 ms (every
+    // buffer between them fills), then 64 KiB every 5 ms, for 1.5 s, five idle timeouts.
+    // Bytes move the whole time, so the tunnel must stay open.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
-    let mut buf = vec![0u8; 4 << 10];
+    let mut buf = vec![0u8; 64 << 10];
     let mut total = 0usize;
     while started.elapsed() < std::time::Duration::from_millis(1_500) {
         let n = tokio::time::timeout(std::time::Duration::from_secs(2), client.read(&mut buf)).await.unwrap().unwrap();
         assert!(n > 0, "the busy tunnel was cut after {:?} ({total} bytes)", started.elapsed());
         total += n;
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    assert!(total > 64 << 10, "{total}");
+    assert!(total > 1 << 20, "{total}");
 }
