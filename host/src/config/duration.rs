@@ -49,3 +49,22 @@ pub(super) fn parse(text: &str) -> Result<Duration, String> {
     };
     Duration::try_from_secs_f64(value * scale).map_err(|e| format!("`{text}`: {e}"))
 }
+
+/// A duration for messages, in the largest unit that divides it: `7 days`, `90 s`,
+/// `250 ms`, else as `Debug` shows it (`1.5ms`).
+pub(super) fn human(d: Duration) -> String {
+    if d.is_zero() {
+        return "0 ms".to_owned();
+    }
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{d:?}");
+    }
+    let ms = d.as_millis();
+    for (unit, size) in [("days", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1_000)] {
+        if ms.is_multiple_of(size) {
+            let n = ms / size;
+            return if unit == "days" && n == 1 { "1 day".to_owned() } else { format!("{n} {unit}") };
+        }
+    }
+    format!("{ms} ms")
+}

@@ -283,4 +283,25 @@ mod tests {
         // The first close is due now; the cut lies beyond any clock reading.
         assert!(entry.order.close_at().is_some_and(|t| t <= Instant::now() + Duration::from_secs(1)));
     }
+
+    #[test]
+    fn drains_at_the_longest_bounds_neither_overflow_nor_wrap() {
+        let max = *crate::config::bounds::DRAIN.end();
+        let registry = Arc::new(Registry::default());
+        let live = Arc::new(crate::state::BackendLive::new(Arc::new(crate::state::PoolLive::new("p".into()))));
+        let entries: Vec<TunnelEntry> = (0..3).map(|_| registry.register(&live)).collect();
+        let now = Instant::now();
+        assert_eq!(registry.drain(live.key(), max, max), 3);
+        for (i, e) in entries.iter().enumerate() {
+            let close = e.order.close_at().unwrap().saturating_duration_since(now);
+            let want = max * i as u32 / 3;
+            assert!(close.abs_diff(want) < Duration::from_secs(1), "{i}: {close:?}");
+            let cut = e.order.cut_at().unwrap().saturating_duration_since(now);
+            assert!(cut.abs_diff(max) < Duration::from_secs(1), "{cut:?}");
+        }
+        // The shortest: every close at once, cut at once.
+        let e = registry.register(&live);
+        registry.drain(live.key(), Duration::ZERO, Duration::ZERO);
+        assert!(e.order.close_at().unwrap() <= Instant::now() && e.order.cut_at().unwrap() <= Instant::now());
+    }
 }
