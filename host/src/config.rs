@@ -390,9 +390,11 @@ impl Route {
             let host = strip_port(host);
             let ok = match want.strip_prefix("*.") {
                 Some(suffix) => {
-                    host.len() > suffix.len() + 1
-                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    // Bytes, not `str` slices: a cut inside a multi-byte character would panic.
+                    let (h, s) = (host.as_bytes(), suffix.as_bytes());
+                    h.len() > s.len() + 1
+                        && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                        && h[h.len() - s.len() - 1] == b'.'
                 }
                 None => host.eq_ignore_ascii_case(want),
             };

@@ -470,3 +470,238 @@ fn plugins_keep_where_their_config_is_written() {
     // The default balancer is written nowhere.
     assert!(c.pools["p"].balancer.config_at.is_none());
 }
+
+// ---------------------------------------------------------------------------------------
+// Property tests: no input makes a parser panic.
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A value as TOML text: numbers of every size and sign, durations with and without
+    /// units, strings, booleans, arrays, inline tables.
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..2_000_000).prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            (
+                "[0-9]{0,22}(\\.[0-9]{0,12})?",
+                prop::sample::select(vec!["", "us", "µs", "ms", "s", "m", "h", "d", " s", "x"])
+            )
+                .prop_map(|(n, u)| format!("\"{n}{u}\"")),
+            prop::sample::select(vec![
+                "\"127.0.0.1:0\"",
+                "\"[::1]:8080\"",
+                "\"p\"",
+                "\"q\"",
+                "\"round-robin\"",
+                "\"cookie\"",
+                "\"consistent-hash\"",
+                "\"x.wasm\"",
+                "\"/nope/x\"",
+                "\"*.example.com\"",
+                "\"/api\"",
+                "\"reject\"",
+                "\"http\"",
+            ])
+            .prop_map(str::to_owned),
+            "[^\"\\\\\\n]{0,12}".prop_map(|s| format!("\"{s}\"")),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+                prop::collection::vec((key(), inner), 0..4).prop_map(|kv| {
+                    let body: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", body.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// Keys weir knows (most of the time), or others.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop::sample::select(vec![
+                "worker_threads", "cache_dir", "call_timeout_ms", "rebuild_timeout_ms", "memory_limit_mib", "name",
+                "listen", "protocol", "pool", "header_read_timeout_ms", "max_header_bytes", "max_headers",
+                "tunnel_idle_timeout_ms", "tunnel_max_lifetime_ms", "host", "path_prefix", "balancer", "affinity",
+                "on_plugin_error", "connect_timeout_ms", "response_timeout_ms", "idle_timeout_ms",
+                "max_idle_per_backend", "drain_spread_ms", "drain_deadline_ms", "plugin", "config", "weight",
+                "max_connections", "labels", "key_file", "key", "same_site",
+            ]).prop_map(str::to_owned),
+            1 => "[a-z_]{1,10}",
+        ]
+    }
+
+    /// Backends with addresses that never need a DNS lookup (a lookup without a network
+    /// would make a case slow).
+    fn backends() -> impl Strategy<Value = String> {
+        let address = prop::sample::select(vec![
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "[::1]:80",
+            "0.0.0.0:0",
+            "bad",
+            "127.0.0.1:99999",
+            " 127.0.0.1:1 ",
+            "",
+        ]);
+        let backend = (address, prop::option::of(value()), prop::option::of(value())).prop_map(|(a, w, m)| {
+            let mut b = format!("{{ address = \"{a}\"");
+            if let Some(w) = w {
+                b.push_str(&format!(", weight = {w}"));
+            }
+            if let Some(m) = m {
+                b.push_str(&format!(", max_connections = {m}"));
+            }
+            b + " }"
+        });
+        prop::collection::vec(backend, 0..4).prop_map(|b| format!("backends = [{}]", b.join(", ")))
+    }
+
+    /// A TOML-ish file: weir's tables in any order, known and unknown keys, any values,
+    /// now and then a line of noise.
+    fn file() -> impl Strategy<Value = String> {
+        let header = prop::sample::select(vec![
+            "[runtime]",
+            "[plugins]",
+            "[[listener]]",
+            "[[listener.route]]",
+            "[pool.p]",
+            "[pool.q]",
+            "[pool.p.balancer]",
+            "[pool.p.balancer.config]",
+            "[pool.p.affinity]",
+            "[pool.p.affinity.config]",
+            "[pool]",
+            "[other]",
+        ]);
+        let line = prop_oneof![
+            8 => (key(), value()).prop_map(|(k, v)| format!("{k} = {v}")),
+            2 => backends(),
+            1 => ".{0,16}",
+        ];
+        prop::collection::vec((header, prop::collection::vec(line, 0..6)), 0..6).prop_map(|tables| {
+            tables.into_iter().map(|(h, lines)| format!("{h}\n{}\n", lines.join("\n"))).collect::<Vec<_>>().join("\n")
+        })
+    }
+
+    /// Whatever `Config::parse` accepts lies within every bound.
+    fn within_bounds(c: &Config) {
+        assert!((1..=1024).contains(&c.runtime.worker_threads));
+        assert!(bounds::CALL_TIMEOUT.contains(&c.plugins.call_timeout));
+        assert!(bounds::REBUILD_TIMEOUT.contains(&c.plugins.rebuild_timeout));
+        assert!(c.plugins.memory_limit <= 1 << 30 && c.plugins.memory_limit >= 1 << 20);
+        for l in &c.listeners {
+            assert!(bounds::TIMEOUT.contains(&l.header_read_timeout));
+            assert!(bounds::MAX_HEADER_BYTES.contains(&l.max_header_bytes));
+            assert!(bounds::MAX_HEADERS.contains(&l.max_headers));
+            assert!(bounds::TIMEOUT.contains(&l.tunnels.idle_timeout));
+            assert!(l.tunnels.max_lifetime.is_none_or(|d| bounds::TUNNEL_MAX_LIFETIME.contains(&d)));
+        }
+        for p in c.pools.values() {
+            for d in [p.connect_timeout, p.response_timeout, p.idle_timeout] {
+                assert!(bounds::TIMEOUT.contains(&d));
+            }
+            assert!(bounds::MAX_IDLE_PER_BACKEND.contains(&p.max_idle_per_backend));
+            assert!(bounds::DRAIN.contains(&p.drain_spread) && bounds::DRAIN.contains(&p.drain_deadline));
+            assert!(p.drain_spread <= p.drain_deadline);
+        }
+    }
+
+    /// Every error points inside the text.
+    fn located(text: &str, e: &ConfigError) {
+        if let ConfigError::Invalid { line, column, .. } = e {
+            let lines: Vec<&str> = text.split('\n').collect();
+            assert!(*line >= 1 && *line <= lines.len(), "line {line} of {}: {e}", lines.len());
+            assert!(*column >= 1 && *column <= lines[line - 1].chars().count() + 1, "{e}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_loader(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let text = String::from_utf8_lossy(&bytes);
+            match Config::parse(&text, None) {
+                Ok(c) => within_bounds(&c),
+                Err(e) => located(&text, &e),
+            }
+        }
+
+        #[test]
+        fn arbitrary_toml_never_panics_the_loader_and_what_it_accepts_is_in_range(text in file()) {
+            match Config::parse(&text, None) {
+                Ok(c) => within_bounds(&c),
+                Err(e) => located(&text, &e),
+            }
+        }
+
+        #[test]
+        fn arbitrary_durations_never_panic(text in ".{0,24}") {
+            let _ = duration::parse(&text);
+        }
+
+        #[test]
+        fn numbers_with_units_are_what_they_say(n in 0u64..=u64::from(u32::MAX)) {
+            prop_assert_eq!(duration::parse(&format!("{n}ms")), Ok(Duration::from_millis(n)));
+            prop_assert_eq!(duration::parse(&format!(" {n}s ")), Ok(Duration::from_secs(n)));
+        }
+
+        #[test]
+        fn routes_never_panic_on_arbitrary_hosts_and_paths(
+            want in prop::option::of(prop_oneof![".{0,12}", "\\*\\..{0,12}"]),
+            prefix in prop::option::of(".{0,8}"),
+            host in prop::option::of(".{0,24}"),
+            path in ".{0,24}",
+        ) {
+            let r = Route { host: want.clone(), path_prefix: prefix, pool: "p".into() };
+            let _ = r.matches(host.as_deref(), &path);
+            let _ = strip_port(host.as_deref().unwrap_or(""));
+        }
+
+        #[test]
+        fn a_wildcard_matches_exactly_the_subdomains(
+            sub in "[a-zA-Zé0-9-]{1,8}(\\.[a-z0-9é-]{1,8})?",
+            suffix in "[a-z0-9é-]{1,8}\\.[a-zé]{1,6}",
+            port in prop::option::of(0u16..),
+            other in ".{0,20}",
+        ) {
+            let r = Route { host: Some(format!("*.{suffix}")), path_prefix: None, pool: "p".into() };
+            let with_port = |h: String| match port { Some(p) => format!("{h}:{p}"), None => h };
+            let subdomain = with_port(format!("{sub}.{}", suffix.to_ascii_uppercase()));
+            prop_assert!(r.matches(Some(&subdomain), "/"));
+            let apex = with_port(suffix.clone());
+            prop_assert!(!r.matches(Some(&apex), "/"));
+            let bare = strip_port(&other);
+            let want = bare.len() > suffix.len() + 1
+                && bare.to_ascii_lowercase().ends_with(&format!(".{suffix}"));
+            prop_assert_eq!(r.matches(Some(&other), "/"), want, "{}", other);
+        }
+    }
+}
+
+#[test]
+fn a_wildcard_route_cut_inside_a_character_does_not_panic() {
+    // Found by `a_wildcard_matches_exactly_the_subdomains`: the suffix's length fell
+    // inside a multi-byte character of the host, and slicing the `str` there panicked.
+    let r = Route { host: Some("*.example.com".into()), path_prefix: None, pool: "p".into() };
+    assert!(!r.matches(Some("aéxample.com"), "/"));
+    assert!(r.matches(Some("é.example.com"), "/"));
+}
+
+#[test]
+fn durations_with_units_are_exact() {
+    // Found by `numbers_with_units_are_what_they_say`: parsing through f64 gave
+    // 4209957.952000001 s.
+    assert_eq!(duration::parse("4209957952ms").unwrap(), Duration::from_millis(4_209_957_952));
+    assert_eq!(duration::parse("0.1s").unwrap(), Duration::from_millis(100));
+    assert_eq!(duration::parse(".5m").unwrap(), Duration::from_secs(30));
+    assert_eq!(duration::parse("1.000000001s").unwrap(), Duration::new(1, 1));
+    assert!(duration::parse(".").is_err() && duration::parse("1.2.3s").is_err() && duration::parse("s").is_err());
+    assert!(duration::parse("18446744073709551616s").is_err(), "past u64 seconds");
+    assert_eq!(duration::parse("18446744073709551615s").unwrap(), Duration::from_secs(u64::MAX));
+}
