@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +20,46 @@ mod duration;
 mod tests;
 
 pub use duration::FileDuration;
+
+/// The range of every duration and size of the file. `weir check` (and every load) refuses
+/// a value outside its range, naming its file, line and column, so no accepted value can
+/// overflow a clock or an allocation at run time. Each bound is also given in the field's
+/// doc and in `docs/config.md`.
+pub mod bounds {
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+    const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Network timeouts (`header_read_timeout_ms`, `tunnel_idle_timeout_ms`,
+    /// `connect_timeout_ms`, `response_timeout_ms`, `idle_timeout_ms`): 1 ms to 7 days. A
+    /// zero timeout would fail every exchange; a week is far past any useful wait, and an
+    /// instant a week away is always representable.
+    pub const TIMEOUT: RangeInclusive<Duration> = MS..=WEEK;
+    /// `tunnel_max_lifetime_ms`: 1 ms to 365 days (absent: no limit).
+    pub const TUNNEL_MAX_LIFETIME: RangeInclusive<Duration> = MS..=Duration::from_secs(365 * 24 * 3600);
+    /// `drain_spread_ms` and `drain_deadline_ms`: 0 (at once) to 7 days.
+    pub const DRAIN: RangeInclusive<Duration> = Duration::ZERO..=WEEK;
+    /// `[plugins] call_timeout_ms`: 1 ms (the epoch tick, the deadline's resolution) to 10 s
+    /// (a decision call holds a worker thread for as long as it runs).
+    pub const CALL_TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(10);
+    /// `[plugins] rebuild_timeout_ms`: 1 ms to 60 s.
+    pub const REBUILD_TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(60);
+    /// `[plugins] memory_limit_mib`: 1 to 1024 MiB (the instance allocator reserves at most
+    /// 1 GiB per linear memory, so a larger limit could not be honoured).
+    pub const MEMORY_LIMIT_MIB: RangeInclusive<u32> = 1..=1024;
+    /// `max_header_bytes`: 1 KiB to 1 MiB.
+    pub const MAX_HEADER_BYTES: RangeInclusive<usize> = 1024..=(1 << 20);
+    /// `max_headers`: 1 to 10,000 (the parser allocates a slot per allowed header for every
+    /// request head it reads).
+    pub const MAX_HEADERS: RangeInclusive<usize> = 1..=10_000;
+    /// `max_idle_per_backend`: 0 (no reuse) to 65,535 (more connections than one local
+    /// address can open to one backend address).
+    pub const MAX_IDLE_PER_BACKEND: RangeInclusive<usize> = 0..=65_535;
+    /// `[runtime] worker_threads`: 0 (one per CPU weir may run on) to 1024.
+    pub const WORKER_THREADS: RangeInclusive<usize> = 0..=1024;
+}
 
 /// A config error, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +114,9 @@ pub enum OnPluginError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    /// The process: worker threads. Not reloadable.
+    #[serde(default)]
+    runtime: FileRuntime,
     /// Plugin runtime limits. Not reloadable.
     #[serde(default)]
     plugins: FilePlugins,
@@ -85,6 +128,16 @@ struct FileConfig {
     pools: BTreeMap<String, FilePool>,
 }
 
+/// `[runtime]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRuntime {
+    /// Worker threads serving traffic (the async runtime's workers); 0 means one per CPU
+    /// weir may run on (`std::thread::available_parallelism`, which honours CPU affinity
+    /// and cgroup quotas). Default 0. Range 0 to 1024. Read at start; not reloadable.
+    worker_threads: Option<Spanned<usize>>,
+}
+
 /// `[plugins]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,13 +145,14 @@ struct FilePlugins {
     /// Where compiled plugins are cached. Default: `$WEIR_CACHE_DIR`, else
     /// `$XDG_CACHE_HOME/weir`, else `~/.cache/weir`.
     cache_dir: Option<PathBuf>,
-    /// Deadline for one decision call. Default 2 ms.
-    call_timeout_ms: Option<FileDuration>,
+    /// Deadline for one decision call. Default 2 ms. Range 1 ms to 10 s.
+    call_timeout_ms: Option<Spanned<FileDuration>>,
     /// Deadline for `configure`, instantiation and `pool-changed` (where a plugin
-    /// rebuilds a ring or table). Default 250 ms. Read at start, like this whole table.
-    rebuild_timeout_ms: Option<FileDuration>,
-    /// Linear-memory limit for one plugin instance, in MiB. Default 16.
-    memory_limit_mib: Option<u32>,
+    /// rebuilds a ring or table). Default 250 ms. Range 1 ms to 60 s. Read at start, like
+    /// this whole table.
+    rebuild_timeout_ms: Option<Spanned<FileDuration>>,
+    /// Linear-memory limit for one plugin instance, in MiB. Default 16. Range 1 to 1024.
+    memory_limit_mib: Option<Spanned<u32>>,
 }
 
 /// `[[listener]]`.
@@ -118,18 +172,19 @@ struct FileListener {
     #[serde(default)]
     route: Vec<FileRoute>,
     /// Longest wait for a complete request head, and for the next request on an idle
-    /// keep-alive connection. Default 30 s.
-    header_read_timeout_ms: Option<FileDuration>,
+    /// keep-alive connection. Default 30 s. Range 1 ms to 7 days.
+    header_read_timeout_ms: Option<Spanned<FileDuration>>,
     /// Largest request head (request line plus headers) in bytes; larger gets 431.
-    /// Default 65536.
-    max_header_bytes: Option<usize>,
-    /// Most request headers; more gets 431. Default 100.
-    max_headers: Option<usize>,
+    /// Default 65536. Range 1024 to 1048576 (1 MiB).
+    max_header_bytes: Option<Spanned<usize>>,
+    /// Most request headers; more gets 431. Default 100. Range 1 to 10000.
+    max_headers: Option<Spanned<usize>>,
     /// A tunnel (WebSocket) with no bytes in either direction for this long is closed.
-    /// Default 1 h (HAProxy's usual `timeout tunnel`).
-    tunnel_idle_timeout_ms: Option<FileDuration>,
-    /// A tunnel is closed after this long whatever its traffic. Default: no limit.
-    tunnel_max_lifetime_ms: Option<FileDuration>,
+    /// Default 1 h (HAProxy's usual `timeout tunnel`). Range 1 ms to 7 days.
+    tunnel_idle_timeout_ms: Option<Spanned<FileDuration>>,
+    /// A tunnel is closed after this long whatever its traffic. Default: no limit. Range
+    /// 1 ms to 365 days.
+    tunnel_max_lifetime_ms: Option<Spanned<FileDuration>>,
 }
 
 fn default_protocol() -> ListenerProtocol {
@@ -163,21 +218,24 @@ struct FilePool {
     /// `"fallback"` or `"reject"`. Default `"fallback"`. Reloadable.
     #[serde(default)]
     on_plugin_error: OnPluginError,
-    /// TCP connect timeout to a backend. Default 3 s. Reloadable.
-    connect_timeout_ms: Option<FileDuration>,
-    /// Longest wait for a backend's response head. Default 60 s. Reloadable.
-    response_timeout_ms: Option<FileDuration>,
-    /// How long an idle upstream keep-alive connection is kept. Default 60 s. Reloadable.
-    idle_timeout_ms: Option<FileDuration>,
-    /// Most idle upstream connections kept per backend. Default 64. Reloadable.
-    max_idle_per_backend: Option<usize>,
+    /// TCP connect timeout to a backend. Default 3 s. Range 1 ms to 7 days. Reloadable.
+    connect_timeout_ms: Option<Spanned<FileDuration>>,
+    /// Longest wait for a backend's response head. Default 60 s. Range 1 ms to 7 days.
+    /// Reloadable.
+    response_timeout_ms: Option<Spanned<FileDuration>>,
+    /// How long an idle upstream keep-alive connection is kept. Default 60 s. Range 1 ms
+    /// to 7 days. Reloadable.
+    idle_timeout_ms: Option<Spanned<FileDuration>>,
+    /// Most idle upstream connections kept per backend. Default 64. Range 0 to 65535.
+    /// Reloadable.
+    max_idle_per_backend: Option<Spanned<usize>>,
     /// When a backend leaves the pool (reload) or weir shuts down, its WebSockets get a
     /// close frame `1001` each, spread evenly over this window so clients do not all
-    /// reconnect at once. Default 10 s. Reloadable.
-    drain_spread_ms: Option<FileDuration>,
+    /// reconnect at once. Default 10 s. Range 0 to 7 days. Reloadable.
+    drain_spread_ms: Option<Spanned<FileDuration>>,
     /// Tunnels of a drained backend still open this long after the drain began are cut.
-    /// At least `drain_spread_ms`. Default 30 s. Reloadable.
-    drain_deadline_ms: Option<FileDuration>,
+    /// At least `drain_spread_ms`. Default 30 s. Range 0 to 7 days. Reloadable.
+    drain_deadline_ms: Option<Spanned<FileDuration>>,
 }
 
 /// One backend.
@@ -186,10 +244,12 @@ struct FilePool {
 struct FileBackend {
     /// `ip:port` or `host:port` (resolved at load). Required.
     address: Spanned<String>,
-    /// Relative weight. Default 1; 0 takes no new work.
+    /// Relative weight. Default 1; 0 takes no new work. Any 32-bit value (0 to
+    /// 4294967295): plugins sum weights in 64 bits. Reloadable.
     #[serde(default = "one")]
     weight: u32,
-    /// Most open connections at once (0 or absent: no limit). Reloadable.
+    /// Most open connections at once (0 or absent: no limit); any 32-bit value, the width
+    /// of the live connection count it is compared with. Reloadable.
     #[serde(default)]
     max_connections: u32,
     /// Labels passed to plugins.
@@ -209,8 +269,11 @@ struct FilePluginRef {
     /// config file.
     plugin: Spanned<String>,
     /// The plugin's own options, handed to it as JSON. Default `{}`.
-    config: Option<toml::Table>,
+    config: Option<Spanned<PluginTable>>,
 }
+
+/// A plugin's `config` table, with the place of each key and value for errors.
+type PluginTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 // ---------------------------------------------------------------------------------------
 // The validated config.
@@ -220,12 +283,36 @@ struct FilePluginRef {
 pub struct Config {
     /// The file it came from, when it came from one.
     pub source: Option<PathBuf>,
+    /// Process settings.
+    pub runtime: RuntimeSettings,
     /// Plugin runtime settings.
     pub plugins: PluginSettings,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// Process settings, `[runtime]`. Read at start; a reload does not change them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// Worker threads of the async runtime, resolved: at least 1 (`0` in the file became
+    /// the number of CPUs weir may run on).
+    pub worker_threads: usize,
+}
+
+impl RuntimeSettings {
+    /// `worker_threads = 0`: one per CPU this process may run on (CPU affinity and cgroup
+    /// quotas honoured), 1 when that cannot be told.
+    pub fn available_cpus() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self { worker_threads: Self::available_cpus() }
+    }
 }
 
 /// Plugin runtime settings.
@@ -303,9 +390,11 @@ impl Route {
             let host = strip_port(host);
             let ok = match want.strip_prefix("*.") {
                 Some(suffix) => {
-                    host.len() > suffix.len() + 1
-                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    // Bytes, not `str` slices: a cut inside a multi-byte character would panic.
+                    let (h, s) = (host.as_bytes(), suffix.as_bytes());
+                    h.len() > s.len() + 1
+                        && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+                        && h[h.len() - s.len() - 1] == b'.'
                 }
                 None => host.eq_ignore_ascii_case(want),
             };
@@ -385,12 +474,14 @@ pub struct PluginRef {
     pub config_json: String,
     /// Where the file names it (for errors found when the plugin is loaded).
     pub at: Option<Location>,
+    /// Where the file writes its `config` (for a plugin that refuses it), if it does.
+    pub config_at: Option<Location>,
 }
 
 impl PluginRef {
     /// A pack plugin with no options, named nowhere in a file.
     pub fn pack(name: &str) -> Self {
-        Self { source: PluginSource::Pack(name.to_owned()), config_json: "{}".to_owned(), at: None }
+        Self { source: PluginSource::Pack(name.to_owned()), config_json: "{}".to_owned(), at: None, config_at: None }
     }
 }
 
@@ -458,7 +549,13 @@ impl std::fmt::Display for PluginSource {
 impl Config {
     /// A config with no listener and no pool, and default settings.
     pub fn empty() -> Self {
-        Self { source: None, plugins: PluginSettings::default(), listeners: Vec::new(), pools: BTreeMap::new() }
+        Self {
+            source: None,
+            runtime: RuntimeSettings::default(),
+            plugins: PluginSettings::default(),
+            listeners: Vec::new(),
+            pools: BTreeMap::new(),
+        }
     }
 
     /// Reads and validates a config file.
@@ -473,7 +570,8 @@ impl Config {
         let cx = Cx { text, file: path.map_or_else(|| "<inline>".to_owned(), |p| p.display().to_string()) };
         let de = toml::Deserializer::parse(text).map_err(|e| cx.toml_error(&e, String::new()))?;
         let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            // A `Spanned` value shows as a private field in the path: not a key of the file.
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let key = if key == "." { String::new() } else { key };
             cx.toml_error(e.inner(), key)
         })?;
@@ -499,24 +597,83 @@ impl Cx<'_> {
     }
 
     fn location(&self, span: Option<Range<usize>>, key: String) -> Location {
-        let offset = span.map_or(0, |s| s.start).min(self.text.len());
+        let (line, column) = self.position(span.map_or(0, |s| s.start));
+        Location { file: self.file.clone(), line, column, key }
+    }
+
+    /// The 1-based line and column (in characters) of a byte offset of the text.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        Location { file: self.file.clone(), line, column, key }
+        (line, column)
     }
 
     fn spanned<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         self.at(Some(value.span()), key.into(), message.into())
     }
 
+    /// The value of a duration key, if given, checked against its range.
+    fn duration(
+        &self,
+        value: Option<&Spanned<FileDuration>>,
+        key: impl FnOnce() -> String,
+        range: RangeInclusive<Duration>,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let Some(value) = value else { return Ok(None) };
+        let d = value.get_ref().0;
+        if range.contains(&d) {
+            return Ok(Some(d));
+        }
+        let (lo, hi) = (duration::human(*range.start()), duration::human(*range.end()));
+        Err(self.spanned(value, key(), format!("{} is out of range ({lo} to {hi})", duration::human(d))))
+    }
+
+    /// The value of a numeric key, if given, checked against its range.
+    fn number<T: Copy + PartialOrd + std::fmt::Display>(
+        &self,
+        value: Option<&Spanned<T>>,
+        key: impl FnOnce() -> String,
+        range: RangeInclusive<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(value) = value else { return Ok(None) };
+        let n = *value.get_ref();
+        if range.contains(&n) {
+            return Ok(Some(n));
+        }
+        Err(self.spanned(value, key(), format!("{n} is out of range ({} to {})", range.start(), range.end())))
+    }
+
     fn validate(&self, file: FileConfig, base: &Path, source: Option<&Path>) -> Result<Config, ConfigError> {
+        let worker_threads = self
+            .number(file.runtime.worker_threads.as_ref(), || "runtime.worker_threads".into(), bounds::WORKER_THREADS)?
+            .unwrap_or(0);
+        let runtime = RuntimeSettings {
+            worker_threads: if worker_threads == 0 { RuntimeSettings::available_cpus() } else { worker_threads },
+        };
+
         let defaults = PluginSettings::default();
+        let p = &file.plugins;
         let plugins = PluginSettings {
-            cache_dir: file.plugins.cache_dir.map(|d| base.join(d)),
-            call_timeout: file.plugins.call_timeout_ms.map_or(defaults.call_timeout, |d| d.0),
-            rebuild_timeout: file.plugins.rebuild_timeout_ms.map_or(defaults.rebuild_timeout, |d| d.0),
-            memory_limit: file.plugins.memory_limit_mib.map_or(defaults.memory_limit, |m| (m as usize) << 20),
+            cache_dir: p.cache_dir.as_ref().map(|d| base.join(d)),
+            call_timeout: self
+                .duration(p.call_timeout_ms.as_ref(), || "plugins.call_timeout_ms".into(), bounds::CALL_TIMEOUT)?
+                .unwrap_or(defaults.call_timeout),
+            rebuild_timeout: self
+                .duration(
+                    p.rebuild_timeout_ms.as_ref(),
+                    || "plugins.rebuild_timeout_ms".into(),
+                    bounds::REBUILD_TIMEOUT,
+                )?
+                .unwrap_or(defaults.rebuild_timeout),
+            // At most 1024 MiB: 2^30 bytes, which fits a 32-bit usize too.
+            memory_limit: self
+                .number(p.memory_limit_mib.as_ref(), || "plugins.memory_limit_mib".into(), bounds::MEMORY_LIMIT_MIB)?
+                .map_or(defaults.memory_limit, |m| (m as usize) << 20),
         };
 
         let mut pools = BTreeMap::new();
@@ -542,14 +699,46 @@ impl Cx<'_> {
                 Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"))?,
                 None => PluginRef::pack("round-robin"),
             };
-            let drain_spread = pool.drain_spread_ms.map_or(Duration::from_secs(10), |d| d.0);
-            let drain_deadline = pool.drain_deadline_ms.map_or(Duration::from_secs(30), |d| d.0);
-            if drain_deadline < drain_spread {
-                return Err(self.at(
-                    None,
-                    format!("{key}.drain_deadline_ms"),
-                    format!("{drain_deadline:?} is shorter than drain_spread_ms ({drain_spread:?})"),
-                ));
+            let timeout = |value: &Option<Spanned<FileDuration>>, name: &str, default: Duration| {
+                Ok::<_, ConfigError>(
+                    self.duration(value.as_ref(), || format!("{key}.{name}"), bounds::TIMEOUT)?.unwrap_or(default),
+                )
+            };
+            let connect_timeout = timeout(&pool.connect_timeout_ms, "connect_timeout_ms", Duration::from_secs(3))?;
+            let response_timeout = timeout(&pool.response_timeout_ms, "response_timeout_ms", Duration::from_secs(60))?;
+            let idle_timeout = timeout(&pool.idle_timeout_ms, "idle_timeout_ms", Duration::from_secs(60))?;
+            let max_idle_per_backend = self
+                .number(
+                    pool.max_idle_per_backend.as_ref(),
+                    || format!("{key}.max_idle_per_backend"),
+                    bounds::MAX_IDLE_PER_BACKEND,
+                )?
+                .unwrap_or(64);
+            let drain_spread = self
+                .duration(pool.drain_spread_ms.as_ref(), || format!("{key}.drain_spread_ms"), bounds::DRAIN)?
+                .unwrap_or(Duration::from_secs(10));
+            let drain_deadline = self
+                .duration(pool.drain_deadline_ms.as_ref(), || format!("{key}.drain_deadline_ms"), bounds::DRAIN)?
+                .unwrap_or(Duration::from_secs(30));
+            // Blame the key written: the deadline when given, else the spread (then longer
+            // than the default deadline; the two defaults agree).
+            let (spread, deadline) = (duration::human(drain_spread), duration::human(drain_deadline));
+            match (&pool.drain_deadline_ms, &pool.drain_spread_ms) {
+                (Some(d), _) if drain_deadline < drain_spread => {
+                    return Err(self.spanned(
+                        d,
+                        format!("{key}.drain_deadline_ms"),
+                        format!("{deadline} is shorter than drain_spread_ms ({spread})"),
+                    ));
+                }
+                (None, Some(s)) if drain_deadline < drain_spread => {
+                    return Err(self.spanned(
+                        s,
+                        format!("{key}.drain_spread_ms"),
+                        format!("{spread} is longer than drain_deadline_ms ({deadline}, its default); set both"),
+                    ));
+                }
+                _ => {}
             }
             let affinity = match pool.affinity {
                 Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"))?),
@@ -563,10 +752,10 @@ impl Cx<'_> {
                     balancer,
                     affinity,
                     on_plugin_error: pool.on_plugin_error,
-                    connect_timeout: pool.connect_timeout_ms.map_or(Duration::from_secs(3), |d| d.0),
-                    response_timeout: pool.response_timeout_ms.map_or(Duration::from_secs(60), |d| d.0),
-                    idle_timeout: pool.idle_timeout_ms.map_or(Duration::from_secs(60), |d| d.0),
-                    max_idle_per_backend: pool.max_idle_per_backend.unwrap_or(64),
+                    connect_timeout,
+                    response_timeout,
+                    idle_timeout,
+                    max_idle_per_backend,
                     drain_spread,
                     drain_deadline,
                 },
@@ -599,61 +788,91 @@ impl Cx<'_> {
                     pool: pool_exists(&r.pool, format!("{key}.route[{j}].pool"))?,
                 });
             }
+            let header_read_timeout = self
+                .duration(
+                    l.header_read_timeout_ms.as_ref(),
+                    || format!("{key}.header_read_timeout_ms"),
+                    bounds::TIMEOUT,
+                )?
+                .unwrap_or(Duration::from_secs(30));
+            let max_header_bytes = self
+                .number(l.max_header_bytes.as_ref(), || format!("{key}.max_header_bytes"), bounds::MAX_HEADER_BYTES)?
+                .unwrap_or(64 << 10);
+            let max_headers = self
+                .number(l.max_headers.as_ref(), || format!("{key}.max_headers"), bounds::MAX_HEADERS)?
+                .unwrap_or(100);
+            let tunnels = TunnelLimits {
+                idle_timeout: self
+                    .duration(
+                        l.tunnel_idle_timeout_ms.as_ref(),
+                        || format!("{key}.tunnel_idle_timeout_ms"),
+                        bounds::TIMEOUT,
+                    )?
+                    .unwrap_or(Duration::from_secs(3600)),
+                max_lifetime: self.duration(
+                    l.tunnel_max_lifetime_ms.as_ref(),
+                    || format!("{key}.tunnel_max_lifetime_ms"),
+                    bounds::TUNNEL_MAX_LIFETIME,
+                )?,
+            };
             listeners.push(ListenerConfig {
                 name: l.name.unwrap_or_else(|| format!("listener-{i}")),
                 listen,
                 protocol: l.protocol,
                 pool,
                 routes,
-                header_read_timeout: l.header_read_timeout_ms.map_or(Duration::from_secs(30), |d| d.0),
-                max_header_bytes: l.max_header_bytes.unwrap_or(64 << 10),
-                max_headers: l.max_headers.unwrap_or(100),
-                tunnels: TunnelLimits {
-                    idle_timeout: l.tunnel_idle_timeout_ms.map_or(Duration::from_secs(3600), |d| d.0),
-                    max_lifetime: l.tunnel_max_lifetime_ms.map(|d| d.0),
-                },
+                header_read_timeout,
+                max_header_bytes,
+                max_headers,
+                tunnels,
             });
         }
-        Ok(Config { source: source.map(Path::to_path_buf), plugins, listeners, pools })
+        Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, listeners, pools })
     }
 
     fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str) -> Result<PluginRef, ConfigError> {
         let source = PluginSource::parse(p.plugin.get_ref(), base);
         let at = self.location(Some(p.plugin.span()), format!("{key}.plugin"));
-        let config_json = match p.config {
-            Some(mut t) => {
-                self.read_file_keys(&mut t, base, &format!("{key}.config"))?;
-                serde_json::to_string(&t).map_err(|e| self.at(None, format!("{key}.config"), e.to_string()))?
-            }
-            None => "{}".to_owned(),
-        };
-        Ok(PluginRef { source, config_json, at: Some(at) })
+        let config_at = p.config.as_ref().map(|c| self.location(Some(c.span()), format!("{key}.config")));
+        let config_json = self.plugin_config(p.config, base, &format!("{key}.config"))?;
+        Ok(PluginRef { source, config_json, at: Some(at), config_at })
     }
 }
 
 impl Cx<'_> {
-    /// Replaces each `NAME_file = "path"` of a plugin's config with `NAME = "<the file's
-    /// contents>"` (trailing whitespace trimmed), the `_FILE` convention of container
-    /// secrets: a plugin cannot read files (it is granted none), and a secret such as the
-    /// `cookie` plugin's signing key belongs in a file of its own, not in the config. The
-    /// path is relative to the config file.
-    fn read_file_keys(&self, table: &mut toml::Table, base: &Path, key: &str) -> Result<(), ConfigError> {
-        let files: Vec<String> = table.keys().filter(|k| k.ends_with("_file")).cloned().collect();
-        for file_key in files {
-            let name = file_key.trim_end_matches("_file").to_owned();
-            let at = format!("{key}.{file_key}");
-            let Some(toml::Value::String(path)) = table.remove(&file_key) else {
-                return Err(self.at(None, at, "expected a path (a string)".into()));
+    /// A plugin's `config` as the JSON handed to it. Each `NAME_file = "path"` is replaced
+    /// with `NAME = "<the file's contents>"` (trailing whitespace trimmed), the `_FILE`
+    /// convention of container secrets: a plugin cannot read files (it is granted none),
+    /// and a secret such as the `cookie` plugin's signing key belongs in a file of its
+    /// own, not in the config. The path is relative to the config file.
+    fn plugin_config(
+        &self,
+        config: Option<Spanned<PluginTable>>,
+        base: &Path,
+        key: &str,
+    ) -> Result<String, ConfigError> {
+        let Some(config) = config else { return Ok("{}".to_owned()) };
+        let span = config.span();
+        let entries = config.into_inner();
+        let mut table = toml::Table::new();
+        for (k, v) in &entries {
+            let Some(name) = k.get_ref().strip_suffix("_file") else {
+                table.insert(k.get_ref().clone(), v.get_ref().clone());
+                continue;
             };
-            if table.contains_key(&name) {
-                return Err(self.at(None, at, format!("give either `{name}` or `{file_key}`, not both")));
+            let at = format!("{key}.{}", k.get_ref());
+            let toml::Value::String(path) = v.get_ref() else {
+                return Err(self.spanned(v, at, "expected a path (a string)"));
+            };
+            if entries.keys().any(|other| other.get_ref() == name) {
+                return Err(self.spanned(k, at, format!("give either `{name}` or `{}`, not both", k.get_ref())));
             }
             let path = base.join(path);
             let text = std::fs::read_to_string(&path)
-                .map_err(|e| self.at(None, at, format!("cannot read {}: {e}", path.display())))?;
-            table.insert(name, toml::Value::String(text.trim_end().to_owned()));
+                .map_err(|e| self.spanned(v, at, format!("cannot read {}: {e}", path.display())))?;
+            table.insert(name.to_owned(), toml::Value::String(text.trim_end().to_owned()));
         }
-        Ok(())
+        serde_json::to_string(&table).map_err(|e| self.at(Some(span), key.to_owned(), e.to_string()))
     }
 }
 

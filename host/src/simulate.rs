@@ -81,7 +81,7 @@ impl Sim {
         let pool = PoolConfig {
             name: POOL.into(),
             backends: backends.iter().map(|b| fake_backend(&mut next_address, *b)).collect(),
-            balancer: PluginRef { source, config_json: value.to_string(), at: None },
+            balancer: PluginRef { source, config_json: value.to_string(), at: None, config_at: None },
             affinity: None,
             on_plugin_error: OnPluginError::Reject,
             connect_timeout: Duration::from_secs(1),

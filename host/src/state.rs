@@ -169,8 +169,16 @@ impl Pool {
         let host: Arc<dyn PoolHost> = view.clone();
         let reusable = |was: &PluginRef, now: &PluginRef| was == now && matches!(now.source, PluginSource::Pack(_));
         let failed = |role: &'static str, plugin: &PluginRef| {
-            let (pool, at, plugin) = (name.to_string(), plugin.at.clone().map(Box::new), plugin.source.to_string());
-            move |source| BuildError::Plugin { pool, role, plugin, at, source }
+            let (pool, at, config_at) = (name.to_string(), plugin.at.clone(), plugin.config_at.clone());
+            let plugin = plugin.source.to_string();
+            move |source: LoadError| {
+                // A refused config is blamed on the `config` the file writes (if it does).
+                let at = match &source {
+                    LoadError::InvalidConfig(_) | LoadError::Configure { .. } => config_at.or(at),
+                    _ => at,
+                };
+                BuildError::Plugin { pool, role, plugin, at: at.map(Box::new), source }
+            }
         };
         let balancer = match old {
             Some(o) if reusable(&o.config.balancer, &config.balancer) => o.balancer.clone(),

@@ -41,3 +41,92 @@ fn inspect_reports_the_world_of_a_pack_plugin() {
     assert!(stdout.contains("world:   balancer-plugin"), "{stdout}");
     assert!(stdout.contains("weir:plugin/pool@0.1.0"), "{stdout}");
 }
+
+/// Writes `text` as `weir.toml` in a new directory and runs `weir check` on it.
+fn check(text: &str) -> (bool, String, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    let (ok, stdout, stderr) = weir(&["check", "--config", path.to_str().unwrap()]);
+    (ok, stdout, stderr.replace(&path.display().to_string(), "weir.toml"), dir)
+}
+
+#[test]
+fn check_blames_a_refused_plugin_config_on_its_key_and_line() {
+    let head = format!(
+        "[plugins]\ncache_dir = {:?}\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n",
+        crate::support::cache_dir().display().to_string()
+    );
+    // The header form: the error is at the `[pool.p.balancer.config]` table (line 12).
+    let text =
+        format!("{head}[pool.p.balancer]\nplugin = \"consistent-hash\"\n[pool.p.balancer.config]\npoints = \"x\"\n");
+    let (ok, _, stderr, _dir) = check(&text);
+    assert!(!ok);
+    assert!(stderr.contains("error: weir.toml:12:1: pool.p.balancer.config: "), "{stderr}");
+    assert!(stderr.contains("unknown field `points`"), "{stderr}");
+    // Inline: at the `config` value.
+    let text = format!("{head}affinity = {{ plugin = \"cookie\", config = {{ same_site = \"Sometimes\" }} }}\n");
+    let (ok, _, stderr, _dir) = check(&text);
+    assert!(!ok);
+    assert!(stderr.contains("error: weir.toml:10:42: pool.p.affinity.config: "), "{stderr}");
+}
+
+#[test]
+fn check_blames_a_plugin_file_that_is_no_component_on_its_plugin_key() {
+    let text = format!(
+        "[plugins]\ncache_dir = {:?}\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\nbalancer = {{ plugin = \"weir.toml\" }}\n",
+        crate::support::cache_dir().display().to_string()
+    )
+    .replace("\"weir.toml\"", "\"./weir.toml\"");
+    let (ok, _, stderr, _dir) = check(&text);
+    assert!(!ok);
+    assert!(stderr.contains("error: weir.toml:10:23: pool.p.balancer.plugin: "), "{stderr}");
+}
+
+#[test]
+fn check_refuses_an_out_of_range_duration_at_its_place() {
+    let (ok, _, stderr, _dir) = check(
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\nheader_read_timeout_ms = \"10000000000000000000s\"\n\n[pool.p]\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("error: weir.toml:4:26: listener[0].header_read_timeout_ms: ")
+            && stderr.contains("is out of range (1 ms to 7 days)"),
+        "{stderr}"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn run_starts_as_many_worker_threads_as_the_runtime_table_says() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[runtime]\nworker_threads = 3\n\n[plugins]\ncache_dir = {:?}\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n",
+            crate::support::cache_dir().display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let workers = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before running");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["fields"]["message"] == "weir is running" {
+            break v["fields"]["worker_threads"].as_u64();
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(workers, Some(3), "{line}");
+}

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_debug_implementations)]
 
 mod affinity;
+mod bounds;
 mod cli;
 mod control;
 mod drain;

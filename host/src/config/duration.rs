@@ -33,19 +33,51 @@ impl<'de> serde::Deserialize<'de> for FileDuration {
     }
 }
 
-/// Parses `"250ms"`, `"2s"`, `"1.5m"`, `"1h"`.
+/// Parses `"250ms"`, `"2s"`, `"1.5m"`, `"1h"`, exactly (decimal, to the nanosecond; not
+/// through a float, which would turn `"4209957952ms"` into 4209957.952000001 s).
 pub(super) fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as \"2s\""))?;
-    let scale = match unit.trim() {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "us" | "µs" => 1e-6,
+    let not_a_duration = || format!("`{text}` is not a duration such as \"2s\"");
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+        return Err(not_a_duration());
+    }
+    let unit_nanos: u128 = match unit.trim() {
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => return Err(format!("`{text}`: unit must be one of us, ms, s, m, h")),
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("`{text}`: {e}"))
+    let too_long = || format!("`{text}` is too long a duration");
+    // Digits past the 18th of a fraction are below a nanosecond of any unit.
+    let frac = &frac[..frac.len().min(18)];
+    let digits = |d: &str| if d.is_empty() { Ok(0) } else { d.parse::<u128>().map_err(|_| too_long()) };
+    let (whole, part) = (digits(int)?, digits(frac)?);
+    let part = part * unit_nanos / 10u128.pow(frac.len() as u32);
+    let nanos = whole.checked_mul(unit_nanos).and_then(|n| n.checked_add(part)).ok_or_else(too_long)?;
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+/// A duration for messages, in the largest unit that divides it: `7 days`, `90 s`,
+/// `250 ms`, else as `Debug` shows it (`1.5ms`).
+pub(super) fn human(d: Duration) -> String {
+    if d.is_zero() {
+        return "0 ms".to_owned();
+    }
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{d:?}");
+    }
+    let ms = d.as_millis();
+    for (unit, size) in [("days", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1_000)] {
+        if ms.is_multiple_of(size) {
+            let n = ms / size;
+            return if unit == "days" && n == 1 { "1 day".to_owned() } else { format!("{n} {unit}") };
+        }
+    }
+    format!("{ms} ms")
 }

@@ -101,3 +101,607 @@ fn routes_match_host_and_path_segments() {
     assert!(!r.matches(Some("a.example.com"), "/apix"));
     assert!(!r.matches(None, "/api"));
 }
+
+/// A config with `extra` lines added to `[runtime]`, `[plugins]`, the listener or the
+/// pool (by `table`); the added lines start at line 1 of that table's body, which is
+/// `line` of the whole text.
+fn with_key(table: &str, lines: &str) -> (String, usize) {
+    let mut text = String::new();
+    let mut line = 0;
+    for (name, header) in [
+        ("runtime", "[runtime]"),
+        ("plugins", "[plugins]"),
+        ("listener", "[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\""),
+        ("pool", "[pool.p]\nbackends = [{ address = \"127.0.0.1:1\" }]"),
+    ] {
+        text.push_str(header);
+        text.push('\n');
+        if name == table {
+            line = text.matches('\n').count() + 1;
+            text.push_str(lines);
+            text.push('\n');
+        }
+        text.push('\n');
+    }
+    (text, line)
+}
+
+/// One ranged key: where it lives, its bounds as written in the file, the values just
+/// outside them (when the type allows any), and how to read it back from a `Config`.
+struct Ranged {
+    table: &'static str,
+    key: &'static str,
+    path: &'static str,
+    min: &'static str,
+    max: &'static str,
+    below: Option<&'static str>,
+    above: &'static str,
+    /// Other lines the table needs for `min`/`max` to be valid (the drain pair).
+    with: &'static str,
+    read: fn(&Config) -> u128,
+}
+
+const WEEK_MS: &str = "604800000";
+const WEEK_MS_PLUS: &str = "604800001";
+
+fn ranged() -> Vec<Ranged> {
+    fn ms(d: Duration) -> u128 {
+        d.as_millis()
+    }
+    vec![
+        Ranged {
+            table: "runtime",
+            key: "worker_threads",
+            path: "runtime.worker_threads",
+            min: "1",
+            max: "1024",
+            below: None,
+            above: "1025",
+            with: "",
+            read: |c| c.runtime.worker_threads as u128,
+        },
+        Ranged {
+            table: "plugins",
+            key: "call_timeout_ms",
+            path: "plugins.call_timeout_ms",
+            min: "1",
+            max: "\"10s\"",
+            below: Some("\"999us\""),
+            above: "10001",
+            with: "",
+            read: |c| ms(c.plugins.call_timeout),
+        },
+        Ranged {
+            table: "plugins",
+            key: "rebuild_timeout_ms",
+            path: "plugins.rebuild_timeout_ms",
+            min: "\"1ms\"",
+            max: "60000",
+            below: Some("0"),
+            above: "\"60.001s\"",
+            with: "",
+            read: |c| ms(c.plugins.rebuild_timeout),
+        },
+        Ranged {
+            table: "plugins",
+            key: "memory_limit_mib",
+            path: "plugins.memory_limit_mib",
+            min: "1",
+            max: "1024",
+            below: Some("0"),
+            above: "1025",
+            with: "",
+            read: |c| (c.plugins.memory_limit >> 20) as u128,
+        },
+        Ranged {
+            table: "listener",
+            key: "header_read_timeout_ms",
+            path: "listener[0].header_read_timeout_ms",
+            min: "1",
+            max: WEEK_MS,
+            below: Some("0"),
+            above: WEEK_MS_PLUS,
+            with: "",
+            read: |c| ms(c.listeners[0].header_read_timeout),
+        },
+        Ranged {
+            table: "listener",
+            key: "max_header_bytes",
+            path: "listener[0].max_header_bytes",
+            min: "1024",
+            max: "1048576",
+            below: Some("1023"),
+            above: "1048577",
+            with: "",
+            read: |c| c.listeners[0].max_header_bytes as u128,
+        },
+        Ranged {
+            table: "listener",
+            key: "max_headers",
+            path: "listener[0].max_headers",
+            min: "1",
+            max: "10000",
+            below: Some("0"),
+            above: "10001",
+            with: "",
+            read: |c| c.listeners[0].max_headers as u128,
+        },
+        Ranged {
+            table: "listener",
+            key: "tunnel_idle_timeout_ms",
+            path: "listener[0].tunnel_idle_timeout_ms",
+            min: "1",
+            max: WEEK_MS,
+            below: Some("0"),
+            above: WEEK_MS_PLUS,
+            with: "",
+            read: |c| ms(c.listeners[0].tunnels.idle_timeout),
+        },
+        Ranged {
+            table: "listener",
+            key: "tunnel_max_lifetime_ms",
+            path: "listener[0].tunnel_max_lifetime_ms",
+            min: "1",
+            max: "31536000000",
+            below: Some("0"),
+            above: "31536000001",
+            with: "",
+            read: |c| c.listeners[0].tunnels.max_lifetime.map_or(0, ms),
+        },
+        Ranged {
+            table: "pool",
+            key: "connect_timeout_ms",
+            path: "pool.p.connect_timeout_ms",
+            min: "1",
+            max: WEEK_MS,
+            below: Some("0"),
+            above: WEEK_MS_PLUS,
+            with: "",
+            read: |c| ms(c.pools["p"].connect_timeout),
+        },
+        Ranged {
+            table: "pool",
+            key: "response_timeout_ms",
+            path: "pool.p.response_timeout_ms",
+            min: "1",
+            max: WEEK_MS,
+            below: Some("0"),
+            above: WEEK_MS_PLUS,
+            with: "",
+            read: |c| ms(c.pools["p"].response_timeout),
+        },
+        Ranged {
+            table: "pool",
+            key: "idle_timeout_ms",
+            path: "pool.p.idle_timeout_ms",
+            min: "1",
+            max: WEEK_MS,
+            below: Some("0"),
+            above: WEEK_MS_PLUS,
+            with: "",
+            read: |c| ms(c.pools["p"].idle_timeout),
+        },
+        Ranged {
+            table: "pool",
+            key: "max_idle_per_backend",
+            path: "pool.p.max_idle_per_backend",
+            min: "0",
+            max: "65535",
+            below: None,
+            above: "65536",
+            with: "",
+            read: |c| c.pools["p"].max_idle_per_backend as u128,
+        },
+        Ranged {
+            table: "pool",
+            key: "drain_spread_ms",
+            path: "pool.p.drain_spread_ms",
+            min: "0",
+            max: WEEK_MS,
+            below: None,
+            above: WEEK_MS_PLUS,
+            with: "drain_deadline_ms = 604800000",
+            read: |c| ms(c.pools["p"].drain_spread),
+        },
+        Ranged {
+            table: "pool",
+            key: "drain_deadline_ms",
+            path: "pool.p.drain_deadline_ms",
+            min: "0",
+            max: WEEK_MS,
+            below: None,
+            above: WEEK_MS_PLUS,
+            with: "drain_spread_ms = 0",
+            read: |c| ms(c.pools["p"].drain_deadline),
+        },
+    ]
+}
+
+/// The number a bound written in the file stands for (milliseconds for durations).
+fn written(value: &str) -> u128 {
+    let v = value.trim_matches('"');
+    if let Some(ms) = v.strip_suffix("ms") {
+        ms.parse().unwrap()
+    } else if let Some(s) = v.strip_suffix('s') {
+        s.parse::<u128>().unwrap() * 1000
+    } else {
+        v.parse().unwrap()
+    }
+}
+
+#[test]
+fn every_bound_is_accepted_and_read_back() {
+    for r in ranged() {
+        for value in [r.min, r.max] {
+            let (text, _) = with_key(r.table, &format!("{} = {value}\n{}", r.key, r.with));
+            let config = Config::parse(&text, None).unwrap_or_else(|e| panic!("{} = {value}: {e}", r.key));
+            assert_eq!((r.read)(&config), written(value), "{} = {value}", r.key);
+        }
+    }
+}
+
+#[test]
+fn every_value_out_of_range_is_refused_at_its_place() {
+    for r in ranged() {
+        for value in r.below.into_iter().chain([r.above]) {
+            let (text, line) = with_key(r.table, &format!("{} = {value}\n{}", r.key, r.with));
+            let (l, column, key, message) = invalid(&text);
+            let want_column = r.key.len() + 4;
+            assert_eq!((l, column, key.as_str()), (line, want_column, r.path), "{} = {value}: {message}", r.key);
+            assert!(message.contains("is out of range ("), "{} = {value}: {message}", r.key);
+        }
+    }
+}
+
+#[test]
+fn bounds_are_said_in_the_unit_of_the_key() {
+    let (text, _) = with_key("pool", "connect_timeout_ms = 604800001");
+    let (_, _, _, message) = invalid(&text);
+    assert_eq!(message, "604800001 ms is out of range (1 ms to 7 days)");
+    let (text, _) = with_key("plugins", "call_timeout_ms = \"500us\"");
+    assert_eq!(invalid(&text).3, "500µs is out of range (1 ms to 10 s)");
+    let (text, _) = with_key("listener", "max_headers = 0");
+    assert_eq!(invalid(&text).3, "0 is out of range (1 to 10000)");
+}
+
+#[test]
+fn values_past_any_clock_are_refused_not_wrapped() {
+    // u64::MAX milliseconds once reached hyper's `Instant + Duration` and panicked there.
+    for value in ["18446744073709551615", "9223372036854775807", "\"5000000000h\"", "\"1e3s\""] {
+        for (table, key) in [("listener", "header_read_timeout_ms"), ("pool", "drain_deadline_ms")] {
+            let (text, line) = with_key(table, &format!("{key} = {value}"));
+            let (l, _, k, message) = invalid(&text);
+            assert_eq!(l, line, "{key} = {value}: {message}");
+            assert!(k.ends_with(key), "{k}");
+        }
+    }
+    let (text, line) = with_key("plugins", "memory_limit_mib = 4294967295");
+    assert_eq!(invalid(&text).0, line);
+}
+
+#[test]
+fn worker_threads_zero_is_the_cpus_weir_may_use() {
+    let (text, _) = with_key("runtime", "worker_threads = 0");
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(Config::parse(&text, None).unwrap().runtime.worker_threads, cpus);
+    let (text, _) = with_key("runtime", "");
+    assert_eq!(Config::parse(&text, None).unwrap().runtime.worker_threads, cpus, "the default");
+    let (text, _) = with_key("runtime", "worker_threads = 16");
+    assert_eq!(Config::parse(&text, None).unwrap().runtime.worker_threads, 16);
+    let (text, line) = with_key("runtime", "worker_threads = -1");
+    assert_eq!(invalid(&text).0, line);
+}
+
+#[test]
+fn a_drain_deadline_shorter_than_its_spread_names_the_key_written() {
+    let (text, line) = with_key("pool", "drain_spread_ms = \"20s\"\ndrain_deadline_ms = \"15s\"");
+    let (l, column, key, message) = invalid(&text);
+    assert_eq!((l, column, key.as_str()), (line + 1, 21, "pool.p.drain_deadline_ms"));
+    assert_eq!(message, "15 s is shorter than drain_spread_ms (20 s)");
+    // Only the spread written: it is the one longer than the default deadline (30 s).
+    let (text, line) = with_key("pool", "drain_spread_ms = \"1m\"");
+    let (l, column, key, message) = invalid(&text);
+    assert_eq!((l, column, key.as_str()), (line, 19, "pool.p.drain_spread_ms"));
+    assert!(message.contains("1 min is longer than drain_deadline_ms (30 s, its default)"), "{message}");
+}
+
+#[test]
+fn a_spanned_key_with_a_bad_type_names_the_key_only() {
+    let (text, line) = with_key("listener", "max_headers = \"many\"");
+    let (l, column, key, _) = invalid(&text);
+    assert_eq!((l, column, key.as_str()), (line, 15, "listener[0].max_headers"));
+}
+
+/// A pool whose affinity plugin's config is `config`, written in the header form
+/// (`[pool.p.affinity.config]` from line 5) or inline (line 4).
+fn with_plugin_config(config: &str, header_form: bool) -> String {
+    let head =
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n[pool.p]\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    if header_form {
+        format!("{head}[pool.p.affinity]\nplugin = \"cookie\"\n[pool.p.affinity.config]\n{config}\n")
+    } else {
+        format!("{head}affinity = {{ plugin = \"cookie\", config = {{ {config} }} }}\n")
+    }
+}
+
+#[test]
+fn file_keys_of_plugin_configs_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir = dir.path().join("weir.toml");
+    std::fs::write(dir.path().join("key"), "0123456789abcdef\n").unwrap();
+    let parse = |text: &str| Config::parse(text, Some(&weir));
+
+    let ok = parse(&with_plugin_config("key_file = \"key\"", true)).unwrap();
+    assert_eq!(ok.pools["p"].affinity.as_ref().unwrap().config_json, r#"{"key":"0123456789abcdef"}"#);
+
+    // (config, header form) -> (line, column, key, message)
+    let cases = [
+        (("key_file = 3", true), (9, 12, "key_file", "expected a path (a string)")),
+        (("name = \"A\", key_file = 3", false), (6, 67, "key_file", "expected a path (a string)")),
+        (("key = \"k\"\nkey_file = \"key\"", true), (10, 1, "key_file", "give either `key` or `key_file`, not both")),
+        (("key_file = \"missing\"", true), (9, 12, "key_file", "cannot read ")),
+        (("key_file = \"missing\"", false), (6, 55, "key_file", "cannot read ")),
+    ];
+    for ((config, header_form), (line, column, key, message)) in cases {
+        let text = with_plugin_config(config, header_form);
+        match parse(&text) {
+            Err(ConfigError::Invalid { line: l, column: c, key: k, message: m, .. }) => {
+                assert_eq!(
+                    (l, c, k.as_str()),
+                    (line, column, &*format!("pool.p.affinity.config.{key}")),
+                    "{text}\n{m}"
+                );
+                assert!(m.starts_with(message), "{m}");
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn plugins_keep_where_their_config_is_written() {
+    let text = "[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.p.affinity]\nplugin = \"cookie\"\nconfig = { name = \"A\" }\n";
+    let c = Config::parse(text, Some(Path::new("weir.toml"))).unwrap();
+    let affinity = c.pools["p"].affinity.as_ref().unwrap();
+    let place = |l: &Location| (l.file.clone(), l.line, l.column, l.key.clone());
+    let want = |line, key: &str| ("weir.toml".to_owned(), line, 10, key.to_owned());
+    assert_eq!(place(affinity.at.as_ref().unwrap()), want(8, "pool.p.affinity.plugin"));
+    assert_eq!(place(affinity.config_at.as_ref().unwrap()), want(9, "pool.p.affinity.config"));
+    // The default balancer is written nowhere.
+    assert!(c.pools["p"].balancer.config_at.is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// Property tests: no input makes a parser panic.
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A value as TOML text: numbers of every size and sign, durations with and without
+    /// units, strings, booleans, arrays, inline tables.
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..2_000_000).prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            (
+                "[0-9]{0,22}(\\.[0-9]{0,12})?",
+                prop::sample::select(vec!["", "us", "µs", "ms", "s", "m", "h", "d", " s", "x"])
+            )
+                .prop_map(|(n, u)| format!("\"{n}{u}\"")),
+            prop::sample::select(vec![
+                "\"127.0.0.1:0\"",
+                "\"[::1]:8080\"",
+                "\"p\"",
+                "\"q\"",
+                "\"round-robin\"",
+                "\"cookie\"",
+                "\"consistent-hash\"",
+                "\"x.wasm\"",
+                "\"/nope/x\"",
+                "\"*.example.com\"",
+                "\"/api\"",
+                "\"reject\"",
+                "\"http\"",
+            ])
+            .prop_map(str::to_owned),
+            "[^\"\\\\\\n]{0,12}".prop_map(|s| format!("\"{s}\"")),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+                prop::collection::vec((key(), inner), 0..4).prop_map(|kv| {
+                    let body: Vec<String> = kv.into_iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                    format!("{{ {} }}", body.join(", "))
+                }),
+            ]
+        })
+    }
+
+    /// Keys weir knows (most of the time), or others.
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop::sample::select(vec![
+                "worker_threads", "cache_dir", "call_timeout_ms", "rebuild_timeout_ms", "memory_limit_mib", "name",
+                "listen", "protocol", "pool", "header_read_timeout_ms", "max_header_bytes", "max_headers",
+                "tunnel_idle_timeout_ms", "tunnel_max_lifetime_ms", "host", "path_prefix", "balancer", "affinity",
+                "on_plugin_error", "connect_timeout_ms", "response_timeout_ms", "idle_timeout_ms",
+                "max_idle_per_backend", "drain_spread_ms", "drain_deadline_ms", "plugin", "config", "weight",
+                "max_connections", "labels", "key_file", "key", "same_site",
+            ]).prop_map(str::to_owned),
+            1 => "[a-z_]{1,10}",
+        ]
+    }
+
+    /// Backends with addresses that never need a DNS lookup (a lookup without a network
+    /// would make a case slow).
+    fn backends() -> impl Strategy<Value = String> {
+        let address = prop::sample::select(vec![
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "[::1]:80",
+            "0.0.0.0:0",
+            "bad",
+            "127.0.0.1:99999",
+            " 127.0.0.1:1 ",
+            "",
+        ]);
+        let backend = (address, prop::option::of(value()), prop::option::of(value())).prop_map(|(a, w, m)| {
+            let mut b = format!("{{ address = \"{a}\"");
+            if let Some(w) = w {
+                b.push_str(&format!(", weight = {w}"));
+            }
+            if let Some(m) = m {
+                b.push_str(&format!(", max_connections = {m}"));
+            }
+            b + " }"
+        });
+        prop::collection::vec(backend, 0..4).prop_map(|b| format!("backends = [{}]", b.join(", ")))
+    }
+
+    /// A TOML-ish file: weir's tables in any order, known and unknown keys, any values,
+    /// now and then a line of noise.
+    fn file() -> impl Strategy<Value = String> {
+        let header = prop::sample::select(vec![
+            "[runtime]",
+            "[plugins]",
+            "[[listener]]",
+            "[[listener.route]]",
+            "[pool.p]",
+            "[pool.q]",
+            "[pool.p.balancer]",
+            "[pool.p.balancer.config]",
+            "[pool.p.affinity]",
+            "[pool.p.affinity.config]",
+            "[pool]",
+            "[other]",
+        ]);
+        let line = prop_oneof![
+            8 => (key(), value()).prop_map(|(k, v)| format!("{k} = {v}")),
+            2 => backends(),
+            1 => ".{0,16}",
+        ];
+        prop::collection::vec((header, prop::collection::vec(line, 0..6)), 0..6).prop_map(|tables| {
+            tables.into_iter().map(|(h, lines)| format!("{h}\n{}\n", lines.join("\n"))).collect::<Vec<_>>().join("\n")
+        })
+    }
+
+    /// Whatever `Config::parse` accepts lies within every bound.
+    fn within_bounds(c: &Config) {
+        assert!((1..=1024).contains(&c.runtime.worker_threads));
+        assert!(bounds::CALL_TIMEOUT.contains(&c.plugins.call_timeout));
+        assert!(bounds::REBUILD_TIMEOUT.contains(&c.plugins.rebuild_timeout));
+        assert!(c.plugins.memory_limit <= 1 << 30 && c.plugins.memory_limit >= 1 << 20);
+        for l in &c.listeners {
+            assert!(bounds::TIMEOUT.contains(&l.header_read_timeout));
+            assert!(bounds::MAX_HEADER_BYTES.contains(&l.max_header_bytes));
+            assert!(bounds::MAX_HEADERS.contains(&l.max_headers));
+            assert!(bounds::TIMEOUT.contains(&l.tunnels.idle_timeout));
+            assert!(l.tunnels.max_lifetime.is_none_or(|d| bounds::TUNNEL_MAX_LIFETIME.contains(&d)));
+        }
+        for p in c.pools.values() {
+            for d in [p.connect_timeout, p.response_timeout, p.idle_timeout] {
+                assert!(bounds::TIMEOUT.contains(&d));
+            }
+            assert!(bounds::MAX_IDLE_PER_BACKEND.contains(&p.max_idle_per_backend));
+            assert!(bounds::DRAIN.contains(&p.drain_spread) && bounds::DRAIN.contains(&p.drain_deadline));
+            assert!(p.drain_spread <= p.drain_deadline);
+        }
+    }
+
+    /// Every error points inside the text.
+    fn located(text: &str, e: &ConfigError) {
+        if let ConfigError::Invalid { line, column, .. } = e {
+            let lines: Vec<&str> = text.split('\n').collect();
+            assert!(*line >= 1 && *line <= lines.len(), "line {line} of {}: {e}", lines.len());
+            assert!(*column >= 1 && *column <= lines[line - 1].chars().count() + 1, "{e}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_loader(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let text = String::from_utf8_lossy(&bytes);
+            match Config::parse(&text, None) {
+                Ok(c) => within_bounds(&c),
+                Err(e) => located(&text, &e),
+            }
+        }
+
+        #[test]
+        fn arbitrary_toml_never_panics_the_loader_and_what_it_accepts_is_in_range(text in file()) {
+            match Config::parse(&text, None) {
+                Ok(c) => within_bounds(&c),
+                Err(e) => located(&text, &e),
+            }
+        }
+
+        #[test]
+        fn arbitrary_durations_never_panic(text in ".{0,24}") {
+            let _ = duration::parse(&text);
+        }
+
+        #[test]
+        fn numbers_with_units_are_what_they_say(n in 0u64..=u64::from(u32::MAX)) {
+            prop_assert_eq!(duration::parse(&format!("{n}ms")), Ok(Duration::from_millis(n)));
+            prop_assert_eq!(duration::parse(&format!(" {n}s ")), Ok(Duration::from_secs(n)));
+        }
+
+        #[test]
+        fn routes_never_panic_on_arbitrary_hosts_and_paths(
+            want in prop::option::of(prop_oneof![".{0,12}", "\\*\\..{0,12}"]),
+            prefix in prop::option::of(".{0,8}"),
+            host in prop::option::of(".{0,24}"),
+            path in ".{0,24}",
+        ) {
+            let r = Route { host: want.clone(), path_prefix: prefix, pool: "p".into() };
+            let _ = r.matches(host.as_deref(), &path);
+            let _ = strip_port(host.as_deref().unwrap_or(""));
+        }
+
+        #[test]
+        fn a_wildcard_matches_exactly_the_subdomains(
+            sub in "[a-zA-Zé0-9-]{1,8}(\\.[a-z0-9é-]{1,8})?",
+            suffix in "[a-z0-9é-]{1,8}\\.[a-zé]{1,6}",
+            port in prop::option::of(0u16..),
+            other in ".{0,20}",
+        ) {
+            let r = Route { host: Some(format!("*.{suffix}")), path_prefix: None, pool: "p".into() };
+            let with_port = |h: String| match port { Some(p) => format!("{h}:{p}"), None => h };
+            let subdomain = with_port(format!("{sub}.{}", suffix.to_ascii_uppercase()));
+            prop_assert!(r.matches(Some(&subdomain), "/"));
+            let apex = with_port(suffix.clone());
+            prop_assert!(!r.matches(Some(&apex), "/"));
+            let bare = strip_port(&other);
+            let want = bare.len() > suffix.len() + 1
+                && bare.to_ascii_lowercase().ends_with(&format!(".{suffix}"));
+            prop_assert_eq!(r.matches(Some(&other), "/"), want, "{}", other);
+        }
+    }
+}
+
+#[test]
+fn a_wildcard_route_cut_inside_a_character_does_not_panic() {
+    // Found by `a_wildcard_matches_exactly_the_subdomains`: the suffix's length fell
+    // inside a multi-byte character of the host, and slicing the `str` there panicked.
+    let r = Route { host: Some("*.example.com".into()), path_prefix: None, pool: "p".into() };
+    assert!(!r.matches(Some("aéxample.com"), "/"));
+    assert!(r.matches(Some("é.example.com"), "/"));
+}
+
+#[test]
+fn durations_with_units_are_exact() {
+    // Found by `numbers_with_units_are_what_they_say`: parsing through f64 gave
+    // 4209957.952000001 s.
+    assert_eq!(duration::parse("4209957952ms").unwrap(), Duration::from_millis(4_209_957_952));
+    assert_eq!(duration::parse("0.1s").unwrap(), Duration::from_millis(100));
+    assert_eq!(duration::parse(".5m").unwrap(), Duration::from_secs(30));
+    assert_eq!(duration::parse("1.000000001s").unwrap(), Duration::new(1, 1));
+    assert!(duration::parse(".").is_err() && duration::parse("1.2.3s").is_err() && duration::parse("s").is_err());
+    assert!(duration::parse("18446744073709551616s").is_err(), "past u64 seconds");
+    assert_eq!(duration::parse("18446744073709551615s").unwrap(), Duration::from_secs(u64::MAX));
+}

@@ -105,6 +105,74 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    /// Header maps from arbitrary names and values (the ones `http` accepts), with
+    /// `Connection` and `Upgrade` lines among them.
+    fn arbitrary_headers() -> impl proptest::strategy::Strategy<Value = HeaderMap> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            Just("connection".to_owned()),
+            Just("upgrade".to_owned()),
+            Just("keep-alive".to_owned()),
+            Just("transfer-encoding".to_owned()),
+            "[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,12}",
+            ".{0,6}",
+        ];
+        let value = prop_oneof![
+            "[ ,]*(keep-alive|upgrade|Upgrade|x-a|te|websocket|WebSocket|close)?([ ,]+(upgrade|x-a|websocket|[a-z]{1,4}))*[ ,]*",
+            prop::collection::vec(any::<u8>(), 0..24).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ];
+        prop::collection::vec((name, prop::collection::vec(any::<u8>(), 0..24), value, any::<bool>()), 0..12).prop_map(
+            |lines| {
+                let mut h = HeaderMap::new();
+                for (name, raw, text, use_raw) in lines {
+                    let value = if use_raw { HeaderValue::from_bytes(&raw) } else { HeaderValue::from_str(&text) };
+                    if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), value) {
+                        h.append(name, value);
+                    }
+                }
+                h
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn hop_by_hop_removal_takes_exactly_the_hop_by_hop_headers(headers in arbitrary_headers()) {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            let hop = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+            let mut after = headers.clone();
+            remove_hop_by_hop(&mut after);
+            for (name, value) in &headers {
+                let gone = hop.contains(&name.as_str()) || named.contains(name);
+                proptest::prop_assert_eq!(after.get_all(name).iter().any(|v| v == value), !gone, "{}", name);
+            }
+            proptest::prop_assert!(after.keys().all(|k| headers.contains_key(k)));
+        }
+
+        #[test]
+        fn a_websocket_upgrade_is_told_from_arbitrary_headers(headers in arbitrary_headers()) {
+            let tokens = |name: HeaderName| -> Vec<String> {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+                    .collect()
+            };
+            let want = tokens(header::CONNECTION).iter().any(|t| t == "upgrade")
+                && tokens(header::UPGRADE).iter().any(|t| t == "websocket");
+            proptest::prop_assert_eq!(is_websocket_upgrade(&headers), want);
+        }
+    }
+
     #[test]
     fn forwarded_headers_are_added_and_appended() {
         let req =

@@ -63,3 +63,26 @@ pub(crate) fn engine() -> Result<&'static Engine, LoadError> {
 pub(crate) fn ticks(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_micros() / EPOCH_TICK.as_micros()).unwrap_or(u64::MAX / 2).saturating_add(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::bounds;
+
+    #[test]
+    fn deadlines_at_their_bounds_are_whole_ticks() {
+        assert_eq!(ticks(*bounds::CALL_TIMEOUT.start()), 2);
+        assert_eq!(ticks(*bounds::CALL_TIMEOUT.end()), 10_001);
+        assert_eq!(ticks(*bounds::REBUILD_TIMEOUT.start()), 2);
+        assert_eq!(ticks(*bounds::REBUILD_TIMEOUT.end()), 60_001);
+        // Past any bound (never accepted by the config): saturates, never wraps to "now".
+        assert!(ticks(Duration::MAX) >= u64::MAX / 2);
+    }
+
+    #[test]
+    fn the_largest_memory_limit_fits_the_instance_allocator() {
+        let text = "[plugins]\nmemory_limit_mib = 1024\n";
+        let limit = crate::config::Config::parse(text, None).unwrap().plugins.memory_limit;
+        assert_eq!(limit, 1 << 30, "the pooling allocator's max_memory_size");
+    }
+}

@@ -193,15 +193,68 @@ impl bindings::request::Host for InstanceState {
     }
 
     fn cookie(&mut self, name: String) -> Option<String> {
-        let head = self.head()?;
-        head.headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                (k == name).then(|| v.trim_matches('"').to_owned())
-            })
+        cookie(&self.head()?.headers, &name)
+    }
+}
+
+/// The value of the first cookie called `name` in the `Cookie` headers (RFC 6265 §5.4:
+/// `name=value` pairs split by `;`; a value's surrounding double quotes are dropped).
+/// A header that is not visible ASCII is skipped.
+pub(crate) fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
+        |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"').to_owned())
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cookie;
+    use http::{HeaderMap, HeaderValue, header::COOKIE};
+    use proptest::prelude::*;
+
+    fn headers(values: &[Vec<u8>]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                h.append(COOKIE, v);
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn the_first_cookie_of_that_name_wins_quotes_dropped() {
+        let h = headers(&[b"a=1; WEIR=\"x.y\"".to_vec(), b"WEIR=later".to_vec()]);
+        assert_eq!(cookie(&h, "WEIR").as_deref(), Some("x.y"));
+        assert_eq!(cookie(&h, "a").as_deref(), Some("1"));
+        assert_eq!(cookie(&h, "b"), None);
+        assert_eq!(cookie(&headers(&[b"\xff=1; b=2".to_vec()]), "b"), None, "not visible ASCII: skipped");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_cookie_headers_never_panic(values in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..4), name in ".{0,8}") {
+            let _ = cookie(&headers(&values), &name);
+        }
+
+        #[test]
+        fn a_cookie_among_others_is_found(
+            before in prop::collection::vec(("[a-z]{1,6}", "[!#-+\\--:<-\\[\\]-~]{0,12}"), 0..4),
+            name in "[A-Z_]{1,8}",
+            value in "[!#-+\\--:<-\\[\\]-~]{0,20}",
+            after in prop::collection::vec(("[a-z]{1,6}", "[!#-+\\--:<-\\[\\]-~]{0,12}"), 0..4),
+        ) {
+            let pairs: Vec<String> = before.iter().map(|(k, v)| format!("{k}={v}"))
+                .chain([format!("{name}={value}")])
+                .chain(after.iter().map(|(k, v)| format!("{k}={v}")))
+                .collect();
+            let h = headers(&[pairs.join("; ").into_bytes()]);
+            prop_assert_eq!(cookie(&h, &name), Some(value));
+        }
     }
 }

@@ -283,4 +283,87 @@ mod tests {
         // The first close is due now; the cut lies beyond any clock reading.
         assert!(entry.order.close_at().is_some_and(|t| t <= Instant::now() + Duration::from_secs(1)));
     }
+
+    /// Feeds `stream` to a tracker in pieces cut at `cuts` (positions, any order, may
+    /// repeat or pass the end), stopping at each boundary; returns the boundary positions
+    /// seen and the tracker.
+    fn feed(stream: &[u8], cuts: &[usize]) -> (Vec<usize>, FrameTracker) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(stream.len())).chain([stream.len()]).collect();
+        cuts.sort_unstable();
+        let mut t = FrameTracker::default();
+        let mut found = Vec::new();
+        let mut pos = 0;
+        for end in cuts {
+            while pos < end {
+                let used = t.advance(&stream[pos..end], true);
+                assert!(used <= end - pos);
+                pos += used;
+                if t.at_boundary() {
+                    found.push(pos);
+                }
+                if t.lost() {
+                    return (found, t);
+                }
+                assert!(used > 0, "no progress at {pos}");
+            }
+        }
+        (found, t)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_split_anywhere_give_the_same_boundaries(
+            stream in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(0usize..600, 0..8),
+        ) {
+            let (whole, t) = feed(&stream, &[]);
+            let (split, u) = feed(&stream, &cuts);
+            proptest::prop_assert_eq!(whole, split);
+            proptest::prop_assert_eq!((t.at_boundary(), t.lost()), (u.at_boundary(), u.lost()));
+        }
+
+        #[test]
+        fn frames_split_anywhere_end_exactly_where_they_end(
+            frames in proptest::collection::vec((0usize..300, 0u8..3, proptest::prelude::any::<bool>()), 1..8),
+            cuts in proptest::collection::vec(0usize..3_000, 0..8),
+        ) {
+            let mut stream = Vec::new();
+            let mut ends = Vec::new();
+            for (len, kind, fin) in frames {
+                let op = match kind {
+                    0 => OpCode::Data(Data::Binary),
+                    1 => OpCode::Data(Data::Text),
+                    _ => OpCode::Data(Data::Continue),
+                };
+                Frame::message(vec![7; len], op, fin).format(&mut stream).unwrap();
+                ends.push(stream.len());
+            }
+            let (found, t) = feed(&stream, &cuts);
+            proptest::prop_assert_eq!(found, ends);
+            proptest::prop_assert!(t.at_boundary() && !t.lost());
+        }
+    }
+
+    #[test]
+    fn drains_at_the_longest_bounds_neither_overflow_nor_wrap() {
+        let max = *crate::config::bounds::DRAIN.end();
+        let registry = Arc::new(Registry::default());
+        let live = Arc::new(crate::state::BackendLive::new(Arc::new(crate::state::PoolLive::new("p".into()))));
+        let entries: Vec<TunnelEntry> = (0..3).map(|_| registry.register(&live)).collect();
+        let now = Instant::now();
+        assert_eq!(registry.drain(live.key(), max, max), 3);
+        for (i, e) in entries.iter().enumerate() {
+            let close = e.order.close_at().unwrap().saturating_duration_since(now);
+            let want = max * i as u32 / 3;
+            assert!(close.abs_diff(want) < Duration::from_secs(1), "{i}: {close:?}");
+            let cut = e.order.cut_at().unwrap().saturating_duration_since(now);
+            assert!(cut.abs_diff(max) < Duration::from_secs(1), "{cut:?}");
+        }
+        // The shortest: every close at once, cut at once.
+        let e = registry.register(&live);
+        registry.drain(live.key(), Duration::ZERO, Duration::ZERO);
+        assert!(e.order.close_at().unwrap() <= Instant::now() && e.order.cut_at().unwrap() <= Instant::now());
+    }
 }
