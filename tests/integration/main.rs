@@ -6,6 +6,7 @@ mod affinity;
 mod cli;
 mod control;
 mod drain;
+mod hardening;
 mod layers;
 mod pack;
 mod pack_hashing;
