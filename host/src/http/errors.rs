@@ -14,6 +14,10 @@ use crate::core::Origin;
 /// A failure weir answers itself.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
+    /// The request's `Host` is missing, repeated or malformed, or its target's authority
+    /// is (RFC 9112 §3.2).
+    #[error("{0}")]
+    Host(#[from] HostError),
     /// weir lost track of the request (a bug; never expected).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -52,10 +56,37 @@ pub(crate) enum ProxyError {
     },
 }
 
+/// What is wrong with a request's host (RFC 9112 §3.2, RFC 9110 §4.2).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HostError {
+    /// An HTTP/1.1 request without `Host`.
+    #[error("the request has no Host header")]
+    Missing,
+    /// More than one `Host` line.
+    #[error("the request has {count} Host headers; one is allowed")]
+    Repeated {
+        /// How many.
+        count: usize,
+    },
+    /// A `Host` that is not `host[:port]`.
+    #[error("the Host header {value:?} is not host[:port]")]
+    Malformed {
+        /// The value as received (shortened).
+        value: String,
+    },
+    /// An absolute-form target whose authority is not `host[:port]` (userinfo included).
+    #[error("the request target's authority {authority:?} is not host[:port]")]
+    Target {
+        /// The authority as received (shortened).
+        authority: String,
+    },
+}
+
 impl ProxyError {
     /// Whose fault it is.
     pub(crate) fn origin(&self) -> Origin {
         match self {
+            ProxyError::Host(_) => Origin::Client,
             // weir itself, as configured, could not serve it.
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Internal(_) => Origin::Config,
             ProxyError::Rejected(_) => Origin::Plugin,
@@ -66,6 +97,7 @@ impl ProxyError {
     /// The status the client gets.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Host(_) => StatusCode::BAD_REQUEST,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Rejected(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -91,6 +123,10 @@ impl ProxyError {
         let mut res = Response::new(ProxyBody::Local(Full::new(Bytes::from(format!("weir: {self}\n")))));
         *res.status_mut() = status;
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if origin == Origin::Client {
+            // What else the client sends on this connection cannot be trusted either.
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         res
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::errors::ProxyError;
 use super::forward::{Exchange, Failure, forward};
-use super::headers::{is_websocket_upgrade, prepare_upstream_head};
+use super::headers::{check_host, is_websocket_upgrade, prepare_upstream_head};
 use super::route::route;
 use super::{Context, ProxyBody};
 use crate::config::ListenerConfig;
@@ -113,6 +113,9 @@ async fn handle(
     stop: watch::Receiver<Stop>,
 ) -> Response<ProxyBody> {
     let (mut head, body) = req.into_parts();
+    if let Err(e) = check_host(&head) {
+        return ProxyError::from(e).into_response();
+    }
     // One snapshot load: the route, the pool and the listener's limits all come from it.
     let (pool, tunnel_limits) = {
         let snapshot = ctx.snapshot.load();
