@@ -122,12 +122,18 @@ pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: Socke
     head.version = http::Version::HTTP_11;
     remove_hop_by_hop(&mut head.headers);
 
-    let ip = peer.ip().to_string();
-    let xff = match head.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // Every `X-Forwarded-For` line, in order, as one list, then the peer.
+    let mut xff = Vec::new();
+    for prior in head.headers.get_all(X_FORWARDED_FOR) {
+        let prior = prior.as_bytes().trim_ascii();
+        if !prior.is_empty() {
+            xff.extend_from_slice(prior);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(peer.ip().to_string().as_bytes());
+    // Made of received header values (no CR, LF or NUL) and an address, so it is valid.
+    if let Ok(v) = HeaderValue::from_bytes(&xff) {
         head.headers.insert(X_FORWARDED_FOR, v);
     }
     head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -223,5 +229,21 @@ mod tests {
         assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7, 10.1.2.3");
         assert_eq!(head.headers["x-forwarded-proto"], "http");
         assert_eq!(head.headers["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_in_order() {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "a")
+            .header("x-forwarded-for", "192.0.2.1")
+            .header("x-forwarded-for", " 192.0.2.2, 192.0.2.3 ")
+            .header("x-forwarded-for", "")
+            .body(())
+            .unwrap();
+        let (mut head, ()) = req.into_parts();
+        prepare_upstream_head(&mut head, "[2001:db8::9]:5555".parse().unwrap());
+        let all: Vec<_> = head.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["192.0.2.1, 192.0.2.2, 192.0.2.3, 2001:db8::9"]);
     }
 }
