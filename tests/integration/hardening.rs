@@ -330,6 +330,8 @@ async fn a_malformed_request_body_gets_400_not_502() {
         let res = exchange(proxy, &req).await;
         assert_eq!(res.status, 400, "{what}: the client's fault, not the backend's: {res:?}");
         assert_weir_body(&res, what);
+        assert!(res.body.starts_with("weir: the request body could not be read: "), "{what}: {}", res.body);
+        assert_eq!(res.header("connection"), Some("close"), "{what}: {res:?}");
     }
 }
 

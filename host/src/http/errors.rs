@@ -38,6 +38,9 @@ pub(crate) enum ProxyError {
         /// The last failure.
         source: ConnectError,
     },
+    /// The client's request body could not be read (malformed, or cut short).
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
     /// The backend failed after the request was sent.
     #[error("backend {backend} failed: {source}")]
     Upstream {
@@ -86,7 +89,7 @@ impl ProxyError {
     /// Whose fault it is.
     pub(crate) fn origin(&self) -> Origin {
         match self {
-            ProxyError::Host(_) => Origin::Client,
+            ProxyError::Host(_) | ProxyError::ClientBody(_) => Origin::Client,
             // weir itself, as configured, could not serve it.
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Internal(_) => Origin::Config,
             ProxyError::Rejected(_) => Origin::Plugin,
@@ -97,7 +100,7 @@ impl ProxyError {
     /// The status the client gets.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Host(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Host(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Rejected(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

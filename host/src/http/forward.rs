@@ -8,13 +8,12 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::errors::ProxyError;
 use super::headers::{add_headers, remove_hop_by_hop};
 use super::upstream::{self, ConnectError, UpstreamBody};
-use super::{Context, ProxyBody, websocket};
+use super::{ClientBody, ClientFault, Context, ProxyBody, websocket};
 use crate::config::TunnelLimits;
 use crate::net::listen::Stop;
 use crate::plugin::PickRequest;
@@ -31,7 +30,9 @@ pub(crate) enum Failure {
 /// What a request brings to [`forward`] besides its head.
 pub(crate) struct Exchange {
     /// The request body, until it is sent.
-    pub(crate) body: Option<Incoming>,
+    pub(crate) body: Option<ClientBody>,
+    /// Set when the request body could not be read: the client's fault.
+    pub(crate) client_fault: Arc<ClientFault>,
     /// The client side of a WebSocket upgrade, if the request asks for one.
     pub(crate) client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The listener's tunnel limits.
@@ -100,6 +101,10 @@ pub(crate) async fn forward(
                 }
                 _ => {
                     let source = e.into_error();
+                    // The exchange failed because the client's body did: its fault.
+                    if let Some(why) = exchange.client_fault.get() {
+                        break Err(ProxyError::ClientBody(why.to_owned()));
+                    }
                     break Err(ProxyError::Upstream { backend: backend.config.address.clone(), source });
                 }
             },

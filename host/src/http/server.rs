@@ -23,7 +23,7 @@ use super::errors::ProxyError;
 use super::forward::{Exchange, Failure, forward};
 use super::headers::{check_host, is_websocket_upgrade, prepare_upstream_head};
 use super::route::route;
-use super::{Context, ProxyBody};
+use super::{ClientBody, ClientFault, Context, ProxyBody};
 use crate::config::ListenerConfig;
 use crate::core::Protocol;
 use crate::net::listen::{Acceptor, Stop};
@@ -138,7 +138,9 @@ async fn handle(
     }
     let protocol = if websocket { Protocol::WebSocket } else { Protocol::Http1 };
     let mut pick = PickRequest { protocol, client: peer, sni: None, head: Some(Box::new(head)) };
-    let mut exchange = Exchange { body: Some(body), client_upgrade, tunnel_limits, stop };
+    let client_fault = Arc::new(ClientFault::default());
+    let body = ClientBody::new(body, client_fault.clone());
+    let mut exchange = Exchange { body: Some(body), client_fault, client_upgrade, tunnel_limits, stop };
     let mut avoid = None;
     for attempt in 0..2 {
         let (returned, placement) = pool.place(pick, avoid);
