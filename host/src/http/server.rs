@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
@@ -19,7 +20,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use super::errors::ProxyError;
+use super::errors::{ClientIo, ProxyError, looks_bare};
 use super::forward::{Exchange, Failure, forward};
 use super::headers::{check_host, is_websocket_upgrade, prepare_upstream_head};
 use super::route::route;
@@ -47,14 +48,22 @@ pub(crate) async fn serve(mut acceptor: Acceptor, name: Arc<str>, ctx: Arc<Conte
         tokio::spawn(async move {
             let _open = ctx.connections.track();
             let builder = builder(&config);
+            let lookalikes = Arc::new(AtomicUsize::new(0));
+            let io = ClientIo::new(stream, config.max_header_bytes, config.max_headers, lookalikes.clone());
             let service = {
                 let (ctx, stop) = (ctx.clone(), stop.clone());
                 hyper::service::service_fn(move |req| {
-                    let (ctx, name, stop) = (ctx.clone(), name.clone(), stop.clone());
-                    async move { Ok::<_, Infallible>(handle(req, peer, &name, &ctx, stop).await) }
+                    let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
+                    async move {
+                        let res = handle(req, peer, &name, &ctx, stop).await;
+                        if looks_bare(&res) {
+                            lookalikes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok::<_, Infallible>(res)
+                    }
                 })
             };
-            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
             let mut conn = std::pin::pin!(conn);
             let mut graceful = false;
             loop {

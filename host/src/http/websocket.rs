@@ -9,8 +9,11 @@ use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::errors::ClientIo;
 use super::headers::remove_hop_by_hop;
 use super::upstream::ActiveGuard;
 use super::{Context, ProxyBody};
@@ -45,7 +48,13 @@ pub(crate) fn upgrade(
                     return;
                 }
             };
-            if let Err(e) = tunnel::join(client, upstream, limits, &entry.order).await {
+            // The client's plain TCP connection under weir's wrapper, so the tunnel can
+            // splice it.
+            let client = match client.downcast::<TokioIo<ClientIo<TcpStream>>>() {
+                Ok(parts) => tunnel::Leg::Tcp(parts.io.into_inner().into_inner(), parts.read_buf),
+                Err(client) => tunnel::Leg::from(client),
+            };
+            if let Err(e) = tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order).await {
                 tracing::debug!(error = %e, "websocket tunnel ended with an error");
             }
         };
