@@ -130,7 +130,14 @@ struct FileListener {
     tunnel_idle_timeout_ms: Option<FileDuration>,
     /// A tunnel is closed after this long whatever its traffic. Default: no limit.
     tunnel_max_lifetime_ms: Option<FileDuration>,
+    /// Most client connections open at once (a WebSocket counts while its tunnel is
+    /// open), 1 to 1,000,000; while full, the listener accepts nothing and new clients
+    /// wait in the listen queue. Default: no limit. Reloadable.
+    max_connections: Option<Spanned<i64>>,
 }
+
+/// Largest `max_connections` of a listener.
+const MAX_CONNECTIONS: i64 = 1_000_000;
 
 fn default_protocol() -> ListenerProtocol {
     ListenerProtocol::Http
@@ -273,6 +280,8 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     /// Limits on the tunnels (WebSockets) of this listener.
     pub tunnels: TunnelLimits,
+    /// Most client connections open at once; `None`: no limit.
+    pub max_connections: Option<usize>,
 }
 
 /// Limits on tunnels.
@@ -599,6 +608,19 @@ impl Cx<'_> {
                     pool: pool_exists(&r.pool, format!("{key}.route[{j}].pool"))?,
                 });
             }
+            let max_connections = match &l.max_connections {
+                None => None,
+                Some(n) => match usize::try_from(*n.get_ref()) {
+                    Ok(v) if (1..=MAX_CONNECTIONS).contains(n.get_ref()) => Some(v),
+                    _ => {
+                        return Err(self.spanned(
+                            n,
+                            format!("{key}.max_connections"),
+                            format!("{} is out of range: 1 to {MAX_CONNECTIONS}", n.get_ref()),
+                        ));
+                    }
+                },
+            };
             listeners.push(ListenerConfig {
                 name: l.name.unwrap_or_else(|| format!("listener-{i}")),
                 listen,
@@ -612,6 +634,7 @@ impl Cx<'_> {
                     idle_timeout: l.tunnel_idle_timeout_ms.map_or(Duration::from_secs(3600), |d| d.0),
                     max_lifetime: l.tunnel_max_lifetime_ms.map(|d| d.0),
                 },
+                max_connections,
             });
         }
         Ok(Config { source: source.map(Path::to_path_buf), plugins, listeners, pools })

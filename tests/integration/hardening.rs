@@ -631,6 +631,49 @@ async fn max_connections_holds_new_connections_at_accept_until_one_closes() {
     assert_eq!((res.status, support::name_of(&res.body)), (200, "ok"));
 }
 
+#[tokio::test]
+async fn a_websocket_holds_its_connection_slot_while_its_tunnel_is_open() {
+    use futures_util::{SinkExt, StreamExt};
+    let up = Upstream::start("ok").await;
+    let server = support::start(&listener_config(&[up.addr], "max_connections = 1")).await;
+    let proxy = server.addr("main").unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/chat")).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi")).await.unwrap();
+    assert!(ws.next().await.unwrap().unwrap().is_text());
+    let mut other = TcpStream::connect(proxy).await.unwrap();
+    other.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(500), other.read(&mut buf)).await;
+    assert!(early.is_err(), "served while the WebSocket held the only slot: {early:?}");
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    // The close handshake is done; the client's connection closes with it.
+    drop(ws);
+    let res = read_response(&mut other).await;
+    assert_eq!((res.status, support::name_of(&res.body)), (200, "ok"));
+}
+
+#[tokio::test]
+async fn a_reload_that_raises_max_connections_lets_a_waiting_client_in() {
+    let up = Upstream::start("ok").await;
+    let server = support::start(&listener_config(&[up.addr], "max_connections = 1")).await;
+    let proxy = server.addr("main").unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = TcpStream::connect(proxy).await.unwrap();
+    first.write_all(request).await.unwrap();
+    assert_eq!(read_response(&mut first).await.status, 200);
+    let mut second = TcpStream::connect(proxy).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond max_connections = 1: {early:?}");
+    let raised = weir::config::Config::parse(&listener_config(&[up.addr], "max_connections = 2"), None).unwrap();
+    server.reload(raised).await.unwrap();
+    let res = read_response(&mut second).await;
+    assert_eq!((res.status, support::name_of(&res.body)), (200, "ok"), "served with the first still open");
+    drop(first);
+}
+
 #[test]
 fn max_connections_is_range_checked() {
     let backend: SocketAddr = "127.0.0.1:1".parse().unwrap();

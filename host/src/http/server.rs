@@ -27,15 +27,27 @@ use super::route::route;
 use super::{ClientBody, ClientFault, Context, ProxyBody};
 use crate::config::ListenerConfig;
 use crate::core::Protocol;
-use crate::net::listen::{Acceptor, Stop};
+use crate::net::listen::{Acceptor, Slot, Slots, Stop};
 use crate::plugin::PickRequest;
 use crate::state::Placement;
 
 /// Accepts connections until the task is aborted (the listener was removed) or the
 /// server stops (`stop` leaves `Serve`).
-pub(crate) async fn serve(mut acceptor: Acceptor, name: Arc<str>, ctx: Arc<Context>, stop: watch::Receiver<Stop>) {
+/// With `max_connections`, it waits for one of `slots` before each accept.
+pub(crate) async fn serve(
+    mut acceptor: Acceptor,
+    slots: Arc<Slots>,
+    name: Arc<str>,
+    ctx: Arc<Context>,
+    stop: watch::Receiver<Stop>,
+) {
     let mut stopping = stop.clone();
+    let limit = || ctx.snapshot.load().listeners.get(&*name).and_then(|l| l.max_connections);
     loop {
+        let slot = tokio::select! {
+            slot = slots.take(limit) => Arc::new(slot),
+            () = stop_serving(&mut stopping) => return,
+        };
         let (stream, peer) = tokio::select! {
             conn = acceptor.accept() => conn,
             () = stop_serving(&mut stopping) => return,
@@ -54,8 +66,9 @@ pub(crate) async fn serve(mut acceptor: Acceptor, name: Arc<str>, ctx: Arc<Conte
                 let (ctx, stop) = (ctx.clone(), stop.clone());
                 hyper::service::service_fn(move |req| {
                     let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
+                    let slot = slot.clone();
                     async move {
-                        let res = handle(req, peer, &name, &ctx, stop).await;
+                        let res = handle(req, peer, &name, &ctx, Held { stop, slot }).await;
                         if looks_bare(&res) {
                             lookalikes.fetch_add(1, Ordering::Relaxed);
                         }
@@ -117,13 +130,20 @@ fn builder(config: &ListenerConfig) -> http1::Builder {
     builder
 }
 
+/// What a request's connection lends it: the server's stop signal, and the connection's
+/// slot in its listener's `max_connections` (a WebSocket keeps it while its tunnel lives).
+pub(crate) struct Held {
+    pub(crate) stop: watch::Receiver<Stop>,
+    pub(crate) slot: Arc<Slot>,
+}
+
 /// Handles one request end to end. Never fails: every error becomes a response.
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     listener: &str,
     ctx: &Context,
-    stop: watch::Receiver<Stop>,
+    held: Held,
 ) -> Response<ProxyBody> {
     let (mut head, body) = req.into_parts();
     if let Err(e) = check_host(&head) {
@@ -153,7 +173,7 @@ async fn handle(
     let mut pick = PickRequest { protocol, client: peer, sni: None, head: Some(Box::new(head)) };
     let client_fault = Arc::new(ClientFault::default());
     let body = ClientBody::new(body, client_fault.clone());
-    let mut exchange = Exchange { body: Some(body), client_fault, client_upgrade, tunnel_limits, stop };
+    let mut exchange = Exchange { body: Some(body), client_fault, client_upgrade, tunnel_limits, held };
     let mut avoid = None;
     for attempt in 0..2 {
         let (returned, placement) = pool.place(pick, avoid);

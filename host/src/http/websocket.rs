@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::errors::ClientIo;
 use super::headers::remove_hop_by_hop;
+use super::server::Held;
 use super::upstream::ActiveGuard;
 use super::{Context, ProxyBody};
 use crate::config::TunnelLimits;
@@ -32,14 +33,17 @@ pub(crate) fn upgrade(
     live: Arc<BackendLive>,
     stick: Option<StickHold>,
     limits: TunnelLimits,
-    mut stop: watch::Receiver<Stop>,
+    held: Held,
 ) -> Response<ProxyBody> {
+    let Held { mut stop, slot } = held;
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
     let entry = ctx.tunnels.register(&live);
     let active = ActiveGuard::new(live);
     tokio::spawn(async move {
-        let _held = (active, stick);
+        // Held while the tunnel lives: it is an active connection of its backend, keeps
+        // its stick entry from expiring and its client's slot in the listener.
+        let _held = (active, stick, slot);
         let run = async {
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
