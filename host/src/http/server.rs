@@ -119,9 +119,9 @@ fn builder(config: &ListenerConfig) -> http1::Builder {
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
-        // A client may shut down its sending side once its request is out and still
-        // wait for the response; without this hyper takes the
-        // end of its input for the client leaving and drops the request in flight.
+        // A client may shut down its sending side once its request is out and still wait
+        // for the response; without this hyper takes the end of its input for the client
+        // leaving and drops the request in flight.
         .half_close(true)
         .header_read_timeout(config.header_read_timeout)
         .max_header_size(config.max_header_bytes)

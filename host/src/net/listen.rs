@@ -142,11 +142,6 @@ impl Slots {
     pub fn limit_changed(&self) {
         self.changed.notify_one();
     }
-
-    /// Connections holding a slot now.
-    pub fn open(&self) -> usize {
-        self.open.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 /// One connection's place in its listener's [`Slots`], given back when dropped.
