@@ -185,7 +185,14 @@ struct FileListener {
     /// A tunnel is closed after this long whatever its traffic. Default: no limit. Range
     /// 1 ms to 365 days.
     tunnel_max_lifetime_ms: Option<Spanned<FileDuration>>,
+    /// Most client connections open at once (a WebSocket counts while its tunnel is
+    /// open), 1 to 1,000,000; while full, the listener accepts nothing and new clients
+    /// wait in the listen queue. Default: no limit. Reloadable.
+    max_connections: Option<Spanned<i64>>,
 }
+
+/// Largest `max_connections` of a listener.
+const MAX_CONNECTIONS: i64 = 1_000_000;
 
 fn default_protocol() -> ListenerProtocol {
     ListenerProtocol::Http
@@ -360,6 +367,8 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     /// Limits on the tunnels (WebSockets) of this listener.
     pub tunnels: TunnelLimits,
+    /// Most client connections open at once; `None`: no limit.
+    pub max_connections: Option<usize>,
 }
 
 /// Limits on tunnels.
@@ -815,6 +824,19 @@ impl Cx<'_> {
                     bounds::TUNNEL_MAX_LIFETIME,
                 )?,
             };
+            let max_connections = match &l.max_connections {
+                None => None,
+                Some(n) => match usize::try_from(*n.get_ref()) {
+                    Ok(v) if (1..=MAX_CONNECTIONS).contains(n.get_ref()) => Some(v),
+                    _ => {
+                        return Err(self.spanned(
+                            n,
+                            format!("{key}.max_connections"),
+                            format!("{} is out of range: 1 to {MAX_CONNECTIONS}", n.get_ref()),
+                        ));
+                    }
+                },
+            };
             listeners.push(ListenerConfig {
                 name: l.name.unwrap_or_else(|| format!("listener-{i}")),
                 listen,
@@ -825,6 +847,7 @@ impl Cx<'_> {
                 max_header_bytes,
                 max_headers,
                 tunnels,
+                max_connections,
             });
         }
         Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, listeners, pools })

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ListenerConfig, PoolConfig};
 use crate::http;
-use crate::net::listen::{Acceptor, Stop};
+use crate::net::listen::{Acceptor, Slots, Stop};
 use crate::plugin::PluginRuntime;
 use crate::state::{BuildError, Pool, Snapshot};
 
@@ -121,6 +121,8 @@ pub struct Applied {
 struct Running {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    /// Its connections against its `max_connections`.
+    slots: Arc<Slots>,
 }
 
 /// The writer's own state: what it alone changes.
@@ -190,6 +192,7 @@ impl Control {
         let mut listeners = current.listeners.clone();
         let mut to_bind: Vec<ListenerConfig> = Vec::new();
         let mut to_close: Vec<String> = Vec::new();
+        let mut changed: Vec<String> = Vec::new();
         for c in &commands {
             match c {
                 Command::UpsertPool(_) => {}
@@ -202,6 +205,7 @@ impl Control {
                     match writer.listeners.get(&l.name) {
                         Some(running) if running.addr == l.listen || l.listen.port() == 0 => {
                             applied.listeners_changed += 1;
+                            changed.push(l.name.clone());
                         }
                         Some(_) => {
                             to_close.push(l.name.clone());
@@ -235,6 +239,12 @@ impl Control {
 
         let next = Arc::new(Snapshot { pools, listeners, built_at: Instant::now() });
         self.ctx.snapshot.store(next.clone());
+        for name in &changed {
+            // Its max_connections may have changed: a full accept loop looks again.
+            if let Some(running) = writer.listeners.get(name) {
+                running.slots.limit_changed();
+            }
+        }
 
         for name in &to_close {
             if let Some(running) = writer.listeners.remove(name) {
@@ -249,9 +259,15 @@ impl Control {
             let pool = next.listeners.get(&name).map(|l| l.pool.clone()).unwrap_or_default();
             tracing::info!(listener = %name, %addr, %pool, "listening");
             let acceptor = Acceptor::new(listener, name.clone());
-            let task =
-                tokio::spawn(http::server::serve(acceptor, name.as_str().into(), self.ctx.clone(), self.stop.clone()));
-            writer.listeners.insert(name, Running { addr, task });
+            let slots = Arc::new(Slots::default());
+            let task = tokio::spawn(http::server::serve(
+                acceptor,
+                slots.clone(),
+                name.as_str().into(),
+                self.ctx.clone(),
+                self.stop.clone(),
+            ));
+            writer.listeners.insert(name, Running { addr, task, slots });
             applied.listeners_bound += 1;
         }
         *self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner) =

@@ -10,13 +10,14 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
+use hyper::body::Incoming;
 
 use crate::net::listen::Connections;
 use crate::net::tunnel;
@@ -78,4 +79,78 @@ impl Body for ProxyBody {
             ProxyBody::Local(b) => b.size_hint(),
         }
     }
+}
+
+/// A client's request body on its way to a backend. A read error here (a malformed chunk,
+/// a client gone before the end) is the client's fault: hyper's client sees it only as
+/// its request body failing, so the body notes it in [`ClientFault`], and the failed
+/// exchange is answered as the client's fault (400), not the backend's (502).
+#[derive(Debug)]
+pub(crate) struct ClientBody {
+    inner: Incoming,
+    fault: Arc<ClientFault>,
+}
+
+/// What went wrong reading a client's request body, once it has.
+#[derive(Debug, Default)]
+pub(crate) struct ClientFault(OnceLock<String>);
+
+impl ClientFault {
+    /// Why the client's body could not be read, if it could not.
+    pub(crate) fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+}
+
+/// A client body read error, as the upstream client receives it.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub(crate) struct ClientBodyError(#[source] hyper::Error);
+
+impl ClientBody {
+    /// Wraps a request body; read errors are noted in `fault`.
+    pub(crate) fn new(inner: Incoming, fault: Arc<ClientFault>) -> Self {
+        Self { inner, fault }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                let _ = self.fault.0.set(error_chain(&e));
+                Poll::Ready(Some(Err(ClientBodyError(e))))
+            }
+            other => other.map(|f| f.map(|r| r.map_err(ClientBodyError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An error and its sources, `: `-separated, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text.replace(['\r', '\n'], " ")
 }

@@ -7,6 +7,7 @@ mod bounds;
 mod cli;
 mod control;
 mod drain;
+mod hardening;
 mod layers;
 mod pack;
 mod pack_hashing;

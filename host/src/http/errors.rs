@@ -1,11 +1,24 @@
 //! Every response weir makes itself: a [`ProxyError`] says what went wrong and where it
 //! came from ([`Origin`]), and the status, the one-line `text/plain` body and the log
 //! fields all derive from it (DESIGN convention 7).
+//!
+//! A request head hyper cannot parse (malformed, too large) never reaches weir's handler:
+//! hyper answers it itself, with an empty body, and closes. [`ClientIo`] sits under hyper
+//! on each client connection and turns those answers into weir's own, so they too carry
+//! the one-line body, while hyper keeps enforcing the limits exactly as configured.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
+use http_body::Body;
 use http_body_util::Full;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::ProxyBody;
 use super::upstream::ConnectError;
@@ -14,6 +27,10 @@ use crate::core::Origin;
 /// A failure weir answers itself.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
+    /// The request's `Host` is missing, repeated or malformed, or its target's authority
+    /// is (RFC 9112 §3.2).
+    #[error("{0}")]
+    Host(#[from] HostError),
     /// weir lost track of the request (a bug; never expected).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -34,6 +51,26 @@ pub(crate) enum ProxyError {
         /// The last failure.
         source: ConnectError,
     },
+    /// The request head cannot be parsed (answered for hyper by [`ClientIo`]).
+    #[error("the request head is malformed")]
+    MalformedHead,
+    /// The request head is over the listener's limits (answered for hyper by
+    /// [`ClientIo`]).
+    #[error(
+        "the request head is larger than max_header_bytes ({max_bytes}) or has more than max_headers ({max_headers}) headers"
+    )]
+    HeadTooLarge {
+        /// The listener's `max_header_bytes`.
+        max_bytes: usize,
+        /// The listener's `max_headers`.
+        max_headers: usize,
+    },
+    /// The request target is longer than hyper takes (answered for hyper by [`ClientIo`]).
+    #[error("the request target is too long")]
+    TargetTooLong,
+    /// The client's request body could not be read (malformed, or cut short).
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
     /// The backend failed after the request was sent.
     #[error("backend {backend} failed: {source}")]
     Upstream {
@@ -52,10 +89,41 @@ pub(crate) enum ProxyError {
     },
 }
 
+/// What is wrong with a request's host (RFC 9112 §3.2, RFC 9110 §4.2).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HostError {
+    /// An HTTP/1.1 request without `Host`.
+    #[error("the request has no Host header")]
+    Missing,
+    /// More than one `Host` line.
+    #[error("the request has {count} Host headers; one is allowed")]
+    Repeated {
+        /// How many.
+        count: usize,
+    },
+    /// A `Host` that is not `host[:port]`.
+    #[error("the Host header {value:?} is not host[:port]")]
+    Malformed {
+        /// The value as received (shortened).
+        value: String,
+    },
+    /// An absolute-form target whose authority is not `host[:port]` (userinfo included).
+    #[error("the request target's authority {authority:?} is not host[:port]")]
+    Target {
+        /// The authority as received (shortened).
+        authority: String,
+    },
+}
+
 impl ProxyError {
     /// Whose fault it is.
     pub(crate) fn origin(&self) -> Origin {
         match self {
+            ProxyError::Host(_)
+            | ProxyError::ClientBody(_)
+            | ProxyError::MalformedHead
+            | ProxyError::HeadTooLarge { .. }
+            | ProxyError::TargetTooLong => Origin::Client,
             // weir itself, as configured, could not serve it.
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Internal(_) => Origin::Config,
             ProxyError::Rejected(_) => Origin::Plugin,
@@ -66,6 +134,9 @@ impl ProxyError {
     /// The status the client gets.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Host(_) | ProxyError::ClientBody(_) | ProxyError::MalformedHead => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::TargetTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Rejected(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -80,17 +151,234 @@ impl ProxyError {
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         let origin = self.origin();
-        // A backend's failure is the operator's business; the others are the client's, or
-        // were logged where they arose (plugins), or would flood the log (no backend).
-        match origin {
-            Origin::Upstream => {
-                tracing::warn!(origin = %origin, status = status.as_u16(), error = %self, "request failed")
-            }
-            _ => tracing::debug!(origin = %origin, status = status.as_u16(), error = %self, "request failed"),
-        }
-        let mut res = Response::new(ProxyBody::Local(Full::new(Bytes::from(format!("weir: {self}\n")))));
+        self.log();
+        let mut res = Response::new(ProxyBody::Local(Full::new(Bytes::from(self.body()))));
         *res.status_mut() = status;
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if origin == Origin::Client {
+            // What else the client sends on this connection cannot be trusted either.
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         res
+    }
+
+    /// The one-line body: `weir: <what went wrong>`.
+    fn body(&self) -> String {
+        format!("weir: {self}\n")
+    }
+
+    /// Logs the failure with its origin. A backend's failure is the operator's business;
+    /// the others are the client's, or were logged where they arose (plugins), or would
+    /// flood the log (no backend).
+    fn log(&self) {
+        let (status, origin) = (self.status().as_u16(), self.origin());
+        match origin {
+            Origin::Upstream => tracing::warn!(origin = %origin, status, error = %self, "request failed"),
+            _ => tracing::debug!(origin = %origin, status, error = %self, "request failed"),
+        }
+    }
+}
+
+/// The longest error response hyper writes by itself (status line, `connection`,
+/// `content-length: 0` and `date`); anything longer is not one.
+const BARE_MAX: usize = 256;
+
+/// A client connection as hyper's server sees it. Bytes pass through untouched, except
+/// the bare error responses hyper writes by itself for a request head it cannot parse
+/// (400, 414, 431, empty bodies), which are written as weir's own instead: the same
+/// status, a one-line `text/plain` body, `connection: close`.
+///
+/// A backend's own error can look the same byte for byte; the connection's service
+/// counts each such response it hands hyper in `lookalikes` ([`looks_bare`]), and the
+/// next that many lookalike writes pass untouched. hyper writes its own error only when
+/// no response is in progress, so it never comes before a backend's that is counted.
+#[derive(Debug)]
+pub(crate) struct ClientIo<S> {
+    inner: S,
+    /// The listener's limits, for the 431 body.
+    limits: (usize, usize),
+    /// Backend responses handed to hyper that will look like its own errors.
+    lookalikes: Arc<AtomicUsize>,
+    /// weir's answer being written in place of hyper's: the bytes, how many are written,
+    /// and how many of hyper's bytes it stands for.
+    replacing: Option<(Bytes, usize, usize)>,
+}
+
+impl<S> ClientIo<S> {
+    /// Wraps a client connection of a listener with these `max_header_bytes` and
+    /// `max_headers`; `lookalikes` is shared with the connection's service.
+    pub(crate) fn new(inner: S, max_header_bytes: usize, max_headers: usize, lookalikes: Arc<AtomicUsize>) -> Self {
+        Self { inner, limits: (max_header_bytes, max_headers), lookalikes, replacing: None }
+    }
+
+    /// The connection itself.
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Looks at what hyper writes; if it is one of hyper's bare errors, arranges for
+    /// weir's answer to be written instead.
+    fn inspect(&mut self, data: &[u8]) {
+        let Some((version, status, date)) = bare_error(data) else { return };
+        if self.lookalikes.load(Ordering::Relaxed) > 0 {
+            // A backend's own answer, counted by the service: pass it on as it is.
+            self.lookalikes.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let error = match status {
+            431 => ProxyError::HeadTooLarge { max_bytes: self.limits.0, max_headers: self.limits.1 },
+            414 => ProxyError::TargetTooLong,
+            _ => ProxyError::MalformedHead,
+        };
+        error.log();
+        let body = error.body();
+        let status = error.status();
+        let mut text = format!(
+            "{version} {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(date) = date {
+            text.push_str(date);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        text.push_str(&body);
+        self.replacing = Some((Bytes::from(text), 0, data.len()));
+    }
+}
+
+impl<S: AsyncWrite + Unpin> ClientIo<S> {
+    /// Writes the replacement; when all of it is out, reports hyper's bytes as written.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some((bytes, written, stands_for)) = &mut self.replacing else { return Poll::Ready(Ok(0)) };
+        while *written < bytes.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        let n = *stands_for;
+        self.replacing = None;
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// If `data` is exactly one response head as hyper writes it for an unparsable request
+/// (`HTTP/1.x 400|414|431`, `content-length: 0`, nothing but `connection` and `date`
+/// beside it, no body), its version, status and `date` line.
+fn bare_error(data: &[u8]) -> Option<(&str, u16, Option<&str>)> {
+    if data.len() > BARE_MAX || !data.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    let text = std::str::from_utf8(data).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = text.split("\r\n");
+    let (version, rest) = lines.next()?.split_once(' ')?;
+    let status: u16 = rest.get(..3)?.parse().ok()?;
+    if !matches!(version, "HTTP/1.1" | "HTTP/1.0")
+        || !matches!(status, 400 | 414 | 431)
+        || rest.as_bytes().get(3) != Some(&b' ')
+    {
+        return None;
+    }
+    let (mut empty, mut date) = (false, None);
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" if value.trim() == "0" => empty = true,
+            "date" => date = Some(line),
+            "connection" => {}
+            _ => return None,
+        }
+    }
+    empty.then_some((version, status, date))
+}
+
+/// Whether hyper will write this response of the service exactly as it writes its own
+/// bare errors (see [`ClientIo`]): a 400, 414 or 431 from a backend with an empty body
+/// and no header but `content-length`, `date` and `connection`.
+pub(crate) fn looks_bare(res: &Response<ProxyBody>) -> bool {
+    matches!(res.status().as_u16(), 400 | 414 | 431)
+        && matches!(res.body(), ProxyBody::Upstream(_))
+        && res.body().size_hint().exact() == Some(0)
+        && res.headers().keys().all(|k| k == header::CONTENT_LENGTH || k == header::DATE || k == header::CONNECTION)
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.replacing.is_none() {
+            this.inspect(buf);
+        }
+        if this.replacing.is_some() {
+            return this.poll_replacement(cx);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.replacing.is_none() {
+            let total: usize = bufs.iter().map(|b| b.len()).sum();
+            if total <= BARE_MAX && bufs.iter().find(|b| !b.is_empty()).is_some_and(|b| b.starts_with(b"HTTP/1.")) {
+                let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+                this.inspect(&joined);
+            }
+        }
+        if this.replacing.is_some() {
+            return this.poll_replacement(cx);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hypers_bare_errors_are_recognised() {
+        let date = "date: Thu, 03 Dec 2026 00:23:32 GMT";
+        let bare = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n{date}\r\n\r\n"
+        );
+        assert_eq!(bare_error(bare.as_bytes()), Some(("HTTP/1.1", 431, Some(date))));
+        let bad = "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(bare_error(bad.as_bytes()), Some(("HTTP/1.1", 400, None)));
+        for not in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 5\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ncontent-type: text/plain\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\nmore",
+            "HTTP/1.1 400 Bad Request\r\n\r\n",
+            "HTTP/1.1 4000 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/2.0 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            assert_eq!(bare_error(not.as_bytes()), None, "{not:?}");
+        }
     }
 }

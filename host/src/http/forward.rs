@@ -8,15 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use tokio::sync::watch;
 
 use super::errors::ProxyError;
 use super::headers::{add_headers, remove_hop_by_hop};
+use super::server::Held;
 use super::upstream::{self, ConnectError, UpstreamBody};
-use super::{Context, ProxyBody, websocket};
+use super::{ClientBody, ClientFault, Context, ProxyBody, websocket};
 use crate::config::TunnelLimits;
-use crate::net::listen::Stop;
 use crate::plugin::PickRequest;
 use crate::state::{Binding, Pool};
 
@@ -31,13 +29,15 @@ pub(crate) enum Failure {
 /// What a request brings to [`forward`] besides its head.
 pub(crate) struct Exchange {
     /// The request body, until it is sent.
-    pub(crate) body: Option<Incoming>,
+    pub(crate) body: Option<ClientBody>,
+    /// Set when the request body could not be read: the client's fault.
+    pub(crate) client_fault: Arc<ClientFault>,
     /// The client side of a WebSocket upgrade, if the request asks for one.
     pub(crate) client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The listener's tunnel limits.
     pub(crate) tunnel_limits: TunnelLimits,
-    /// The server's word to its tasks.
-    pub(crate) stop: watch::Receiver<Stop>,
+    /// The server's stop signal and the connection's slot, for a tunnel.
+    pub(crate) held: Held,
 }
 
 /// Sends the request to backend `id` and returns its response. On a connect failure the
@@ -100,6 +100,10 @@ pub(crate) async fn forward(
                 }
                 _ => {
                     let source = e.into_error();
+                    // The exchange failed because the client's body did: its fault.
+                    if let Some(why) = exchange.client_fault.get() {
+                        break Err(ProxyError::ClientBody(why.to_owned()));
+                    }
                     break Err(ProxyError::Upstream { backend: backend.config.address.clone(), source });
                 }
             },
@@ -114,8 +118,8 @@ pub(crate) async fn forward(
     {
         // The connection now belongs to the tunnel; its request sender is no longer needed.
         drop(conn);
-        let stop = exchange.stop.clone();
-        let mut res = websocket::upgrade(ctx, res, client, live.clone(), bound.hold, exchange.tunnel_limits, stop);
+        let held = Held { stop: exchange.held.stop.clone(), slot: exchange.held.slot.clone() };
+        let mut res = websocket::upgrade(ctx, res, client, live.clone(), bound.hold, exchange.tunnel_limits, held);
         add_headers(res.headers_mut(), bound.headers);
         return Ok(res);
     }

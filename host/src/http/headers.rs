@@ -2,11 +2,87 @@
 //! the backend (origin-form target, hop-by-hop headers removed, `X-Forwarded-*` added),
 //! the upgrade check, and the headers an affinity plugin adds to a response.
 
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::errors::HostError;
 use super::route::request_host;
+
+/// Checks a request's host as RFC 9112 §3.2 asks of a server: an HTTP/1.1 request has
+/// exactly one `Host`, an HTTP/1.0 one at most, and every `Host` value and absolute-form
+/// authority is `host[:port]` (no userinfo, RFC 9110 §4.2.4; no empty host, §4.2.1).
+pub(crate) fn check_host(head: &http::request::Parts) -> Result<(), HostError> {
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.count()) {
+        (None, _) if head.version >= http::Version::HTTP_11 => return Err(HostError::Missing),
+        (None, _) => {}
+        (Some(_), 0) => {}
+        (Some(_), more) => return Err(HostError::Repeated { count: more + 1 }),
+    }
+    if let Some(value) = head.headers.get(header::HOST)
+        && !is_host_port(value.as_bytes())
+    {
+        return Err(HostError::Malformed { value: quote(value.as_bytes()) });
+    }
+    if let Some(authority) = head.uri.authority()
+        && !is_host_port(authority.as_str().as_bytes())
+    {
+        return Err(HostError::Target { authority: quote(authority.as_str().as_bytes()) });
+    }
+    Ok(())
+}
+
+/// A received value to quote in an error: lossy UTF-8, at most 100 characters.
+fn quote(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).chars().take(100).collect()
+}
+
+/// Whether `b` is `host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3): a bracketed IPv6
+/// literal, or a non-empty reg-name (which covers IPv4 addresses); a port of digits up to
+/// 65535.
+fn is_host_port(b: &[u8]) -> bool {
+    let (host_ok, port) = if let Some(rest) = b.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&c| c == b']') else { return false };
+        let literal = std::str::from_utf8(&rest[..end]).ok().and_then(|s| s.parse::<Ipv6Addr>().ok());
+        (literal.is_some(), &rest[end + 1..])
+    } else {
+        let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+        (!b[..end].is_empty() && is_reg_name(&b[..end]), &b[end..])
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+        }
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// Whether `b` is a reg-name: unreserved characters, sub-delims and percent-encodings.
+fn is_reg_name(b: &[u8]) -> bool {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                if !b.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            c if c.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
 
 /// Appends the headers an affinity plugin asked for.
 pub(crate) fn add_headers(to: &mut HeaderMap, headers: Vec<(HeaderName, HeaderValue)>) {
@@ -28,8 +104,10 @@ pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
 }
 
-/// Rewrites a client request head for the backend: origin-form URI, hop-by-hop headers
-/// removed, `X-Forwarded-*` added.
+/// Rewrites a client request head (checked by [`check_host`]) for the backend:
+/// origin-form URI, with the authority of an absolute-form target as `Host` (RFC 9112
+/// §3.2.2: the host the request was routed by), hop-by-hop headers removed,
+/// `X-Forwarded-*` added.
 pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: SocketAddr) {
     let host = request_host(head).and_then(|h| HeaderValue::from_str(h).ok());
     if head.uri.authority().is_some() {
@@ -37,19 +115,25 @@ pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: Socke
         if let Ok(uri) = pq.parse() {
             head.uri = uri;
         }
-    }
-    if let Some(host) = &host {
-        head.headers.entry(header::HOST).or_insert_with(|| host.clone());
+        if let Some(host) = &host {
+            head.headers.insert(header::HOST, host.clone());
+        }
     }
     head.version = http::Version::HTTP_11;
     remove_hop_by_hop(&mut head.headers);
 
-    let ip = peer.ip().to_string();
-    let xff = match head.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // Every `X-Forwarded-For` line, in order, as one list, then the peer.
+    let mut xff = Vec::new();
+    for prior in head.headers.get_all(X_FORWARDED_FOR) {
+        let prior = prior.as_bytes().trim_ascii();
+        if !prior.is_empty() {
+            xff.extend_from_slice(prior);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(peer.ip().to_string().as_bytes());
+    // Made of received header values (no CR, LF or NUL) and an address, so it is valid.
+    if let Ok(v) = HeaderValue::from_bytes(&xff) {
         head.headers.insert(X_FORWARDED_FOR, v);
     }
     head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -174,6 +258,35 @@ mod tests {
     }
 
     #[test]
+    fn hosts_are_host_and_port() {
+        for good in
+            ["a.example", "a.example:8080", "A-b_c~d.e", "192.0.2.1:80", "[::1]", "[2001:db8::1]:443", "%41b", "a:"]
+        {
+            assert!(is_host_port(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "a/b",
+            "a@b",
+            "a.example:http",
+            "a:1:2",
+            "[::1",
+            "[::1]x",
+            "[nope]",
+            "::1",
+            "a:65536",
+            "a:000001",
+            "%4",
+            "%zz",
+            "a\u{e9}",
+        ] {
+            assert!(!is_host_port(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
     fn forwarded_headers_are_added_and_appended() {
         let req =
             Request::builder().uri("http://example.com/a?b=1").header("x-forwarded-for", "192.0.2.7").body(()).unwrap();
@@ -184,5 +297,21 @@ mod tests {
         assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7, 10.1.2.3");
         assert_eq!(head.headers["x-forwarded-proto"], "http");
         assert_eq!(head.headers["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept_in_order() {
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "a")
+            .header("x-forwarded-for", "192.0.2.1")
+            .header("x-forwarded-for", " 192.0.2.2, 192.0.2.3 ")
+            .header("x-forwarded-for", "")
+            .body(())
+            .unwrap();
+        let (mut head, ()) = req.into_parts();
+        prepare_upstream_head(&mut head, "[2001:db8::9]:5555".parse().unwrap());
+        let all: Vec<_> = head.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["192.0.2.1, 192.0.2.2, 192.0.2.3, 2001:db8::9"]);
     }
 }

@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
@@ -19,22 +20,34 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use super::errors::ProxyError;
+use super::errors::{ClientIo, ProxyError, looks_bare};
 use super::forward::{Exchange, Failure, forward};
-use super::headers::{is_websocket_upgrade, prepare_upstream_head};
+use super::headers::{check_host, is_websocket_upgrade, prepare_upstream_head};
 use super::route::route;
-use super::{Context, ProxyBody};
+use super::{ClientBody, ClientFault, Context, ProxyBody};
 use crate::config::ListenerConfig;
 use crate::core::Protocol;
-use crate::net::listen::{Acceptor, Stop};
+use crate::net::listen::{Acceptor, Slot, Slots, Stop};
 use crate::plugin::PickRequest;
 use crate::state::Placement;
 
 /// Accepts connections until the task is aborted (the listener was removed) or the
 /// server stops (`stop` leaves `Serve`).
-pub(crate) async fn serve(mut acceptor: Acceptor, name: Arc<str>, ctx: Arc<Context>, stop: watch::Receiver<Stop>) {
+/// With `max_connections`, it waits for one of `slots` before each accept.
+pub(crate) async fn serve(
+    mut acceptor: Acceptor,
+    slots: Arc<Slots>,
+    name: Arc<str>,
+    ctx: Arc<Context>,
+    stop: watch::Receiver<Stop>,
+) {
     let mut stopping = stop.clone();
+    let limit = || ctx.snapshot.load().listeners.get(&*name).and_then(|l| l.max_connections);
     loop {
+        let slot = tokio::select! {
+            slot = slots.take(limit) => Arc::new(slot),
+            () = stop_serving(&mut stopping) => return,
+        };
         let (stream, peer) = tokio::select! {
             conn = acceptor.accept() => conn,
             () = stop_serving(&mut stopping) => return,
@@ -47,14 +60,23 @@ pub(crate) async fn serve(mut acceptor: Acceptor, name: Arc<str>, ctx: Arc<Conte
         tokio::spawn(async move {
             let _open = ctx.connections.track();
             let builder = builder(&config);
+            let lookalikes = Arc::new(AtomicUsize::new(0));
+            let io = ClientIo::new(stream, config.max_header_bytes, config.max_headers, lookalikes.clone());
             let service = {
                 let (ctx, stop) = (ctx.clone(), stop.clone());
                 hyper::service::service_fn(move |req| {
-                    let (ctx, name, stop) = (ctx.clone(), name.clone(), stop.clone());
-                    async move { Ok::<_, Infallible>(handle(req, peer, &name, &ctx, stop).await) }
+                    let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
+                    let slot = slot.clone();
+                    async move {
+                        let res = handle(req, peer, &name, &ctx, Held { stop, slot }).await;
+                        if looks_bare(&res) {
+                            lookalikes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok::<_, Infallible>(res)
+                    }
                 })
             };
-            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
             let mut conn = std::pin::pin!(conn);
             let mut graceful = false;
             loop {
@@ -97,11 +119,22 @@ fn builder(config: &ListenerConfig) -> http1::Builder {
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // A client may shut down its sending side once its request is out and still wait
+        // for the response; without this hyper takes the end of its input for the client
+        // leaving and drops the request in flight.
+        .half_close(true)
         .header_read_timeout(config.header_read_timeout)
         .max_header_size(config.max_header_bytes)
         .max_buf_size(config.max_header_bytes.max(400 << 10))
         .max_headers(config.max_headers);
     builder
+}
+
+/// What a request's connection lends it: the server's stop signal, and the connection's
+/// slot in its listener's `max_connections` (a WebSocket keeps it while its tunnel lives).
+pub(crate) struct Held {
+    pub(crate) stop: watch::Receiver<Stop>,
+    pub(crate) slot: Arc<Slot>,
 }
 
 /// Handles one request end to end. Never fails: every error becomes a response.
@@ -110,9 +143,12 @@ async fn handle(
     peer: SocketAddr,
     listener: &str,
     ctx: &Context,
-    stop: watch::Receiver<Stop>,
+    held: Held,
 ) -> Response<ProxyBody> {
     let (mut head, body) = req.into_parts();
+    if let Err(e) = check_host(&head) {
+        return ProxyError::from(e).into_response();
+    }
     // One snapshot load: the route, the pool and the listener's limits all come from it.
     let (pool, tunnel_limits) = {
         let snapshot = ctx.snapshot.load();
@@ -135,7 +171,9 @@ async fn handle(
     }
     let protocol = if websocket { Protocol::WebSocket } else { Protocol::Http1 };
     let mut pick = PickRequest { protocol, client: peer, sni: None, head: Some(Box::new(head)) };
-    let mut exchange = Exchange { body: Some(body), client_upgrade, tunnel_limits, stop };
+    let client_fault = Arc::new(ClientFault::default());
+    let body = ClientBody::new(body, client_fault.clone());
+    let mut exchange = Exchange { body: Some(body), client_fault, client_upgrade, tunnel_limits, held };
     let mut avoid = None;
     for attempt in 0..2 {
         let (returned, placement) = pool.place(pick, avoid);

@@ -20,12 +20,13 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::ClientBody;
 use crate::state::BackendLive;
 
 /// An idle keep-alive connection.
 #[derive(Debug)]
 pub(crate) struct IdleConn {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<ClientBody>,
     since: Instant,
 }
 
@@ -116,7 +117,7 @@ impl Drop for ActiveGuard {
 /// (see [`UpstreamBody`]), so one exchange never counts twice.
 #[derive(Debug)]
 pub(crate) struct Checkout {
-    pub(crate) sender: SendRequest<Incoming>,
+    pub(crate) sender: SendRequest<ClientBody>,
     /// Whether it came from the idle stack (and so may have been closed by the backend).
     pub(crate) reused: bool,
 }

@@ -9,9 +9,13 @@ use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::errors::ClientIo;
 use super::headers::remove_hop_by_hop;
+use super::server::Held;
 use super::upstream::ActiveGuard;
 use super::{Context, ProxyBody};
 use crate::config::TunnelLimits;
@@ -29,14 +33,17 @@ pub(crate) fn upgrade(
     live: Arc<BackendLive>,
     stick: Option<StickHold>,
     limits: TunnelLimits,
-    mut stop: watch::Receiver<Stop>,
+    held: Held,
 ) -> Response<ProxyBody> {
+    let Held { mut stop, slot } = held;
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
     let entry = ctx.tunnels.register(&live);
     let active = ActiveGuard::new(live);
     tokio::spawn(async move {
-        let _held = (active, stick);
+        // Held while the tunnel lives: it is an active connection of its backend, keeps
+        // its stick entry from expiring and its client's slot in the listener.
+        let _held = (active, stick, slot);
         let run = async {
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(pair) => pair,
@@ -45,7 +52,13 @@ pub(crate) fn upgrade(
                     return;
                 }
             };
-            if let Err(e) = tunnel::join(client, upstream, limits, &entry.order).await {
+            // The client's plain TCP connection under weir's wrapper, so the tunnel can
+            // splice it.
+            let client = match client.downcast::<TokioIo<ClientIo<TcpStream>>>() {
+                Ok(parts) => tunnel::Leg::Tcp(parts.io.into_inner().into_inner(), parts.read_buf),
+                Err(client) => tunnel::Leg::from(client),
+            };
+            if let Err(e) = tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order).await {
                 tracing::debug!(error = %e, "websocket tunnel ended with an error");
             }
         };

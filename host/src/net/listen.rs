@@ -1,6 +1,10 @@
 //! Binding listeners and accepting from them. The accept loop only accepts (DESIGN
 //! convention 2): whatever the connection needs next happens in its own task.
 //!
+//! A listener with `max_connections` accepts only while it has a free [`Slots`] slot:
+//! while full it accepts nothing, and new clients wait in the kernel's listen queue
+//! (backpressure at accept, as HAProxy's `maxconn` and nginx's `worker_connections`).
+//!
 //! An accept error is nearly always the process or system running out of file
 //! descriptors (`EMFILE`, `ENFILE`) or memory: retrying at once would spin a core while
 //! nothing can change, so the loop backs off, doubling from 5 ms to 1 s, and resets the
@@ -104,5 +108,49 @@ impl Drop for ConnectionGuard {
         if self.0.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
             self.0.closed.notify_waiters();
         }
+    }
+}
+
+/// A listener's open connections against its `max_connections`. The accept loop takes a
+/// slot before it accepts ([`Slots::take`]); each connection holds its [`Slot`] until it
+/// closes (a WebSocket, until its tunnel closes).
+#[derive(Debug, Default)]
+pub struct Slots {
+    open: std::sync::atomic::AtomicUsize,
+    /// A slot came free or the limit changed: the waiting accept loop looks again.
+    changed: tokio::sync::Notify,
+}
+
+impl Slots {
+    /// Waits until fewer than `limit()` connections are open (at once when it is `None`),
+    /// then takes a slot. `limit` is asked again whenever a slot comes free or
+    /// [`Slots::limit_changed`] is called. One caller at a time (the accept loop).
+    pub async fn take(self: &std::sync::Arc<Self>, limit: impl Fn() -> Option<usize>) -> Slot {
+        loop {
+            // Made before looking, so a slot freed in between is not missed.
+            let changed = self.changed.notified();
+            let open = self.open.load(std::sync::atomic::Ordering::Acquire);
+            if limit().is_none_or(|max| open < max) {
+                self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                return Slot(self.clone());
+            }
+            changed.await;
+        }
+    }
+
+    /// The listener's limit may have changed (a reload): a waiting accept loop looks again.
+    pub fn limit_changed(&self) {
+        self.changed.notify_one();
+    }
+}
+
+/// One connection's place in its listener's [`Slots`], given back when dropped.
+#[derive(Debug)]
+pub struct Slot(std::sync::Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }

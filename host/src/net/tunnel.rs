@@ -39,12 +39,7 @@ const UNTRACKED: u64 = u64::MAX;
 /// both directions are finished, the tunnel has been idle (no byte either way) for
 /// `limits.idle_timeout`, it reaches `limits.max_lifetime`, or a drain `order` cuts it
 /// (after its close frame went out at the order's moment).
-pub(crate) async fn join(
-    client: Upgraded,
-    backend: Upgraded,
-    limits: TunnelLimits,
-    order: &DrainOrder,
-) -> io::Result<()> {
+pub(crate) async fn join(client: Leg, backend: Leg, limits: TunnelLimits, order: &DrainOrder) -> io::Result<()> {
     let started = Instant::now();
     // Milliseconds after `started` of the last byte moved, in either direction.
     let activity = AtomicU64::new(0);
@@ -100,20 +95,39 @@ pub(crate) async fn join(
     }
 }
 
+/// One side of a tunnel: a plain TCP connection (with the bytes its peer sent that were
+/// read before the upgrade), or any other upgraded connection.
+#[derive(Debug)]
+pub(crate) enum Leg {
+    /// Plain TCP: spliced and copied per burst.
+    Tcp(TcpStream, bytes::Bytes),
+    /// Anything else (TLS, in time): a buffered copy.
+    Other(Upgraded),
+}
+
+impl From<Upgraded> for Leg {
+    /// A plain TCP leg if hyper's upgraded connection is one, else as it is.
+    fn from(upgraded: Upgraded) -> Self {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => Leg::Tcp(parts.io.into_inner(), parts.read_buf),
+            Err(upgraded) => Leg::Other(upgraded),
+        }
+    }
+}
+
 /// Copies both ways, recording activity; `a` is the client, `b` the backend.
-async fn copy(a: Upgraded, b: Upgraded, activity: &AtomicU64, started: Instant, closing: &Closing) -> io::Result<()> {
+async fn copy(a: Leg, b: Leg, activity: &AtomicU64, started: Instant, closing: &Closing) -> io::Result<()> {
     let touch = || activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    match (a.downcast::<TokioIo<TcpStream>>(), b.downcast::<TokioIo<TcpStream>>()) {
-        (Ok(a), Ok(b)) => {
-            let (a_io, b_io) = (a.io.into_inner(), b.io.into_inner());
+    match (a, b) {
+        (Leg::Tcp(a_io, a_early), Leg::Tcp(b_io, b_early)) => {
             // Bytes each side sent right after its upgrade, already read by hyper. They
             // are slices of hyper's read buffers: drop them once written, or each would
             // keep a whole buffer alive for the life of the tunnel.
             let mut frames = FrameTracker::default();
-            pump::write_all(&b_io, &a.read_buf, &touch).await?;
-            frames.advance(&b.read_buf, false);
-            pump::write_all(&a_io, &b.read_buf, &touch).await?;
-            drop((a.read_buf, b.read_buf));
+            pump::write_all(&b_io, &a_early, &touch).await?;
+            frames.advance(&b_early, false);
+            pump::write_all(&a_io, &b_early, &touch).await?;
+            drop((a_early, b_early));
             let to_client = pump::frames_until_end(&b_io, &a_io, &touch, frames, closing);
             // Client→backend needs no frame boundary: splice(2), no copy through weir.
             tokio::try_join!(pump::splice_until_end(&a_io, &b_io, &touch), to_client).map(|_| ())
@@ -132,14 +146,14 @@ async fn copy(a: Upgraded, b: Upgraded, activity: &AtomicU64, started: Instant, 
 }
 
 /// Something a tunnel leg can be copied through.
-trait Leg: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Leg for T {}
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
 
 /// A leg as a stream, with the bytes its peer sent that were read before the upgrade.
-fn stream(leg: Result<hyper::upgrade::Parts<TokioIo<TcpStream>>, Upgraded>) -> (Box<dyn Leg>, bytes::Bytes) {
+fn stream(leg: Leg) -> (Box<dyn Stream>, bytes::Bytes) {
     match leg {
-        Ok(parts) => (Box::new(parts.io.into_inner()), parts.read_buf),
-        Err(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),
+        Leg::Tcp(io, early) => (Box::new(io), early),
+        Leg::Other(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),
     }
 }
 
