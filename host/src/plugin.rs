@@ -7,10 +7,12 @@
 //! config) lives while a snapshot uses it; an `InstanceState` lives in one thread's store
 //! until the plugin is dropped or the instance traps.
 //!
-//! Every call runs under an epoch deadline and a memory limit. A trap (including a blown
-//! deadline or memory limit) drops that thread's instance — wasmtime poisons an instance
-//! that trapped — and is counted and logged with the plugin's name; the next call builds a
-//! fresh one. The caller (the state layer's placement) then applies `on_plugin_error`.
+//! Every call runs under a deadline counted in the time it ran (an epoch deadline checked
+//! against the thread's CPU clock when it passes, [`deadline`]) and a memory limit. A trap
+//! (including a blown deadline or memory limit) drops that thread's instance — wasmtime
+//! poisons an instance that trapped — and is counted and logged with the plugin's name;
+//! the next call builds a fresh one. The caller (the state layer's placement) then
+//! applies `on_plugin_error`.
 //!
 //! This layer sees a pool only through [`PoolHost`], which the state layer implements.
 
@@ -28,6 +30,7 @@ use crate::core::Protocol;
 
 mod bindings;
 mod cache;
+mod deadline;
 mod engine;
 mod imports;
 pub mod inspect;
@@ -295,7 +298,9 @@ impl PluginRuntime {
             },
             pre,
             config_json: plugin.config_json.clone(),
+            call_timeout: self.settings.call_timeout,
             call_ticks: engine::ticks(self.settings.call_timeout),
+            rebuild_timeout: self.settings.rebuild_timeout,
             rebuild_ticks: engine::ticks(self.settings.rebuild_timeout),
             memory_limit: self.settings.memory_limit,
             instances: thread_local::ThreadLocal::new(),
@@ -330,8 +335,12 @@ struct Plugin<W: World> {
     info: PluginInfo,
     pre: W::Pre,
     config_json: String,
+    /// Deadline of one decision call, in time the call ran (see [`deadline`]), and the
+    /// epoch ticks after which it is first checked.
+    call_timeout: std::time::Duration,
     call_ticks: u64,
-    /// Deadline of `configure`, instantiation and `pool-changed`, in epoch ticks.
+    /// Deadline of `configure`, instantiation and `pool-changed`, likewise.
+    rebuild_timeout: std::time::Duration,
     rebuild_ticks: u64,
     memory_limit: usize,
     instances: thread_local::ThreadLocal<std::cell::RefCell<Slot<W>>>,
@@ -356,7 +365,7 @@ impl<W: World> Plugin<W> {
         let info = &self.info;
         info.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let mut live = Live::<W>::new(W::engine(&self.pre), info.name.clone(), info.pool.clone(), self.memory_limit);
-        live.store.set_epoch_deadline(self.rebuild_ticks);
+        live.arm(self.rebuild_ticks, self.rebuild_timeout);
         let exports = W::instantiate(&self.pre, &mut live.store).map_err(|e| self.classify(&live, e, true))?;
         live.store.data_mut().pin(view);
         match W::configure(&exports, &mut live.store, &self.config_json) {
@@ -404,8 +413,11 @@ impl<W: World> Plugin<W> {
             // gets the long deadline, except when `pool-changed` itself already failed in
             // this generation on this thread, so a plugin that cannot rebuild is not granted
             // it on every request. A failed call does not cost the next instance its grace.
-            let grace = if slot.failed_rebuild == generation { self.call_ticks } else { self.rebuild_ticks };
-            live.store.set_epoch_deadline(grace);
+            if slot.failed_rebuild == generation {
+                live.arm(self.call_ticks, self.call_timeout);
+            } else {
+                live.arm(self.rebuild_ticks, self.rebuild_timeout);
+            }
             let changed = match &live.exports {
                 Some(x) => W::pool_changed(x, &mut live.store),
                 None => Err(wasmtime::Error::msg("instance has no exports")),
@@ -418,7 +430,7 @@ impl<W: World> Plugin<W> {
             }
             live.generation = generation;
         }
-        live.store.set_epoch_deadline(self.call_ticks);
+        live.arm(self.call_ticks, self.call_timeout);
         live.store.data_mut().request = Some(req);
         let result = match &live.exports {
             Some(x) => f(x, &mut live.store),

@@ -11,6 +11,7 @@ use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::PickRequest;
+use super::deadline::Deadline;
 use super::world::World;
 use crate::config::BackendConfig;
 
@@ -87,6 +88,8 @@ pub(crate) struct InstanceState {
     pub(crate) request: Option<PickRequest>,
     /// The last `(table, key)` given to `stick-set` during the current call.
     pub(crate) stuck: Option<(u32, u64)>,
+    /// The current call's deadline, in the time it ran.
+    deadline: Deadline,
 }
 
 impl InstanceState {
@@ -138,9 +141,19 @@ impl<W: World> Live<W> {
             view: None,
             request: None,
             stuck: None,
+            deadline: Deadline::new(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().deadline.expired()));
         Self { store, exports: None, generation: 0 }
+    }
+
+    /// Starts a call that may run for `budget`, first checked after `ticks` epoch ticks
+    /// (see [`super::deadline`]).
+    #[inline]
+    pub(crate) fn arm(&mut self, ticks: u64, budget: Duration) {
+        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().deadline.arm(budget);
     }
 }
