@@ -4,7 +4,7 @@
 //! Every error names the file, line, column and dotted key it is about. Unknown keys are
 //! errors, so a misspelt option never silently falls back to a default. Field docs below
 //! give each option's default and whether a reload can change it (listeners, pools,
-//! backends and plugins are reloadable; `[plugins]` is read at start only).
+//! backends and plugins are reloadable; `[runtime]` and `[plugins]` are read at start only).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -74,6 +74,9 @@ pub enum OnPluginError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    /// The process. Not reloadable.
+    #[serde(default)]
+    runtime: FileRuntime,
     /// Plugin runtime limits. Not reloadable.
     #[serde(default)]
     plugins: FilePlugins,
@@ -83,6 +86,15 @@ struct FileConfig {
     /// Pools, `[pool.NAME]`. Reloadable.
     #[serde(default, rename = "pool")]
     pools: BTreeMap<String, FilePool>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRuntime {
+    /// Worker threads serving traffic; 0 means one per CPU weir may run on. Default 0.
+    /// Range 0 to 1024. Read at start; not reloadable.
+    worker_threads: Option<Spanned<usize>>,
 }
 
 /// `[plugins]`.
@@ -220,12 +232,39 @@ struct FilePluginRef {
 pub struct Config {
     /// The file it came from, when it came from one.
     pub source: Option<PathBuf>,
+    /// Process settings.
+    pub runtime: RuntimeSettings,
     /// Plugin runtime settings.
     pub plugins: PluginSettings,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Pools by name.
     pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// Process settings, `[runtime]`. Read at start; a reload does not change them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// Worker threads serving traffic, at least 1 (`0` in the file became the number of
+    /// CPUs weir may run on). Each keeps its own instance of every plugin it calls.
+    pub worker_threads: usize,
+}
+
+impl RuntimeSettings {
+    /// Most worker threads a config may ask for.
+    pub const MAX_WORKER_THREADS: usize = 1024;
+
+    /// The CPUs this process may run on (CPU affinity and cgroup quotas honoured), 1 when
+    /// that cannot be told.
+    pub fn available_cpus() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self { worker_threads: Self::available_cpus() }
+    }
 }
 
 /// Plugin runtime settings.
@@ -458,7 +497,13 @@ impl std::fmt::Display for PluginSource {
 impl Config {
     /// A config with no listener and no pool, and default settings.
     pub fn empty() -> Self {
-        Self { source: None, plugins: PluginSettings::default(), listeners: Vec::new(), pools: BTreeMap::new() }
+        Self {
+            source: None,
+            runtime: RuntimeSettings::default(),
+            plugins: PluginSettings::default(),
+            listeners: Vec::new(),
+            pools: BTreeMap::new(),
+        }
     }
 
     /// Reads and validates a config file.
@@ -473,7 +518,8 @@ impl Config {
         let cx = Cx { text, file: path.map_or_else(|| "<inline>".to_owned(), |p| p.display().to_string()) };
         let de = toml::Deserializer::parse(text).map_err(|e| cx.toml_error(&e, String::new()))?;
         let file: FileConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            // A `Spanned` value adds a private field to the path: the key is its parent.
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let key = if key == "." { String::new() } else { key };
             cx.toml_error(e.inner(), key)
         })?;
@@ -511,6 +557,17 @@ impl Cx<'_> {
     }
 
     fn validate(&self, file: FileConfig, base: &Path, source: Option<&Path>) -> Result<Config, ConfigError> {
+        let runtime = match file.runtime.worker_threads {
+            Some(n) if *n.get_ref() > RuntimeSettings::MAX_WORKER_THREADS => {
+                return Err(self.spanned(
+                    &n,
+                    "runtime.worker_threads",
+                    format!("at most {} (0 = one per CPU)", RuntimeSettings::MAX_WORKER_THREADS),
+                ));
+            }
+            Some(n) if *n.get_ref() > 0 => RuntimeSettings { worker_threads: n.into_inner() },
+            _ => RuntimeSettings::default(),
+        };
         let defaults = PluginSettings::default();
         let plugins = PluginSettings {
             cache_dir: file.plugins.cache_dir.map(|d| base.join(d)),
@@ -614,7 +671,7 @@ impl Cx<'_> {
                 },
             });
         }
-        Ok(Config { source: source.map(Path::to_path_buf), plugins, listeners, pools })
+        Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, listeners, pools })
     }
 
     fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str) -> Result<PluginRef, ConfigError> {

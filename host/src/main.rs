@@ -106,7 +106,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        None | Some(Command::Run) => config_path(cli.config).and_then(|path| block_on(run(path))),
+        None | Some(Command::Run) => config_path(cli.config).and_then(|path| {
+            // Read before the async runtime starts: `[runtime] worker_threads` sizes it.
+            let config = Config::load(&path)?;
+            block_on_with(Some(config.runtime.worker_threads), run(path, config))
+        }),
         Some(Command::Check) => config_path(cli.config).and_then(check),
         Some(Command::Demo { listen }) => block_on(demo(listen)),
         Some(Command::Plugin { command }) => plugin(command),
@@ -137,17 +141,26 @@ fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?
-        .block_on(f)
+    block_on_with(None, f)
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+/// Runs `f` on a multi-threaded runtime with `worker_threads` workers (tokio's default,
+/// one per CPU, when `None`).
+fn block_on_with<F: std::future::Future<Output = anyhow::Result<()>>>(
+    worker_threads: Option<usize>,
+    f: F,
+) -> anyhow::Result<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n.max(1));
+    }
+    builder.enable_all().build().context("cannot start the tokio runtime")?.block_on(f)
+}
+
+async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let server = weir::Server::start(config).await?;
-    tracing::info!(config = %path.display(), listeners = server.listeners().len(), "weir is running");
+    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(config = %path.display(), listeners = server.listeners().len(), worker_threads, "weir is running");
     let reloads = async {
         #[cfg(unix)]
         if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

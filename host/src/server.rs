@@ -91,6 +91,9 @@ impl Server {
         if current.plugins != config.plugins {
             tracing::warn!("reload: [plugins] is read at start only; restart weir to apply its changes");
         }
+        if current.runtime != config.runtime {
+            tracing::warn!("reload: [runtime] is read at start only; restart weir to apply its changes");
+        }
         let applied = self.control.apply(control::diff(&current, &config)).await?;
         *self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
         Ok(applied)

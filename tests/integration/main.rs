@@ -7,6 +7,7 @@ mod cli;
 mod control;
 mod drain;
 mod layers;
+mod many_pools;
 mod pack;
 mod pack_hashing;
 mod pack_load;

@@ -146,6 +146,28 @@ fn compiled_plugins_are_cached_on_disk_across_restarts() {
     assert_eq!(third.compiled.load(Ordering::Relaxed), 1);
 }
 
+#[test]
+fn pools_that_name_the_same_plugin_share_its_compiled_code() {
+    use weir::config::Config;
+    use weir::plugin::PluginRuntime;
+    use weir::state::Snapshot;
+    let mut text = format!("[plugins]\ncache_dir = {:?}\n", support::cache_dir().display().to_string());
+    for p in 0..3 {
+        text += &format!("[pool.p{p}]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n");
+    }
+    text += "[pool.other]\nbackends = [{ address = \"127.0.0.1:1\" }]\nbalancer = { plugin = \"p2c\" }\n";
+    let config = Config::parse(&text, None).unwrap();
+    let runtime = PluginRuntime::new(config.plugins.clone()).unwrap();
+    let snapshot = Snapshot::build(&config, &runtime, None).unwrap();
+    let loaded = runtime.compiled.load(Ordering::Relaxed) + runtime.cache_hits.load(Ordering::Relaxed);
+    assert_eq!((loaded, runtime.shared.load(Ordering::Relaxed)), (2, 2), "round-robin once, p2c once");
+    // Once no plugin holds it, a component is loaded afresh.
+    drop(snapshot);
+    Snapshot::build(&config, &runtime, None).unwrap();
+    let again = runtime.compiled.load(Ordering::Relaxed) + runtime.cache_hits.load(Ordering::Relaxed);
+    assert_eq!((again, runtime.shared.load(Ordering::Relaxed)), (4, 4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_cannot_grow_the_host_with_endless_names() {
     // `names` asks for a new counter, stick table and secret on every pick.

@@ -101,3 +101,17 @@ fn routes_match_host_and_path_segments() {
     assert!(!r.matches(Some("a.example.com"), "/apix"));
     assert!(!r.matches(None, "/api"));
 }
+
+#[test]
+fn worker_threads_zero_is_the_cpus_weir_may_use() {
+    let cpus = RuntimeSettings::available_cpus();
+    assert_eq!(Config::parse(GOOD, None).unwrap().runtime.worker_threads, cpus, "the default");
+    let with = |n: &str| format!("[runtime]\nworker_threads = {n}\n{GOOD}");
+    assert_eq!(Config::parse(&with("0"), None).unwrap().runtime.worker_threads, cpus);
+    assert_eq!(Config::parse(&with("16"), None).unwrap().runtime.worker_threads, 16);
+    let (line, column, key, message) = invalid(&with("1025"));
+    assert_eq!((line, column, key.as_str()), (2, 18, "runtime.worker_threads"), "{message}");
+    assert!(message.contains("at most 1024"), "{message}");
+    let (line, _, key, _) = invalid(&with("-1"));
+    assert_eq!((line, key.as_str()), (2, "runtime.worker_threads"));
+}

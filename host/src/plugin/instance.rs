@@ -74,6 +74,21 @@ impl ResourceLimiter for MemoryLimiter {
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
+
+    // Per store, hence per plugin instance: the limit above applies to each memory, so the
+    // number of memories (and of core instances and tables) is bounded too. A component
+    // built by wit-bindgen has a handful of each.
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        32
+    }
 }
 
 /// The data of one plugin store.
