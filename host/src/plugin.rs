@@ -7,10 +7,12 @@
 //! config) lives while a snapshot uses it; an `InstanceState` lives in one thread's store
 //! until the plugin is dropped or the instance traps.
 //!
-//! Every call runs under an epoch deadline and a memory limit. A trap (including a blown
-//! deadline or memory limit) drops that thread's instance — wasmtime poisons an instance
-//! that trapped — and is counted and logged with the plugin's name; the next call builds a
-//! fresh one. The caller (the state layer's placement) then applies `on_plugin_error`.
+//! Every call runs under a deadline counted in the time it ran (an epoch deadline checked
+//! against the thread's CPU clock when it passes, [`deadline`]) and a memory limit. A trap
+//! (including a blown deadline or memory limit) drops that thread's instance — wasmtime
+//! poisons an instance that trapped — and is counted and logged with the plugin's name;
+//! the next call builds a fresh one. The caller (the state layer's placement) then
+//! applies `on_plugin_error`.
 //!
 //! This layer sees a pool only through [`PoolHost`], which the state layer implements.
 
@@ -28,6 +30,7 @@ use crate::core::Protocol;
 
 mod bindings;
 mod cache;
+mod deadline;
 mod engine;
 mod imports;
 pub mod inspect;
@@ -178,16 +181,25 @@ impl PerThreadCounter {
     }
 }
 
+/// Compiled components by content hash, held by the plugins that use them.
+type Loaded = std::collections::HashMap<[u8; 32], std::sync::Weak<Component>>;
+
 /// Loads plugins: compiles (or fetches from the disk cache), links and validates them.
 pub struct PluginRuntime {
     engine: &'static Engine,
     linker: Arc<Linker<InstanceState>>,
     cache: Option<cache::DiskCache>,
+    /// The components loaded plugins use, by content hash: every pool that names the same
+    /// component shares one copy of its code (about 400 KiB of a `round-robin` pool's
+    /// memory before it was shared). An entry lives while a plugin holds it.
+    loaded: std::sync::Mutex<Loaded>,
     settings: PluginSettings,
     /// Components compiled by cranelift (cache misses).
     pub compiled: AtomicU64,
     /// Components loaded from the disk cache.
     pub cache_hits: AtomicU64,
+    /// Loads answered by a component already in memory.
+    pub shared: AtomicU64,
 }
 
 impl std::fmt::Debug for PluginRuntime {
@@ -212,9 +224,11 @@ impl PluginRuntime {
             engine,
             linker: Arc::new(linker),
             cache,
+            loaded: std::sync::Mutex::default(),
             settings,
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            shared: AtomicU64::new(0),
         })
     }
 
@@ -235,19 +249,40 @@ impl PluginRuntime {
         }
     }
 
-    /// Compiles a component, or loads it from the disk cache.
-    pub fn compile(&self, bytes: &[u8]) -> Result<(Component, [u8; 32]), LoadError> {
+    /// The compiled component of `bytes`: the copy a loaded plugin already uses, else
+    /// loaded from the disk cache, else compiled (and written to the disk cache).
+    pub fn compile(&self, bytes: &[u8]) -> Result<(Arc<Component>, [u8; 32]), LoadError> {
         let sha: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(c) = self.cache.as_ref().and_then(|c| c.get(self.engine, &sha)) {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.loaded().get(&sha).and_then(std::sync::Weak::upgrade) {
+            self.shared.fetch_add(1, Ordering::Relaxed);
             return Ok((c, sha));
         }
-        self.compiled.fetch_add(1, Ordering::Relaxed);
-        let component = Component::new(self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        if let Some(c) = &self.cache {
-            c.put(&sha, &component);
-        }
+        // Compiled without the lock: two loads of a new component at once may both compile
+        // it, and the second copy is shared from then on.
+        let component = match self.cache.as_ref().and_then(|c| c.get(self.engine, &sha)) {
+            Some(c) => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                c
+            }
+            None => {
+                self.compiled.fetch_add(1, Ordering::Relaxed);
+                let c = Component::new(self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                if let Some(cache) = &self.cache {
+                    cache.put(&sha, &c);
+                }
+                c
+            }
+        };
+        let component = Arc::new(component);
+        let mut loaded = self.loaded();
+        loaded.retain(|_, c| c.strong_count() > 0);
+        loaded.insert(sha, Arc::downgrade(&component));
         Ok((component, sha))
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        // A poisoned lock only means a load panicked mid-way: the map is still valid.
+        self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Loads a balancer for `pool`, then validates it: a scratch instance is created and
@@ -285,6 +320,7 @@ impl PluginRuntime {
         let unusable = |e: wasmtime::Error| LoadError::WrongWorld { world: W::NAME, message: format!("{e:#}") };
         let pre = W::pre(self.linker.instantiate_pre(&component).map_err(unusable)?).map_err(unusable)?;
         let plugin = Plugin {
+            _component: component,
             info: PluginInfo {
                 name: plugin.source.to_string().into(),
                 pool: pool.into(),
@@ -295,7 +331,9 @@ impl PluginRuntime {
             },
             pre,
             config_json: plugin.config_json.clone(),
+            call_timeout: self.settings.call_timeout,
             call_ticks: engine::ticks(self.settings.call_timeout),
+            rebuild_timeout: self.settings.rebuild_timeout,
             rebuild_ticks: engine::ticks(self.settings.rebuild_timeout),
             memory_limit: self.settings.memory_limit,
             instances: thread_local::ThreadLocal::new(),
@@ -327,11 +365,17 @@ pub struct PluginInfo {
 
 /// A loaded plugin of world `W`: one version, one config, one instance per thread.
 struct Plugin<W: World> {
+    /// Holds the shared compiled component (see [`PluginRuntime::compile`]).
+    _component: Arc<Component>,
     info: PluginInfo,
     pre: W::Pre,
     config_json: String,
+    /// Deadline of one decision call, in time the call ran (see [`deadline`]), and the
+    /// epoch ticks after which it is first checked.
+    call_timeout: std::time::Duration,
     call_ticks: u64,
-    /// Deadline of `configure`, instantiation and `pool-changed`, in epoch ticks.
+    /// Deadline of `configure`, instantiation and `pool-changed`, likewise.
+    rebuild_timeout: std::time::Duration,
     rebuild_ticks: u64,
     memory_limit: usize,
     instances: thread_local::ThreadLocal<std::cell::RefCell<Slot<W>>>,
@@ -356,7 +400,7 @@ impl<W: World> Plugin<W> {
         let info = &self.info;
         info.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let mut live = Live::<W>::new(W::engine(&self.pre), info.name.clone(), info.pool.clone(), self.memory_limit);
-        live.store.set_epoch_deadline(self.rebuild_ticks);
+        live.arm(self.rebuild_ticks, self.rebuild_timeout);
         let exports = W::instantiate(&self.pre, &mut live.store).map_err(|e| self.classify(&live, e, true))?;
         live.store.data_mut().pin(view);
         match W::configure(&exports, &mut live.store, &self.config_json) {
@@ -404,8 +448,11 @@ impl<W: World> Plugin<W> {
             // gets the long deadline, except when `pool-changed` itself already failed in
             // this generation on this thread, so a plugin that cannot rebuild is not granted
             // it on every request. A failed call does not cost the next instance its grace.
-            let grace = if slot.failed_rebuild == generation { self.call_ticks } else { self.rebuild_ticks };
-            live.store.set_epoch_deadline(grace);
+            if slot.failed_rebuild == generation {
+                live.arm(self.call_ticks, self.call_timeout);
+            } else {
+                live.arm(self.rebuild_ticks, self.rebuild_timeout);
+            }
             let changed = match &live.exports {
                 Some(x) => W::pool_changed(x, &mut live.store),
                 None => Err(wasmtime::Error::msg("instance has no exports")),
@@ -418,7 +465,7 @@ impl<W: World> Plugin<W> {
             }
             live.generation = generation;
         }
-        live.store.set_epoch_deadline(self.call_ticks);
+        live.arm(self.call_ticks, self.call_timeout);
         live.store.data_mut().request = Some(req);
         let result = match &live.exports {
             Some(x) => f(x, &mut live.store),

@@ -66,16 +66,29 @@ pub struct Sim {
 impl Sim {
     /// Loads `plugin` (a pack name, or a path to a `.wasm` component) with `config_json`
     /// for a pool of `backends`.
+    ///
+    /// Offline, a decision is never late: the deadlines are generous (1 s per call, 60 s
+    /// per rebuild), so a busy machine (or valgrind) does not turn a slow call or table
+    /// rebuild into a fallback placement. [`Sim::with_settings`] chooses them.
     pub fn new(plugin: &str, config_json: &str, backends: &[SimBackend]) -> Result<Self, SimError> {
-        let value: serde_json::Value = serde_json::from_str(config_json)?;
-        let source = PluginSource::parse(plugin, std::path::Path::new("."));
-        // Offline, a decision is never late: generous deadlines keep a busy machine (or
-        // valgrind) from turning a slow call or table rebuild into a fallback placement.
         let settings = PluginSettings {
             call_timeout: Duration::from_secs(1),
             rebuild_timeout: Duration::from_secs(60),
             ..PluginSettings::default()
         };
+        Self::with_settings(plugin, config_json, backends, settings)
+    }
+
+    /// As [`Sim::new`], with the plugin runtime's deadlines and limits given (for example
+    /// the proxy's defaults, [`PluginSettings::default`]).
+    pub fn with_settings(
+        plugin: &str,
+        config_json: &str,
+        backends: &[SimBackend],
+        settings: PluginSettings,
+    ) -> Result<Self, SimError> {
+        let value: serde_json::Value = serde_json::from_str(config_json)?;
+        let source = PluginSource::parse(plugin, std::path::Path::new("."));
         let plugins = PluginRuntime::new(settings.clone())?;
         let mut next_address = 0;
         let pool = PoolConfig {

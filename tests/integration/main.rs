@@ -9,6 +9,7 @@ mod control;
 mod drain;
 mod hardening;
 mod layers;
+mod many_pools;
 mod pack;
 mod pack_hashing;
 mod pack_load;

@@ -146,6 +146,28 @@ fn compiled_plugins_are_cached_on_disk_across_restarts() {
     assert_eq!(third.compiled.load(Ordering::Relaxed), 1);
 }
 
+#[test]
+fn pools_that_name_the_same_plugin_share_its_compiled_code() {
+    use weir::config::Config;
+    use weir::plugin::PluginRuntime;
+    use weir::state::Snapshot;
+    let mut text = format!("[plugins]\ncache_dir = {:?}\n", support::cache_dir().display().to_string());
+    for p in 0..3 {
+        text += &format!("[pool.p{p}]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n");
+    }
+    text += "[pool.other]\nbackends = [{ address = \"127.0.0.1:1\" }]\nbalancer = { plugin = \"p2c\" }\n";
+    let config = Config::parse(&text, None).unwrap();
+    let runtime = PluginRuntime::new(config.plugins.clone()).unwrap();
+    let snapshot = Snapshot::build(&config, &runtime, None).unwrap();
+    let loaded = runtime.compiled.load(Ordering::Relaxed) + runtime.cache_hits.load(Ordering::Relaxed);
+    assert_eq!((loaded, runtime.shared.load(Ordering::Relaxed)), (2, 2), "round-robin once, p2c once");
+    // Once no plugin holds it, a component is loaded afresh.
+    drop(snapshot);
+    Snapshot::build(&config, &runtime, None).unwrap();
+    let again = runtime.compiled.load(Ordering::Relaxed) + runtime.cache_hits.load(Ordering::Relaxed);
+    assert_eq!((again, runtime.shared.load(Ordering::Relaxed)), (4, 4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_cannot_grow_the_host_with_endless_names() {
     // `names` asks for a new counter, stick table and secret on every pick.
@@ -153,4 +175,76 @@ async fn a_plugin_cannot_grow_the_host_with_endless_names() {
     assert!(all(&o.statuses, StatusCode::OK), "{:?}", o.statuses);
     assert_eq!((o.traps, o.errors), (0, 0));
     assert_eq!(o.names, (weir::state::MAX_NAMES, weir::state::MAX_NAMES, weir::state::MAX_NAMES), "capped per pool");
+}
+
+/// Runs `f` while eight threads spin, so both cores are saturated and a thread that
+/// places decisions is preempted for several milliseconds at a time.
+fn with_cores_saturated<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::AtomicBool;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        let r = f();
+        stop.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+/// A well-behaved plugin on a thread that the OS preempts mid-call is not cut off: the
+/// deadline counts the time the call ran, not the time its thread waited for a core.
+/// Two threads place 20,000 round-robin decisions under the proxy's default 2 ms deadline
+/// while every core is busy. (Before the deadline counted CPU time, 1 to 6 of them timed
+/// out per run.)
+#[test]
+fn a_preempted_call_is_not_cut_by_the_deadline() {
+    use weir::config::PluginSettings;
+    use weir::simulate::{Sim, SimBackend};
+    use weir::state::Placement;
+
+    let settings = PluginSettings::default();
+    assert_eq!(settings.call_timeout, std::time::Duration::from_millis(2), "the proxy's default deadline");
+    let sim = Sim::with_settings("round-robin", "{}", &[SimBackend::equal(); 4], settings).unwrap();
+    let unplaced: u32 = with_cores_saturated(|| {
+        std::thread::scope(|s| {
+            let placers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut req = Sim::request(None);
+                        let mut unplaced = 0u32;
+                        for _ in 0..10_000 {
+                            let (back, placement) = sim.place(req);
+                            req = back;
+                            unplaced += u32::from(!matches!(placement, Placement::Backend(_)));
+                        }
+                        unplaced
+                    })
+                })
+                .collect();
+            placers.into_iter().map(|p| p.join().unwrap()).sum()
+        })
+    });
+    let stats = sim.stats();
+    assert_eq!(stats.calls.get(), 20_000);
+    assert_eq!(stats.timeouts.load(Ordering::Relaxed), 0, "calls cut by the deadline");
+    assert_eq!(unplaced, 0);
+}
+
+/// ... while a plugin that really runs away is still cut, on a saturated machine too.
+#[test]
+fn an_endless_loop_is_cut_on_a_saturated_machine() {
+    use weir::config::PluginSettings;
+    use weir::simulate::{Sim, SimBackend};
+    use weir::state::Placement;
+
+    let spin = support::fixture("spin").display().to_string();
+    let sim = Sim::with_settings(&spin, "{}", &[SimBackend::equal(); 2], PluginSettings::default()).unwrap();
+    let placements = with_cores_saturated(|| (0..5).map(|_| sim.pick(None)).collect::<Vec<_>>());
+    assert!(placements.iter().all(|p| *p == Placement::Rejected), "{placements:?}");
+    assert_eq!(sim.stats().timeouts.load(Ordering::Relaxed), 5);
 }

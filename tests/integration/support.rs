@@ -68,9 +68,10 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// Config text for one listener on 127.0.0.1:0 in front of one pool `p` with `backends`;
 /// `pool_extra` is added to the `[pool.p]` table. Plugin calls get a 50 ms deadline instead
-/// of 2 ms: the tests run many proxies at once on two cores, where a thread preempted in
-/// the middle of a decision would otherwise blow a 2 ms wall-clock deadline and have its
-/// request placed by the fallback, which tests of exact distributions cannot tell apart.
+/// of 2 ms: the tests run many proxies at once on two cores. A deadline counts the CPU time
+/// a call ran, so a preempted call is not cut, but it gives up after 100 deadlines of wall
+/// time whatever the call ran (200 ms at 2 ms, 5 s at 50 ms), and a request placed by the
+/// fallback is one that tests of exact distributions cannot tell apart.
 pub fn config_text(backends: &[SocketAddr], pool_extra: &str) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
     format!(

@@ -1,10 +1,35 @@
-//! The process-wide wasmtime [`Engine`] (pooling allocator, epoch interruption) and its
-//! epoch ticker: one per process, shared by every plugin runtime.
+//! The process-wide wasmtime [`Engine`] (instances allocated on demand, epoch
+//! interruption) and its epoch ticker: one per process, shared by every plugin runtime.
+//!
+//! # What one plugin instance costs
+//!
+//! Instances are worker threads × pools × plugins: a thread builds its instance of a
+//! pool's plugin at its first decision for that pool and keeps it while the plugin is
+//! loaded, so every pool costs, per worker thread that serves it, one instance of each of
+//! its plugins. One instance of a pack plugin (`round-robin`, measured; BENCHMARKS.md
+//! "Many pools"):
+//!
+//! - about 55 KiB of resident memory (14 KiB of wasmtime's own state: store, instance
+//!   contexts, tables, WASI with nothing granted; the rest the pages of linear memory the
+//!   plugin touched, its 32 KiB data image included) and 8 KiB of page tables;
+//! - 4 GiB of reserved, never committed, address space, so that compiled code needs no
+//!   bounds checks (they cost 40 to 140 more instructions per decision, measured): the
+//!   128 TiB a Linux process may map hold about 30,000 instances;
+//! - 2 memory maps, of the 65,530 Linux allows a process by default (`vm.max_map_count`).
+//!
+//! Instances are allocated on demand, not from wasmtime's pooling allocator, whose fixed
+//! caps (2,000 instances) turned every decision past them into a fallback, and which
+//! sizing from the config could not keep up with a reload that adds pools. On demand has
+//! no cap but the system's, instantiates as fast here (about 60 µs with `configure`,
+//! either way) and runs the same code. The data image is copied into each instance rather
+//! than mapped copy-on-write: a mapped image would save 28 KiB per instance but cost 2
+//! more memory maps (4 in all), halving the instances `vm.max_map_count` allows: 1,000
+//! pools on 16 threads would take 64,000 of the 65,530 maps.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy};
 
 use super::LoadError;
 
@@ -16,33 +41,14 @@ pub(crate) fn engine() -> Result<&'static Engine, LoadError> {
     static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
-            let mut pooling = PoolingAllocationConfig::default();
-            pooling
-                .total_component_instances(2_000)
-                .total_core_instances(10_000)
-                .total_memories(2_000)
-                .total_tables(4_000)
-                .total_stacks(0)
-                .max_memory_size(1 << 30)
-                .max_core_instances_per_component(64)
-                .max_memories_per_component(16)
-                .max_tables_per_component(32)
-                .max_component_instance_size(1 << 20)
-                .max_core_instance_size(1 << 20)
-                .table_elements(100_000);
             let mut config = WasmConfig::new();
-            config.wasm_component_model(true).epoch_interruption(true).max_wasm_stack(512 << 10);
-            // The pooling allocator reserves its address space up front; where that is
-            // refused (a low `ulimit -v`, some sandboxes) fall back to allocating on demand.
-            let engine =
-                match Engine::new(config.clone().allocation_strategy(InstanceAllocationStrategy::Pooling(pooling))) {
-                    Ok(engine) => engine,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "pooling allocator unavailable; instances are allocated on demand");
-                        Engine::new(config.allocation_strategy(InstanceAllocationStrategy::OnDemand))
-                            .map_err(|e| e.to_string())?
-                    }
-                };
+            config
+                .wasm_component_model(true)
+                .epoch_interruption(true)
+                .max_wasm_stack(512 << 10)
+                .allocation_strategy(InstanceAllocationStrategy::OnDemand)
+                .memory_init_cow(false);
+            let engine = Engine::new(&config).map_err(|e| e.to_string())?;
             let ticker = engine.clone();
             std::thread::Builder::new()
                 .name("weir-epoch".into())
@@ -80,9 +86,9 @@ mod tests {
     }
 
     #[test]
-    fn the_largest_memory_limit_fits_the_instance_allocator() {
+    fn the_largest_memory_limit_fits_a_32_bit_memory() {
         let text = "[plugins]\nmemory_limit_mib = 1024\n";
         let limit = crate::config::Config::parse(text, None).unwrap().plugins.memory_limit;
-        assert_eq!(limit, 1 << 30, "the pooling allocator's max_memory_size");
+        assert_eq!(limit, 1 << 30, "1 GiB, within the 4 GiB a 32-bit linear memory can address");
     }
 }

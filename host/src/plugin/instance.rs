@@ -11,6 +11,7 @@ use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::PickRequest;
+use super::deadline::Deadline;
 use super::world::World;
 use crate::config::BackendConfig;
 
@@ -73,6 +74,21 @@ impl ResourceLimiter for MemoryLimiter {
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
+
+    // Per store, hence per plugin instance: the limit above applies to each memory, so the
+    // number of memories (and of core instances and tables) is bounded too. A component
+    // built by wit-bindgen has a handful of each.
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        32
+    }
 }
 
 /// The data of one plugin store.
@@ -87,6 +103,8 @@ pub(crate) struct InstanceState {
     pub(crate) request: Option<PickRequest>,
     /// The last `(table, key)` given to `stick-set` during the current call.
     pub(crate) stuck: Option<(u32, u64)>,
+    /// The current call's deadline, in the time it ran.
+    deadline: Deadline,
 }
 
 impl InstanceState {
@@ -138,9 +156,19 @@ impl<W: World> Live<W> {
             view: None,
             request: None,
             stuck: None,
+            deadline: Deadline::new(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().deadline.expired()));
         Self { store, exports: None, generation: 0 }
+    }
+
+    /// Starts a call that may run for `budget`, first checked after `ticks` epoch ticks
+    /// (see [`super::deadline`]).
+    #[inline]
+    pub(crate) fn arm(&mut self, ticks: u64, budget: Duration) {
+        self.store.set_epoch_deadline(ticks);
+        self.store.data_mut().deadline.arm(budget);
     }
 }

@@ -1,0 +1,80 @@
+//! Many pools on many worker threads: every worker keeps its own instance of every pool's
+//! plugin, so instances are threads × pools × plugins, and a config with 1,000 pools on 16
+//! workers needs 16,000 of them. Each must be placed by its own plugin, never by the
+//! fallback.
+
+use std::sync::atomic::Ordering;
+
+use http::StatusCode;
+
+use crate::support::{self, Upstream};
+
+const POOLS: usize = 1_000;
+const WORKERS: usize = 16;
+/// Concurrent clients, each asking every pool once (starting at a pool of its own), so
+/// every pool is reached from many connections, served on many workers.
+const CLIENTS: usize = 32;
+
+#[test]
+fn a_thousand_pools_on_sixteen_workers_are_all_placed_by_their_plugins() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(WORKERS).enable_all().build().unwrap();
+    rt.block_on(async {
+        let ups = [Upstream::start("a").await, Upstream::start("b").await];
+        let backends = format!("[{{ address = \"{}\" }}, {{ address = \"{}\" }}]", ups[0].addr, ups[1].addr);
+        // `reject`: a decision the plugin could not make (no instance, a trap, a timeout)
+        // answers 503 instead of being placed by the fallback.
+        let mut text = format!(
+            "[runtime]\nworker_threads = {WORKERS}\n\n[plugins]\ncache_dir = {:?}\ncall_timeout_ms = 50\n\n\
+             [[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\npool = \"p0\"\n",
+            support::cache_dir().display().to_string()
+        );
+        for p in 0..POOLS {
+            text += &format!("[[listener.route]]\npath_prefix = \"/p{p}\"\npool = \"p{p}\"\n");
+        }
+        for p in 0..POOLS {
+            text += &format!("\n[pool.p{p}]\nbackends = {backends}\non_plugin_error = \"reject\"\n");
+        }
+        let server = support::start(&text).await;
+        let url = format!("http://{}", server.addr("main").unwrap());
+        let client = support::client();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (client, url) = (client.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut failed = Vec::new();
+                    for i in 0..POOLS {
+                        let p = (i + c * POOLS / CLIENTS) % POOLS;
+                        let (status, body) = support::get(&client, &format!("{url}/p{p}/x")).await;
+                        if status != StatusCode::OK {
+                            failed.push((p, status, body));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for c in clients {
+            failed.extend(c.await.unwrap());
+        }
+        assert!(failed.is_empty(), "{} of {} requests failed, first: {:?}", failed.len(), CLIENTS * POOLS, &failed[0]);
+
+        let snapshot = server.snapshot();
+        let mut instances = 0;
+        for (name, pool) in &snapshot.pools {
+            let stats = &pool.balancer.stats;
+            let made = stats.instantiations.load(Ordering::Relaxed);
+            assert!(made > 1, "pool {name}: its plugin never ran on a worker");
+            assert_eq!(stats.calls.get(), CLIENTS as u64, "pool {name}");
+            assert_eq!(
+                (stats.traps.load(Ordering::Relaxed), stats.errors.load(Ordering::Relaxed)),
+                (0, 0),
+                "pool {name}"
+            );
+            instances += made - 1; // less the one that validated it at load
+        }
+        // The pools were reached on many workers each (about 14,000 instances in all), far
+        // past the 2,000 instances wasmtime's pooling allocator was capped at.
+        assert!(instances > 8 * POOLS as u64, "{instances} instances for {POOLS} pools");
+    });
+}
