@@ -36,7 +36,7 @@ impl Weir {
         let path = dir.path().join("weir.toml");
         std::fs::write(&path, config).unwrap();
         let start = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        let mut child = Command::new(weir_bin())
             .args(["run", "--log-format", "json", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn,weir=info")
@@ -92,12 +92,18 @@ fn tally(warnings: &Mutex<BTreeMap<String, u64>>, v: &serde_json::Value) {
     }
 }
 
+/// The `weir` binary to run: `$WEIR_BIN` (to compare another build, e.g. an older
+/// commit's), else the one this benchmark was built with.
+pub(crate) fn weir_bin() -> std::ffi::OsString {
+    std::env::var_os("WEIR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_weir").into())
+}
+
 /// Runs `weir check` on `config`: `Err` with weir's message when it rejects it.
 pub(crate) fn weir_check(config: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_weir")).arg("check").arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(weir_bin()).arg("check").arg("--config").arg(&path).output().unwrap();
     if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()) }
 }
 
