@@ -23,9 +23,16 @@ lint:
 
 # Benchmarks (figures go to BENCHMARKS.md with the command that made them): one decision
 # per balancer (decision), a fixed decision loop for callgrind (pick_loop), memory per idle
-# WebSocket tunnel (tunnel_memory), WebSocket echo p99 through weir vs direct (ws_echo).
+# WebSocket tunnel (tunnel_memory), WebSocket echo p99 through weir vs direct (ws_echo),
+# start time and memory with 1,000 pools (pool_scale), reload of a 10,000-backend pool
+# (reload). The soak has a recipe of its own.
 bench:
-    cargo bench
+    cargo bench --bench decision --bench pick_loop --bench tunnel_memory --bench ws_echo --bench pool_scale --bench reload
+
+# Connection churn (one-request connections, keep-alive, WebSockets, bursts) through a
+# real weir for SOAK_S seconds (default 600): RSS and open fds at the start and the end.
+soak:
+    cargo bench --bench soak
 
 # Instructions per decision for every pack balancer at 10 to 10,000 backends, counted by
 # callgrind (stable where wall clock is not; needs valgrind).
