@@ -70,7 +70,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Command> {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// A pool could not be built.
-    #[error("{0}")]
+    #[error(transparent)]
     Build(#[from] BuildError),
     /// A listener could not bind.
     #[error("listener `{name}`: cannot listen on {addr}: {source}")]

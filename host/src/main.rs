@@ -118,7 +118,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -134,6 +134,23 @@ fn init_logging(format: LogFormat) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// An error and its causes on one line, each cause once: weir's errors already say their
+/// cause in their own message, so a cause whose text is already there is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -175,7 +192,7 @@ async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
                 match result {
                     Ok(applied) => tracing::info!(config = %path.display(), ?applied, "reloaded"),
                     Err(e) => {
-                        tracing::error!(config = %path.display(), error = %format!("{e:#}"), "reload failed; config unchanged")
+                        tracing::error!(config = %path.display(), error = %report(&e), "reload failed; config unchanged")
                     }
                 }
             }

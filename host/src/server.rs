@@ -27,7 +27,7 @@ pub enum StartError {
     #[error("plugin runtime: {0}")]
     Runtime(#[from] LoadError),
     /// A pool could not be built or a listener not bound.
-    #[error("{0}")]
+    #[error(transparent)]
     Control(#[from] ControlError),
 }
 

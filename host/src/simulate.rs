@@ -44,7 +44,7 @@ pub enum SimError {
     #[error("plugin runtime: {0}")]
     Runtime(#[from] LoadError),
     /// The plugin did not load or refused its config.
-    #[error("{0}")]
+    #[error(transparent)]
     Build(#[from] BuildError),
     /// The config is not JSON.
     #[error("plugin config is not JSON: {0}")]

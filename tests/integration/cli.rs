@@ -130,3 +130,40 @@ fn run_starts_as_many_worker_threads_as_the_runtime_table_says() {
     let _ = child.wait();
     assert_eq!(workers, Some(3), "{line}");
 }
+
+#[test]
+fn a_start_error_says_its_cause_once_and_logs_to_a_pipe_carry_no_colour() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listener]]\nname = \"main\"\nlisten = \"{}\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listener `main`: cannot listen on"), "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "the cause is said once: {stderr}");
+
+    // Logs to a pipe (not a terminal) are plain text: no ANSI colour codes.
+    drop(taken);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let listening = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("listening")));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = listening.expect("weir logged that it is listening").unwrap();
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+}

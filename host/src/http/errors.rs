@@ -29,7 +29,7 @@ use crate::core::Origin;
 pub(crate) enum ProxyError {
     /// The request's `Host` is missing, repeated or malformed, or its target's authority
     /// is (RFC 9112 §3.2).
-    #[error("{0}")]
+    #[error(transparent)]
     Host(#[from] HostError),
     /// weir lost track of the request (a bug; never expected).
     #[error("internal error: {0}")]
