@@ -11,17 +11,6 @@ use http::StatusCode;
 
 use crate::support::{self, Upstream};
 
-/// Polls until `f` holds, for up to 5 s.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 fn config(text: &str) -> weir::config::Config {
     weir::config::Config::parse(text, None).unwrap()
 }
@@ -155,8 +144,10 @@ async fn a_reload_closes_idle_connections_to_removed_backends() {
     assert_eq!(gone.closed.load(Ordering::SeqCst), 0);
     let applied = server.reload(config(&support::config_text(&[stays.addr], ""))).await.unwrap();
     assert_eq!(applied.backends_retired, 1);
-    eventually("the idle connection to the removed backend was closed", || gone.closed.load(Ordering::SeqCst) >= 1)
-        .await;
+    support::eventually("the idle connection to the removed backend was closed", || {
+        gone.closed.load(Ordering::SeqCst) >= 1
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

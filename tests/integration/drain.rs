@@ -52,17 +52,6 @@ fn pool(drain: &str) -> String {
     format!("balancer = {{ plugin = \"first\" }}\n{drain}")
 }
 
-/// Polls until `f` holds, for up to 5 s.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_backend_closes_its_websockets_with_1001_spread_over_the_window() {
     let a = weir::demo::spawn_backend("demo-a").await.unwrap();
@@ -90,7 +79,7 @@ async fn removing_a_backend_closes_its_websockets_with_1001_spread_over_the_wind
 
     // New work goes to the remaining backend; the drained tunnels are gone.
     assert_eq!(open(proxy).await.1, "demo-b");
-    eventually("demo-a's tunnels ended", || live_a.tunnels() == 0).await;
+    support::eventually("demo-a's tunnels ended", || live_a.tunnels() == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +114,7 @@ async fn a_client_that_ignores_the_close_is_cut_at_the_deadline() {
     server.reload(config).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(live_a.tunnels(), 1, "held until the deadline");
-    eventually("the deaf tunnel was cut", || live_a.tunnels() == 0).await;
+    support::eventually("the deaf tunnel was cut", || live_a.tunnels() == 0).await;
     // What it was sent before the cut: the close frame, then the end of the connection.
     assert_eq!(close_code(&mut deaf).await, Some(CloseCode::Away));
 }
