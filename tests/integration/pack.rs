@@ -41,10 +41,12 @@ fn pack_roles_match_the_components() {
         let expected = match pack::role(name) {
             Some(Role::Balancer) => "balancer-plugin",
             Some(Role::Affinity) => "affinity-plugin",
+            Some(Role::Health) => "health-plugin",
             None => panic!("{name} has no role"),
         };
         assert_eq!(world, Some(expected), "{name}");
     }
     assert!(pack::names_of(Role::Affinity).eq(["cookie", "header", "source-ip"]));
+    assert!(pack::names_of(Role::Health).eq(["latency", "outlier", "threshold"]));
     assert!(pack::names_of(Role::Balancer).any(|n| n == "least-request"));
 }

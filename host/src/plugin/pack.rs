@@ -24,6 +24,8 @@ pub enum Role {
     Balancer,
     /// `affinity-plugin`.
     Affinity,
+    /// `health-plugin`.
+    Health,
 }
 
 impl std::fmt::Display for Role {
@@ -31,18 +33,29 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Balancer => "balancer",
             Role::Affinity => "affinity",
+            Role::Health => "health",
         })
     }
 }
 
-/// The pack plugins that implement `affinity-plugin`; every other one is a balancer (a
-/// test checks this against the components themselves).
+/// The pack plugins that implement `affinity-plugin` (a test checks these lists against
+/// the components themselves).
 pub const AFFINITY: &[&str] = &["cookie", "header", "source-ip"];
+
+/// The pack plugins that implement `health-plugin`; every plugin in neither list is a
+/// balancer.
+pub const HEALTH: &[&str] = &["latency", "outlier", "threshold"];
 
 /// The role of a pack plugin, by name or alias.
 pub fn role(name: &str) -> Option<Role> {
     get(name)?;
-    Some(if AFFINITY.contains(&name) { Role::Affinity } else { Role::Balancer })
+    Some(if AFFINITY.contains(&name) {
+        Role::Affinity
+    } else if HEALTH.contains(&name) {
+        Role::Health
+    } else {
+        Role::Balancer
+    })
 }
 
 /// The pack's names (aliases included) of one role, sorted.
