@@ -16,10 +16,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod duration;
+mod health;
 #[cfg(test)]
 mod tests;
 
 pub use duration::FileDuration;
+pub use health::{HealthConfig, MAX_PROBE_BODY, OnUnhealthy, ProbeConfig, ProbeKind, StatusSet};
 
 /// The range of every duration and size of the file. `weir check` (and every load) refuses
 /// a value outside its range, naming its file, line and column, so no accepted value can
@@ -243,6 +245,28 @@ struct FilePool {
     /// Tunnels of a drained backend still open this long after the drain began are cut.
     /// At least `drain_spread_ms`. Default 30 s. Range 0 to 7 days. Reloadable.
     drain_deadline_ms: Option<Spanned<FileDuration>>,
+    /// Health evaluators (`threshold`, `outlier`, `latency`, or a `.wasm`): a backend takes
+    /// new work only if none says unhealthy. Default `[{ plugin = "threshold" }]` when a
+    /// probe is set, else none. Reloadable.
+    #[serde(default)]
+    health: Vec<FilePluginRef>,
+    /// The timed probe (`{ kind = "tcp" | "http" | "websocket", ... }`). Default none.
+    /// Reloadable.
+    probe: Option<health::FileProbe>,
+    /// Period of the evaluators' `tick`. Default 1 s. Range 10 ms to 1 hour. Reloadable.
+    health_tick_ms: Option<Spanned<FileDuration>>,
+    /// Statuses of live traffic that count as failures. Default `"500-599"`. Reloadable.
+    passive_failure_statuses: Option<Spanned<String>>,
+    /// Ramp of a recovered or added backend's share of new work. Default 0 (none). Range
+    /// 0 to 1 day. Reloadable.
+    slow_start_ms: Option<Spanned<FileDuration>>,
+    /// Below this percentage of usable backends every backend is eligible. Default 50; 0
+    /// disables. Reloadable.
+    panic_threshold_percent: Option<Spanned<i64>>,
+    /// `"keep"` or `"drain"`: the WebSockets of a backend that turns unhealthy. Default
+    /// `"keep"`. Reloadable.
+    #[serde(default)]
+    on_unhealthy: OnUnhealthy,
 }
 
 /// One backend.
@@ -457,6 +481,8 @@ pub struct PoolConfig {
     pub drain_spread: Duration,
     /// When a drain cuts the tunnels still open.
     pub drain_deadline: Duration,
+    /// Health checks, slow start and panic threshold.
+    pub health: HealthConfig,
 }
 
 /// One backend.
@@ -753,6 +779,19 @@ impl Cx<'_> {
                 Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"))?),
                 None => None,
             };
+            let health = self.health(
+                health::FilePoolHealth {
+                    health: pool.health,
+                    probe: pool.probe,
+                    health_tick_ms: pool.health_tick_ms,
+                    passive_failure_statuses: pool.passive_failure_statuses,
+                    slow_start_ms: pool.slow_start_ms,
+                    panic_threshold_percent: pool.panic_threshold_percent,
+                    on_unhealthy: pool.on_unhealthy,
+                },
+                base,
+                &key,
+            )?;
             pools.insert(
                 name.clone(),
                 PoolConfig {
@@ -767,6 +806,7 @@ impl Cx<'_> {
                     max_idle_per_backend,
                     drain_spread,
                     drain_deadline,
+                    health,
                 },
             );
         }

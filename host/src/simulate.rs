@@ -103,6 +103,7 @@ impl Sim {
             max_idle_per_backend: 0,
             drain_spread: Duration::ZERO,
             drain_deadline: Duration::ZERO,
+            health: crate::config::HealthConfig::default(),
         };
         let config = Config { plugins: settings, pools: BTreeMap::from([(POOL.to_owned(), pool)]), ..Config::empty() };
         let snapshot = Snapshot::build(&config, &plugins, None)?;

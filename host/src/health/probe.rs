@@ -1,0 +1,1 @@
+//! Timed probes: tcp, http and websocket, each on its own connection.
