@@ -61,6 +61,14 @@ pub mod bounds {
     pub const MAX_IDLE_PER_BACKEND: RangeInclusive<usize> = 0..=65_535;
     /// `[runtime] worker_threads`: 0 (one per CPU weir may run on) to 1024.
     pub const WORKER_THREADS: RangeInclusive<usize> = 0..=1024;
+    /// `probe.interval_ms`: 10 ms to 1 day.
+    pub const PROBE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(86_400);
+    /// `probe.timeout_ms`: 1 ms to 1 day (and at most the interval).
+    pub const PROBE_TIMEOUT: RangeInclusive<Duration> = MS..=Duration::from_secs(86_400);
+    /// `health_tick_ms`: 10 ms to 1 hour.
+    pub const HEALTH_TICK: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(3600);
+    /// `slow_start_ms`: 0 (none) to 1 day.
+    pub const SLOW_START: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(86_400);
 }
 
 /// A config error, located in the file.

@@ -19,7 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ListenerConfig, PoolConfig};
+use crate::config::{Config, ListenerConfig, OnUnhealthy, PoolConfig};
+use crate::core::Verdict;
+use crate::health;
 use crate::http;
 use crate::net::listen::{Acceptor, Slots, Stop};
 use crate::plugin::PluginRuntime;
@@ -40,6 +42,9 @@ pub enum Command {
     UpsertListener(ListenerConfig),
     /// Close a listener: it accepts no more; its open connections finish.
     RemoveListener(String),
+    /// Apply the verdicts of a pool's health evaluators: the pool's eligible set, panic
+    /// state and slow starts follow, in a new generation.
+    Verdicts(health::Verdicts),
 }
 
 /// The commands that turn `old` into `new`: only what changed.
@@ -114,6 +119,8 @@ pub struct Applied {
     pub tunnels_drained: usize,
     /// Idle upstream connections closed.
     pub idle_closed: usize,
+    /// Backends whose health verdict changed.
+    pub verdicts: usize,
 }
 
 /// A running listener's accept task and where it is bound.
@@ -136,6 +143,8 @@ struct Writer {
 pub struct Control {
     pub(crate) ctx: Arc<http::Context>,
     plugins: Arc<PluginRuntime>,
+    /// The pools' health tasks; their verdicts come back as [`Command::Verdicts`].
+    health: health::Monitor,
     stop: watch::Receiver<Stop>,
     writer: Mutex<Writer>,
     /// Bound listener addresses by name, readable without waiting for the writer.
@@ -143,15 +152,38 @@ pub struct Control {
 }
 
 impl Control {
-    /// A writer for `ctx`'s snapshot (empty at first: apply commands to fill it).
-    pub(crate) fn new(ctx: Arc<http::Context>, plugins: Arc<PluginRuntime>, stop: watch::Receiver<Stop>) -> Self {
-        Self {
+    /// A writer for `ctx`'s snapshot (empty at first: apply commands to fill it), with
+    /// the task that applies the health tasks' verdicts (it ends with the writer).
+    pub(crate) fn new(ctx: Arc<http::Context>, plugins: Arc<PluginRuntime>, stop: watch::Receiver<Stop>) -> Arc<Self> {
+        let (verdicts, mut incoming) = tokio::sync::mpsc::unbounded_channel();
+        let control = Arc::new(Self {
+            health: health::Monitor::new(ctx.snapshot.clone(), verdicts),
             ctx,
             plugins,
             stop,
             writer: Mutex::new(Writer { listeners: BTreeMap::new() }),
             addrs: std::sync::RwLock::default(),
-        }
+        });
+        let writer = Arc::downgrade(&control);
+        tokio::spawn(async move {
+            while let Some(v) = incoming.recv().await {
+                let Some(control) = writer.upgrade() else { return };
+                // Verdicts that arrived together go in one snapshot.
+                let mut commands = vec![Command::Verdicts(v)];
+                while let Ok(more) = incoming.try_recv() {
+                    commands.push(Command::Verdicts(more));
+                }
+                if let Err(e) = control.apply(commands).await {
+                    tracing::error!(error = %e, "health verdicts could not be applied");
+                }
+            }
+        });
+        control
+    }
+
+    /// The health plugins watching `pool`, with their counters (calls, traps, timeouts).
+    pub fn health_plugins(&self, pool: &str) -> Vec<Arc<crate::plugin::Health>> {
+        self.health.evaluators(pool)
     }
 
     /// The bound address of each listener, by name, in name order.
@@ -175,11 +207,22 @@ impl Control {
             })
             .collect();
         let plugins = self.plugins.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            upserts
-                .into_iter()
-                .map(|(config, old)| Pool::build(&config, &plugins, old.as_deref()).map(Arc::new))
-                .collect::<Result<Vec<_>, _>>()
+        let needs_evaluators: HashSet<String> = upserts
+            .iter()
+            .filter(|(config, _)| self.health.needs_evaluators(config))
+            .map(|(config, _)| config.name.clone())
+            .collect();
+        let (built, evaluators) = tokio::task::spawn_blocking(move || {
+            let mut built = Vec::with_capacity(upserts.len());
+            let mut evaluators = std::collections::HashMap::new();
+            for (config, old) in upserts {
+                let pool = Pool::build(&config, &plugins, old.as_deref())?;
+                if needs_evaluators.contains(&config.name) {
+                    evaluators.insert(config.name.clone(), health::load(&config, &plugins, &pool)?);
+                }
+                built.push(Arc::new(pool));
+            }
+            Ok::<_, BuildError>((built, evaluators))
         })
         .await
         .map_err(|e| ControlError::Interrupted(e.to_string()))??;
@@ -189,13 +232,21 @@ impl Control {
             pools.insert(pool.config.name.clone(), pool);
             applied.pools += 1;
         }
+        for c in &commands {
+            if let Command::Verdicts(v) = c
+                && let Some(pool) = pools.get(&v.pool)
+            {
+                let pool = self.apply_verdicts(pool, &v.changes, &mut applied);
+                pools.insert(v.pool.clone(), pool);
+            }
+        }
         let mut listeners = current.listeners.clone();
         let mut to_bind: Vec<ListenerConfig> = Vec::new();
         let mut to_close: Vec<String> = Vec::new();
         let mut changed: Vec<String> = Vec::new();
         for c in &commands {
             match c {
-                Command::UpsertPool(_) => {}
+                Command::UpsertPool(_) | Command::Verdicts(_) => {}
                 Command::RemovePool(name) => {
                     if pools.remove(name).is_some() {
                         applied.pools_removed += 1;
@@ -273,9 +324,55 @@ impl Control {
         *self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             writer.listeners.iter().map(|(n, r)| (n.clone(), r.addr)).collect();
 
+        self.health.sync(&next, evaluators);
         self.retire_removed(&current, &next, &mut applied);
         tracing::debug!(?applied, took_ms = started.elapsed().as_millis() as u64, "snapshot published");
         Ok(applied)
+    }
+
+    /// Applies health verdicts to `pool`'s backends (each transition logged once; the
+    /// tunnels of a backend turning unhealthy drained if the pool says so) and returns the
+    /// pool with a new view of them. Verdicts about backends that left are ignored.
+    fn apply_verdicts(&self, pool: &Arc<Pool>, changes: &[health::Change], applied: &mut Applied) -> Arc<Pool> {
+        let config = &pool.config;
+        let mut any = false;
+        for change in changes {
+            let Some(m) = pool.view.members.iter().find(|m| m.live.key() == change.key) else { continue };
+            let was = m.live.set_verdict(change.verdict, &change.reason);
+            if was == change.verdict {
+                continue;
+            }
+            any = true;
+            applied.verdicts += 1;
+            let (pool, backend, reason) = (&config.name, &m.config.address, &change.reason);
+            match change.verdict {
+                Verdict::Unhealthy => {
+                    tracing::warn!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed");
+                }
+                _ => tracing::info!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed"),
+            }
+            if change.verdict == Verdict::Unhealthy && config.health.on_unhealthy == OnUnhealthy::Drain {
+                let drained = self.ctx.tunnels.drain(change.key, config.drain_spread, config.drain_deadline);
+                applied.tunnels_drained += drained;
+                if drained > 0 {
+                    tracing::info!(%pool, %backend, tunnels = drained, "draining the tunnels of an unhealthy backend");
+                }
+            }
+        }
+        if !any {
+            return pool.clone();
+        }
+        let next = Arc::new(pool.with_new_verdicts());
+        match (pool.view.panic, next.view.panic) {
+            (false, true) => tracing::error!(
+                pool = %config.name,
+                threshold_percent = config.health.panic_threshold_percent,
+                "too few backends are usable: panic mode, every backend takes work"
+            ),
+            (true, false) => tracing::info!(pool = %config.name, "enough backends are usable again: panic mode over"),
+            _ => {}
+        }
+        next
     }
 
     /// Retires every backend of `old` that `new` no longer has (by live state): closes

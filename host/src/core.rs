@@ -1,6 +1,7 @@
 //! What every layer of weir shares and nothing else owns: the kinds of traffic
-//! ([`Protocol`]), where a fault came from ([`Origin`]), and the one process clock
-//! ([`clock`]) that stick tables, drain orders and tunnels read.
+//! ([`Protocol`]), where a fault came from ([`Origin`]), a backend's health
+//! ([`Verdict`]) and what failed it ([`Failure`]), and the one process clock ([`clock`]) that stick tables, drain orders,
+//! tunnels and health read.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,82 @@ impl Origin {
 }
 
 impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend's health (the WIT `health.verdict`), worst last: the verdict of several
+/// evaluators is the greatest of theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Verdict {
+    /// Takes new work.
+    #[default]
+    Healthy = 0,
+    /// Takes new work only when no healthy backend is left.
+    Degraded = 1,
+    /// Takes no new work.
+    Unhealthy = 2,
+}
+
+impl Verdict {
+    /// The name used in logs and the status API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Healthy => "healthy",
+            Verdict::Degraded => "degraded",
+            Verdict::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// The verdict stored as `n` (its discriminant); anything else is unhealthy.
+    pub fn from_u8(n: u8) -> Self {
+        match n {
+            0 => Verdict::Healthy,
+            1 => Verdict::Degraded,
+            _ => Verdict::Unhealthy,
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong with a probe or an exchange (the WIT `health.failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// The TCP connect was refused or the backend unreachable.
+    Connect,
+    /// No answer within the time allowed.
+    Timeout,
+    /// A status outside the expected range (probe) or a failure status (live traffic).
+    Status,
+    /// The probe's body did not contain `expect_body`.
+    Body,
+    /// The connection was reset or closed before the response was complete.
+    Reset,
+    /// Not the expected protocol (malformed HTTP, refused upgrade, no pong).
+    Protocol,
+}
+
+impl Failure {
+    /// The name used in logs and reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Status => "status",
+            Failure::Body => "body",
+            Failure::Reset => "reset",
+            Failure::Protocol => "protocol",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

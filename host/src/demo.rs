@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -46,6 +47,10 @@ affinity = { plugin = "cookie", config = { name = "WEIR_AFFINITY", max_age_s = 3
 
 /// A demo backend on 127.0.0.1, the one the tests use too. It answers:
 /// - a WebSocket upgrade: echoes text (prefixed with its name) and binary messages;
+/// - `/healthz`: `ok` with status 200, or the status set by `/healthz/set?status=N`
+///   ([`Backend::set_health`]): what a health probe reads;
+/// - `/answer/set?status=N`: from now on every other answer has that status
+///   ([`Backend::set_answer`]), e.g. 500 for a backend that fails all it serves;
 /// - `/upload`: reads the whole body, answers with its length;
 /// - `/download?bytes=N`: streams N bytes in 64 KiB chunks, never held whole;
 /// - `/headers`: the request headers, one `name: value` per line;
@@ -59,6 +64,19 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    state: Arc<State>,
+}
+
+/// What a backend's answers can be told to be.
+#[derive(Debug)]
+struct State {
+    name: Arc<str>,
+    /// Status of `/healthz`.
+    health: AtomicU16,
+    /// Status of every other answer.
+    answer: AtomicU16,
+    /// Set by [`Backend::stop`]: open connections close.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for Backend {
@@ -70,21 +88,54 @@ impl Drop for Backend {
 impl Backend {
     /// Starts a backend named `name` on 127.0.0.1:0.
     pub async fn start(name: &str) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a backend named `name` on `addr` (a stopped backend's, to restart it).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let name: Arc<str> = name.into();
+        let state = Arc::new(State {
+            name: name.into(),
+            health: AtomicU16::new(200),
+            answer: AtomicU16::new(200),
+            stopped: tokio::sync::watch::Sender::new(false),
+        });
         let mut acceptor = Acceptor::new(listener, format!("demo backend {name}"));
+        let serving = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let (stream, _) = acceptor.accept().await;
-                let name = name.clone();
+                let state = serving.clone();
+                let mut stopped = state.stopped.subscribe();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| answer(name.clone(), req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades().await;
+                    let service = hyper::service::service_fn(move |req| answer(state.clone(), req));
+                    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
                 });
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self { addr, task, state })
+    }
+
+    /// Makes `/healthz` answer `status` (200: healthy again).
+    pub fn set_health(&self, status: u16) {
+        self.state.health.store(status, Ordering::Relaxed);
+    }
+
+    /// Makes every ordinary answer carry `status` (200: as usual).
+    pub fn set_answer(&self, status: u16) {
+        self.state.answer.store(status, Ordering::Relaxed);
+    }
+
+    /// Stops the backend for real: it accepts no more and closes the connections it has
+    /// open (keep-alive ones included), as a crashed or stopped server would. Its port is
+    /// free for [`Backend::start_on`].
+    pub fn stop(self) {
+        self.state.stopped.send_replace(true);
     }
 
     /// Starts a backend that lives as long as the process (the demo's), returning its
@@ -108,8 +159,16 @@ fn full(text: impl Into<Bytes>) -> DemoBody {
     Full::new(text.into()).boxed()
 }
 
+/// The status in `?status=N`, if it is one.
+fn status_query(req: &http::Request<Incoming>) -> Option<u16> {
+    let q = req.uri().query()?;
+    let v = q.split('&').find_map(|kv| kv.strip_prefix("status="))?;
+    v.parse::<u16>().ok().filter(|s| (100..=999).contains(s))
+}
+
 /// One demo request.
-async fn answer(name: Arc<str>, mut req: http::Request<Incoming>) -> Result<http::Response<DemoBody>, Infallible> {
+async fn answer(state: Arc<State>, mut req: http::Request<Incoming>) -> Result<http::Response<DemoBody>, Infallible> {
+    let name = state.name.clone();
     let key = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes()));
     let upgrade =
         req.headers().get(http::header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
@@ -147,7 +206,26 @@ async fn answer(name: Arc<str>, mut req: http::Request<Incoming>) -> Result<http
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
+    let status = |s: u16| http::StatusCode::from_u16(s).unwrap_or(http::StatusCode::OK);
     let mut res = match req.uri().path() {
+        "/healthz" => {
+            let code = status(state.health.load(Ordering::Relaxed));
+            let mut res = http::Response::new(full(if code.is_success() { "ok\n" } else { "failing\n" }));
+            *res.status_mut() = code;
+            res
+        }
+        "/healthz/set" | "/answer/set" => match status_query(&req) {
+            Some(s) => {
+                let which = if req.uri().path() == "/healthz/set" { &state.health } else { &state.answer };
+                which.store(s, Ordering::Relaxed);
+                http::Response::new(full(format!("{name}: {} now answers {s}\n", req.uri().path().trim_end_matches("/set"))))
+            }
+            None => {
+                let mut res = http::Response::new(full("give ?status=N (100 to 999)\n"));
+                *res.status_mut() = http::StatusCode::BAD_REQUEST;
+                res
+            }
+        },
         "/upload" => {
             let mut body = req.into_body();
             let mut total: u64 = 0;
@@ -173,7 +251,11 @@ async fn answer(name: Arc<str>, mut req: http::Request<Incoming>) -> Result<http
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             http::Response::new(full("late"))
         }
-        _ => http::Response::new(full(format!("{name}: {} {}\n", req.method(), req.uri()))),
+        _ => {
+            let mut res = http::Response::new(full(format!("{name}: {} {}\n", req.method(), req.uri())));
+            *res.status_mut() = status(state.answer.load(Ordering::Relaxed));
+            res
+        }
     };
     if let Ok(v) = http::HeaderValue::from_str(&name) {
         res.headers_mut().insert("x-backend", v);

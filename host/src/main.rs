@@ -213,7 +213,18 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     println!("{}: ok ({} listener(s), {} pool(s))", path.display(), config.listeners.len(), config.pools.len());
     for (name, pool) in &snapshot.pools {
         let affinity = pool.affinity.as_ref().map(|a| format!(", affinity {}", a.name)).unwrap_or_default();
-        println!("  pool {name}: {} backend(s), balancer {}{affinity}", pool.view.members.len(), pool.balancer.name);
+        weir::health::load(&pool.config, &plugins, pool)?;
+        let health = &pool.config.health;
+        let mut watched = health.plugins.iter().map(|p| p.source.to_string()).collect::<Vec<_>>().join(", ");
+        if let Some(probe) = &health.probe {
+            watched = format!("{watched} over {} probes every {:?}", probe.kind.as_str(), probe.interval);
+        }
+        let health = if watched.is_empty() { String::new() } else { format!(", health {watched}") };
+        println!(
+            "  pool {name}: {} backend(s), balancer {}{affinity}{health}",
+            pool.view.members.len(),
+            pool.balancer.name
+        );
     }
     Ok(())
 }

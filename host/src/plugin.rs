@@ -26,7 +26,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
 use crate::config::{PluginRef, PluginSettings, PluginSource};
-use crate::core::Protocol;
+use crate::core::{Failure, Protocol, Verdict};
 
 mod bindings;
 mod cache;
@@ -38,10 +38,10 @@ mod instance;
 pub mod pack;
 mod world;
 
-use bindings::{PickError, PluginError};
+use bindings::{HealthPlugin, PickError, PluginError};
 pub use instance::PoolHost;
 use instance::{InstanceState, Live};
-use world::{AffinityWorld, BalancerWorld, World};
+use world::{AffinityWorld, BalancerWorld, HealthWorld, World};
 
 /// The request a plugin is asked about. The host moves it into the plugin's store for
 /// the call and takes it back afterwards, so it is kept small: the HTTP head sits behind
@@ -307,6 +307,17 @@ impl PluginRuntime {
         self.load::<AffinityWorld>(pool, plugin, view, pack::Role::Affinity).map(|p| Arc::new(Affinity(p)))
     }
 
+    /// Loads a health plugin for `pool` and validates it, as [`Self::load_balancer`].
+    pub fn load_health(
+        &self,
+        pool: &str,
+        plugin: &PluginRef,
+        view: &Arc<dyn PoolHost>,
+    ) -> Result<Arc<Health>, LoadError> {
+        self.load::<HealthWorld>(pool, plugin, view, pack::Role::Health)
+            .map(|p| Arc::new(Health(p, std::sync::Mutex::default())))
+    }
+
     fn load<W: World>(
         &self,
         pool: &str,
@@ -424,13 +435,25 @@ impl<W: World> Plugin<W> {
         req: PickRequest,
         f: impl FnOnce(&W::Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
     ) -> (PickRequest, Result<R, CallError>) {
-        let info = &self.info;
-        info.stats.calls.add();
         let cell = self.instances.get_or(Default::default);
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return (req, Err(CallError::Instantiate("re-entrant call".into())));
         };
-        let slot = &mut *slot;
+        self.call_in(&mut slot, view, req, false, f)
+    }
+
+    /// [`Self::call`] on the instance in `slot`. `long`: the call runs under the rebuild
+    /// deadline (health plugins, off the data path), not the decision deadline.
+    fn call_in<R>(
+        &self,
+        slot: &mut Slot<W>,
+        view: &Arc<dyn PoolHost>,
+        req: PickRequest,
+        long: bool,
+        f: impl FnOnce(&W::Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
+    ) -> (PickRequest, Result<R, CallError>) {
+        let info = &self.info;
+        info.stats.calls.add();
         if slot.live.is_none() {
             match self.instantiate(view) {
                 Ok(live) => slot.live = Some(live),
@@ -448,7 +471,7 @@ impl<W: World> Plugin<W> {
             // gets the long deadline, except when `pool-changed` itself already failed in
             // this generation on this thread, so a plugin that cannot rebuild is not granted
             // it on every request. A failed call does not cost the next instance its grace.
-            if slot.failed_rebuild == generation {
+            if slot.failed_rebuild == generation && !long {
                 live.arm(self.call_ticks, self.call_timeout);
             } else {
                 live.arm(self.rebuild_ticks, self.rebuild_timeout);
@@ -465,7 +488,11 @@ impl<W: World> Plugin<W> {
             }
             live.generation = generation;
         }
-        live.arm(self.call_ticks, self.call_timeout);
+        if long {
+            live.arm(self.rebuild_ticks, self.rebuild_timeout);
+        } else {
+            live.arm(self.call_ticks, self.call_timeout);
+        }
         live.store.data_mut().request = Some(req);
         let result = match &live.exports {
             Some(x) => f(x, &mut live.store),
@@ -521,6 +548,11 @@ pub struct Balancer(Plugin<BalancerWorld>);
 /// a failed `lookup` leaves the choice to the balancer, a failed `bind` adds no header.
 pub struct Affinity(Plugin<AffinityWorld>);
 
+/// A loaded health plugin (world `health-plugin`): one instance per pool, not per thread,
+/// called off the data path by the pool's health task, in order, so the plugin may keep
+/// per-backend state. Calls run under the rebuild deadline.
+pub struct Health(Plugin<HealthWorld>, std::sync::Mutex<Slot<HealthWorld>>);
+
 macro_rules! plugin_newtype {
     ($t:ty) => {
         impl std::ops::Deref for $t {
@@ -542,6 +574,7 @@ macro_rules! plugin_newtype {
 }
 plugin_newtype!(Balancer);
 plugin_newtype!(Affinity);
+plugin_newtype!(Health);
 
 impl Balancer {
     /// Asks the plugin which backend should take `req`.
@@ -609,5 +642,115 @@ impl Affinity {
             bound.stuck = stuck;
         }
         (req, bound)
+    }
+}
+
+/// One observation a health plugin is told of (the WIT `health.observation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    /// The host's timed probe (else live traffic).
+    pub active_probe: bool,
+    /// What failed; `None`: it succeeded.
+    pub failure: Option<Failure>,
+    /// The HTTP status, if there was one.
+    pub status: Option<u16>,
+    /// Time to the first response byte, µs.
+    pub latency_us: u32,
+    /// When, on the process clock (ms).
+    pub at_ms: u64,
+}
+
+/// What live traffic did to one backend since the previous tick (the WIT `health.window`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Exchanges that succeeded.
+    pub successes: u32,
+    /// Exchanges that failed.
+    pub failures: u32,
+    /// Response-head latency EWMA, µs (0: no sample).
+    pub latency_ewma_us: u32,
+}
+
+/// A health plugin's verdict about one backend, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assessment {
+    /// Backend id in the generation of the view the call was made with.
+    pub id: u32,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: String,
+}
+
+impl Health {
+    /// Tells the plugin of one observation about backend `id`; returns the verdicts it
+    /// changed. Assessments of ids outside the pool are dropped and counted.
+    pub fn observe(&self, view: &Arc<dyn PoolHost>, id: u32, obs: &Observation) -> Result<Vec<Assessment>, CallError> {
+        use bindings::wit_health::{Failure as F, Observation as O};
+        let failure = obs.failure.map(|f| match f {
+            Failure::Connect => F::Connect,
+            Failure::Timeout => F::Timeout,
+            Failure::Status => F::Status,
+            Failure::Body => F::Body,
+            Failure::Reset => F::Reset,
+            Failure::Protocol => F::Protocol,
+        });
+        let o = O {
+            active_probe: obs.active_probe,
+            failure,
+            status: obs.status,
+            latency_us: obs.latency_us,
+            at_ms: obs.at_ms,
+        };
+        let result = self.run(view, |x, store| x.weir_plugin_health().call_observe(store, id, o))?;
+        Ok(self.assessments(view, result))
+    }
+
+    /// Tells the plugin of the time and every member's window (`windows[id]`); returns the
+    /// verdicts it changed.
+    pub fn tick(&self, view: &Arc<dyn PoolHost>, at_ms: u64, windows: &[Window]) -> Result<Vec<Assessment>, CallError> {
+        use bindings::wit_health::Window as W;
+        let windows: Vec<W> = windows
+            .iter()
+            .map(|w| W { successes: w.successes, failures: w.failures, latency_ewma_us: w.latency_ewma_us })
+            .collect();
+        let result = self.run(view, |x, store| x.weir_plugin_health().call_tick(store, at_ms, &windows))?;
+        Ok(self.assessments(view, result))
+    }
+
+    fn run<R>(
+        &self,
+        view: &Arc<dyn PoolHost>,
+        f: impl FnOnce(&HealthPlugin, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let mut slot = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.0.call_in(&mut slot, view, PickRequest::default(), true, f).1
+    }
+
+    fn assessments(&self, view: &Arc<dyn PoolHost>, wit: Vec<bindings::wit_health::Assessment>) -> Vec<Assessment> {
+        use bindings::wit_health::Verdict as V;
+        let members = view.members().len();
+        let mut out = Vec::with_capacity(wit.len());
+        for a in wit {
+            if a.id as usize >= members {
+                self.0.misbehaved("judged a backend that does not exist", CallError::InvalidBackend(a.id));
+                continue;
+            }
+            let verdict = match a.verdict {
+                V::Healthy => Verdict::Healthy,
+                V::Degraded => Verdict::Degraded,
+                V::Unhealthy => Verdict::Unhealthy,
+            };
+            let mut reason = a.reason;
+            if reason.len() > 256 {
+                let mut cut = 256;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                reason.truncate(cut);
+            }
+            out.push(Assessment { id: a.id, verdict, reason: reason.replace(['\r', '\n'], " ") });
+        }
+        out
     }
 }

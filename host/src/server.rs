@@ -35,7 +35,7 @@ pub enum StartError {
 /// it serves at once; [`Server::shutdown`] first lets them finish.
 #[derive(Debug)]
 pub struct Server {
-    control: Control,
+    control: Arc<Control>,
     config: std::sync::Mutex<Config>,
     stop: watch::Sender<Stop>,
 }

@@ -19,7 +19,7 @@ mod live;
 mod stick;
 mod view;
 
-pub use live::{BackendLive, MAX_NAMES, PoolLive};
+pub use live::{BackendLive, HealthStatus, MAX_NAMES, PoolLive, Report, Reporter};
 pub use stick::{StickHold, StickTable};
 pub use view::{Backend, PoolView};
 
@@ -82,9 +82,23 @@ impl Pool {
         };
         let placement = match placement {
             Placement::Backend(id) if self.is_full(id) => self.next_not_full(id),
+            Placement::Backend(id) if view.ramping() && !admitted(view.ramp(id)) => self.instead_of_ramping(id),
             other => other,
         };
         (req, placement)
+    }
+
+    /// Another backend for work the slow-starting backend `id` declined: the built-in
+    /// round robin over the eligible backends that are not ramping and not full (so the
+    /// declined share spreads evenly); `id` itself when there is none.
+    #[cold]
+    fn instead_of_ramping(&self, id: u32) -> Placement {
+        let e = &self.view.eligible;
+        let start = self.view.live.next_fallback() as usize;
+        (0..e.len())
+            .map(|i| e[(start + i) % e.len()])
+            .find(|&c| self.view.ramp(c) == 1024 && !self.is_full(c))
+            .map_or(Placement::Backend(id), Placement::Backend)
     }
 
     /// Tells the affinity plugin (if any) where `req` went; returns what it wants added to
@@ -131,6 +145,25 @@ impl Pool {
     }
 }
 
+/// Whether a backend that may take `share`/1024 of its work takes this one: a draw from a
+/// per-thread generator (splitmix64), only made for backends in slow start.
+fn admitted(share: u32) -> bool {
+    use std::cell::Cell;
+    static SEEDS: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
+    thread_local!(static STATE: Cell<u64> = Cell::new(SEEDS.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)));
+    if share >= 1024 {
+        return true;
+    }
+    let draw = STATE.with(|s| {
+        let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    });
+    ((draw >> 54) as u32) < share
+}
+
 /// What an affinity plugin's `bind` leaves for the response and the connection.
 #[derive(Debug, Default)]
 pub struct Binding {
@@ -154,18 +187,26 @@ impl Pool {
         let previous: HashMap<&str, &Arc<BackendLive>> = old
             .map(|o| o.view.members.iter().map(|m| (m.config.address.as_str(), &m.live)).collect())
             .unwrap_or_default();
+        let ramp_new = old.is_some() && !config.health.slow_start.is_zero();
         let members: Vec<Backend> = config
             .backends
             .iter()
             .map(|b| {
-                let live = previous
-                    .get(b.address.as_str())
-                    .map_or_else(|| Arc::new(BackendLive::new(pool_live.clone())), |l| Arc::clone(l));
+                let live = previous.get(b.address.as_str()).map_or_else(
+                    || {
+                        let live = Arc::new(BackendLive::new(pool_live.clone()));
+                        if ramp_new {
+                            live.joined();
+                        }
+                        live
+                    },
+                    |l| Arc::clone(l),
+                );
                 Backend { config: b.clone(), live }
             })
             .collect();
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
-        let view = Arc::new(PoolView::new(name.clone(), generation, members, pool_live));
+        let view = Arc::new(PoolView::new(name.clone(), generation, members, pool_live, &config.health));
         let host: Arc<dyn PoolHost> = view.clone();
         let reusable = |was: &PluginRef, now: &PluginRef| was == now && matches!(now.source, PluginSource::Pack(_));
         let failed = |role: &'static str, plugin: &PluginRef| {
@@ -190,6 +231,36 @@ impl Pool {
             (Some(a), _) => Some(plugins.load_affinity(&name, a, &host).map_err(failed("affinity", a))?),
         };
         Ok(Pool { config: config.clone(), view, host, balancer, affinity })
+    }
+}
+
+impl Pool {
+    /// The same pool with a new view of its members, for verdicts the one writer just
+    /// applied to their live state: the eligible set, panic and slow start follow them,
+    /// and the generation changes, so plugins hear of it in `pool-changed`. O(backends).
+    pub fn with_new_verdicts(&self) -> Self {
+        let members: Vec<Backend> = self
+            .view
+            .members
+            .iter()
+            .map(|m| Backend { config: m.config.clone(), live: m.live.clone() })
+            .collect();
+        let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+        let view = Arc::new(PoolView::new(
+            self.view.name.clone(),
+            generation,
+            members,
+            self.view.live.clone(),
+            &self.config.health,
+        ));
+        let host: Arc<dyn PoolHost> = view.clone();
+        Pool {
+            config: self.config.clone(),
+            view,
+            host,
+            balancer: self.balancer.clone(),
+            affinity: self.affinity.clone(),
+        }
     }
 }
 

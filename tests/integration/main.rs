@@ -8,6 +8,7 @@ mod cli;
 mod control;
 mod drain;
 mod hardening;
+mod health;
 mod layers;
 mod many_pools;
 mod pack;

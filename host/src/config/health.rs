@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::bounds::{HEALTH_TICK as TICK, PROBE_INTERVAL, PROBE_TIMEOUT, SLOW_START};
 use super::{Cx, FileDuration, FilePluginRef, PluginRef};
 use crate::config::ConfigError;
 
@@ -196,15 +197,6 @@ pub(super) struct FilePoolHealth {
     pub(super) panic_threshold_percent: Option<Spanned<i64>>,
     pub(super) on_unhealthy: OnUnhealthy,
 }
-
-/// `probe.interval_ms`: 10 ms to 1 day.
-pub const PROBE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(86_400);
-/// `probe.timeout_ms`: 1 ms to 1 day (and at most the interval).
-pub const PROBE_TIMEOUT: RangeInclusive<Duration> = Duration::from_millis(1)..=Duration::from_secs(86_400);
-/// `health_tick_ms`: 10 ms to 1 hour.
-pub const TICK: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(3600);
-/// `slow_start_ms`: 0 (none) to 1 day.
-pub const SLOW_START: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(86_400);
 
 impl Cx<'_> {
     pub(super) fn health(&self, file: FilePoolHealth, base: &Path, key: &str) -> Result<HealthConfig, ConfigError> {

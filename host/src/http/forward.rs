@@ -15,6 +15,7 @@ use super::server::Held;
 use super::upstream::{self, ConnectError, UpstreamBody};
 use super::{ClientBody, ClientFault, Context, ProxyBody, websocket};
 use crate::config::TunnelLimits;
+use crate::core::Failure as HealthFailure;
 use crate::plugin::PickRequest;
 use crate::state::{Binding, Pool};
 
@@ -55,7 +56,10 @@ pub(crate) async fn forward(
     let cfg = &pool.config;
     let mut conn = upstream::checkout(&ctx.idle, live, addr, cfg.connect_timeout, cfg.idle_timeout)
         .await
-        .map_err(Failure::Connect)?;
+        .map_err(|e| {
+            live.exchange_failed(e.failure(), None, 0);
+            Failure::Connect(e)
+        })?;
     live.requests.fetch_add(1, Ordering::Relaxed);
     // The backend is settled: let the affinity plugin pin the client to it.
     let bound = if pool.affinity.is_some() {
@@ -76,6 +80,7 @@ pub(crate) async fn forward(
     let result = loop {
         match tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(request)).await {
             Err(_) => {
+                live.exchange_failed(HealthFailure::Timeout, None, 0);
                 break Err(ProxyError::Timeout {
                     backend: backend.config.address.clone(),
                     after: cfg.response_timeout,
@@ -90,6 +95,7 @@ pub(crate) async fn forward(
                     match upstream::connect(addr, cfg.connect_timeout).await {
                         Ok(fresh) => conn = fresh,
                         Err(e) => {
+                            live.exchange_failed(e.failure(), None, 0);
                             live.request_finished();
                             let (head, b) = request.into_parts();
                             pick.head = Some(Box::new(head));
@@ -104,6 +110,8 @@ pub(crate) async fn forward(
                     if let Some(why) = exchange.client_fault.get() {
                         break Err(ProxyError::ClientBody(why.to_owned()));
                     }
+                    let failure = if source.is_parse() { HealthFailure::Protocol } else { HealthFailure::Reset };
+                    live.exchange_failed(failure, None, 0);
                     break Err(ProxyError::Upstream { backend: backend.config.address.clone(), source });
                 }
             },
@@ -111,7 +119,14 @@ pub(crate) async fn forward(
     };
     live.request_finished();
     let res = result.map_err(Failure::Answer)?;
-    live.observe_latency(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+    let latency_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+    live.observe_latency(latency_us);
+    let status = res.status().as_u16();
+    if cfg.health.passive_failure_statuses.contains(status) {
+        live.exchange_failed(HealthFailure::Status, Some(status), latency_us);
+    } else {
+        live.exchange_succeeded(Some(status), latency_us);
+    }
 
     if res.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client) = exchange.client_upgrade.take()

@@ -164,6 +164,16 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Check
     Ok(Checkout { sender, reused: false })
 }
 
+impl ConnectError {
+    /// The health failure this is.
+    pub(crate) fn failure(&self) -> crate::core::Failure {
+        match self {
+            ConnectError::Timeout { .. } => crate::core::Failure::Timeout,
+            _ => crate::core::Failure::Connect,
+        }
+    }
+}
+
 /// A response body from a backend. When it has been read to the end its connection goes
 /// back on the backend's idle stack; if it is dropped early the connection is closed.
 #[derive(Debug)]
@@ -210,7 +220,11 @@ impl Body for UpstreamBody {
                 self.finished = true;
                 self.release();
             }
-            Poll::Ready(Some(Err(_))) => self.conn = None,
+            Poll::Ready(Some(Err(_))) => {
+                // Cut mid-response: the backend's fault, which its health evaluators hear of.
+                self.conn = None;
+                self.active.0.exchange_failed(crate::core::Failure::Reset, None, 0);
+            }
             _ => {}
         }
         polled

@@ -22,7 +22,21 @@ mod affinity {
     });
 }
 
+mod health {
+    wasmtime::component::bindgen!({
+        world: "health-plugin",
+        path: "../wit",
+        with: {
+            "weir:plugin/types@0.1.0": super::generated::weir::plugin::types,
+            "weir:plugin/pool@0.1.0": super::generated::weir::plugin::pool,
+            "weir:plugin/log@0.1.0": super::generated::weir::plugin::log,
+        },
+    });
+}
+
 pub(crate) use affinity::{AffinityPlugin, AffinityPluginPre};
+pub(crate) use health::exports::weir::plugin::health as wit_health;
+pub(crate) use health::{HealthPlugin, HealthPluginPre};
 pub(crate) use generated::weir::plugin::types::{
     Backend as WitBackend, Host as TypesHost, IpAddress, PickError, PluginError, Protocol as WitProtocol,
 };

@@ -2,14 +2,15 @@
 //! instance's exports, and says how to instantiate, configure and tell it of a pool
 //! change. [`super::Plugin`] is generic over it, so a balancer can only be asked to pick
 //! and an affinity plugin only to look up and bind: there is no "not a balancer" arm.
-//! A new world (health, in time) is one more impl here and one more newtype beside
-//! [`super::Balancer`].
+//! A new world is one more impl here and one more newtype beside [`super::Balancer`].
 
 use wasmtime::Engine;
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::bindings::{AffinityPlugin, AffinityPluginPre, BalancerPlugin, BalancerPluginPre, PluginError};
+use super::bindings::{
+    AffinityPlugin, AffinityPluginPre, BalancerPlugin, BalancerPluginPre, HealthPlugin, HealthPluginPre, PluginError,
+};
 use super::instance::InstanceState;
 
 /// A WIT world the host calls into.
@@ -102,5 +103,39 @@ impl World for AffinityWorld {
 
     fn pool_changed(exports: &Self::Exports, store: &mut Store<InstanceState>) -> wasmtime::Result<()> {
         exports.weir_plugin_affinity().call_pool_changed(store)
+    }
+}
+
+/// World `health-plugin`.
+#[derive(Debug)]
+pub(crate) enum HealthWorld {}
+
+impl World for HealthWorld {
+    const NAME: &'static str = "health";
+    type Pre = HealthPluginPre<InstanceState>;
+    type Exports = HealthPlugin;
+
+    fn pre(linked: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
+        HealthPluginPre::new(linked)
+    }
+
+    fn engine(pre: &Self::Pre) -> &Engine {
+        pre.engine()
+    }
+
+    fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> wasmtime::Result<Self::Exports> {
+        pre.instantiate(store)
+    }
+
+    fn configure(
+        exports: &Self::Exports,
+        store: &mut Store<InstanceState>,
+        json: &str,
+    ) -> wasmtime::Result<Result<(), PluginError>> {
+        exports.weir_plugin_health().call_configure(store, json)
+    }
+
+    fn pool_changed(exports: &Self::Exports, store: &mut Store<InstanceState>) -> wasmtime::Result<()> {
+        exports.weir_plugin_health().call_pool_changed(store)
     }
 }

@@ -3,13 +3,22 @@
 //! flight, latency, open tunnels) and per pool ([`PoolLive`]: the named counters, stick
 //! tables and secrets plugins reach by handle, the fallback round robin, the total load).
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use super::stick::StickTable;
+use crate::core::{Failure, Verdict, clock};
+use crate::plugin::Observation;
+
+/// An observation of live traffic about one backend (by [`BackendLive::key`]), on its way
+/// to the pool's health task.
+pub type Report = (u64, Observation);
+
+/// Where a pool's reports go: the sending side of its health task's queue.
+pub type Reporter = tokio::sync::mpsc::Sender<Report>;
 
 /// Most names of each kind (counters, stick tables, secrets) one pool holds. Plugins
 /// name these objects, and the host keeps them outside the plugin's memory limit, so a
@@ -40,7 +49,38 @@ pub struct BackendLive {
     /// Open tunnels (WebSockets).
     tunnels: AtomicU32,
     /// Set when the backend left its pool: nothing new is kept for it (idle connections).
-    retired: std::sync::atomic::AtomicBool,
+    retired: AtomicBool,
+    /// The [`Verdict`] the one writer applied (its discriminant). Read when a pool view is
+    /// built, never per request.
+    verdict: AtomicU8,
+    /// When (process clock, ms) the backend last became usable after being unhealthy, or
+    /// joined a running pool: slow start ramps its share from here. `clock::NEVER`: no ramp.
+    usable_since_ms: AtomicU64,
+    /// Live-traffic outcomes since the health task last read them (its `tick` window).
+    passive: Passive,
+    /// The last transition, for the status API.
+    status: Mutex<HealthStatus>,
+}
+
+/// What live traffic did to a backend, counted on the data path with no lock: a success
+/// is one relaxed add and one relaxed load ([`BackendLive::exchange_succeeded`]).
+#[derive(Debug, Default)]
+struct Passive {
+    successes: AtomicU32,
+    failures: AtomicU32,
+    /// Set by a failure, cleared by the next success (which is then reported).
+    failing: AtomicBool,
+}
+
+/// A backend's health as last decided: the verdict, why, and since when.
+#[derive(Debug, Clone)]
+pub struct HealthStatus {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why (the evaluator's reason); empty for a backend never judged.
+    pub reason: String,
+    /// When the verdict was applied (wall clock, for people).
+    pub since: SystemTime,
 }
 
 impl BackendLive {
@@ -54,8 +94,80 @@ impl BackendLive {
             requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             tunnels: AtomicU32::new(0),
-            retired: std::sync::atomic::AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+            verdict: AtomicU8::new(Verdict::Healthy as u8),
+            usable_since_ms: AtomicU64::new(clock::NEVER),
+            passive: Passive::default(),
+            status: Mutex::new(HealthStatus { verdict: Verdict::Healthy, reason: String::new(), since: SystemTime::now() }),
         }
+    }
+
+    /// The verdict in force.
+    pub fn verdict(&self) -> Verdict {
+        Verdict::from_u8(self.verdict.load(Ordering::Relaxed))
+    }
+
+    /// Applies a verdict (the one writer calls this, then publishes a new view). Returns
+    /// the previous one. A backend that leaves `unhealthy` starts its slow start now.
+    pub fn set_verdict(&self, verdict: Verdict, reason: &str) -> Verdict {
+        let was = Verdict::from_u8(self.verdict.swap(verdict as u8, Ordering::Relaxed));
+        if was == Verdict::Unhealthy && verdict != Verdict::Unhealthy {
+            self.usable_since_ms.store(clock::now_ms(), Ordering::Relaxed);
+        }
+        if was != verdict {
+            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            *status = HealthStatus { verdict, reason: reason.to_owned(), since: SystemTime::now() };
+        }
+        was
+    }
+
+    /// The backend's health status (verdict, reason, since).
+    pub fn health_status(&self) -> HealthStatus {
+        self.status.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// When the backend last became usable (process clock), if slow start may apply.
+    pub fn usable_since_ms(&self) -> Option<u64> {
+        Some(self.usable_since_ms.load(Ordering::Relaxed)).filter(|&t| t != clock::NEVER)
+    }
+
+    /// Marks the backend as just joined a running pool (slow start ramps from now).
+    pub fn joined(&self) {
+        self.usable_since_ms.store(clock::now_ms(), Ordering::Relaxed);
+    }
+
+    /// An exchange with the backend succeeded (`status`, if HTTP, after `latency_us` to
+    /// its response head). Only counted, with no lock and no plugin call, unless it is the
+    /// first success after a failure, which the pool's health evaluators hear of.
+    #[inline]
+    pub fn exchange_succeeded(&self, status: Option<u16>, latency_us: u32) {
+        self.passive.successes.fetch_add(1, Ordering::Relaxed);
+        if self.passive.failing.load(Ordering::Relaxed) {
+            self.recovered(status, latency_us);
+        }
+    }
+
+    #[cold]
+    fn recovered(&self, status: Option<u16>, latency_us: u32) {
+        if self.passive.failing.swap(false, Ordering::Relaxed) {
+            let obs = Observation { active_probe: false, failure: None, status, latency_us, at_ms: clock::now_ms() };
+            self.pool.report(self.key, obs);
+        }
+    }
+
+    /// An exchange with the backend failed: counted, and the pool's health evaluators
+    /// hear of it.
+    #[cold]
+    pub fn exchange_failed(&self, failure: Failure, status: Option<u16>, latency_us: u32) {
+        self.passive.failures.fetch_add(1, Ordering::Relaxed);
+        self.passive.failing.store(true, Ordering::Relaxed);
+        let obs = Observation { active_probe: false, failure: Some(failure), status, latency_us, at_ms: clock::now_ms() };
+        self.pool.report(self.key, obs);
+    }
+
+    /// `(successes, failures)` since the previous call, and starts a new window.
+    pub fn take_window(&self) -> (u32, u32) {
+        (self.passive.successes.swap(0, Ordering::Relaxed), self.passive.failures.swap(0, Ordering::Relaxed))
     }
 
     /// Marks the backend as gone from its pool (a reload removed it).
@@ -198,6 +310,10 @@ pub struct PoolLive {
     fallback: AtomicU64,
     /// Sum of `active + in_flight` over the pool's backends.
     pub total_load: AtomicU64,
+    /// The pool's health task, when something watches its health.
+    reporter: arc_swap::ArcSwapOption<Reporter>,
+    /// Reports dropped because the health task's queue was full.
+    pub reports_dropped: AtomicU64,
 }
 
 impl PoolLive {
@@ -210,6 +326,24 @@ impl PoolLive {
             secrets: Registry::new("secret"),
             fallback: AtomicU64::new(0),
             total_load: AtomicU64::new(0),
+            reporter: arc_swap::ArcSwapOption::empty(),
+            reports_dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Sends this pool's live-traffic observations to `reporter` (`None`: nowhere).
+    pub fn set_reporter(&self, reporter: Option<Arc<Reporter>>) {
+        self.reporter.store(reporter);
+    }
+
+    /// Hands an observation to the pool's health task, if it has one; never waits (a
+    /// full queue drops it, counted: the evaluators still see the failure in the window
+    /// of their next `tick`).
+    fn report(&self, key: u64, obs: Observation) {
+        if let Some(tx) = &*self.reporter.load()
+            && tx.try_send((key, obs)).is_err()
+        {
+            self.reports_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::live::{BackendLive, PoolLive};
 use super::stick;
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, HealthConfig};
+use crate::core::{Verdict, clock};
 use crate::plugin::PoolHost;
 
 /// One backend in one snapshot.
@@ -35,6 +36,14 @@ pub struct PoolView {
     pub eligible: Vec<u32>,
     /// `eligible_mask[id]` iff `eligible` contains `id`.
     eligible_mask: Vec<bool>,
+    /// Too few backends are usable (healthy or degraded): every backend of weight > 0 is
+    /// eligible (the pool's `panic_threshold_percent`).
+    pub panic: bool,
+    /// Backends in slow start: `(id, usable since, process clock ms)`, by id. Empty
+    /// almost always, and then a placement pays one length check for it.
+    pub(super) ramps: Vec<(u32, u64)>,
+    /// The slow-start window.
+    pub(super) slow_start_ms: u64,
     /// `max_connections` by id (0 = no limit), packed so the per-decision check touches
     /// 4 bytes, not a whole backend record.
     pub(super) limits: Vec<u32>,
@@ -49,15 +58,51 @@ pub struct PoolView {
 }
 
 impl PoolView {
-    /// A view of `members` (config order) with a new generation.
-    pub(super) fn new(name: Arc<str>, generation: u64, members: Vec<Backend>, live: Arc<PoolLive>) -> Self {
-        let eligible: Vec<u32> =
-            members.iter().enumerate().filter(|(_, b)| b.config.weight > 0).map(|(i, _)| i as u32).collect();
+    /// A view of `members` (config order) with a new generation. Eligible: the healthy
+    /// backends of weight > 0; if there is none, the degraded ones; and every backend of
+    /// weight > 0 when fewer than `health.panic_threshold_percent` of them are usable.
+    pub(super) fn new(
+        name: Arc<str>,
+        generation: u64,
+        members: Vec<Backend>,
+        live: Arc<PoolLive>,
+        health: &HealthConfig,
+    ) -> Self {
+        let weighted = || members.iter().enumerate().filter(|(_, b)| b.config.weight > 0);
+        let with = |v: Verdict| weighted().filter(move |(_, b)| b.live.verdict() == v).map(|(i, _)| i as u32);
+        let total = weighted().count();
+        let healthy: Vec<u32> = with(Verdict::Healthy).collect();
+        let degraded = with(Verdict::Degraded).count();
+        let threshold = usize::from(health.panic_threshold_percent);
+        let panic = total > 0 && (healthy.len() + degraded) * 100 < threshold * total;
+        let eligible: Vec<u32> = if panic {
+            weighted().map(|(i, _)| i as u32).collect()
+        } else if healthy.is_empty() {
+            with(Verdict::Degraded).collect()
+        } else {
+            healthy
+        };
         let mut eligible_mask = vec![false; members.len()];
         for &i in &eligible {
             eligible_mask[i as usize] = true;
         }
+        let slow_start_ms = health.slow_start.as_millis() as u64;
+        let now = clock::now_ms();
+        let ramps = if slow_start_ms == 0 {
+            Vec::new()
+        } else {
+            eligible
+                .iter()
+                .filter_map(|&i| {
+                    let since = members[i as usize].live.usable_since_ms()?;
+                    (now.saturating_sub(since) < slow_start_ms).then_some((i, since))
+                })
+                .collect()
+        };
         Self {
+            panic,
+            ramps,
+            slow_start_ms,
             name,
             generation,
             configs: members.iter().map(|b| b.config.clone()).collect(),
@@ -83,6 +128,29 @@ impl PoolView {
     /// The live state of backend `id`, if it exists.
     pub fn live(&self, id: u32) -> Option<&BackendLive> {
         self.lives.get(id as usize).map(|l| &**l)
+    }
+
+    /// The share of new work backend `id` may take now, in 1/1024ths: 1024 unless it is
+    /// in slow start, where it grows linearly with the time since it became usable, from
+    /// 1/20 at the start to all of it at the end of the window (HAProxy `slowstart`).
+    #[inline]
+    pub fn ramp(&self, id: u32) -> u32 {
+        if self.ramps.is_empty() {
+            return 1024;
+        }
+        self.ramp_slow(id)
+    }
+
+    #[cold]
+    fn ramp_slow(&self, id: u32) -> u32 {
+        let Ok(i) = self.ramps.binary_search_by_key(&id, |&(id, _)| id) else { return 1024 };
+        let elapsed = clock::now_ms().saturating_sub(self.ramps[i].1);
+        (elapsed.saturating_mul(1024) / self.slow_start_ms.max(1)).clamp(51, 1024) as u32
+    }
+
+    /// Whether any backend is in slow start.
+    pub fn ramping(&self) -> bool {
+        !self.ramps.is_empty()
     }
 }
 

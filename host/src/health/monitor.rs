@@ -1,0 +1,527 @@
+//! The health task of each watched pool: it runs the pool's probers, hears their results
+//! and the live-traffic reports of the data path, asks the pool's evaluators (health
+//! plugins, one instance each, called only from this task) what they make of them, and
+//! sends the verdicts that change to the one writer as [`Verdicts`].
+//!
+//! Each backend's verdict is the worst of its evaluators' latest opinions. An evaluator
+//! whose call fails (trap, deadline, memory) is counted and logged by the plugin layer,
+//! and its opinion of that backend becomes the host's built-in rule's (HAProxy's rise 2,
+//! fall 3 over the timed probes) until it answers again.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::probe;
+use crate::config::{HealthConfig, PluginRef, PoolConfig, ProbeConfig};
+use crate::core::{Verdict, clock};
+use crate::plugin::{self, Assessment, LoadError, Observation, PluginRuntime, PoolHost, Window};
+use crate::state::{BuildError, Pool, PoolView, Report, Snapshot};
+
+/// How many reports a pool's queue holds before the data path drops new ones (counted in
+/// `PoolLive::reports_dropped`; the failures still reach the evaluators' `tick` windows).
+const QUEUE: usize = 4096;
+
+/// Verdicts of one pool for the one writer to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdicts {
+    /// The pool.
+    pub pool: String,
+    /// What changed.
+    pub changes: Vec<Change>,
+}
+
+/// A backend's new verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The backend, by [`crate::state::BackendLive::key`].
+    pub key: u64,
+    /// Its verdict now.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: String,
+}
+
+/// A pool's loaded evaluators, in config order.
+#[derive(Debug, Clone)]
+pub struct Evaluators(Vec<Arc<plugin::Health>>);
+
+/// Loads `config`'s evaluators for `pool`, validating each (a scratch instance is
+/// configured). Compiles: call it off the threads that serve traffic.
+pub fn load(config: &PoolConfig, plugins: &PluginRuntime, pool: &Pool) -> Result<Evaluators, BuildError> {
+    let host: Arc<dyn PoolHost> = pool.view.clone();
+    let mut loaded = Vec::with_capacity(config.health.plugins.len());
+    for p in &config.health.plugins {
+        let evaluator = plugins.load_health(&config.name, p, &host).map_err(|source| {
+            let at = match &source {
+                LoadError::InvalidConfig(_) | LoadError::Configure { .. } => p.config_at.clone().or(p.at.clone()),
+                _ => p.at.clone(),
+            };
+            BuildError::Plugin {
+                pool: config.name.clone(),
+                role: "health",
+                plugin: p.source.to_string(),
+                at: at.map(Box::new),
+                source,
+            }
+        })?;
+        loaded.push(evaluator);
+    }
+    Ok(Evaluators(loaded))
+}
+
+/// The health tasks of one server, by pool. Only the one writer changes it.
+#[derive(Debug)]
+pub struct Monitor {
+    pools: std::sync::Mutex<HashMap<String, PoolMonitor>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    verdicts: mpsc::UnboundedSender<Verdicts>,
+}
+
+/// One pool's health task.
+#[derive(Debug)]
+struct PoolMonitor {
+    plugins: Vec<PluginRef>,
+    evaluators: Evaluators,
+    settings: watch::Sender<HealthConfig>,
+    members_changed: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PoolMonitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Monitor {
+    /// A monitor reading pools from `snapshot` and sending verdicts to `verdicts`.
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, verdicts: mpsc::UnboundedSender<Verdicts>) -> Self {
+        Self { pools: std::sync::Mutex::default(), snapshot, verdicts }
+    }
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, PoolMonitor>> {
+        self.pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The evaluators watching `pool` (for their counters).
+    pub fn evaluators(&self, pool: &str) -> Vec<Arc<plugin::Health>> {
+        self.pools().get(pool).map(|m| m.evaluators.0.clone()).unwrap_or_default()
+    }
+
+    /// Whether `config` needs evaluators loaded: its health is watched and no task
+    /// already runs the same evaluators (a task keeps its evaluators, and their state,
+    /// across reloads that leave `health` as it was).
+    pub fn needs_evaluators(&self, config: &PoolConfig) -> bool {
+        config.health.enabled() && self.pools().get(&config.name).is_none_or(|m| m.plugins != config.health.plugins)
+    }
+
+    /// Brings the tasks in line with `snapshot` (just published): starts a task for each
+    /// pool `loaded` has evaluators for (replacing its old one), tells the others of new
+    /// settings and members, and stops those of pools no longer watched.
+    pub fn sync(&self, snapshot: &Snapshot, mut loaded: HashMap<String, Evaluators>) {
+        let mut pools = self.pools();
+        pools.retain(|name, _| snapshot.pools.get(name).is_some_and(|p| p.config.health.enabled()));
+        for (name, pool) in &snapshot.pools {
+            let health = &pool.config.health;
+            if !health.enabled() {
+                pool.view.live.set_reporter(None);
+                continue;
+            }
+            if let Some(evaluators) = loaded.remove(name) {
+                let monitor = self.start(pool, evaluators);
+                if pools.insert(name.clone(), monitor).is_some() {
+                    tracing::info!(pool = %name, "health evaluators changed: their verdicts start over");
+                }
+            } else if let Some(m) = pools.get(name) {
+                m.settings.send_if_modified(|s| {
+                    let changed = s != health;
+                    if changed {
+                        *s = health.clone();
+                    }
+                    changed
+                });
+                m.members_changed.notify_one();
+            } else {
+                tracing::error!(pool = %name, "health is configured but no evaluator was loaded; not watched");
+            }
+        }
+    }
+
+    fn start(&self, pool: &Pool, evaluators: Evaluators) -> PoolMonitor {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let reporter = Arc::new(tx);
+        pool.view.live.set_reporter(Some(reporter.clone()));
+        let (settings, settings_rx) = watch::channel(pool.config.health.clone());
+        let members_changed = Arc::new(Notify::new());
+        let task = Task {
+            pool: pool.config.name.clone(),
+            snapshot: self.snapshot.clone(),
+            evaluators: evaluators.0.clone(),
+            verdicts: self.verdicts.clone(),
+            generation: 0,
+            ids: HashMap::new(),
+            backends: HashMap::new(),
+            requested: HashMap::new(),
+            strikes: vec![(0, 0); evaluators.0.len()],
+        };
+        let task = tokio::spawn(task.run(rx, settings_rx, members_changed.clone()));
+        PoolMonitor { plugins: pool.config.health.plugins.clone(), evaluators, settings, members_changed, task }
+    }
+}
+
+/// The host's built-in rule over the timed probes: rise 2, fall 3 (HAProxy's defaults).
+#[derive(Debug, Default, Clone, Copy)]
+struct Builtin {
+    successes: u32,
+    failures: u32,
+    verdict: Verdict,
+}
+
+impl Builtin {
+    const RISE: u32 = 2;
+    const FALL: u32 = 3;
+
+    fn probed(&mut self, ok: bool) {
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+            if self.successes >= Self::RISE {
+                self.verdict = Verdict::Healthy;
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.failures >= Self::FALL {
+                self.verdict = Verdict::Unhealthy;
+            }
+        }
+    }
+
+    fn reason(&self) -> String {
+        match self.verdict {
+            Verdict::Unhealthy => format!("built-in rule: {} consecutive probe failures", self.failures),
+            _ => "built-in rule: probes pass".to_owned(),
+        }
+    }
+}
+
+/// What the task knows of one backend.
+#[derive(Debug)]
+struct Book {
+    /// Each evaluator's latest opinion and its reason.
+    opinions: Vec<(Verdict, String)>,
+    builtin: Builtin,
+    /// The last failed probe's detail, appended to a reason for going unhealthy.
+    last_probe_failure: Option<String>,
+    /// The backend's prober, when the pool has a probe.
+    prober: Option<JoinHandle<()>>,
+}
+
+impl Drop for Book {
+    fn drop(&mut self) {
+        if let Some(p) = self.prober.take() {
+            p.abort();
+        }
+    }
+}
+
+/// A probe's result on its way to the task.
+type ProbeReport = (u64, Observation, String);
+
+struct Task {
+    pool: String,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    evaluators: Vec<Arc<plugin::Health>>,
+    verdicts: mpsc::UnboundedSender<Verdicts>,
+    /// The generation `ids` was built for.
+    generation: u64,
+    /// Backend id by live key, in that generation.
+    ids: HashMap<u64, u32>,
+    backends: HashMap<u64, Book>,
+    /// Verdicts sent to the writer and not yet seen applied.
+    requested: HashMap<u64, Verdict>,
+    /// Each evaluator's failures in a row, and until when (process clock, ms) it is not
+    /// called: a plugin that traps or loops on every call costs one call per backoff.
+    strikes: Vec<(u32, u64)>,
+}
+
+/// The first pause after an evaluator fails; it doubles with each failure in a row.
+const FIRST_BACKOFF_MS: u64 = 1000;
+/// The longest pause.
+const MAX_BACKOFF_MS: u64 = 60_000;
+
+impl Task {
+    /// Whether evaluator `i` is called now (not in a backoff after failures).
+    fn callable(&self, i: usize, now: u64) -> bool {
+        self.strikes.get(i).is_none_or(|&(_, until)| now >= until)
+    }
+
+    /// Records evaluator `i`'s call outcome.
+    fn strike(&mut self, i: usize, failed: bool, now: u64) {
+        let Some((failures, until)) = self.strikes.get_mut(i) else { return };
+        if failed {
+            *failures += 1;
+            let pause = (FIRST_BACKOFF_MS << (*failures - 1).min(16)).min(MAX_BACKOFF_MS);
+            *until = now + pause;
+            tracing::warn!(
+                pool = %self.pool,
+                plugin = %self.evaluators[i].name,
+                failures = *failures,
+                pause_ms = pause,
+                "health plugin failed; the built-in rule stands in for it until it is asked again"
+            );
+        } else {
+            *failures = 0;
+        }
+    }
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut reports: mpsc::Receiver<Report>,
+        mut settings: watch::Receiver<HealthConfig>,
+        members_changed: Arc<Notify>,
+    ) {
+        let (probe_tx, mut probes) = mpsc::channel::<ProbeReport>(QUEUE);
+        let mut config = settings.borrow_and_update().clone();
+        let mut tick = tokio::time::interval(config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        self.refresh(&config, &probe_tx, true);
+        loop {
+            let mut changed = Vec::new();
+            tokio::select! {
+                Some((key, obs)) = reports.recv() => self.observed(key, obs, None, &mut changed),
+                Some((key, obs, detail)) = probes.recv() => self.observed(key, obs, Some(detail), &mut changed),
+                _ = tick.tick() => self.tick(&mut changed),
+                _ = members_changed.notified() => {
+                    self.refresh(&config, &probe_tx, false);
+                    changed.extend(self.backends.keys().copied());
+                }
+                Ok(()) = settings.changed() => {
+                    let new = settings.borrow_and_update().clone();
+                    let probe_changed = new.probe != config.probe;
+                    if new.tick != config.tick {
+                        tick = tokio::time::interval(new.tick);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tick.reset();
+                    }
+                    config = new;
+                    self.refresh(&config, &probe_tx, probe_changed);
+                }
+                else => break,
+            }
+            self.send(changed);
+        }
+    }
+
+    /// The pool as published now, if it still exists.
+    fn view(&self) -> Option<Arc<PoolView>> {
+        self.snapshot.load().pools.get(&self.pool).map(|p| p.view.clone())
+    }
+
+    /// Re-reads the pool's members if they changed (or `restart_probers`): maps keys to
+    /// ids, starts probers for new backends, forgets backends that left.
+    fn refresh(&mut self, config: &HealthConfig, probe_tx: &mpsc::Sender<ProbeReport>, restart_probers: bool) {
+        let Some(view) = self.view() else { return };
+        if view.generation == self.generation && !restart_probers {
+            return;
+        }
+        self.generation = view.generation;
+        self.ids = view.members.iter().enumerate().map(|(i, m)| (m.live.key(), i as u32)).collect();
+        self.backends.retain(|k, _| self.ids.contains_key(k));
+        self.requested.retain(|k, _| self.ids.contains_key(k));
+        let evaluators = self.evaluators.len();
+        for m in &view.members {
+            let key = m.live.key();
+            let book = self.backends.entry(key).or_insert_with(|| {
+                // A new evaluator or backend starts from the verdict in force, so starting a
+                // task (a reload that changed the evaluators) flips nothing by itself.
+                let applied = m.live.verdict();
+                Book {
+                    opinions: vec![(applied, String::new()); evaluators],
+                    builtin: Builtin { verdict: applied, ..Builtin::default() },
+                    last_probe_failure: None,
+                    prober: None,
+                }
+            });
+            if restart_probers || book.prober.is_none() {
+                if let Some(p) = book.prober.take() {
+                    p.abort();
+                }
+                book.prober = config.probe.as_ref().map(|probe| {
+                    let host = probe.host.clone().unwrap_or_else(|| m.config.address.clone());
+                    tokio::spawn(prober(key, m.config.socket_addr, host, probe.clone(), probe_tx.clone()))
+                });
+            }
+        }
+    }
+
+    /// One observation: every evaluator hears of it.
+    fn observed(&mut self, key: u64, obs: Observation, detail: Option<String>, changed: &mut Vec<u64>) {
+        let Some(view) = self.view() else { return };
+        if view.generation != self.generation {
+            // Members changed and the writer's notice has not arrived yet: wait for it; an
+            // observation of a backend this task does not know yet is dropped.
+            self.ids = view.members.iter().enumerate().map(|(i, m)| (m.live.key(), i as u32)).collect();
+            self.generation = view.generation;
+        }
+        let Some(&id) = self.ids.get(&key) else { return };
+        let Some(book) = self.backends.get_mut(&key) else { return };
+        if obs.active_probe {
+            book.builtin.probed(obs.failure.is_none());
+            book.last_probe_failure = if obs.failure.is_some() { detail } else { None };
+        }
+        let host: Arc<dyn PoolHost> = view.clone();
+        let now = clock::now_ms();
+        for (i, evaluator) in self.evaluators.clone().iter().enumerate() {
+            if !self.callable(i, now) {
+                self.fall_back(i, key, changed);
+                continue;
+            }
+            match evaluator.observe(&host, id, &obs) {
+                Ok(assessments) => {
+                    self.strike(i, false, now);
+                    self.apply(&view, i, assessments, changed);
+                }
+                Err(_) => {
+                    self.strike(i, true, now);
+                    self.fall_back(i, key, changed);
+                }
+            }
+        }
+    }
+
+    /// The evaluators' timer: every member's live-traffic window.
+    fn tick(&mut self, changed: &mut Vec<u64>) {
+        let Some(view) = self.view() else { return };
+        if view.generation != self.generation {
+            return;
+        }
+        let windows: Vec<Window> = view
+            .members
+            .iter()
+            .map(|m| {
+                let (successes, failures) = m.live.take_window();
+                let latency_ewma_us = m.live.latency_ewma_us.load(std::sync::atomic::Ordering::Relaxed);
+                Window { successes, failures, latency_ewma_us }
+            })
+            .collect();
+        let host: Arc<dyn PoolHost> = view.clone();
+        let now = clock::now_ms();
+        for (i, evaluator) in self.evaluators.clone().iter().enumerate() {
+            if !self.callable(i, now) {
+                continue;
+            }
+            // A failed tick changes no opinion (the built-in rule needs no timer).
+            match evaluator.tick(&host, now, &windows) {
+                Ok(assessments) => {
+                    self.strike(i, false, now);
+                    self.apply(&view, i, assessments, changed);
+                }
+                Err(_) => self.strike(i, true, now),
+            }
+        }
+        // Verdicts the writer has applied need no more asking.
+        for m in &view.members {
+            let key = m.live.key();
+            if self.requested.get(&key) == Some(&m.live.verdict()) {
+                self.requested.remove(&key);
+            }
+        }
+    }
+
+    fn apply(&mut self, view: &PoolView, evaluator: usize, assessments: Vec<Assessment>, changed: &mut Vec<u64>) {
+        for a in assessments {
+            let Some(m) = view.members.get(a.id as usize) else { continue };
+            let key = m.live.key();
+            if let Some(book) = self.backends.get_mut(&key) {
+                book.opinions[evaluator] = (a.verdict, a.reason);
+                changed.push(key);
+            }
+        }
+    }
+
+    /// Evaluator `i` failed on backend `key`: its opinion is the built-in rule's.
+    fn fall_back(&mut self, evaluator: usize, key: u64, changed: &mut Vec<u64>) {
+        if let Some(book) = self.backends.get_mut(&key) {
+            book.opinions[evaluator] = (book.builtin.verdict, book.builtin.reason());
+            changed.push(key);
+        }
+    }
+
+    /// Sends the writer the backends among `keys` whose verdict (the worst opinion)
+    /// differs from the one in force and was not asked for already.
+    fn send(&mut self, mut keys: Vec<u64>) {
+        if keys.is_empty() {
+            return;
+        }
+        let Some(view) = self.view() else { return };
+        keys.sort_unstable();
+        keys.dedup();
+        let mut changes = Vec::new();
+        for key in keys {
+            let (Some(book), Some(&id)) = (self.backends.get(&key), self.ids.get(&key)) else { continue };
+            let Some(m) = view.members.get(id as usize) else { continue };
+            let Some((verdict, reason)) = book.opinions.iter().max_by_key(|(v, _)| *v) else { continue };
+            let applied = m.live.verdict();
+            if *verdict == applied {
+                self.requested.remove(&key);
+                continue;
+            }
+            if self.requested.get(&key) == Some(verdict) {
+                continue;
+            }
+            self.requested.insert(key, *verdict);
+            let mut reason = reason.clone();
+            if *verdict == Verdict::Unhealthy
+                && let Some(detail) = &book.last_probe_failure
+            {
+                reason = format!("{reason}; last probe: {detail}");
+            }
+            changes.push(Change { key, verdict: *verdict, reason });
+        }
+        if !changes.is_empty() {
+            let _ = self.verdicts.send(Verdicts { pool: self.pool.clone(), changes });
+        }
+    }
+}
+
+/// Probes one backend forever: the first probe at a random point of the first interval
+/// (so a pool's probes, or 10,000 backends', do not go out in one burst), then one per
+/// interval, each jittered by up to ±10 %.
+async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, tx: mpsc::Sender<ProbeReport>) {
+    let mut rng = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ clock::now_ms();
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let interval = config.interval;
+    let first = interval.mul_f64((next() >> 11) as f64 / (1u64 << 53) as f64);
+    tokio::time::sleep(first).await;
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = probe::probe(&config, addr, &host).await;
+        let obs = Observation {
+            active_probe: true,
+            failure: result.failure,
+            status: result.status,
+            latency_us: u32::try_from(result.latency.as_micros()).unwrap_or(u32::MAX),
+            at_ms: clock::now_ms(),
+        };
+        if tx.send((key, obs, result.detail)).await.is_err() {
+            return;
+        }
+        let jitter = 0.9 + 0.2 * ((next() >> 11) as f64 / (1u64 << 53) as f64);
+        tokio::time::sleep_until(started + interval.mul_f64(jitter).max(Duration::from_millis(1))).await;
+    }
+}

@@ -1,0 +1,205 @@
+//! Health checks through a real weir: timed probes against real backends, passive
+//! observations of live traffic, evaluators (pack plugins and test fixtures), and what
+//! their verdicts do to placement (eligibility, panic mode, slow start, drains, reloads).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use weir::core::Verdict;
+use weir::demo::Backend;
+
+use crate::support;
+
+/// Config for one pool `p` over `addrs`, with `extra` in its table; health plugins get a
+/// 200 ms deadline (a looping one costs that much CPU per call).
+fn config(addrs: &[SocketAddr], extra: &str) -> String {
+    support::config_text(addrs, extra).replace("call_timeout_ms = 50", "call_timeout_ms = 50\nrebuild_timeout_ms = 200")
+}
+
+async fn backends(n: usize) -> Vec<Backend> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(Backend::start(&format!("b{i}")).await.unwrap());
+    }
+    v
+}
+
+fn addrs(backends: &[Backend]) -> Vec<SocketAddr> {
+    backends.iter().map(|b| b.addr).collect()
+}
+
+fn verdict(server: &weir::Server, i: usize) -> Verdict {
+    server.snapshot().pools["p"].view.members[i].live.verdict()
+}
+
+/// Sends `n` requests through the proxy; counts answers by backend name (or status).
+async fn spread(server: &weir::Server, n: usize) -> HashMap<String, usize> {
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let (status, body) = support::get(&client, &url).await;
+        let key = if status.is_success() { support::name_of(&body).to_owned() } else { format!("status {status}") };
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Polls `f` every 10 ms for up to `secs` seconds.
+async fn within(secs: u64, what: &str, f: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within {secs} s: {what}");
+}
+
+const TEAPOT_PROBE: &str =
+    r#"probe = { kind = "http", path = "/healthz", interval_ms = 50, timeout_ms = 40, expect_status = "100-599" }"#;
+
+fn teapot() -> String {
+    format!("health = [{{ plugin = {:?} }}]\n{TEAPOT_PROBE}", support::fixture("teapot").display().to_string())
+}
+
+/// A health plugin written by a user (a test fixture) decides: its rule (a probe answering
+/// 418 is unhealthy at once) is none of the pack's, and the host's probe itself passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_written_health_plugin_decides() {
+    let b = backends(3).await;
+    let server = support::start(&config(&addrs(&b), &teapot())).await;
+    b[0].set_health(418);
+    within(5, "b0 judged unhealthy", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    let status = server.snapshot().pools["p"].view.members[0].live.health_status();
+    assert!(status.reason.contains("418"), "{status:?}");
+    let seen = spread(&server, 30).await;
+    assert_eq!(seen.get("b0"), None, "{seen:?}");
+    assert_eq!(seen.get("b1").copied().unwrap_or(0) + seen.get("b2").copied().unwrap_or(0), 30, "{seen:?}");
+
+    b[0].set_health(200);
+    within(5, "b0 healthy again", || verdict(&server, 0) == Verdict::Healthy).await;
+    let seen = spread(&server, 30).await;
+    assert_eq!(seen.get("b0"), Some(&10), "{seen:?}");
+}
+
+/// A health plugin that traps, or one that loops, never leaves the pool unwatched: the
+/// built-in rule (fall 3, rise 2 over the probes) stands in for it, and its failures are
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_health_plugin_leaves_the_built_in_rule() {
+    for mode in ["trap", "spin"] {
+        let mut b = backends(2).await;
+        let extra = format!(
+            "health = [{{ plugin = {:?}, config = {{ mode = \"{mode}\" }} }}]\nprobe = {{ kind = \"tcp\", interval_ms = 50, timeout_ms = 40 }}",
+            support::fixture("health-broken").display().to_string()
+        );
+        let server = support::start(&config(&addrs(&b), &extra)).await;
+        let addr0 = b[0].addr;
+        b.remove(0).stop();
+        within(5, &format!("{mode}: stopped b0 judged unhealthy"), || verdict(&server, 0) == Verdict::Unhealthy).await;
+        let seen = spread(&server, 10).await;
+        assert_eq!(seen.get("b1"), Some(&10), "{mode}: {seen:?}");
+
+        let _b0 = Backend::start_on("b0", addr0).await.unwrap();
+        within(5, &format!("{mode}: restarted b0 healthy"), || verdict(&server, 0) == Verdict::Healthy).await;
+        let plugin = &server.control().health_plugins("p")[0];
+        let failures = match mode {
+            "trap" => plugin.stats.traps.load(Ordering::Relaxed),
+            _ => plugin.stats.timeouts.load(Ordering::Relaxed),
+        };
+        assert!(failures >= 1, "{mode}: {failures} failures counted");
+        // Served all along.
+        let seen = spread(&server, 10).await;
+        assert_eq!(seen.values().sum::<usize>(), 10, "{mode}: {seen:?}");
+        assert!(seen.keys().all(|k| k.starts_with('b')), "{mode}: {seen:?}");
+    }
+}
+
+/// Below `panic_threshold_percent` of usable backends every backend takes work again;
+/// with the threshold at 0, a pool with none usable answers 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_spreads_over_every_backend() {
+    let b = backends(4).await;
+    let server = support::start(&config(&addrs(&b), &teapot())).await;
+    b[0].set_health(418);
+    within(5, "b0 out", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    assert!(!server.snapshot().pools["p"].view.panic);
+    assert_eq!(server.snapshot().pools["p"].view.eligible, vec![1, 2, 3]);
+    b[1].set_health(418);
+    b[2].set_health(418);
+    within(5, "three out", || (0..3).all(|i| verdict(&server, i) == Verdict::Unhealthy)).await;
+    // 1 of 4 usable: 25 % < 50 %.
+    let view = server.snapshot().pools["p"].view.clone();
+    assert!(view.panic);
+    assert_eq!(view.eligible, vec![0, 1, 2, 3]);
+    let seen = spread(&server, 40).await;
+    assert_eq!(seen.len(), 4, "{seen:?}");
+
+    let b = backends(2).await;
+    let extra = format!("{}\npanic_threshold_percent = 0", teapot());
+    let server = support::start(&config(&addrs(&b), &extra)).await;
+    b[0].set_health(418);
+    b[1].set_health(418);
+    within(5, "both out", || (0..2).all(|i| verdict(&server, i) == Verdict::Unhealthy)).await;
+    assert!(!server.snapshot().pools["p"].view.panic);
+    let seen = spread(&server, 5).await;
+    assert_eq!(seen.get("status 503 Service Unavailable"), Some(&5), "{seen:?}");
+}
+
+/// Slow start: a recovered backend's share of new requests grows over `slow_start_ms`
+/// instead of jumping to its full share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ramps_a_recovered_backend() {
+    let b = backends(2).await;
+    let extra = format!("{}\nslow_start_ms = 3000", teapot());
+    let server = support::start(&config(&addrs(&b), &extra)).await;
+    b[0].set_health(418);
+    within(5, "b0 out", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    b[0].set_health(200);
+    within(5, "b0 back", || verdict(&server, 0) == Verdict::Healthy).await;
+    let back = Instant::now();
+    // Its share of each 200-request step, until the window has passed.
+    let mut shares = Vec::new();
+    while back.elapsed() < Duration::from_millis(3500) {
+        let seen = spread(&server, 200).await;
+        shares.push((back.elapsed().as_millis(), seen.get("b0").copied().unwrap_or(0) as f64 / 200.0));
+    }
+    let seen = spread(&server, 200).await;
+    let after = seen.get("b0").copied().unwrap_or(0) as f64 / 200.0;
+    let first = shares[0].1;
+    assert!(shares.len() >= 3, "{shares:?}");
+    assert!(first < 0.3, "first step {first}: {shares:?}");
+    assert!(after > 0.4, "after the window {after}: {shares:?}");
+    // The ramp rises: each step's share is at least the one two steps before it.
+    for w in shares.windows(3) {
+        assert!(w[2].1 + 0.08 >= w[0].1, "{shares:?}");
+    }
+    eprintln!("slow start: share of b0 by ms since recovery {shares:?}, then {after}");
+}
+
+/// A reload that keeps a backend keeps its verdict: no flap back to healthy, not even for
+/// one snapshot, and the evaluators keep their state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_health_state() {
+    let b = backends(3).await;
+    let text = config(&addrs(&b[..2]), &teapot());
+    let server = support::start(&text).await;
+    b[0].set_health(418);
+    within(5, "b0 out", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    let bigger = config(&addrs(&b), &teapot());
+    let applied = server.reload(weir::config::Config::parse(&bigger, None).unwrap()).await.unwrap();
+    assert_eq!(applied.pools, 1);
+    let view = server.snapshot().pools["p"].view.clone();
+    assert_eq!(view.members.len(), 3);
+    assert_eq!(view.members[0].live.verdict(), Verdict::Unhealthy);
+    assert_eq!(view.eligible, vec![1, 2]);
+    let seen = spread(&server, 30).await;
+    assert_eq!(seen.get("b0"), None, "{seen:?}");
+    // Still watched after the reload: it comes back when it passes.
+    b[0].set_health(200);
+    within(5, "b0 back", || verdict(&server, 0) == Verdict::Healthy).await;
+}
