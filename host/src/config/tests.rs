@@ -314,6 +314,39 @@ fn ranged() -> Vec<Ranged> {
             with: "drain_spread_ms = 0",
             read: |c| ms(c.pools["p"].drain_deadline),
         },
+        Ranged {
+            table: "pool",
+            key: "health_tick_ms",
+            path: "pool.p.health_tick_ms",
+            min: "10",
+            max: "3600000",
+            below: Some("9"),
+            above: "3600001",
+            with: "",
+            read: |c| ms(c.pools["p"].health.tick),
+        },
+        Ranged {
+            table: "pool",
+            key: "slow_start_ms",
+            path: "pool.p.slow_start_ms",
+            min: "0",
+            max: "86400000",
+            below: None,
+            above: "86400001",
+            with: "",
+            read: |c| ms(c.pools["p"].health.slow_start),
+        },
+        Ranged {
+            table: "pool",
+            key: "panic_threshold_percent",
+            path: "pool.p.panic_threshold_percent",
+            min: "0",
+            max: "100",
+            below: Some("-1"),
+            above: "101",
+            with: "",
+            read: |c| u128::from(c.pools["p"].health.panic_threshold_percent),
+        },
     ]
 }
 
@@ -704,4 +737,50 @@ fn durations_with_units_are_exact() {
     assert!(duration::parse(".").is_err() && duration::parse("1.2.3s").is_err() && duration::parse("s").is_err());
     assert!(duration::parse("18446744073709551616s").is_err(), "past u64 seconds");
     assert_eq!(duration::parse("18446744073709551615s").unwrap(), Duration::from_secs(u64::MAX));
+}
+
+#[test]
+fn health_settings_are_read_with_their_defaults() {
+    let (text, _) = with_key("pool", "probe = { kind = \"http\", path = \"/healthz\", expect_status = \"200,204-206\" }");
+    let c = Config::parse(&text, None).unwrap();
+    let h = &c.pools["p"].health;
+    let probe = h.probe.as_ref().unwrap();
+    assert_eq!((probe.kind, probe.interval, probe.timeout), (ProbeKind::Http, Duration::from_secs(2), Duration::from_secs(1)));
+    assert!(probe.expect_status.contains(200) && probe.expect_status.contains(205) && !probe.expect_status.contains(201));
+    assert_eq!(probe.expect_status.to_string(), "200,204-206");
+    assert_eq!(h.plugins, vec![PluginRef::pack("threshold")], "a probe alone is judged by threshold");
+    assert!(h.passive_failure_statuses.contains(503) && !h.passive_failure_statuses.contains(404));
+    assert_eq!((h.panic_threshold_percent, h.on_unhealthy, h.slow_start), (50, OnUnhealthy::Keep, Duration::ZERO));
+    let (text, _) = with_key("pool", "");
+    assert!(!Config::parse(&text, None).unwrap().pools["p"].health.enabled(), "nothing watches a pool by default");
+}
+
+#[test]
+fn bad_health_settings_are_located() {
+    let cases = [
+        ("probe = { kind = \"tcp\", interval_ms = 5 }", "pool.p.probe.interval_ms", "out of range"),
+        ("probe = { kind = \"tcp\", interval_ms = 100, timeout_ms = 200 }", "pool.p.probe.timeout_ms", "longer than interval_ms"),
+        ("probe = { kind = \"tcp\", path = \"/x\" }", "pool.p.probe.path", "sends nothing"),
+        ("probe = { kind = \"websocket\", expect_body = \"ok\" }", "pool.p.probe.expect_body", "only an http probe"),
+        ("probe = { kind = \"http\", path = \"healthz\" }", "pool.p.probe.path", "must start with `/`"),
+        ("probe = { kind = \"http\", expect_status = \"299-200\" }", "pool.p.probe.expect_status", "empty range"),
+        ("probe = { kind = \"http\", expect_status = \"2xx\" }", "pool.p.probe.expect_status", "not an HTTP status"),
+        ("probe = { kind = \"http\", port = 70000 }", "pool.p.probe.port", "out of range"),
+        ("probe = { kind = \"udp\" }", "pool.p.probe.kind", "unknown variant"),
+        ("passive_failure_statuses = \"5000\"", "pool.p.passive_failure_statuses", "not an HTTP status"),
+        ("on_unhealthy = \"explode\"", "pool.p.on_unhealthy", "unknown variant"),
+        ("health = [{ plugin = \"round-robin\" }]", "", ""),
+    ];
+    for (lines, want_key, want) in cases {
+        let (text, line) = with_key("pool", lines);
+        if want_key.is_empty() {
+            // A balancer named as a health plugin parses; loading it is refused (plugin layer).
+            assert!(Config::parse(&text, None).is_ok(), "{lines}");
+            continue;
+        }
+        let (l, column, key, message) = invalid(&text);
+        assert_eq!((l, key.as_str()), (line, want_key), "{lines}: {message}");
+        assert!(column > 1, "{lines}: column {column}");
+        assert!(message.contains(want), "{lines}: {message}");
+    }
 }

@@ -295,6 +295,7 @@ impl Task {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
         self.refresh(&config, &probe_tx, true);
+        self.send(self.backends.keys().copied().collect());
         loop {
             let mut changed = Vec::new();
             tokio::select! {
@@ -341,16 +342,14 @@ impl Task {
         let evaluators = self.evaluators.len();
         for m in &view.members {
             let key = m.live.key();
-            let book = self.backends.entry(key).or_insert_with(|| {
-                // A new evaluator or backend starts from the verdict in force, so starting a
-                // task (a reload that changed the evaluators) flips nothing by itself.
-                let applied = m.live.verdict();
-                Book {
-                    opinions: vec![(applied, String::new()); evaluators],
-                    builtin: Builtin { verdict: applied, ..Builtin::default() },
-                    last_probe_failure: None,
-                    prober: None,
-                }
+            // A backend new to the task starts healthy in every evaluator's eyes, as it
+            // does in the plugin's own (the WIT says so): a task that starts because the
+            // evaluators changed starts their verdicts over.
+            let book = self.backends.entry(key).or_insert_with(|| Book {
+                opinions: vec![(Verdict::Healthy, "health evaluators started".to_owned()); evaluators],
+                builtin: Builtin::default(),
+                last_probe_failure: None,
+                prober: None,
             });
             if restart_probers || book.prober.is_none() {
                 if let Some(p) = book.prober.take() {
