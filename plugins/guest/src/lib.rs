@@ -3,7 +3,8 @@
 //! `invalid-config` instead of a trap, a per-instance cache of the pool that is
 //! refreshed only when the host's generation changes, the pack's one hash function
 //! ([`hash`]), hash keys ([`key`]), a fast random source ([`rng`]) and the selection
-//! primitives several algorithms share ([`select`]).
+//! primitives several algorithms share ([`select`]), and what the health plugins share
+//! ([`health`]: the per-backend book kept by address, the evaluator trait and its glue).
 //!
 //! A plugin crate generates the bindings for its own world and maps the shared
 //! interfaces onto the ones here:
@@ -39,6 +40,7 @@ mod bindings {
 pub use bindings::weir::plugin::{log, pool, request, types};
 
 pub mod hash;
+pub mod health;
 pub mod key;
 pub mod ring;
 pub mod rng;
