@@ -1,6 +1,7 @@
 //! `weir demo`: three in-process demo backends behind the proxy, from an embedded config,
 //! so a new user sees load balancing work with one command and nothing to write. Each
-//! backend answers HTTP with its name and echoes WebSocket messages, prefixed with it.
+//! backend answers HTTP with its name and echoes WebSocket messages, prefixed with it;
+//! its `/healthz` can be told to fail, to watch health checks take it out and put it back.
 //! The same [`Backend`] serves the tests and benchmarks.
 
 use std::convert::Infallible;
@@ -36,6 +37,11 @@ pool = "sticky"
 [pool.demo]
 backends = [{backends}]
 balancer = { plugin = "round-robin" }
+# Every backend's /healthz is probed twice a second: three failures in a row take it out of
+# the rotation, two passes put it back, and its share then ramps up over 5 s.
+probe = { kind = "http", path = "/healthz", interval_ms = 500, timeout_ms = 250 }
+health = [{ plugin = "threshold", config = { rise = 2, fall = 3 } }]
+slow_start_ms = 5000
 
 # The same backends, but a returning client (a WebSocket reconnect included) is pinned to
 # its backend by a signed cookie.

@@ -82,8 +82,11 @@ async fn a_user_written_health_plugin_decides() {
 
     b[0].set_health(200);
     within(5, "b0 healthy again", || verdict(&server, 0) == Verdict::Healthy).await;
+    // With b0 back, b1's next error may eject it: one of three is within 34 %.
     let seen = spread(&server, 30).await;
-    assert_eq!(seen.get("b0"), Some(&10), "{seen:?}");
+    within(5, "b1 ejected once b0 is back", || verdict(&server, 1) == Verdict::Unhealthy).await;
+    assert!(seen.get("b0").is_some_and(|&n| n >= 10), "{seen:?}");
+    assert!(seen.get("status 500 Internal Server Error").is_some_and(|&n| n <= 3), "{seen:?}");
 }
 
 /// A health plugin that traps, or one that loops, never leaves the pool unwatched: the
@@ -202,4 +205,131 @@ async fn a_reload_keeps_health_state() {
     // Still watched after the reload: it comes back when it passes.
     b[0].set_health(200);
     within(5, "b0 back", || verdict(&server, 0) == Verdict::Healthy).await;
+}
+
+/// Passive: a backend answering 500 to every request is ejected by `outlier` after its
+/// consecutive-errors threshold and returns when the ejection ends; `max_ejection_percent`
+/// keeps a second failing backend in (one of three at 34 %).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_ejects_a_failing_backend_for_its_ejection_time() {
+    let b = backends(3).await;
+    let extra = "health = [{ plugin = \"outlier\", config = { consecutive_errors = 3, base_ejection_ms = 800, max_ejection_percent = 34 } }]\nhealth_tick_ms = 20";
+    let server = support::start(&config(&addrs(&b), extra)).await;
+    b[0].set_answer(500);
+    b[1].set_answer(500);
+    // Round robin: b0 sees its third 500 at the 7th request.
+    let seen = spread(&server, 7).await;
+    assert_eq!(seen.get("status 500 Internal Server Error"), Some(&5), "{seen:?}");
+    within(5, "b0 ejected", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    let ejected = Instant::now();
+    let reason = server.snapshot().pools["p"].view.members[0].live.health_status().reason;
+    assert!(reason.contains("3 consecutive errors"), "{reason}");
+    // b1 fails as much, but ejecting it too would pass 34 % of the pool.
+    let seen = spread(&server, 20).await;
+    assert_eq!(seen.get("b0"), None, "{seen:?}");
+    assert_eq!(verdict(&server, 1), Verdict::Healthy);
+    assert_eq!(seen.get("status 500 Internal Server Error"), Some(&10), "b1 still serves: {seen:?}");
+    assert_eq!(seen.get("b2"), Some(&10), "{seen:?}");
+
+    b[0].set_answer(200);
+    within(5, "b0 back after its ejection", || verdict(&server, 0) == Verdict::Healthy).await;
+    let after = ejected.elapsed();
+    assert!(after >= Duration::from_millis(700), "back after {after:?}, ejected for 800 ms");
+    let reason = server.snapshot().pools["p"].view.members[0].live.health_status().reason;
+    assert!(reason.contains("ejection ended"), "{reason}");
+    // With b0 back, b1's next error may eject it: one of three is within 34 %.
+    let seen = spread(&server, 30).await;
+    within(5, "b1 ejected once b0 is back", || verdict(&server, 1) == Verdict::Unhealthy).await;
+    assert!(seen.get("b0").is_some_and(|&n| n >= 10), "{seen:?}");
+    assert!(seen.get("status 500 Internal Server Error").is_some_and(|&n| n <= 3), "{seen:?}");
+}
+
+/// `weir demo` shows health at work, with the commands it prints: a demo backend told to
+/// fail its probe leaves the rotation, and comes back when it passes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_a_backend_leaving_and_rejoining() {
+    let text = weir::demo::config("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let config = weir::config::Config::parse(&text, None).unwrap();
+    let first = config.pools["demo"].backends[0].address.clone();
+    let server = weir::Server::start(config).await.unwrap();
+    let demo_verdict = || server.snapshot().pools["demo"].view.members[0].live.verdict();
+    let client = support::client();
+    let (status, body) = support::get(&client, &format!("http://{first}/healthz/set?status=503")).await;
+    assert!(status.is_success(), "{body}");
+    within(5, "demo-1 out", || demo_verdict() == Verdict::Unhealthy).await;
+    let proxy = server.addr("demo").unwrap();
+    for _ in 0..6 {
+        let (_, body) = support::get(&client, &format!("http://{proxy}/")).await;
+        assert_ne!(support::name_of(&body), "demo-1", "{body}");
+    }
+    support::get(&client, &format!("http://{first}/healthz/set?status=200")).await;
+    within(5, "demo-1 back", || demo_verdict() == Verdict::Healthy).await;
+    assert!(server.snapshot().pools["demo"].view.eligible.contains(&0));
+}
+
+/// `on_unhealthy = "drain"`: the WebSockets of a backend that turns unhealthy get a close
+/// frame `1001`; with `"keep"` (the default) they stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_backend_s_websockets_drain_or_stay() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    for policy in ["drain", "keep"] {
+        let b = backends(2).await;
+        let extra = format!(
+            "{}\nbalancer = {{ plugin = \"first\" }}\non_unhealthy = \"{policy}\"\ndrain_spread_ms = 0",
+            teapot()
+        );
+        let server = support::start(&config(&addrs(&b), &extra)).await;
+        let url = format!("ws://{}/chat", server.addr("main").unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), "b0: hi", "`first` fills b0");
+        b[0].set_health(418);
+        within(5, "b0 out", || verdict(&server, 0) == Verdict::Unhealthy).await;
+        match policy {
+            "drain" => match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Away),
+                other => panic!("drain: expected a close frame, got {other:?}"),
+            },
+            _ => {
+                ws.send(Message::text("still")).await.unwrap();
+                let echo = ws.next().await.unwrap().unwrap().into_text().unwrap();
+                assert_eq!(echo.as_str(), "b0: still", "keep: the tunnel stays");
+            }
+        }
+    }
+}
+
+/// The default evaluator (`threshold`, rise 2, fall 3) over tcp probes: a stopped backend
+/// gets no request once `interval × fall + timeout` (and scheduling slack) has passed, and
+/// is back after it restarts and passes `rise` probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_backend_leaves_and_a_restarted_one_returns() {
+    let mut b = backends(2).await;
+    let extra = "probe = { kind = \"tcp\", interval_ms = 100, timeout_ms = 50 }";
+    let server = support::start(&config(&addrs(&b), extra)).await;
+    assert_eq!(server.snapshot().pools["p"].config.health.plugins[0].source.to_string(), "threshold");
+    let addr0 = b[0].addr;
+    b.remove(0).stop();
+    let stopped = Instant::now();
+    within(5, "b0 judged unhealthy", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    let took = stopped.elapsed();
+    // 3 probes 100 ms (±10 %) apart, the first up to one interval after the stop.
+    assert!(took < Duration::from_millis(100 * 4 + 50 + 1000), "took {took:?}");
+    let reason = server.snapshot().pools["p"].view.members[0].live.health_status().reason;
+    assert!(reason.contains("3 consecutive probe failures") && reason.contains("connect"), "{reason}");
+    let requests = || server.snapshot().pools["p"].view.members[0].live.requests.load(Ordering::Relaxed);
+    let before = requests();
+    let seen = spread(&server, 20).await;
+    assert_eq!(seen.get("b1"), Some(&20), "{seen:?}");
+    assert_eq!(requests(), before, "no request went to the stopped backend");
+
+    let _b0 = Backend::start_on("b0", addr0).await.unwrap();
+    let restarted = Instant::now();
+    within(5, "b0 healthy again", || verdict(&server, 0) == Verdict::Healthy).await;
+    assert!(restarted.elapsed() < Duration::from_millis(100 * 3 + 1000), "took {:?}", restarted.elapsed());
+    let seen = spread(&server, 20).await;
+    assert_eq!(seen.get("b0"), Some(&10), "{seen:?}");
 }
