@@ -210,10 +210,12 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let plugins = PluginRuntime::new(config.plugins.clone())?;
     let snapshot = weir::state::Snapshot::build(&config, &plugins, None)?;
+    for pool in snapshot.pools.values() {
+        weir::health::load(&pool.config, &plugins, pool)?;
+    }
     println!("{}: ok ({} listener(s), {} pool(s))", path.display(), config.listeners.len(), config.pools.len());
     for (name, pool) in &snapshot.pools {
         let affinity = pool.affinity.as_ref().map(|a| format!(", affinity {}", a.name)).unwrap_or_default();
-        weir::health::load(&pool.config, &plugins, pool)?;
         let health = &pool.config.health;
         let mut watched = health.plugins.iter().map(|p| p.source.to_string()).collect::<Vec<_>>().join(", ");
         if let Some(probe) = &health.probe {

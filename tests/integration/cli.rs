@@ -71,6 +71,26 @@ fn check_blames_a_refused_plugin_config_on_its_key_and_line() {
     assert!(stderr.contains("error: weir.toml:10:42: pool.p.affinity.config: "), "{stderr}");
 }
 
+/// `weir check` loads the health evaluators too: a balancer given as one, or a refused
+/// evaluator config, is an error at its key, and nothing is said to be ok.
+#[test]
+fn check_validates_health_evaluators() {
+    let head = format!(
+        "[plugins]\ncache_dir = {:?}\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n",
+        crate::support::cache_dir().display().to_string()
+    );
+    let (ok, stdout, stderr, _dir) = check(&format!("{head}health = [{{ plugin = \"round-robin\" }}]\n"));
+    assert!(!ok && !stdout.contains(": ok"), "{stdout}");
+    assert!(stderr.contains("weir.toml:10:22: pool.p.health[0].plugin: "), "{stderr}");
+    assert!(stderr.contains("is for `balancer`, not `health`"), "{stderr}");
+    let (ok, _, stderr, _dir) = check(&format!("{head}health = [{{ plugin = \"outlier\", config = {{ max_ejection_percent = 101 }} }}]\n"));
+    assert!(!ok);
+    assert!(stderr.contains("weir.toml:10:42: pool.p.health[0].config: "), "{stderr}");
+    let (ok, stdout, stderr, _dir) = check(&format!("{head}probe = {{ kind = \"tcp\" }}\n"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("health threshold over tcp probes every 2s"), "{stdout}");
+}
+
 #[test]
 fn check_blames_a_plugin_file_that_is_no_component_on_its_plugin_key() {
     let text = format!(
