@@ -324,7 +324,7 @@ impl Control {
         *self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             writer.listeners.iter().map(|(n, r)| (n.clone(), r.addr)).collect();
 
-        self.health.sync(&next, evaluators);
+        self.health.sync(&current, &next, evaluators);
         self.retire_removed(&current, &next, &mut applied);
         tracing::debug!(?applied, took_ms = started.elapsed().as_millis() as u64, "snapshot published");
         Ok(applied)

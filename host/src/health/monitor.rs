@@ -121,10 +121,11 @@ impl Monitor {
         config.health.enabled() && self.pools().get(&config.name).is_none_or(|m| m.plugins != config.health.plugins)
     }
 
-    /// Brings the tasks in line with `snapshot` (just published): starts a task for each
-    /// pool `loaded` has evaluators for (replacing its old one), tells the others of new
-    /// settings and members, and stops those of pools no longer watched.
-    pub fn sync(&self, snapshot: &Snapshot, mut loaded: HashMap<String, Evaluators>) {
+    /// Brings the tasks in line with `snapshot` (just published in place of `previous`):
+    /// starts a task for each pool `loaded` has evaluators for (replacing its old one),
+    /// tells the others whose pool changed of new settings and members, and stops those of
+    /// pools no longer watched.
+    pub fn sync(&self, previous: &Snapshot, snapshot: &Snapshot, mut loaded: HashMap<String, Evaluators>) {
         let mut pools = self.pools();
         pools.retain(|name, _| snapshot.pools.get(name).is_some_and(|p| p.config.health.enabled()));
         for (name, pool) in &snapshot.pools {
@@ -139,6 +140,9 @@ impl Monitor {
                     tracing::info!(pool = %name, "health evaluators changed: their verdicts start over");
                 }
             } else if let Some(m) = pools.get(name) {
+                if previous.pools.get(name).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+                    continue;
+                }
                 m.settings.send_if_modified(|s| {
                     let changed = s != health;
                     if changed {
@@ -303,8 +307,9 @@ impl Task {
                 Some((key, obs, detail)) = probes.recv() => self.observed(key, obs, Some(detail), &mut changed),
                 _ = tick.tick() => self.tick(&mut changed),
                 _ = members_changed.notified() => {
-                    self.refresh(&config, &probe_tx, false);
-                    changed.extend(self.backends.keys().copied());
+                    if self.refresh(&config, &probe_tx, false) {
+                        changed.extend(self.backends.keys().copied());
+                    }
                 }
                 Ok(()) = settings.changed() => {
                     let new = settings.borrow_and_update().clone();
@@ -329,11 +334,12 @@ impl Task {
     }
 
     /// Re-reads the pool's members if they changed (or `restart_probers`): maps keys to
-    /// ids, starts probers for new backends, forgets backends that left.
-    fn refresh(&mut self, config: &HealthConfig, probe_tx: &mpsc::Sender<ProbeReport>, restart_probers: bool) {
-        let Some(view) = self.view() else { return };
+    /// ids, starts probers for new backends, forgets backends that left. Returns whether
+    /// it did.
+    fn refresh(&mut self, config: &HealthConfig, probe_tx: &mpsc::Sender<ProbeReport>, restart_probers: bool) -> bool {
+        let Some(view) = self.view() else { return false };
         if view.generation == self.generation && !restart_probers {
-            return;
+            return false;
         }
         self.generation = view.generation;
         self.ids = view.members.iter().enumerate().map(|(i, m)| (m.live.key(), i as u32)).collect();
@@ -361,6 +367,7 @@ impl Task {
                 });
             }
         }
+        true
     }
 
     /// One observation: every evaluator hears of it.
