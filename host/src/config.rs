@@ -21,6 +21,7 @@ mod health;
 mod tests;
 
 pub use duration::FileDuration;
+pub(crate) use duration::human;
 pub use health::{HealthConfig, MAX_PROBE_BODY, OnUnhealthy, ProbeConfig, ProbeKind, StatusSet};
 
 /// The range of every duration and size of the file. `weir check` (and every load) refuses

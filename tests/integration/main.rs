@@ -15,6 +15,7 @@ mod pack;
 mod pack_hashing;
 mod pack_load;
 mod plugins;
+mod probe;
 mod proxy;
 mod support;
 mod websocket;

@@ -65,7 +65,7 @@ pub(super) fn parse(text: &str) -> Result<Duration, String> {
 
 /// A duration for messages, in the largest unit that divides it: `7 days`, `90 s`,
 /// `250 ms`, else as `Debug` shows it (`1.5ms`).
-pub(super) fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     if d.is_zero() {
         return "0 ms".to_owned();
     }
