@@ -33,5 +33,9 @@ fn main() {
         black_box((status, latency_us));
     }
     let el = t.elapsed();
-    eprintln!("{n} iterations ({}): {:.2} ns each", if passive { "passive" } else { "baseline" }, el.as_nanos() as f64 / f64::from(n.max(1)));
+    eprintln!(
+        "{n} iterations ({}): {:.2} ns each",
+        if passive { "passive" } else { "baseline" },
+        el.as_nanos() as f64 / f64::from(n.max(1))
+    );
 }

@@ -349,7 +349,9 @@ impl Control {
                 Verdict::Unhealthy => {
                     tracing::warn!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed");
                 }
-                _ => tracing::info!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed"),
+                _ => {
+                    tracing::info!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed")
+                }
             }
             if change.verdict == Verdict::Unhealthy && config.health.on_unhealthy == OnUnhealthy::Drain {
                 let drained = self.ctx.tunnels.drain(change.key, config.drain_spread, config.drain_deadline);

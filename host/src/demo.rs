@@ -224,7 +224,10 @@ async fn answer(state: Arc<State>, mut req: http::Request<Incoming>) -> Result<h
             Some(s) => {
                 let which = if req.uri().path() == "/healthz/set" { &state.health } else { &state.answer };
                 which.store(s, Ordering::Relaxed);
-                http::Response::new(full(format!("{name}: {} now answers {s}\n", req.uri().path().trim_end_matches("/set"))))
+                http::Response::new(full(format!(
+                    "{name}: {} now answers {s}\n",
+                    req.uri().path().trim_end_matches("/set")
+                )))
             }
             None => {
                 let mut res = http::Response::new(full("give ?status=N (100 to 999)\n"));

@@ -246,9 +246,13 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     println!("  curl -s -c /tmp/weir.jar -b /tmp/weir.jar http://{addr}/sticky   # repeat: always the same backend");
     println!("  python3 examples/sticky_websocket.py ws://{addr}/sticky       # 5 WebSocket reconnects, one backend");
     if let Some(first) = backends.first() {
-        println!("  curl -s 'http://{first}/healthz/set?status=503'   # demo-1 fails its probe: out of the rotation within 2 s");
+        println!(
+            "  curl -s 'http://{first}/healthz/set?status=503'   # demo-1 fails its probe: out of the rotation within 2 s"
+        );
         println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done    # demo-2, demo-3 only (the log says why)");
-        println!("  curl -s 'http://{first}/healthz/set?status=200'   # back after 2 passing probes, its share ramping up over 5 s");
+        println!(
+            "  curl -s 'http://{first}/healthz/set?status=200'   # back after 2 passing probes, its share ramping up over 5 s"
+        );
     }
     println!();
     println!("Config in use:{text}");

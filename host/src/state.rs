@@ -239,12 +239,8 @@ impl Pool {
     /// applied to their live state: the eligible set, panic and slow start follow them,
     /// and the generation changes, so plugins hear of it in `pool-changed`. O(backends).
     pub fn with_new_verdicts(&self) -> Self {
-        let members: Vec<Backend> = self
-            .view
-            .members
-            .iter()
-            .map(|m| Backend { config: m.config.clone(), live: m.live.clone() })
-            .collect();
+        let members: Vec<Backend> =
+            self.view.members.iter().map(|m| Backend { config: m.config.clone(), live: m.live.clone() }).collect();
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         let view = Arc::new(PoolView::new(
             self.view.name.clone(),

@@ -83,7 +83,8 @@ fn check_validates_health_evaluators() {
     assert!(!ok && !stdout.contains(": ok"), "{stdout}");
     assert!(stderr.contains("weir.toml:10:22: pool.p.health[0].plugin: "), "{stderr}");
     assert!(stderr.contains("is for `balancer`, not `health`"), "{stderr}");
-    let (ok, _, stderr, _dir) = check(&format!("{head}health = [{{ plugin = \"outlier\", config = {{ max_ejection_percent = 101 }} }}]\n"));
+    let (ok, _, stderr, _dir) =
+        check(&format!("{head}health = [{{ plugin = \"outlier\", config = {{ max_ejection_percent = 101 }} }}]\n"));
     assert!(!ok);
     assert!(stderr.contains("weir.toml:10:42: pool.p.health[0].config: "), "{stderr}");
     let (ok, stdout, stderr, _dir) = check(&format!("{head}probe = {{ kind = \"tcp\" }}\n"));

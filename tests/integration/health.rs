@@ -338,7 +338,8 @@ async fn a_stopped_backend_leaves_and_a_restarted_one_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_probe_with_the_wrong_status_or_body_takes_a_backend_down() {
     let b = backends(2).await;
-    let extra = "probe = { kind = \"http\", path = \"/healthz\", interval_ms = 50, timeout_ms = 40, expect_body = \"ok\" }";
+    let extra =
+        "probe = { kind = \"http\", path = \"/healthz\", interval_ms = 50, timeout_ms = 40, expect_body = \"ok\" }";
     let server = support::start(&config(&addrs(&b), extra)).await;
     b[0].set_health(503);
     within(5, "b0 down on 503", || verdict(&server, 0) == Verdict::Unhealthy).await;

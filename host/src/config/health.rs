@@ -93,7 +93,11 @@ impl std::fmt::Display for StatusSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (i, r) in self.0.iter().enumerate() {
             let sep = if i == 0 { "" } else { "," };
-            if r.start() == r.end() { write!(f, "{sep}{}", r.start())? } else { write!(f, "{sep}{}-{}", r.start(), r.end())? }
+            if r.start() == r.end() {
+                write!(f, "{sep}{}", r.start())?
+            } else {
+                write!(f, "{sep}{}-{}", r.start(), r.end())?
+            }
         }
         Ok(())
     }
@@ -256,19 +260,27 @@ impl Cx<'_> {
                 None => self.at(None, format!("{key}.timeout_ms"), message),
             });
         }
-        let port = self
-            .number(p.port.as_ref(), || format!("{key}.port"), 1..=65_535)?
-            .map(|n| n as u16);
+        let port = self.number(p.port.as_ref(), || format!("{key}.port"), 1..=65_535)?.map(|n| n as u16);
         let path = match &p.path {
-            Some(s) if !s.get_ref().starts_with('/') || s.get_ref().chars().any(|c| c.is_ascii_control() || c == ' ') => {
-                return Err(self.spanned(s, format!("{key}.path"), format!("`{}` is not a path (it must start with `/`, no spaces)", s.get_ref())));
+            Some(s)
+                if !s.get_ref().starts_with('/') || s.get_ref().chars().any(|c| c.is_ascii_control() || c == ' ') =>
+            {
+                return Err(self.spanned(
+                    s,
+                    format!("{key}.path"),
+                    format!("`{}` is not a path (it must start with `/`, no spaces)", s.get_ref()),
+                ));
             }
             Some(s) => s.get_ref().clone(),
             None => "/".to_owned(),
         };
         let host = match &p.host {
             Some(h) if h.get_ref().is_empty() || http::HeaderValue::from_str(h.get_ref()).is_err() => {
-                return Err(self.spanned(h, format!("{key}.host"), format!("`{}` is not a usable Host header", h.get_ref())));
+                return Err(self.spanned(
+                    h,
+                    format!("{key}.host"),
+                    format!("`{}` is not a usable Host header", h.get_ref()),
+                ));
             }
             Some(h) => Some(h.get_ref().clone()),
             None => None,
@@ -297,7 +309,11 @@ impl Cx<'_> {
         if p.kind == ProbeKind::Tcp {
             for (v, name) in [(&p.path, "path"), (&p.host, "host")] {
                 if let Some(v) = v {
-                    return Err(self.spanned(v, format!("{key}.{name}"), "a tcp probe sends nothing: it takes no path or host"));
+                    return Err(self.spanned(
+                        v,
+                        format!("{key}.{name}"),
+                        "a tcp probe sends nothing: it takes no path or host",
+                    ));
                 }
             }
         }

@@ -741,12 +741,18 @@ fn durations_with_units_are_exact() {
 
 #[test]
 fn health_settings_are_read_with_their_defaults() {
-    let (text, _) = with_key("pool", "probe = { kind = \"http\", path = \"/healthz\", expect_status = \"200,204-206\" }");
+    let (text, _) =
+        with_key("pool", "probe = { kind = \"http\", path = \"/healthz\", expect_status = \"200,204-206\" }");
     let c = Config::parse(&text, None).unwrap();
     let h = &c.pools["p"].health;
     let probe = h.probe.as_ref().unwrap();
-    assert_eq!((probe.kind, probe.interval, probe.timeout), (ProbeKind::Http, Duration::from_secs(2), Duration::from_secs(1)));
-    assert!(probe.expect_status.contains(200) && probe.expect_status.contains(205) && !probe.expect_status.contains(201));
+    assert_eq!(
+        (probe.kind, probe.interval, probe.timeout),
+        (ProbeKind::Http, Duration::from_secs(2), Duration::from_secs(1))
+    );
+    assert!(
+        probe.expect_status.contains(200) && probe.expect_status.contains(205) && !probe.expect_status.contains(201)
+    );
     assert_eq!(probe.expect_status.to_string(), "200,204-206");
     assert_eq!(h.plugins, vec![PluginRef::pack("threshold")], "a probe alone is judged by threshold");
     assert!(h.passive_failure_statuses.contains(503) && !h.passive_failure_statuses.contains(404));
@@ -759,7 +765,11 @@ fn health_settings_are_read_with_their_defaults() {
 fn bad_health_settings_are_located() {
     let cases = [
         ("probe = { kind = \"tcp\", interval_ms = 5 }", "pool.p.probe.interval_ms", "out of range"),
-        ("probe = { kind = \"tcp\", interval_ms = 100, timeout_ms = 200 }", "pool.p.probe.timeout_ms", "longer than interval_ms"),
+        (
+            "probe = { kind = \"tcp\", interval_ms = 100, timeout_ms = 200 }",
+            "pool.p.probe.timeout_ms",
+            "longer than interval_ms",
+        ),
         ("probe = { kind = \"tcp\", path = \"/x\" }", "pool.p.probe.path", "sends nothing"),
         ("probe = { kind = \"websocket\", expect_body = \"ok\" }", "pool.p.probe.expect_body", "only an http probe"),
         ("probe = { kind = \"http\", path = \"healthz\" }", "pool.p.probe.path", "must start with `/`"),

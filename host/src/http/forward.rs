@@ -54,9 +54,8 @@ pub(crate) async fn forward(
     let live = &backend.live;
     let addr = backend.config.socket_addr;
     let cfg = &pool.config;
-    let mut conn = upstream::checkout(&ctx.idle, live, addr, cfg.connect_timeout, cfg.idle_timeout)
-        .await
-        .map_err(|e| {
+    let mut conn =
+        upstream::checkout(&ctx.idle, live, addr, cfg.connect_timeout, cfg.idle_timeout).await.map_err(|e| {
             live.exchange_failed(e.failure(), None, 0);
             Failure::Connect(e)
         })?;

@@ -35,13 +35,13 @@ mod health {
 }
 
 pub(crate) use affinity::{AffinityPlugin, AffinityPluginPre};
-pub(crate) use health::exports::weir::plugin::health as wit_health;
-pub(crate) use health::{HealthPlugin, HealthPluginPre};
 pub(crate) use generated::weir::plugin::types::{
     Backend as WitBackend, Host as TypesHost, IpAddress, PickError, PluginError, Protocol as WitProtocol,
 };
 pub(crate) use generated::weir::plugin::{log, pool, request};
 pub(crate) use generated::{BalancerPlugin, BalancerPluginPre};
+pub(crate) use health::exports::weir::plugin::health as wit_health;
+pub(crate) use health::{HealthPlugin, HealthPluginPre};
 
 /// Adds the `pool`, `request`, `log` and `types` imports to a linker.
 pub(crate) fn add_to_linker(

@@ -98,7 +98,11 @@ impl BackendLive {
             verdict: AtomicU8::new(Verdict::Healthy as u8),
             usable_since_ms: AtomicU64::new(clock::NEVER),
             passive: Passive::default(),
-            status: Mutex::new(HealthStatus { verdict: Verdict::Healthy, reason: String::new(), since: SystemTime::now() }),
+            status: Mutex::new(HealthStatus {
+                verdict: Verdict::Healthy,
+                reason: String::new(),
+                since: SystemTime::now(),
+            }),
         }
     }
 
@@ -161,7 +165,8 @@ impl BackendLive {
     pub fn exchange_failed(&self, failure: Failure, status: Option<u16>, latency_us: u32) {
         self.passive.failures.fetch_add(1, Ordering::Relaxed);
         self.passive.failing.store(true, Ordering::Relaxed);
-        let obs = Observation { active_probe: false, failure: Some(failure), status, latency_us, at_ms: clock::now_ms() };
+        let obs =
+            Observation { active_probe: false, failure: Some(failure), status, latency_us, at_ms: clock::now_ms() };
         self.pool.report(self.key, obs);
     }
 
