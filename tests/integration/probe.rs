@@ -154,8 +154,8 @@ async fn http_status_outside_the_expected_set_is_a_status_failure() {
 async fn http_expect_body_found_passes_and_missing_is_a_body_failure() {
     let up = Upstream::start("alpha").await;
     let mut c = config(ProbeKind::Http);
-    c.path = "/healthz".to_owned();
-    c.expect_body = Some("alpha: GET /healthz".to_owned());
+    c.path = "/status".to_owned();
+    c.expect_body = Some("alpha: GET /status".to_owned());
     let r = run(&c, up.addr).await;
     assert_passed(&r);
     assert_eq!(r.status, Some(200));
