@@ -43,8 +43,12 @@ pub enum Command {
     /// Close a listener: it accepts no more; its open connections finish.
     RemoveListener(String),
     /// Apply the verdicts of a pool's health evaluators: the pool's eligible set, panic
-    /// state and slow starts follow, in a new generation.
+    /// state and slow starts follow, in a new generation. Verdicts of a health task that
+    /// has since been replaced or stopped are dropped.
     Verdicts(health::Verdicts),
+    /// A slow-start window of the pool has passed: a new view without its ramps, so
+    /// placement stops checking them.
+    RampsEnded(String),
 }
 
 /// The commands that turn `old` into `new`: only what changed.
@@ -145,6 +149,8 @@ pub struct Control {
     plugins: Arc<PluginRuntime>,
     /// The pools' health tasks; their verdicts come back as [`Command::Verdicts`].
     health: health::Monitor,
+    /// Commands the writer gives itself for later (the end of a slow start).
+    later: tokio::sync::mpsc::UnboundedSender<Command>,
     stop: watch::Receiver<Stop>,
     writer: Mutex<Writer>,
     /// Bound listener addresses by name, readable without waiting for the writer.
@@ -156,8 +162,10 @@ impl Control {
     /// the task that applies the health tasks' verdicts (it ends with the writer).
     pub(crate) fn new(ctx: Arc<http::Context>, plugins: Arc<PluginRuntime>, stop: watch::Receiver<Stop>) -> Arc<Self> {
         let (verdicts, mut incoming) = tokio::sync::mpsc::unbounded_channel();
+        let (later, mut due) = tokio::sync::mpsc::unbounded_channel();
         let control = Arc::new(Self {
             health: health::Monitor::new(ctx.snapshot.clone(), verdicts),
+            later,
             ctx,
             plugins,
             stop,
@@ -166,10 +174,15 @@ impl Control {
         });
         let writer = Arc::downgrade(&control);
         tokio::spawn(async move {
-            while let Some(v) = incoming.recv().await {
+            loop {
+                let first = tokio::select! {
+                    Some(v) = incoming.recv() => Command::Verdicts(v),
+                    Some(c) = due.recv() => c,
+                    else => return,
+                };
                 let Some(control) = writer.upgrade() else { return };
                 // Verdicts that arrived together go in one snapshot.
-                let mut commands = vec![Command::Verdicts(v)];
+                let mut commands = vec![first];
                 while let Ok(more) = incoming.try_recv() {
                     commands.push(Command::Verdicts(more));
                 }
@@ -232,12 +245,27 @@ impl Control {
             pools.insert(pool.config.name.clone(), pool);
             applied.pools += 1;
         }
+        for (name, pool) in &pools {
+            let was = current.pools.get(name).is_some_and(|p| p.view.panic);
+            if !current.pools.get(name).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+                log_panic(&pool.config, was, pool.view.panic);
+            }
+        }
         for c in &commands {
-            if let Command::Verdicts(v) = c
-                && let Some(pool) = pools.get(&v.pool)
-            {
-                let pool = self.apply_verdicts(pool, &v.changes, &mut applied);
-                pools.insert(v.pool.clone(), pool);
+            match c {
+                Command::Verdicts(v) if self.health.current(&v.pool, v.task) => {
+                    if let Some(pool) = pools.get(&v.pool) {
+                        let pool = self.apply_verdicts(pool, &v.changes, &mut applied);
+                        pools.insert(v.pool.clone(), pool);
+                    }
+                }
+                Command::RampsEnded(name) => {
+                    if let Some(pool) = pools.get(name).filter(|p| p.view.ramping()) {
+                        let pool = Arc::new(pool.with_new_verdicts());
+                        pools.insert(name.clone(), pool);
+                    }
+                }
+                _ => {}
             }
         }
         let mut listeners = current.listeners.clone();
@@ -246,7 +274,7 @@ impl Control {
         let mut changed: Vec<String> = Vec::new();
         for c in &commands {
             match c {
-                Command::UpsertPool(_) | Command::Verdicts(_) => {}
+                Command::UpsertPool(_) | Command::Verdicts(_) | Command::RampsEnded(_) => {}
                 Command::RemovePool(name) => {
                     if pools.remove(name).is_some() {
                         applied.pools_removed += 1;
@@ -325,6 +353,18 @@ impl Control {
             writer.listeners.iter().map(|(n, r)| (n.clone(), r.addr)).collect();
 
         self.health.sync(&current, &next, evaluators);
+        // A pool whose new view has backends in slow start gets a view without them when
+        // the window has passed, so placement stops checking (and a later start is seen).
+        for (name, pool) in &next.pools {
+            if pool.view.ramping() && !current.pools.get(name).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+                let (later, name) = (self.later.clone(), name.clone());
+                let wait = pool.config.health.slow_start + std::time::Duration::from_millis(10);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = later.send(Command::RampsEnded(name));
+                });
+            }
+        }
         self.retire_removed(&current, &next, &mut applied);
         tracing::debug!(?applied, took_ms = started.elapsed().as_millis() as u64, "snapshot published");
         Ok(applied)
@@ -335,44 +375,44 @@ impl Control {
     /// pool with a new view of them. Verdicts about backends that left are ignored.
     fn apply_verdicts(&self, pool: &Arc<Pool>, changes: &[health::Change], applied: &mut Applied) -> Arc<Pool> {
         let config = &pool.config;
-        let mut any = false;
+        let mut unhealthy = Vec::new();
+        let mut changed = 0;
         for change in changes {
-            let Some(m) = pool.view.members.iter().find(|m| m.live.key() == change.key) else { continue };
+            let Some((id, m)) = pool.view.members.iter().enumerate().find(|(_, m)| m.live.key() == change.key) else {
+                continue;
+            };
             let was = m.live.set_verdict(change.verdict, &change.reason);
             if was == change.verdict {
                 continue;
             }
-            any = true;
-            applied.verdicts += 1;
+            changed += 1;
             let (pool, backend, reason) = (&config.name, &m.config.address, &change.reason);
             match change.verdict {
                 Verdict::Unhealthy => {
+                    unhealthy.push((id as u32, change.key));
                     tracing::warn!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed");
                 }
                 _ => {
                     tracing::info!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed")
                 }
             }
-            if change.verdict == Verdict::Unhealthy && config.health.on_unhealthy == OnUnhealthy::Drain {
-                let drained = self.ctx.tunnels.drain(change.key, config.drain_spread, config.drain_deadline);
-                applied.tunnels_drained += drained;
-                if drained > 0 {
-                    tracing::info!(%pool, %backend, tunnels = drained, "draining the tunnels of an unhealthy backend");
-                }
-            }
         }
-        if !any {
+        applied.verdicts += changed;
+        if changed == 0 {
             return pool.clone();
         }
         let next = Arc::new(pool.with_new_verdicts());
-        match (pool.view.panic, next.view.panic) {
-            (false, true) => tracing::error!(
-                pool = %config.name,
-                threshold_percent = config.health.panic_threshold_percent,
-                "too few backends are usable: panic mode, every backend takes work"
-            ),
-            (true, false) => tracing::info!(pool = %config.name, "enough backends are usable again: panic mode over"),
-            _ => {}
+        log_panic(config, pool.view.panic, next.view.panic);
+        if config.health.on_unhealthy == OnUnhealthy::Drain {
+            // Only backends that really leave: in panic mode an unhealthy one still serves.
+            for (id, key) in unhealthy.into_iter().filter(|(id, _)| !next.view.is_eligible(*id)) {
+                let drained = self.ctx.tunnels.drain(key, config.drain_spread, config.drain_deadline);
+                applied.tunnels_drained += drained;
+                if drained > 0 {
+                    let backend = &next.view.members[id as usize].config.address;
+                    tracing::info!(pool = %config.name, %backend, tunnels = drained, "draining the tunnels of an unhealthy backend");
+                }
+            }
         }
         next
     }
@@ -420,5 +460,18 @@ impl Control {
                 running.task.abort();
             }
         }
+    }
+}
+
+/// Logs a pool entering or leaving panic mode.
+fn log_panic(config: &PoolConfig, was: bool, is: bool) {
+    match (was, is) {
+        (false, true) => tracing::error!(
+            pool = %config.name,
+            threshold_percent = config.health.panic_threshold_percent,
+            "too few backends are usable: panic mode, every backend takes work"
+        ),
+        (true, false) => tracing::info!(pool = %config.name, "enough backends are usable again: panic mode over"),
+        _ => {}
     }
 }

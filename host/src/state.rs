@@ -205,6 +205,13 @@ impl Pool {
                 Backend { config: b.clone(), live }
             })
             .collect();
+        if !config.health.enabled() {
+            // Nothing judges this pool (any more): verdicts from when something did would
+            // never be revised.
+            for m in &members {
+                m.live.set_verdict(crate::core::Verdict::Healthy, "health checks removed");
+            }
+        }
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         let view = Arc::new(PoolView::new(name.clone(), generation, members, pool_live, &config.health));
         let host: Arc<dyn PoolHost> = view.clone();

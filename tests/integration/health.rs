@@ -181,6 +181,8 @@ async fn slow_start_ramps_a_recovered_backend() {
     let (a, b, c) = (mean(&shares[..third]), mean(&shares[third..2 * third]), mean(&shares[2 * third..]));
     assert!(a < b && b < c, "thirds {a:.3} {b:.3} {c:.3}: {shares:?}");
     eprintln!("slow start: share of b0 by ms since recovery {shares:?}, then {after}");
+    // Once the window has passed, a new view drops the ramp: placement checks nothing.
+    within(2, "the ramp dropped", || !server.snapshot().pools["p"].view.ramping()).await;
 }
 
 /// A reload that keeps a backend keeps its verdict: no flap back to healthy, not even for
@@ -385,4 +387,27 @@ async fn a_websocket_probe_tells_a_websocket_backend_from_a_plain_one() {
     let calls = server.control().health_plugins("p")[0].stats.calls.get();
     assert!(calls >= 6, "{calls} evaluator calls");
     assert_eq!(verdict(&server, 0), Verdict::Healthy);
+}
+
+/// A reload that adds a backend has it probed at once (a dead one leaves), and one that
+/// removes the pool's health checks forgets their verdicts: nothing would revise them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_probe_new_backends_and_removing_health_forgets_verdicts() {
+    let b = backends(2).await;
+    let dead = support::dead_addr().await;
+    let probe = "probe = { kind = \"tcp\", interval_ms = 50, timeout_ms = 40 }";
+    let server = support::start(&config(&addrs(&b), probe)).await;
+    let reload = |text: String| {
+        let server = &server;
+        async move { server.reload(weir::config::Config::parse(&text, None).unwrap()).await.unwrap() }
+    };
+    reload(config(&[b[0].addr, b[1].addr, dead], probe)).await;
+    within(5, "the dead newcomer judged unhealthy", || verdict(&server, 2) == Verdict::Unhealthy).await;
+    assert_eq!(server.snapshot().pools["p"].view.eligible, vec![0, 1]);
+
+    reload(config(&[b[0].addr, b[1].addr, dead], "")).await;
+    let view = server.snapshot().pools["p"].view.clone();
+    assert_eq!(view.members[2].live.verdict(), Verdict::Healthy, "no health checks, no verdict");
+    assert_eq!(view.eligible, vec![0, 1, 2]);
+    assert!(server.control().health_plugins("p").is_empty());
 }

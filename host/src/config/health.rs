@@ -262,24 +262,22 @@ impl Cx<'_> {
         }
         let port = self.number(p.port.as_ref(), || format!("{key}.port"), 1..=65_535)?.map(|n| n as u16);
         let path = match &p.path {
-            Some(s)
-                if !s.get_ref().starts_with('/') || s.get_ref().chars().any(|c| c.is_ascii_control() || c == ' ') =>
-            {
+            Some(s) if !s.get_ref().starts_with('/') || s.get_ref().parse::<http::uri::PathAndQuery>().is_err() => {
                 return Err(self.spanned(
                     s,
                     format!("{key}.path"),
-                    format!("`{}` is not a path (it must start with `/`, no spaces)", s.get_ref()),
+                    format!("`{}` is not a request path (it starts with `/`; no spaces, `<`, `>`)", s.get_ref()),
                 ));
             }
             Some(s) => s.get_ref().clone(),
             None => "/".to_owned(),
         };
         let host = match &p.host {
-            Some(h) if h.get_ref().is_empty() || http::HeaderValue::from_str(h.get_ref()).is_err() => {
+            Some(h) if h.get_ref().contains('@') || h.get_ref().parse::<http::uri::Authority>().is_err() => {
                 return Err(self.spanned(
                     h,
                     format!("{key}.host"),
-                    format!("`{}` is not a usable Host header", h.get_ref()),
+                    format!("`{}` is not a host[:port] (a Host header and a URI authority)", h.get_ref()),
                 ));
             }
             Some(h) => Some(h.get_ref().clone()),

@@ -32,6 +32,8 @@ const QUEUE: usize = 4096;
 pub struct Verdicts {
     /// The pool.
     pub pool: String,
+    /// The health task that sent them (see [`Monitor::current`]).
+    pub task: u64,
     /// What changed.
     pub changes: Vec<Change>,
 }
@@ -76,16 +78,27 @@ pub fn load(config: &PoolConfig, plugins: &PluginRuntime, pool: &Pool) -> Result
 }
 
 /// The health tasks of one server, by pool. Only the one writer changes it.
+///
+/// The tasks, and the probers and evaluator calls they make, run on a thread of their own
+/// (a single-threaded tokio runtime): a plugin call never holds a worker that serves
+/// traffic, even one that loops until its deadline, and a probe's timer, socket and
+/// evaluation stay on one thread, with no wake-up of another per probe.
 #[derive(Debug)]
 pub struct Monitor {
     pools: std::sync::Mutex<HashMap<String, PoolMonitor>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     verdicts: mpsc::UnboundedSender<Verdicts>,
+    /// Where the tasks run; `None` if the thread could not be started (logged).
+    runtime: Option<tokio::runtime::Handle>,
+    /// Ends the health thread when the monitor is dropped.
+    _stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// One pool's health task.
 #[derive(Debug)]
 struct PoolMonitor {
+    /// Tells this task's verdicts from those of one it replaced.
+    id: u64,
     plugins: Vec<PluginRef>,
     evaluators: Evaluators,
     settings: watch::Sender<HealthConfig>,
@@ -99,10 +112,40 @@ impl Drop for PoolMonitor {
     }
 }
 
+/// Task ids never repeat in a process.
+static NEXT_TASK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl Monitor {
-    /// A monitor reading pools from `snapshot` and sending verdicts to `verdicts`.
+    /// A monitor reading pools from `snapshot` and sending verdicts to `verdicts`, with
+    /// its thread started.
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, verdicts: mpsc::UnboundedSender<Verdicts>) -> Self {
-        Self { pools: std::sync::Mutex::default(), snapshot, verdicts }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("weir-health".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(rt.handle().clone()));
+            // Until the monitor is dropped; dropping the runtime then ends every task.
+            rt.block_on(async move {
+                let _ = stopped.await;
+            });
+        });
+        let runtime = match spawned
+            .map_err(|e| e.to_string())
+            .and_then(|_| rx.recv().map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))
+        {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "the health thread could not start: no pool is health-checked");
+                None
+            }
+        };
+        Self { pools: std::sync::Mutex::default(), snapshot, verdicts, runtime, _stop: Some(stop) }
     }
 
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, PoolMonitor>> {
@@ -112,6 +155,12 @@ impl Monitor {
     /// The evaluators watching `pool` (for their counters).
     pub fn evaluators(&self, pool: &str) -> Vec<Arc<plugin::Health>> {
         self.pools().get(pool).map(|m| m.evaluators.0.clone()).unwrap_or_default()
+    }
+
+    /// Whether verdicts from task `task` of `pool` still stand: it is the pool's current
+    /// task (verdicts a stopped or replaced task sent before it ended are dropped).
+    pub fn current(&self, pool: &str, task: u64) -> bool {
+        self.pools().get(pool).is_some_and(|m| m.id == task)
     }
 
     /// Whether `config` needs evaluators loaded: its health is watched and no task
@@ -135,7 +184,7 @@ impl Monitor {
                 continue;
             }
             if let Some(evaluators) = loaded.remove(name) {
-                let monitor = self.start(pool, evaluators);
+                let Some(monitor) = self.start(pool, evaluators) else { continue };
                 if pools.insert(name.clone(), monitor).is_some() {
                     tracing::info!(pool = %name, "health evaluators changed: their verdicts start over");
                 }
@@ -157,15 +206,25 @@ impl Monitor {
         }
     }
 
-    fn start(&self, pool: &Pool, evaluators: Evaluators) -> PoolMonitor {
+    fn start(&self, pool: &Pool, evaluators: Evaluators) -> Option<PoolMonitor> {
+        let runtime = self.runtime.as_ref()?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let reporter = Arc::new(tx);
-        pool.view.live.set_reporter(Some(reporter.clone()));
+        // What live traffic did before the task existed is no window of its.
+        for m in &pool.view.members {
+            m.live.take_window();
+        }
+        pool.view.live.set_reporter(Some(reporter));
         let (settings, settings_rx) = watch::channel(pool.config.health.clone());
         let members_changed = Arc::new(Notify::new());
+        let (probe_tx, probes) = mpsc::channel::<ProbeReport>(QUEUE);
+        let id = NEXT_TASK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let task = Task {
+            id,
             pool: pool.config.name.clone(),
             snapshot: self.snapshot.clone(),
+            config: pool.config.health.clone(),
+            probe_tx,
             evaluators: evaluators.0.clone(),
             verdicts: self.verdicts.clone(),
             generation: 0,
@@ -174,8 +233,15 @@ impl Monitor {
             requested: HashMap::new(),
             strikes: vec![(0, 0); evaluators.0.len()],
         };
-        let task = tokio::spawn(task.run(rx, settings_rx, members_changed.clone()));
-        PoolMonitor { plugins: pool.config.health.plugins.clone(), evaluators, settings, members_changed, task }
+        let task = runtime.spawn(task.run(rx, probes, settings_rx, members_changed.clone()));
+        Some(PoolMonitor {
+            id,
+            plugins: pool.config.health.plugins.clone(),
+            evaluators,
+            settings,
+            members_changed,
+            task,
+        })
     }
 }
 
@@ -239,11 +305,16 @@ impl Drop for Book {
 type ProbeReport = (u64, Observation, String);
 
 struct Task {
+    id: u64,
     pool: String,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The pool's health settings as of the last change.
+    config: HealthConfig,
+    /// Where the probers send their results.
+    probe_tx: mpsc::Sender<ProbeReport>,
     evaluators: Vec<Arc<plugin::Health>>,
     verdicts: mpsc::UnboundedSender<Verdicts>,
-    /// The generation `ids` was built for.
+    /// The generation `ids` and the books were built for.
     generation: u64,
     /// Backend id by live key, in that generation.
     ids: HashMap<u64, u32>,
@@ -261,6 +332,53 @@ const FIRST_BACKOFF_MS: u64 = 1000;
 const MAX_BACKOFF_MS: u64 = 60_000;
 
 impl Task {
+    async fn run(
+        mut self,
+        mut reports: mpsc::Receiver<Report>,
+        mut probes: mpsc::Receiver<ProbeReport>,
+        mut settings: watch::Receiver<HealthConfig>,
+        members_changed: Arc<Notify>,
+    ) {
+        self.config = settings.borrow_and_update().clone();
+        let mut tick = tokio::time::interval(self.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        self.refresh(true);
+        self.send(self.backends.keys().copied().collect());
+        loop {
+            let mut changed = Vec::new();
+            tokio::select! {
+                Some((key, obs)) = reports.recv() => self.observed(key, obs, None, &mut changed),
+                Some((key, obs, detail)) = probes.recv() => self.observed(key, obs, Some(detail), &mut changed),
+                _ = tick.tick() => self.tick(&mut changed),
+                _ = members_changed.notified() => {
+                    if self.refresh(false) {
+                        changed.extend(self.backends.keys().copied());
+                    }
+                }
+                Ok(()) = settings.changed() => {
+                    let new = settings.borrow_and_update().clone();
+                    let probe_changed = new.probe != self.config.probe;
+                    if new.tick != self.config.tick {
+                        tick = tokio::time::interval(new.tick);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        tick.reset();
+                    }
+                    self.config = new;
+                    self.refresh(probe_changed);
+                    changed.extend(self.backends.keys().copied());
+                }
+                else => break,
+            }
+            self.send(changed);
+        }
+    }
+
+    /// The pool as published now, if it still exists.
+    fn view(&self) -> Option<Arc<PoolView>> {
+        self.snapshot.load().pools.get(&self.pool).map(|p| p.view.clone())
+    }
+
     /// Whether evaluator `i` is called now (not in a backoff after failures).
     fn callable(&self, i: usize, now: u64) -> bool {
         self.strikes.get(i).is_none_or(|&(_, until)| now >= until)
@@ -284,59 +402,11 @@ impl Task {
             *failures = 0;
         }
     }
-}
-
-impl Task {
-    async fn run(
-        mut self,
-        mut reports: mpsc::Receiver<Report>,
-        mut settings: watch::Receiver<HealthConfig>,
-        members_changed: Arc<Notify>,
-    ) {
-        let (probe_tx, mut probes) = mpsc::channel::<ProbeReport>(QUEUE);
-        let mut config = settings.borrow_and_update().clone();
-        let mut tick = tokio::time::interval(config.tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.reset();
-        self.refresh(&config, &probe_tx, true);
-        self.send(self.backends.keys().copied().collect());
-        loop {
-            let mut changed = Vec::new();
-            tokio::select! {
-                Some((key, obs)) = reports.recv() => self.observed(key, obs, None, &mut changed),
-                Some((key, obs, detail)) = probes.recv() => self.observed(key, obs, Some(detail), &mut changed),
-                _ = tick.tick() => self.tick(&mut changed),
-                _ = members_changed.notified() => {
-                    if self.refresh(&config, &probe_tx, false) {
-                        changed.extend(self.backends.keys().copied());
-                    }
-                }
-                Ok(()) = settings.changed() => {
-                    let new = settings.borrow_and_update().clone();
-                    let probe_changed = new.probe != config.probe;
-                    if new.tick != config.tick {
-                        tick = tokio::time::interval(new.tick);
-                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        tick.reset();
-                    }
-                    config = new;
-                    self.refresh(&config, &probe_tx, probe_changed);
-                }
-                else => break,
-            }
-            self.send(changed);
-        }
-    }
-
-    /// The pool as published now, if it still exists.
-    fn view(&self) -> Option<Arc<PoolView>> {
-        self.snapshot.load().pools.get(&self.pool).map(|p| p.view.clone())
-    }
 
     /// Re-reads the pool's members if they changed (or `restart_probers`): maps keys to
-    /// ids, starts probers for new backends, forgets backends that left. Returns whether
-    /// it did.
-    fn refresh(&mut self, config: &HealthConfig, probe_tx: &mpsc::Sender<ProbeReport>, restart_probers: bool) -> bool {
+    /// ids, starts probers for new backends, forgets backends that left (their probers
+    /// end). Returns whether it did.
+    fn refresh(&mut self, restart_probers: bool) -> bool {
         let Some(view) = self.view() else { return false };
         if view.generation == self.generation && !restart_probers {
             return false;
@@ -361,9 +431,9 @@ impl Task {
                 if let Some(p) = book.prober.take() {
                     p.abort();
                 }
-                book.prober = config.probe.as_ref().map(|probe| {
+                book.prober = self.config.probe.as_ref().map(|probe| {
                     let host = probe.host.clone().unwrap_or_else(|| m.config.address.clone());
-                    tokio::spawn(prober(key, m.config.socket_addr, host, probe.clone(), probe_tx.clone()))
+                    tokio::spawn(prober(key, m.config.socket_addr, host, probe.clone(), self.probe_tx.clone()))
                 });
             }
         }
@@ -373,11 +443,10 @@ impl Task {
     /// One observation: every evaluator hears of it.
     fn observed(&mut self, key: u64, obs: Observation, detail: Option<String>, changed: &mut Vec<u64>) {
         let Some(view) = self.view() else { return };
-        if view.generation != self.generation {
-            // Members changed and the writer's notice has not arrived yet: wait for it; an
-            // observation of a backend this task does not know yet is dropped.
-            self.ids = view.members.iter().enumerate().map(|(i, m)| (m.live.key(), i as u32)).collect();
-            self.generation = view.generation;
+        if view.generation != self.generation && self.refresh(false) {
+            // Members changed before the writer's notice arrived: catch up now (the
+            // notice then finds nothing to do).
+            changed.extend(self.backends.keys().copied());
         }
         let Some(&id) = self.ids.get(&key) else { return };
         let Some(book) = self.backends.get_mut(&key) else { return };
@@ -389,7 +458,7 @@ impl Task {
         let now = clock::now_ms();
         for (i, evaluator) in self.evaluators.clone().iter().enumerate() {
             if !self.callable(i, now) {
-                self.fall_back(i, key, changed);
+                self.fall_back(i, Some(key), changed);
                 continue;
             }
             match evaluator.observe(&host, id, &obs) {
@@ -399,7 +468,7 @@ impl Task {
                 }
                 Err(_) => {
                     self.strike(i, true, now);
-                    self.fall_back(i, key, changed);
+                    self.fall_back(i, None, changed);
                 }
             }
         }
@@ -409,6 +478,11 @@ impl Task {
     fn tick(&mut self, changed: &mut Vec<u64>) {
         let Some(view) = self.view() else { return };
         if view.generation != self.generation {
+            // The writer's notice is on its way; the window waits for the next tick.
+            return;
+        }
+        let now = clock::now_ms();
+        if (0..self.evaluators.len()).all(|i| !self.callable(i, now)) {
             return;
         }
         let windows: Vec<Window> = view
@@ -421,18 +495,19 @@ impl Task {
             })
             .collect();
         let host: Arc<dyn PoolHost> = view.clone();
-        let now = clock::now_ms();
         for (i, evaluator) in self.evaluators.clone().iter().enumerate() {
             if !self.callable(i, now) {
                 continue;
             }
-            // A failed tick changes no opinion (the built-in rule needs no timer).
             match evaluator.tick(&host, now, &windows) {
                 Ok(assessments) => {
                     self.strike(i, false, now);
                     self.apply(&view, i, assessments, changed);
                 }
-                Err(_) => self.strike(i, true, now),
+                Err(_) => {
+                    self.strike(i, true, now);
+                    self.fall_back(i, None, changed);
+                }
             }
         }
         // Verdicts the writer has applied need no more asking.
@@ -455,16 +530,20 @@ impl Task {
         }
     }
 
-    /// Evaluator `i` failed on backend `key`: its opinion is the built-in rule's.
-    fn fall_back(&mut self, evaluator: usize, key: u64, changed: &mut Vec<u64>) {
-        if let Some(book) = self.backends.get_mut(&key) {
-            book.opinions[evaluator] = (book.builtin.verdict, book.builtin.reason());
-            changed.push(key);
+    /// Evaluator `i` failed (its instance is gone, and with it what it knew) or is left
+    /// alone: its opinion of backend `key`, or of every backend, is the built-in rule's,
+    /// until it assesses that backend again.
+    fn fall_back(&mut self, evaluator: usize, key: Option<u64>, changed: &mut Vec<u64>) {
+        for (k, book) in &mut self.backends {
+            if key.is_none_or(|key| key == *k) {
+                book.opinions[evaluator] = (book.builtin.verdict, book.builtin.reason());
+                changed.push(*k);
+            }
         }
     }
 
-    /// Sends the writer the backends among `keys` whose verdict (the worst opinion)
-    /// differs from the one in force and was not asked for already.
+    /// Sends the writer the backends among `keys` whose verdict (the worst opinion) is
+    /// not the one in force, or not the one last asked for.
     fn send(&mut self, mut keys: Vec<u64>) {
         if keys.is_empty() {
             return;
@@ -477,12 +556,11 @@ impl Task {
             let (Some(book), Some(&id)) = (self.backends.get(&key), self.ids.get(&key)) else { continue };
             let Some(m) = view.members.get(id as usize) else { continue };
             let Some((verdict, reason)) = book.opinions.iter().max_by_key(|(v, _)| *v) else { continue };
-            let applied = m.live.verdict();
-            if *verdict == applied {
-                self.requested.remove(&key);
-                continue;
-            }
-            if self.requested.get(&key) == Some(verdict) {
+            let asked = self.requested.get(&key).copied();
+            // Nothing to do when it is what was last asked for, or, with nothing asked,
+            // what is in force. (When something else was asked and is not applied yet, the
+            // writer must hear this too, or it would apply the stale verdict last.)
+            if asked == Some(*verdict) || (asked.is_none() && *verdict == m.live.verdict()) {
                 continue;
             }
             self.requested.insert(key, *verdict);
@@ -495,7 +573,7 @@ impl Task {
             changes.push(Change { key, verdict: *verdict, reason });
         }
         if !changes.is_empty() {
-            let _ = self.verdicts.send(Verdicts { pool: self.pool.clone(), changes });
+            let _ = self.verdicts.send(Verdicts { pool: self.pool.clone(), task: self.id, changes });
         }
     }
 }

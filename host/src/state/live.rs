@@ -112,10 +112,11 @@ impl BackendLive {
     }
 
     /// Applies a verdict (the one writer calls this, then publishes a new view). Returns
-    /// the previous one. A backend that leaves `unhealthy` starts its slow start now.
+    /// the previous one. A backend whose verdict improves (it may now take work it could
+    /// not take before) starts its slow start now.
     pub fn set_verdict(&self, verdict: Verdict, reason: &str) -> Verdict {
         let was = Verdict::from_u8(self.verdict.swap(verdict as u8, Ordering::Relaxed));
-        if was == Verdict::Unhealthy && verdict != Verdict::Unhealthy {
+        if verdict < was {
             self.usable_since_ms.store(clock::now_ms(), Ordering::Relaxed);
         }
         if was != verdict {
