@@ -456,7 +456,8 @@ impl Task {
         }
         let host: Arc<dyn PoolHost> = view.clone();
         let now = clock::now_ms();
-        for (i, evaluator) in self.evaluators.clone().iter().enumerate() {
+        for i in 0..self.evaluators.len() {
+            let evaluator = self.evaluators[i].clone();
             if !self.callable(i, now) {
                 self.fall_back(i, Some(key), changed);
                 continue;
@@ -495,7 +496,8 @@ impl Task {
             })
             .collect();
         let host: Arc<dyn PoolHost> = view.clone();
-        for (i, evaluator) in self.evaluators.clone().iter().enumerate() {
+        for i in 0..self.evaluators.len() {
+            let evaluator = self.evaluators[i].clone();
             if !self.callable(i, now) {
                 continue;
             }
@@ -606,6 +608,19 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
             return;
         }
         let jitter = 0.9 + 0.2 * ((next() >> 11) as f64 / (1u64 << 53) as f64);
-        tokio::time::sleep_until(started + interval.mul_f64(jitter).max(Duration::from_millis(1))).await;
+        let due = started + interval.mul_f64(jitter).max(Duration::from_millis(1));
+        tokio::time::sleep_until(slotted(due, interval)).await;
     }
+}
+
+/// `due`, put off to the next slot of 1/100 of `interval` (1 to 20 ms) on the process
+/// clock: probes due within one slot start together, so the health thread wakes once for
+/// several of them instead of once each (with 1,000 backends probed every second, ten
+/// times fewer wake-ups), and each is late by less than 1 % of its interval.
+fn slotted(due: tokio::time::Instant, interval: Duration) -> tokio::time::Instant {
+    let slot = (interval.as_millis() as u64 / 100).clamp(1, 20);
+    let now = tokio::time::Instant::now();
+    let at = clock::now_ms() + due.saturating_duration_since(now).as_millis() as u64;
+    let slotted = at.div_ceil(slot) * slot;
+    due + Duration::from_millis(slotted - at)
 }
