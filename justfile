@@ -25,19 +25,22 @@ lint:
 # per balancer (decision), a fixed decision loop for callgrind (pick_loop), memory per idle
 # WebSocket tunnel (tunnel_memory), WebSocket echo p99 through weir vs direct (ws_echo),
 # start time and memory with 1,000 pools (pool_scale), reload of a 10,000-backend pool
-# (reload). The soak has a recipe of its own.
+# (reload), CPU per health probe alone (probe) and with 1,000 probed backends in a real
+# weir (health_scale). The soak has a recipe of its own.
 bench:
-    cargo bench --bench decision --bench pick_loop --bench tunnel_memory --bench ws_echo --bench pool_scale --bench reload
+    cargo bench --bench decision --bench pick_loop --bench tunnel_memory --bench ws_echo --bench pool_scale --bench reload --bench probe --bench health_scale
 
 # Connection churn (one-request connections, keep-alive, WebSockets, bursts) through a
 # real weir for SOAK_S seconds (default 600): RSS and open fds at the start and the end.
 soak:
     cargo bench --bench soak
 
-# Instructions per decision for every pack balancer at 10 to 10,000 backends, counted by
-# callgrind (stable where wall clock is not; needs valgrind).
+# Instructions per decision for every pack balancer at 10 to 10,000 backends, and what
+# passive health adds to a successful request, counted by callgrind (stable where wall
+# clock is not; needs valgrind).
 bench-instructions:
     host/benches/instructions.sh
+    host/benches/passive.sh
 
 # Three demo backends behind the proxy on 127.0.0.1:8080.
 demo:
