@@ -462,16 +462,8 @@ impl Task {
                 self.fall_back(i, Some(key), changed);
                 continue;
             }
-            match evaluator.observe(&host, id, &obs) {
-                Ok(assessments) => {
-                    self.strike(i, false, now);
-                    self.apply(&view, i, assessments, changed);
-                }
-                Err(_) => {
-                    self.strike(i, true, now);
-                    self.fall_back(i, None, changed);
-                }
-            }
+            let answer = evaluator.observe(&host, id, &obs);
+            self.answered(&view, i, answer.ok(), now, changed);
         }
     }
 
@@ -501,16 +493,8 @@ impl Task {
             if !self.callable(i, now) {
                 continue;
             }
-            match evaluator.tick(&host, now, &windows) {
-                Ok(assessments) => {
-                    self.strike(i, false, now);
-                    self.apply(&view, i, assessments, changed);
-                }
-                Err(_) => {
-                    self.strike(i, true, now);
-                    self.fall_back(i, None, changed);
-                }
-            }
+            let answer = evaluator.tick(&host, now, &windows);
+            self.answered(&view, i, answer.ok(), now, changed);
         }
         // Verdicts the writer has applied need no more asking.
         for m in &view.members {
@@ -518,6 +502,23 @@ impl Task {
             if self.requested.get(&key) == Some(&m.live.verdict()) {
                 self.requested.remove(&key);
             }
+        }
+    }
+
+    /// Evaluator `i` answered `assessments`, or failed (`None`: counted and logged by the
+    /// plugin layer): its opinions change accordingly, and its backoff.
+    fn answered(
+        &mut self,
+        view: &PoolView,
+        i: usize,
+        assessments: Option<Vec<Assessment>>,
+        now: u64,
+        changed: &mut Vec<u64>,
+    ) {
+        self.strike(i, assessments.is_none(), now);
+        match assessments {
+            Some(a) => self.apply(view, i, a, changed),
+            None => self.fall_back(i, None, changed),
         }
     }
 
