@@ -291,3 +291,12 @@ async fn a_dropped_session_resets_its_connection() {
     let end = tokio::time::timeout(Duration::from_secs(5), ends.recv()).await.unwrap().unwrap();
     assert_eq!(end, End::Reset);
 }
+
+#[tokio::test]
+async fn a_new_connection_closed_before_the_answer_is_a_reset_failure() {
+    // Closing a kept connection is retried; closing a new one is the backend's failure.
+    let (addr, _heads, _) = raw_keepalive(b"", true).await;
+    let r = run(&mut Session::new(), &config("/healthz"), addr).await;
+    assert_eq!(r.failure, Some(Failure::Reset), "{r:?}");
+    assert!(r.detail.starts_with("response: "), "{r:?}");
+}

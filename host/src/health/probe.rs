@@ -1,11 +1,13 @@
-//! Timed probes: tcp, http and websocket, each on a connection of its own, each within
-//! the probe's `timeout` (connect included). A probe only reports what it saw
+//! Timed probes: tcp, http and websocket, each on a connection of its own (or, for the
+//! http probes of a [`Session`], one kept per backend between probes), each within the
+//! probe's `timeout` (connect included). A probe only reports what it saw
 //! ([`ProbeResult`]); counting results into verdicts is the evaluators' job.
 //!
 //! This runs for every backend of every probed pool on every interval, so the success
 //! path allocates only what hyper or tungstenite need and logs nothing. The http probe
 //! drives its hyper connection inside its own future instead of spawning it, so the
-//! connection (and its socket) ends exactly when the probe does, timeout included.
+//! connection (and its socket) ends exactly when the probe does, timeout included; a
+//! [`Session`]'s kept connection is only polled while a probe uses it.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -286,11 +288,15 @@ impl std::fmt::Debug for Kept {
 }
 
 /// How an attempt on a kept connection ended.
+// Returned once per probe and moved at once: boxing the connection would cost an
+// allocation per probe.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
     /// It passed; the connection may carry the next probe.
     Passed(Option<Kept>),
-    /// The kept connection was closed before an answer: go again on a new one.
-    Stale,
+    /// The connection was closed before an answer: on a kept one, go again on a new one
+    /// (on a new one, that is the failure).
+    Stale(Fail),
     /// A real failure.
     Failed(Fail),
 }
@@ -319,17 +325,14 @@ impl Session {
         let mut seen = Seen { status: None, latency: Duration::ZERO, stage: Stage::Answer };
         let kept = &mut self.kept;
         let run = async {
-            if let Some(old) = kept.take() {
-                if !old.sender.is_closed() {
-                    match attempt(config, old, request(&config.path, host, false)?, (start, deadline), &mut seen).await
-                    {
-                        Attempt::Passed(again) => {
-                            *kept = again;
-                            return Ok(());
-                        }
-                        Attempt::Failed(fail) => return Err(fail),
-                        Attempt::Stale => {}
+            if let Some(old) = kept.take().filter(|k| !k.sender.is_closed()) {
+                match attempt(config, old, request(&config.path, host, false)?, (start, deadline), &mut seen).await {
+                    Attempt::Passed(again) => {
+                        *kept = again;
+                        return Ok(());
                     }
+                    Attempt::Failed(fail) => return Err(fail),
+                    Attempt::Stale(_) => {}
                 }
             }
             seen.stage = Stage::Connect;
@@ -353,9 +356,7 @@ impl Session {
                     *kept = again;
                     Ok(())
                 }
-                Attempt::Failed(fail) => Err(fail),
-                // Not on a new connection: that is the backend closing it early.
-                Attempt::Stale => Err(Fail(Failure::Reset, "response: connection closed before the answer".to_owned())),
+                Attempt::Failed(fail) | Attempt::Stale(fail) => Err(fail),
             }
         };
         let outcome = tokio::time::timeout_at(deadline, run).await;
@@ -392,11 +393,8 @@ async fn attempt(
                 Err(e) => {
                     let fail = exchange_failure(&e, "response", Failure::Protocol);
                     // Before any answer, a connection that ended is one the backend closed.
-                    return Err(if e.is_canceled() || e.is_closed() || fail.0 == Failure::Reset {
-                        None
-                    } else {
-                        Some(fail)
-                    });
+                    let stale = e.is_canceled() || e.is_closed() || fail.0 == Failure::Reset;
+                    return Err(if stale { Attempt::Stale(fail) } else { Attempt::Failed(fail) });
                 }
             };
             let close = response
@@ -404,15 +402,14 @@ async fn attempt(
                 .get_all(CONNECTION)
                 .iter()
                 .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
-            let to_end = check(config, response, start, seen, Some(deadline)).await.map_err(Some)?;
+            let to_end = check(config, response, start, seen, Some(deadline)).await.map_err(Attempt::Failed)?;
             Ok(to_end && !close)
         });
         drive(&mut conn, exchange).await
     };
     match outcome {
         Ok(keep) => Attempt::Passed(conn.filter(|_| keep).map(|conn| Kept { sender, conn })),
-        Err(None) => Attempt::Stale,
-        Err(Some(fail)) => Attempt::Failed(fail),
+        Err(attempt) => attempt,
     }
 }
 
