@@ -45,6 +45,8 @@ fn config(kind: ProbeKind, expect_body: Option<&str>) -> ProbeConfig {
         host: None,
         expect_status: StatusSet::parse("200-399").unwrap(),
         expect_body: expect_body.map(str::to_owned),
+        // `probe` (one connection per probe) ignores it.
+        reuse_connection: false,
     }
 }
 

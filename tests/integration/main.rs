@@ -16,6 +16,7 @@ mod pack_hashing;
 mod pack_load;
 mod plugins;
 mod probe;
+mod probe_reuse;
 mod proxy;
 mod support;
 mod websocket;

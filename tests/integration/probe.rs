@@ -31,6 +31,8 @@ fn config(kind: ProbeKind) -> ProbeConfig {
         host: None,
         expect_status: StatusSet::parse("200-399").unwrap(),
         expect_body: None,
+        // `probe` (one connection per probe) ignores it.
+        reuse_connection: true,
     }
 }
 

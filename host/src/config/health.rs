@@ -122,6 +122,9 @@ pub struct ProbeConfig {
     pub expect_status: StatusSet,
     /// Text the body must contain (http), read up to [`MAX_PROBE_BODY`] bytes.
     pub expect_body: Option<String>,
+    /// Whether an http probe keeps its connection open for the next probe of the same
+    /// backend (else each probe connects anew and sends `Connection: close`).
+    pub reuse_connection: bool,
 }
 
 /// Most of a probe's response body read to look for `expect_body`.
@@ -187,6 +190,8 @@ pub(super) struct FileProbe {
     expect_status: Option<Spanned<String>>,
     /// Default none (http only). At most 64 KiB.
     expect_body: Option<Spanned<String>>,
+    /// Default true (http only).
+    reuse_connection: Option<Spanned<bool>>,
 }
 
 /// The health keys of `[pool.NAME]` as written (taken out of `FilePool`: serde cannot
@@ -293,6 +298,14 @@ impl Cx<'_> {
         };
         http_only(p.expect_status.as_ref(), "expect_status")?;
         http_only(p.expect_body.as_ref(), "expect_body")?;
+        if let Some(v) = p.reuse_connection.as_ref().filter(|_| p.kind != ProbeKind::Http) {
+            return Err(self.spanned(
+                v,
+                format!("{key}.reuse_connection"),
+                format!("only an http probe keeps its connection (this one is {})", p.kind.as_str()),
+            ));
+        }
+        let reuse_connection = p.reuse_connection.as_ref().is_none_or(|v| *v.get_ref());
         let expect_status = match &p.expect_status {
             Some(s) => StatusSet::parse(s.get_ref()).map_err(|m| self.spanned(s, format!("{key}.expect_status"), m))?,
             None => StatusSet::of(vec![200..=399]),
@@ -315,6 +328,16 @@ impl Cx<'_> {
                 }
             }
         }
-        Ok(ProbeConfig { kind: p.kind, interval, timeout, port, path, host, expect_status, expect_body })
+        Ok(ProbeConfig {
+            kind: p.kind,
+            interval,
+            timeout,
+            port,
+            path,
+            host,
+            expect_status,
+            expect_body,
+            reuse_connection,
+        })
     }
 }

@@ -754,6 +754,9 @@ fn health_settings_are_read_with_their_defaults() {
         probe.expect_status.contains(200) && probe.expect_status.contains(205) && !probe.expect_status.contains(201)
     );
     assert_eq!(probe.expect_status.to_string(), "200,204-206");
+    assert!(probe.reuse_connection, "an http probe keeps its connection by default");
+    let (text, _) = with_key("pool", "probe = { kind = \"http\", reuse_connection = false }");
+    assert!(!Config::parse(&text, None).unwrap().pools["p"].health.probe.as_ref().unwrap().reuse_connection);
     assert_eq!(h.plugins, vec![PluginRef::pack("threshold")], "a probe alone is judged by threshold");
     assert!(h.passive_failure_statuses.contains(503) && !h.passive_failure_statuses.contains(404));
     assert_eq!((h.panic_threshold_percent, h.on_unhealthy, h.slow_start), (50, OnUnhealthy::Keep, Duration::ZERO));
@@ -772,6 +775,13 @@ fn bad_health_settings_are_located() {
         ),
         ("probe = { kind = \"tcp\", path = \"/x\" }", "pool.p.probe.path", "sends nothing"),
         ("probe = { kind = \"websocket\", expect_body = \"ok\" }", "pool.p.probe.expect_body", "only an http probe"),
+        ("probe = { kind = \"tcp\", reuse_connection = true }", "pool.p.probe.reuse_connection", "only an http probe"),
+        (
+            "probe = { kind = \"websocket\", reuse_connection = false }",
+            "pool.p.probe.reuse_connection",
+            "only an http probe",
+        ),
+        ("probe = { kind = \"http\", reuse_connection = 1 }", "pool.p.probe.reuse_connection", "invalid type"),
         ("probe = { kind = \"http\", path = \"healthz\" }", "pool.p.probe.path", "starts with `/`"),
         ("probe = { kind = \"http\", path = \"/a<b\" }", "pool.p.probe.path", "not a request path"),
         ("probe = { kind = \"websocket\", host = \"api.example.com/v1\" }", "pool.p.probe.host", "host[:port]"),

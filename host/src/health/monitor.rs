@@ -595,9 +595,10 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
     let interval = config.interval;
     let first = interval.mul_f64((next() >> 11) as f64 / (1u64 << 53) as f64);
     tokio::time::sleep(first).await;
+    let mut session = probe::Session::new();
     loop {
         let started = tokio::time::Instant::now();
-        let result = probe::probe(&config, addr, &host).await;
+        let result = session.probe(&config, addr, &host).await;
         let obs = Observation {
             active_probe: true,
             failure: result.failure,

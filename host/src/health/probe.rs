@@ -1,13 +1,15 @@
-//! Timed probes: tcp, http and websocket, each on a connection of its own, each within
-//! the probe's `timeout` (connect included). A probe only reports what it saw
+//! Timed probes: tcp, http and websocket, each on a connection of its own (or, for the
+//! http probes of a [`Session`], one kept per backend between probes), each within the
+//! probe's `timeout` (connect included). A probe only reports what it saw
 //! ([`ProbeResult`]); counting results into verdicts is the evaluators' job.
 //!
 //! This runs for every backend of every probed pool on every interval, so the success
 //! path allocates only what hyper or tungstenite need and logs nothing. The http probe
 //! drives its hyper connection inside its own future instead of spawning it, so the
-//! connection (and its socket) ends exactly when the probe does, timeout included.
+//! connection (and its socket) ends exactly when the probe does, timeout included; a
+//! [`Session`]'s kept connection is only polled while a probe uses it.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,6 +21,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::HeaderValue;
 use http::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Body as _;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use memchr::memmem;
@@ -144,7 +147,7 @@ async fn tcp(addr: SocketAddr, start: Instant, seen: &mut Seen) -> Result<(), Fa
 }
 
 async fn http(config: &ProbeConfig, addr: SocketAddr, host: &str, start: Instant, seen: &mut Seen) -> Result<(), Fail> {
-    let request = request(&config.path, host)?;
+    let request = request(&config.path, host, true)?;
     // No TCP_NODELAY: the request is one write on a fresh connection, which Nagle's
     // algorithm never holds back (a syscall saved per probe).
     let stream = connect(addr).await?;
@@ -153,18 +156,60 @@ async fn http(config: &ProbeConfig, addr: SocketAddr, host: &str, start: Instant
         .await
         .map_err(|e| Fail(Failure::Protocol, format!("http: {e}")))?;
     let mut conn = Some(conn);
-    let mut exchange = std::pin::pin!(async {
+    let exchange = std::pin::pin!(async {
         let response =
             sender.send_request(request).await.map_err(|e| exchange_failure(&e, "response", Failure::Protocol))?;
-        let status = response.status().as_u16();
-        seen.status = Some(status);
-        seen.latency = start.elapsed();
-        if !config.expect_status.contains(status) {
-            return Err(Fail(Failure::Status, format!("status {status} is not in {}", config.expect_status)));
+        check(config, response, start, seen, None).await.map(|_| ())
+    });
+    drive(&mut conn, exchange).await
+}
+
+/// Polls `exchange` and, beside it, the connection that carries it (never spawned: it ends
+/// with the probe). The exchange goes first, so its request is queued before the
+/// connection first reads (else a server that speaks first, as SSH does, fails the idle
+/// connection and the request only learns it was canceled), and again after, to take what
+/// the connection just delivered. A connection that has finished is dropped (`conn` is
+/// left `None`), which also fails a request it never took.
+async fn drive<T>(
+    conn: &mut Option<http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>>,
+    mut exchange: Pin<&mut impl Future<Output = T>>,
+) -> T {
+    poll_fn(|cx| {
+        if let Some(c) = conn.as_mut() {
+            if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(done);
+            }
+            if Pin::new(c).poll(cx).is_ready() {
+                *conn = None;
+            }
         }
-        let Some(needle) = config.expect_body.as_deref() else { return Ok(()) };
+        exchange.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Checks a response: its status, then (if asked) its body for `expect_body`. With
+/// `to_end`, a response that passes also has the rest of its body read, up to
+/// [`MAX_PROBE_BODY`] in all and until the deadline given, so that its connection can carry
+/// the next probe: returns whether the body was read to its end (false: longer, slower, or
+/// a read that failed after the verdict, which does not change it).
+async fn check(
+    config: &ProbeConfig,
+    response: http::Response<hyper::body::Incoming>,
+    start: Instant,
+    seen: &mut Seen,
+    to_end: Option<tokio::time::Instant>,
+) -> Result<bool, Fail> {
+    let status = response.status().as_u16();
+    seen.status = Some(status);
+    seen.latency = start.elapsed();
+    if !config.expect_status.contains(status) {
+        return Err(Fail(Failure::Status, format!("status {status} is not in {}", config.expect_status)));
+    }
+    let mut body = response.into_body();
+    let mut read = 0;
+    if let Some(needle) = config.expect_body.as_deref() {
         seen.stage = Stage::Body;
-        let mut body = response.into_body();
         let mut search = BodySearch::new(needle.as_bytes());
         loop {
             let data = match body.frame().await {
@@ -175,8 +220,9 @@ async fn http(config: &ProbeConfig, addr: SocketAddr, host: &str, start: Instant
                 Some(Err(e)) => return Err(exchange_failure(&e, "body", Failure::Reset)),
                 None => return Err(Fail(Failure::Body, format!("body does not contain `{}`", quote(needle)))),
             };
+            read += data.len();
             match search.push(&data) {
-                Search::Found => return Ok(()),
+                Search::Found => break,
                 Search::More => {}
                 Search::Exhausted => {
                     return Err(Fail(
@@ -186,30 +232,190 @@ async fn http(config: &ProbeConfig, addr: SocketAddr, host: &str, start: Instant
                 }
             }
         }
-    });
-    // The connection is polled beside the exchange, never spawned: it ends with the probe.
-    // The exchange goes first, so its request is queued before the connection first reads
-    // (else a server that speaks first, as SSH does, fails the idle connection and the
-    // request only learns it was canceled), and again after, to take what the connection
-    // just delivered. A connection that has finished is dropped, which also fails a request
-    // it never took.
-    poll_fn(|cx| {
-        if let Some(c) = conn.as_mut() {
-            if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
-                return Poll::Ready(done);
+    }
+    // The verdict is in: what follows only decides whether the connection is kept, and
+    // ends by the probe's deadline (this timer is polled before the probe's own).
+    let Some(deadline) = to_end else { return Ok(false) };
+    let rest = async {
+        while !body.is_end_stream() {
+            if body.size_hint().lower() > MAX_PROBE_BODY.saturating_sub(read) as u64 {
+                return false;
             }
-            if Pin::new(c).poll(cx).is_ready() {
-                conn = None;
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, Bytes::len);
+                    if read > MAX_PROBE_BODY {
+                        return false;
+                    }
+                }
+                Some(Err(_)) => return false,
+                None => break,
             }
         }
-        exchange.as_mut().poll(cx)
-    })
-    .await
+        true
+    };
+    Ok(tokio::time::timeout_at(deadline, rest).await.unwrap_or(false))
 }
 
-/// The probe's request: `GET path` with `Host`, `User-Agent`, `Accept` and
-/// `Connection: close`.
-fn request(path: &str, host: &str) -> Result<http::Request<Empty<Bytes>>, Fail> {
+/// A backend's http probes, one after another, on one connection kept open between them
+/// (`reuse_connection`, as Envoy's health checker does by default): a probe is then one
+/// write and one read on an established connection, with no handshake, no accept and no
+/// TIME_WAIT. Any other probe (tcp, websocket, or http without `reuse_connection`) runs as
+/// [`probe`] does, on a connection of its own.
+///
+/// The kept connection is not polled between probes; a backend that closed it meanwhile
+/// is found out when the next probe uses it, which then goes again once on a new
+/// connection, within the same timeout: a closed idle connection is not a failure. Any
+/// failure, a response that says `Connection: close`, or a body over 64 KiB drops the
+/// connection, so the next probe starts afresh. A connection weir closes (dropped, or the
+/// session with it) is closed with a reset (SO_LINGER 0, as HAProxy's checks do), which
+/// leaves no TIME_WAIT behind.
+#[derive(Debug, Default)]
+pub struct Session {
+    kept: Option<Kept>,
+}
+
+/// An established probe connection and its sender.
+struct Kept {
+    sender: http1::SendRequest<Empty<Bytes>>,
+    conn: http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>,
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept").finish_non_exhaustive()
+    }
+}
+
+/// How an attempt on a kept connection ended.
+// Returned once per probe and moved at once: boxing the connection would cost an
+// allocation per probe.
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    /// It passed; the connection may carry the next probe.
+    Passed(Option<Kept>),
+    /// The connection was closed before an answer: on a kept one, go again on a new one
+    /// (on a new one, that is the failure).
+    Stale(Fail),
+    /// A real failure.
+    Failed(Fail),
+}
+
+impl Session {
+    /// A session with no connection yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a connection is kept for the next probe.
+    pub fn is_connected(&self) -> bool {
+        self.kept.is_some()
+    }
+
+    /// Probes one backend once, as [`probe`] does, on the kept connection when there is
+    /// one and `config` asks for it (http with `reuse_connection`).
+    pub async fn probe(&mut self, config: &ProbeConfig, addr: SocketAddr, host: &str) -> ProbeResult {
+        if config.kind != ProbeKind::Http || !config.reuse_connection {
+            self.kept = None;
+            return probe(config, addr, host).await;
+        }
+        let addr = config.port.map_or(addr, |port| SocketAddr::new(addr.ip(), port));
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + config.timeout;
+        let mut seen = Seen { status: None, latency: Duration::ZERO, stage: Stage::Answer };
+        let kept = &mut self.kept;
+        let run = async {
+            if let Some(old) = kept.take().filter(|k| !k.sender.is_closed()) {
+                match attempt(config, old, request(&config.path, host, false)?, (start, deadline), &mut seen).await {
+                    Attempt::Passed(again) => {
+                        *kept = again;
+                        return Ok(());
+                    }
+                    Attempt::Failed(fail) => return Err(fail),
+                    Attempt::Stale(_) => {}
+                }
+            }
+            seen.stage = Stage::Connect;
+            let stream = connect(addr).await?;
+            // Closed by weir, it is reset: no TIME_WAIT (it is only closed this way).
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            seen.stage = Stage::Answer;
+            let (sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| Fail(Failure::Protocol, format!("http: {e}")))?;
+            match attempt(
+                config,
+                Kept { sender, conn },
+                request(&config.path, host, false)?,
+                (start, deadline),
+                &mut seen,
+            )
+            .await
+            {
+                Attempt::Passed(again) => {
+                    *kept = again;
+                    Ok(())
+                }
+                Attempt::Failed(fail) | Attempt::Stale(fail) => Err(fail),
+            }
+        };
+        let outcome = tokio::time::timeout_at(deadline, run).await;
+        let (failure, detail) = match outcome {
+            Ok(Ok(())) => (None, String::new()),
+            Ok(Err(Fail(failure, detail))) => (Some(failure), detail),
+            Err(_) => (Some(Failure::Timeout), seen.stage.timed_out(config.timeout)),
+        };
+        if failure.is_some() {
+            self.kept = None;
+        }
+        ProbeResult { failure, detail, status: seen.status, latency: seen.latency }
+    }
+}
+
+/// One request on `kept`, its response checked and read to its end.
+async fn attempt(
+    config: &ProbeConfig,
+    kept: Kept,
+    request: http::Request<Empty<Bytes>>,
+    (start, deadline): (Instant, tokio::time::Instant),
+    seen: &mut Seen,
+) -> Attempt {
+    let Kept { mut sender, conn } = kept;
+    let mut conn = Some(conn);
+    let outcome = {
+        let exchange = std::pin::pin!(async {
+            let response = match poll_fn(|cx| sender.poll_ready(cx)).await {
+                Ok(()) => sender.send_request(request).await,
+                Err(e) => Err(e),
+            };
+            let response = match response {
+                Ok(response) => response,
+                Err(e) => {
+                    let fail = exchange_failure(&e, "response", Failure::Protocol);
+                    // Before any answer, a connection that ended is one the backend closed.
+                    let stale = e.is_canceled() || e.is_closed() || fail.0 == Failure::Reset;
+                    return Err(if stale { Attempt::Stale(fail) } else { Attempt::Failed(fail) });
+                }
+            };
+            let close = response
+                .headers()
+                .get_all(CONNECTION)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+            let to_end = check(config, response, start, seen, Some(deadline)).await.map_err(Attempt::Failed)?;
+            Ok(to_end && !close)
+        });
+        drive(&mut conn, exchange).await
+    };
+    match outcome {
+        Ok(keep) => Attempt::Passed(conn.filter(|_| keep).map(|conn| Kept { sender, conn })),
+        Err(attempt) => attempt,
+    }
+}
+
+/// The probe's request: `GET path` with `Host`, `User-Agent`, `Accept` and, with
+/// `close`, `Connection: close`.
+fn request(path: &str, host: &str, close: bool) -> Result<http::Request<Empty<Bytes>>, Fail> {
     let uri =
         http::Uri::try_from(path).map_err(|_| Fail(Failure::Protocol, format!("`{path}` is not a request path")))?;
     let host =
@@ -221,7 +427,9 @@ fn request(path: &str, host: &str) -> Result<http::Request<Empty<Bytes>>, Fail> 
     headers.insert(HOST, host);
     headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
     headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    if close {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(request)
 }
 
