@@ -242,7 +242,6 @@ async fn outlier_ejects_a_failing_backend_for_its_ejection_time() {
     let seen = spread(&server, 30).await;
     within(5, "b1 ejected once b0 is back", || verdict(&server, 1) == Verdict::Unhealthy).await;
     assert!(seen.get("b0").is_some_and(|&n| n >= 10), "{seen:?}");
-    assert!(seen.get("status 500 Internal Server Error").is_some_and(|&n| n <= 3), "{seen:?}");
 }
 
 /// `weir demo` shows health at work, with the commands it prints: a demo backend told to

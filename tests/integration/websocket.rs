@@ -184,7 +184,7 @@ asyncio.run(main(sys.argv[1]))
 async fn idle_tunnels_are_closed_and_busy_ones_are_not() {
     let backend = weir::demo::spawn_backend("t").await.unwrap();
     let text = support::config_text(&[backend], "")
-        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_idle_timeout_ms = 300\n");
+        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_idle_timeout_ms = 600\n");
     let server = support::start(&text).await;
     let proxy = server.addr("main").unwrap();
     let (mut busy, _) = open(proxy).await;
@@ -265,7 +265,7 @@ async fn a_tunnel_whose_backend_never_pauses_is_never_idle() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = firehose_backend().await;
     let text = support::config_text(&[backend], "")
-        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_idle_timeout_ms = 300\n");
+        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_idle_timeout_ms = 600\n");
     let server = support::start(&text).await;
     let mut client = tokio::net::TcpStream::connect(server.addr("main").unwrap()).await.unwrap();
     client
@@ -274,13 +274,15 @@ async fn a_tunnel_whose_backend_never_pauses_is_never_idle() {
         .unwrap();
     // A client that reads slower than the backend writes, so weir always has bytes ready
     // from the backend and waits on the client: first it reads nothing for 100 ms (every
-    // buffer between them fills), then 64 KiB every 5 ms, for 1.5 s, five idle timeouts.
-    // Bytes move the whole time, so the tunnel must stay open.
+    // buffer between them fills), then 64 KiB every 5 ms, for 2.4 s, four idle timeouts.
+    // Bytes move the whole time, so the tunnel must stay open. (The timeout is 600 ms, not
+    // less, so that a test process starved of CPU for a moment on a busy machine does not
+    // itself stop the bytes for a whole timeout.)
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0usize;
-    while started.elapsed() < std::time::Duration::from_millis(1_500) {
+    while started.elapsed() < std::time::Duration::from_millis(2_400) {
         let n = tokio::time::timeout(std::time::Duration::from_secs(2), client.read(&mut buf)).await.unwrap().unwrap();
         assert!(n > 0, "the busy tunnel was cut after {:?} ({total} bytes)", started.elapsed());
         total += n;
