@@ -184,7 +184,7 @@ asyncio.run(main(sys.argv[1]))
 async fn idle_tunnels_are_closed_and_busy_ones_are_not() {
     let backend = weir::demo::spawn_backend("t").await.unwrap();
     let text = support::config_text(&[backend], "")
-        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_idle_timeout_ms = 600\n");
+        .replace("listen = \"127.0.0.1:0\"\n", "listen = \"127.0.0.1:0\"\ntunnel_idle_timeout_ms = 300\n");
     let server = support::start(&text).await;
     let proxy = server.addr("main").unwrap();
     let (mut busy, _) = open(proxy).await;
