@@ -377,10 +377,13 @@ impl Control {
         let config = &pool.config;
         let mut unhealthy = Vec::new();
         let mut changed = 0;
+        // One pass to index the members, not one search per change (a pool entering panic
+        // at 10,000 backends changes thousands of verdicts at once).
+        let by_key: std::collections::HashMap<u64, usize> =
+            pool.view.members.iter().enumerate().map(|(i, m)| (m.live.key(), i)).collect();
         for change in changes {
-            let Some((id, m)) = pool.view.members.iter().enumerate().find(|(_, m)| m.live.key() == change.key) else {
-                continue;
-            };
+            let Some(&id) = by_key.get(&change.key) else { continue };
+            let m = &pool.view.members[id];
             let was = m.live.set_verdict(change.verdict, &change.reason);
             if was == change.verdict {
                 continue;
