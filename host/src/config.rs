@@ -101,10 +101,72 @@ pub enum ConfigError {
 
 /// What the listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ListenerProtocol {
     /// HTTP/1.1 reverse proxy.
     Http,
+    /// Opaque TCP: each connection goes to one backend, its bytes spliced both ways.
+    Tcp,
+    /// TLS not terminated: the ClientHello's SNI routes the connection, whose bytes
+    /// (the ClientHello included) are then spliced to the backend untouched.
+    TlsPassthrough,
+}
+
+impl ListenerProtocol {
+    /// Whether connections are spliced as opaque bytes (no HTTP).
+    pub fn is_l4(self) -> bool {
+        !matches!(self, ListenerProtocol::Http)
+    }
+
+    /// The name written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Tcp => "tcp",
+            ListenerProtocol::TlsPassthrough => "tls-passthrough",
+        }
+    }
+}
+
+/// Which PROXY protocol versions a listener accepts (`proxy_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyAccept {
+    /// The text header only.
+    V1,
+    /// The binary header only.
+    V2,
+    /// Either.
+    Any,
+}
+
+/// Which PROXY protocol version a pool sends its backends (`send_proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// A listener's PROXY protocol settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// The versions accepted.
+    pub accept: ProxyAccept,
+    /// The networks whose connections must start with a header (and whose header is
+    /// believed); a connection from elsewhere is served as its own client and refused if
+    /// it sends a header.
+    pub from: Vec<ipnet::IpNet>,
+}
+
+impl ProxyProtocol {
+    /// Whether a connection from `ip` must (and may) carry a header.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.from.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// What a pool does when its balancer plugin traps, times out or answers nonsense.
@@ -174,7 +236,8 @@ struct FileListener {
     name: Option<String>,
     /// Address to bind, `ip:port`. Required.
     listen: Spanned<String>,
-    /// `"http"`. Default `"http"`.
+    /// `"http"`, `"tcp"` or `"tls-passthrough"`. Default `"http"`. A reload that changes
+    /// it rebinds the listener.
     #[serde(default = "default_protocol")]
     protocol: ListenerProtocol,
     /// Pool for requests no route matches. Required.
@@ -200,6 +263,21 @@ struct FileListener {
     /// open), 1 to 1,000,000; while full, the listener accepts nothing and new clients
     /// wait in the listen queue. Default: no limit. Reloadable.
     max_connections: Option<Spanned<i64>>,
+    /// tcp and tls-passthrough: a connection with no byte in either direction for this
+    /// long is closed. Default 1 h. Range 1 ms to 7 days. Reloadable (new connections).
+    idle_timeout_ms: Option<Spanned<FileDuration>>,
+    /// tcp and tls-passthrough: a connection is closed after this long whatever its
+    /// traffic. Default: no limit. Range 1 ms to 365 days. Reloadable (new connections).
+    max_lifetime_ms: Option<Spanned<FileDuration>>,
+    /// Longest wait for what weir reads before it picks a backend: the PROXY header, and
+    /// on tls-passthrough the ClientHello. Default 5 s. Range 1 ms to 7 days. Reloadable.
+    peek_timeout_ms: Option<Spanned<FileDuration>>,
+    /// Accept the PROXY protocol: `"v1"`, `"v2"` or `"any"`, from the networks in
+    /// `proxy_protocol_from`. Default: not accepted. Reloadable.
+    proxy_protocol: Option<Spanned<ProxyAccept>>,
+    /// Networks (`"10.0.0.0/8"`, `"192.0.2.7"`, `"::/0"`) whose connections must start
+    /// with a PROXY header; required with `proxy_protocol`. Reloadable.
+    proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Largest `max_connections` of a listener.
@@ -213,10 +291,15 @@ fn default_protocol() -> ListenerProtocol {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRoute {
-    /// Host to match, case-insensitive, port ignored; `*.example.com` matches subdomains.
-    host: Option<String>,
-    /// Path prefix to match, segment-aware (`/api` matches `/api` and `/api/x`, not `/apix`).
-    path_prefix: Option<String>,
+    /// http: host to match, case-insensitive, port ignored; `*.example.com` matches
+    /// subdomains.
+    host: Option<Spanned<String>>,
+    /// http: path prefix to match, segment-aware (`/api` matches `/api` and `/api/x`, not
+    /// `/apix`).
+    path_prefix: Option<Spanned<String>>,
+    /// tls-passthrough: the ClientHello's server name, case-insensitive; `*.example.com`
+    /// matches subdomains.
+    sni: Option<Spanned<String>>,
     /// Pool to send matching requests to. Required.
     pool: Spanned<String>,
 }
@@ -276,6 +359,10 @@ struct FilePool {
     /// `"keep"`. Reloadable.
     #[serde(default)]
     on_unhealthy: OnUnhealthy,
+    /// `"v1"` or `"v2"`: every connection to a backend starts with a PROXY protocol header
+    /// naming the client (on http pools a connection then serves one client and is not
+    /// shared). Default: none. Reloadable (new connections).
+    send_proxy: Option<ProxyVersion>,
 }
 
 /// One backend.
@@ -402,9 +489,14 @@ pub struct ListenerConfig {
     pub tunnels: TunnelLimits,
     /// Most client connections open at once; `None`: no limit.
     pub max_connections: Option<usize>,
+    /// Longest wait for the PROXY header and (tls-passthrough) the ClientHello.
+    pub peek_timeout: Duration,
+    /// PROXY protocol accepted, if it is.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
-/// Limits on tunnels.
+/// Limits on tunnels (WebSockets of an http listener) and on the connections of a tcp or
+/// tls-passthrough listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelLimits {
     /// Closed after this long without a byte in either direction.
@@ -420,27 +512,39 @@ pub struct Route {
     pub host: Option<String>,
     /// Path prefix.
     pub path_prefix: Option<String>,
+    /// Lower-case TLS server name, or `*.suffix` (tls-passthrough listeners).
+    pub sni: Option<String>,
     /// Target pool.
     pub pool: String,
 }
 
+/// Whether `name` (any case) is `want` (lower case) or, for `*.suffix`, a subdomain of it.
+fn name_matches(want: &str, name: &str) -> bool {
+    match want.strip_prefix("*.") {
+        Some(suffix) => {
+            // Bytes, not `str` slices: a cut inside a multi-byte character would panic.
+            let (h, s) = (name.as_bytes(), suffix.as_bytes());
+            h.len() > s.len() + 1 && h[h.len() - s.len()..].eq_ignore_ascii_case(s) && h[h.len() - s.len() - 1] == b'.'
+        }
+        None => name.eq_ignore_ascii_case(want),
+    }
+}
+
 impl Route {
+    /// Whether a TLS connection with this server name (none: the ClientHello had no SNI)
+    /// matches.
+    pub fn matches_sni(&self, sni: Option<&str>) -> bool {
+        match &self.sni {
+            Some(want) => sni.is_some_and(|name| name_matches(want, name)),
+            None => true,
+        }
+    }
+
     /// Whether a request with this host (any case, port allowed) and path matches.
     pub fn matches(&self, host: Option<&str>, path: &str) -> bool {
         if let Some(want) = &self.host {
             let Some(host) = host else { return false };
-            let host = strip_port(host);
-            let ok = match want.strip_prefix("*.") {
-                Some(suffix) => {
-                    // Bytes, not `str` slices: a cut inside a multi-byte character would panic.
-                    let (h, s) = (host.as_bytes(), suffix.as_bytes());
-                    h.len() > s.len() + 1
-                        && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
-                        && h[h.len() - s.len() - 1] == b'.'
-                }
-                None => host.eq_ignore_ascii_case(want),
-            };
-            if !ok {
+            if !name_matches(want, strip_port(host)) {
                 return false;
             }
         }
@@ -492,6 +596,8 @@ pub struct PoolConfig {
     pub drain_deadline: Duration,
     /// Health checks, slow start and panic threshold.
     pub health: HealthConfig,
+    /// PROXY protocol header sent first on every connection to a backend, if any.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// One backend.
@@ -816,6 +922,7 @@ impl Cx<'_> {
                     drain_spread,
                     drain_deadline,
                     health,
+                    send_proxy: pool.send_proxy,
                 },
             );
         }
@@ -838,12 +945,17 @@ impl Cx<'_> {
                 }
             };
             let pool = pool_exists(&l.pool, format!("{key}.pool"))?;
+            let protocol = l.protocol;
+            self.keys_fit(&l, &key)?;
             let mut routes = Vec::with_capacity(l.route.len());
             for (j, r) in l.route.into_iter().enumerate() {
+                let rkey = format!("{key}.route[{j}]");
+                self.route_fits(&r, protocol, &rkey)?;
                 routes.push(Route {
-                    host: r.host.map(|h| h.to_ascii_lowercase()),
-                    path_prefix: r.path_prefix,
-                    pool: pool_exists(&r.pool, format!("{key}.route[{j}].pool"))?,
+                    host: r.host.map(|h| h.into_inner().to_ascii_lowercase()),
+                    path_prefix: r.path_prefix.map(Spanned::into_inner),
+                    sni: r.sni.map(|h| h.into_inner().trim_end_matches('.').to_ascii_lowercase()),
+                    pool: pool_exists(&r.pool, format!("{rkey}.pool"))?,
                 });
             }
             let header_read_timeout = self
@@ -859,20 +971,31 @@ impl Cx<'_> {
             let max_headers = self
                 .number(l.max_headers.as_ref(), || format!("{key}.max_headers"), bounds::MAX_HEADERS)?
                 .unwrap_or(100);
+            // http: the WebSockets' limits; tcp and tls-passthrough: the connections'.
+            let (idle_key, idle, life_key, life) = if protocol.is_l4() {
+                ("idle_timeout_ms", &l.idle_timeout_ms, "max_lifetime_ms", &l.max_lifetime_ms)
+            } else {
+                (
+                    "tunnel_idle_timeout_ms",
+                    &l.tunnel_idle_timeout_ms,
+                    "tunnel_max_lifetime_ms",
+                    &l.tunnel_max_lifetime_ms,
+                )
+            };
             let tunnels = TunnelLimits {
                 idle_timeout: self
-                    .duration(
-                        l.tunnel_idle_timeout_ms.as_ref(),
-                        || format!("{key}.tunnel_idle_timeout_ms"),
-                        bounds::TIMEOUT,
-                    )?
+                    .duration(idle.as_ref(), || format!("{key}.{idle_key}"), bounds::TIMEOUT)?
                     .unwrap_or(Duration::from_secs(3600)),
                 max_lifetime: self.duration(
-                    l.tunnel_max_lifetime_ms.as_ref(),
-                    || format!("{key}.tunnel_max_lifetime_ms"),
+                    life.as_ref(),
+                    || format!("{key}.{life_key}"),
                     bounds::TUNNEL_MAX_LIFETIME,
                 )?,
             };
+            let peek_timeout = self
+                .duration(l.peek_timeout_ms.as_ref(), || format!("{key}.peek_timeout_ms"), bounds::TIMEOUT)?
+                .unwrap_or(Duration::from_secs(5));
+            let proxy_protocol = self.proxy_protocol(l.proxy_protocol, l.proxy_protocol_from, &key)?;
             let max_connections = match &l.max_connections {
                 None => None,
                 Some(n) => match usize::try_from(*n.get_ref()) {
@@ -889,7 +1012,7 @@ impl Cx<'_> {
             listeners.push(ListenerConfig {
                 name: l.name.unwrap_or_else(|| format!("listener-{i}")),
                 listen,
-                protocol: l.protocol,
+                protocol,
                 pool,
                 routes,
                 header_read_timeout,
@@ -897,9 +1020,146 @@ impl Cx<'_> {
                 max_headers,
                 tunnels,
                 max_connections,
+                peek_timeout,
+                proxy_protocol,
             });
         }
         Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, listeners, pools })
+    }
+
+    /// A route's conditions must be ones its listener can see: host and path on http,
+    /// the server name on tls-passthrough, nothing on tcp.
+    fn route_fits(&self, r: &FileRoute, protocol: ListenerProtocol, key: &str) -> Result<(), ConfigError> {
+        let wrong = |value: &Spanned<String>, name: &str, why: &str| {
+            Err(self.spanned(value, format!("{key}.{name}"), format!("a {} listener {why}", protocol.as_str())))
+        };
+        match protocol {
+            ListenerProtocol::Http => {
+                if let Some(sni) = &r.sni {
+                    return wrong(sni, "sni", "routes by `host` and `path_prefix` (`sni` is for tls-passthrough)");
+                }
+            }
+            ListenerProtocol::TlsPassthrough => {
+                for (value, name) in [(&r.host, "host"), (&r.path_prefix, "path_prefix")] {
+                    if let Some(value) = value {
+                        return wrong(value, name, "cannot see HTTP; route by `sni`");
+                    }
+                }
+            }
+            ListenerProtocol::Tcp => {
+                for (value, name) in [(&r.host, "host"), (&r.path_prefix, "path_prefix"), (&r.sni, "sni")] {
+                    if let Some(value) = value {
+                        return wrong(
+                            value,
+                            name,
+                            "sees no name or path to route on; use `pool`, or protocol = \"tls-passthrough\" to route by `sni`",
+                        );
+                    }
+                }
+                return Err(self.spanned(
+                    &r.pool,
+                    key.to_owned(),
+                    "a tcp listener has nothing to route on: its `pool` takes every connection",
+                ));
+            }
+        }
+        if let Some(sni) = &r.sni {
+            let name = sni.get_ref().trim_end_matches('.');
+            let bare = name.strip_prefix("*.").unwrap_or(name);
+            let valid = !bare.is_empty()
+                && bare.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if !valid {
+                return Err(self.spanned(
+                    sni,
+                    format!("{key}.sni"),
+                    format!("`{}` is not a server name (`db.example.com` or `*.example.com`)", sni.get_ref()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys that belong to the other kind of listener are errors, not silently ignored.
+    fn keys_fit(&self, l: &FileListener, key: &str) -> Result<(), ConfigError> {
+        let http_only: [(&str, Option<std::ops::Range<usize>>); 5] = [
+            ("header_read_timeout_ms", l.header_read_timeout_ms.as_ref().map(Spanned::span)),
+            ("max_header_bytes", l.max_header_bytes.as_ref().map(Spanned::span)),
+            ("max_headers", l.max_headers.as_ref().map(Spanned::span)),
+            ("tunnel_idle_timeout_ms", l.tunnel_idle_timeout_ms.as_ref().map(Spanned::span)),
+            ("tunnel_max_lifetime_ms", l.tunnel_max_lifetime_ms.as_ref().map(Spanned::span)),
+        ];
+        let l4_only: [(&str, Option<std::ops::Range<usize>>); 2] = [
+            ("idle_timeout_ms", l.idle_timeout_ms.as_ref().map(Spanned::span)),
+            ("max_lifetime_ms", l.max_lifetime_ms.as_ref().map(Spanned::span)),
+        ];
+        let (wrong, why): (&[_], _) = if l.protocol.is_l4() {
+            (&http_only, "applies to http listeners only")
+        } else {
+            (
+                &l4_only,
+                "applies to tcp and tls-passthrough listeners (an http listener's WebSockets use tunnel_idle_timeout_ms and tunnel_max_lifetime_ms)",
+            )
+        };
+        for (name, span) in wrong {
+            if let Some(span) = span {
+                return Err(self.at(Some(span.clone()), format!("{key}.{name}"), why.to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `proxy_protocol` and `proxy_protocol_from`, which go together.
+    fn proxy_protocol(
+        &self,
+        accept: Option<Spanned<ProxyAccept>>,
+        from: Option<Spanned<Vec<Spanned<String>>>>,
+        key: &str,
+    ) -> Result<Option<ProxyProtocol>, ConfigError> {
+        let (accept, from) = match (accept, from) {
+            (None, None) => return Ok(None),
+            (Some(a), Some(f)) => (a, f),
+            (Some(a), None) => {
+                return Err(self.spanned(
+                    &a,
+                    format!("{key}.proxy_protocol"),
+                    "needs `proxy_protocol_from`: the networks allowed to send a PROXY header, e.g. [\"10.0.0.0/8\"] ([\"0.0.0.0/0\", \"::/0\"] trusts every source)",
+                ));
+            }
+            (None, Some(f)) => {
+                return Err(self.spanned(
+                    &f,
+                    format!("{key}.proxy_protocol_from"),
+                    "has no effect without `proxy_protocol = \"v1\" | \"v2\" | \"any\"`",
+                ));
+            }
+        };
+        let mut nets = Vec::with_capacity(from.get_ref().len());
+        for (i, net) in from.get_ref().iter().enumerate() {
+            let text = net.get_ref().trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    self.spanned(
+                        net,
+                        format!("{key}.proxy_protocol_from[{i}]"),
+                        format!("`{text}` is not an address or network (`10.0.0.0/8`, `192.0.2.7`, `::1`)"),
+                    )
+                })?;
+            nets.push(parsed.trunc());
+        }
+        if nets.is_empty() {
+            return Err(self.spanned(
+                &from,
+                format!("{key}.proxy_protocol_from"),
+                "is empty: name at least one network allowed to send a PROXY header",
+            ));
+        }
+        Ok(Some(ProxyProtocol { accept: *accept.get_ref(), from: nets }))
     }
 
     fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str) -> Result<PluginRef, ConfigError> {

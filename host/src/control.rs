@@ -23,9 +23,10 @@ use crate::config::{Config, ListenerConfig, OnUnhealthy, PoolConfig};
 use crate::core::Verdict;
 use crate::health;
 use crate::http;
-use crate::net::listen::{Acceptor, Slots, Stop};
+use crate::net::listen::{self, Acceptor, Slots, Stop};
 use crate::plugin::PluginRuntime;
 use crate::state::{BuildError, Pool, Snapshot};
+use crate::tcp;
 
 /// One change to a running server.
 #[derive(Debug, Clone)]
@@ -339,13 +340,7 @@ impl Control {
             tracing::info!(listener = %name, %addr, %pool, "listening");
             let acceptor = Acceptor::new(listener, name.clone());
             let slots = Arc::new(Slots::default());
-            let task = tokio::spawn(http::server::serve(
-                acceptor,
-                slots.clone(),
-                name.as_str().into(),
-                self.ctx.clone(),
-                self.stop.clone(),
-            ));
+            let task = tokio::spawn(self.accept_loop(acceptor, slots.clone(), name.as_str().into()));
             writer.listeners.insert(name, Running { addr, task, slots });
             applied.listeners_bound += 1;
         }
@@ -368,6 +363,36 @@ impl Control {
         self.retire_removed(&current, &next, &mut applied);
         tracing::debug!(?applied, took_ms = started.elapsed().as_millis() as u64, "snapshot published");
         Ok(applied)
+    }
+
+    /// A listener's accept loop: each connection is served as the listener's current
+    /// settings say (so a reload that changes its protocol takes effect for the next
+    /// connection, with no rebind).
+    fn accept_loop(&self, acceptor: Acceptor, slots: Arc<Slots>, name: Arc<str>) -> impl Future<Output = ()> + use<> {
+        let (ctx, stop) = (self.ctx.clone(), self.stop.clone());
+        let snapshot = ctx.snapshot.clone();
+        let limit = {
+            let name = name.clone();
+            move || snapshot.load().listeners.get(&*name).and_then(|l| l.max_connections)
+        };
+        listen::serve(acceptor, slots, limit, stop.clone(), move |stream, peer, slot| {
+            // Removed by a reload that has not stopped this loop yet: stop.
+            let Some(config) = ctx.snapshot.load().listeners.get(&*name).cloned() else { return false };
+            if config.protocol.is_l4() {
+                tokio::spawn(tcp::session::run(stream, peer, slot, config, ctx.clone(), stop.clone()));
+            } else {
+                tokio::spawn(http::server::connection(
+                    stream,
+                    peer,
+                    slot,
+                    config,
+                    name.clone(),
+                    ctx.clone(),
+                    stop.clone(),
+                ));
+            }
+            true
+        })
     }
 
     /// Applies health verdicts to `pool`'s backends (each transition logged once; the

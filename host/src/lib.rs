@@ -4,7 +4,7 @@
 //! The host (this crate) does the I/O; plugins implementing the `weir:plugin` WIT worlds
 //! decide. Its modules are layered, each using only those above it in this list
 //! (DESIGN.md, "Host layout"): [`core`] → [`config`] → [`plugin`] → [`state`] → [`net`] →
-//! [`health`] → `http` → [`control`] → [`server`]; [`demo`] and [`simulate`] are tools on top.
+//! [`health`] → `http` → `tcp` → [`control`] → [`server`]; [`demo`] and [`simulate`] are tools on top.
 //! [`Server::start`] binds the listeners of a [`config::Config`] and serves them from one
 //! [`state::Snapshot`] published behind an `ArcSwap` by the one writer
 //! ([`control::Control`]).
@@ -20,5 +20,6 @@ pub mod plugin;
 pub mod server;
 pub mod simulate;
 pub mod state;
+pub(crate) mod tcp;
 
 pub use server::{Server, StartError};

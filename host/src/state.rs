@@ -19,7 +19,7 @@ mod live;
 mod stick;
 mod view;
 
-pub use live::{BackendLive, HealthStatus, MAX_NAMES, PoolLive, Report, Reporter};
+pub use live::{ActiveGuard, BackendLive, HealthStatus, MAX_NAMES, PoolLive, Report, Reporter};
 pub use stick::{StickHold, StickTable};
 pub use view::{Backend, PoolView};
 

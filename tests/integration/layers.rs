@@ -15,12 +15,12 @@ const LAYERS: &[(&str, u8)] = &[
     ("net", 4),
     ("health", 5),
     ("http", 6),
-    ("tcp", 6),
-    ("control", 7),
-    ("admin", 8),
-    ("server", 9),
-    ("demo", 10),
-    ("simulate", 10),
+    ("tcp", 7),
+    ("control", 8),
+    ("admin", 9),
+    ("server", 10),
+    ("demo", 11),
+    ("simulate", 11),
 ];
 
 fn layer(module: &str) -> Option<u8> {

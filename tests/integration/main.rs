@@ -9,6 +9,7 @@ mod control;
 mod drain;
 mod hardening;
 mod health;
+mod l4;
 mod layers;
 mod many_pools;
 mod pack;

@@ -93,7 +93,7 @@ fn durations_accept_integers_and_units() {
 
 #[test]
 fn routes_match_host_and_path_segments() {
-    let r = Route { host: Some("*.example.com".into()), path_prefix: Some("/api".into()), pool: "p".into() };
+    let r = Route { host: Some("*.example.com".into()), path_prefix: Some("/api".into()), sni: None, pool: "p".into() };
     assert!(r.matches(Some("a.example.com:8080"), "/api/v1"));
     assert!(r.matches(Some("A.Example.COM"), "/api"));
     assert!(r.matches(Some("a.example.com"), "/api?x=1"));
@@ -691,7 +691,7 @@ mod props {
             host in prop::option::of(".{0,24}"),
             path in ".{0,24}",
         ) {
-            let r = Route { host: want.clone(), path_prefix: prefix, pool: "p".into() };
+            let r = Route { host: want.clone(), path_prefix: prefix, sni: None, pool: "p".into() };
             let _ = r.matches(host.as_deref(), &path);
             let _ = strip_port(host.as_deref().unwrap_or(""));
         }
@@ -703,7 +703,7 @@ mod props {
             port in prop::option::of(0u16..),
             other in ".{0,20}",
         ) {
-            let r = Route { host: Some(format!("*.{suffix}")), path_prefix: None, pool: "p".into() };
+            let r = Route { host: Some(format!("*.{suffix}")), path_prefix: None, sni: None, pool: "p".into() };
             let with_port = |h: String| match port { Some(p) => format!("{h}:{p}"), None => h };
             let subdomain = with_port(format!("{sub}.{}", suffix.to_ascii_uppercase()));
             prop_assert!(r.matches(Some(&subdomain), "/"));
@@ -721,7 +721,7 @@ mod props {
 fn a_wildcard_route_cut_inside_a_character_does_not_panic() {
     // Found by `a_wildcard_matches_exactly_the_subdomains`: the suffix's length fell
     // inside a multi-byte character of the host, and slicing the `str` there panicked.
-    let r = Route { host: Some("*.example.com".into()), path_prefix: None, pool: "p".into() };
+    let r = Route { host: Some("*.example.com".into()), path_prefix: None, sni: None, pool: "p".into() };
     assert!(!r.matches(Some("aéxample.com"), "/"));
     assert!(r.matches(Some("é.example.com"), "/"));
 }
@@ -805,4 +805,113 @@ fn bad_health_settings_are_located() {
         assert!(column > 1, "{lines}: column {column}");
         assert!(message.contains(want), "{lines}: {message}");
     }
+}
+
+const L4: &str = r#"
+[[listener]]
+name = "db"
+listen = "127.0.0.1:5432"
+protocol = "tcp"
+pool = "db"
+idle_timeout_ms = "10m"
+max_lifetime_ms = "1h"
+
+[[listener]]
+name = "tls"
+listen = "[::]:8443"
+protocol = "tls-passthrough"
+pool = "db"
+peek_timeout_ms = 2000
+proxy_protocol = "v2"
+proxy_protocol_from = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+[[listener.route]]
+sni = "*.Example.com."
+pool = "web"
+
+[pool.db]
+backends = [{ address = "127.0.0.1:9001" }]
+send_proxy = "v1"
+
+[pool.web]
+backends = [{ address = "127.0.0.1:9002" }]
+"#;
+
+#[test]
+fn parses_tcp_and_tls_passthrough_listeners() {
+    let c = Config::parse(L4, None).unwrap();
+    let (db, tls) = (&c.listeners[0], &c.listeners[1]);
+    assert_eq!(db.protocol, ListenerProtocol::Tcp);
+    assert_eq!(db.tunnels.idle_timeout, Duration::from_secs(600));
+    assert_eq!(db.tunnels.max_lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(db.peek_timeout, Duration::from_secs(5), "the default");
+    assert_eq!(db.proxy_protocol, None);
+    assert_eq!(tls.protocol, ListenerProtocol::TlsPassthrough);
+    assert_eq!(tls.tunnels.idle_timeout, Duration::from_secs(3600), "the default");
+    assert_eq!(tls.peek_timeout, Duration::from_secs(2));
+    assert_eq!(tls.routes[0].sni.as_deref(), Some("*.example.com"));
+    assert!(tls.routes[0].matches_sni(Some("db.EXAMPLE.com")));
+    assert!(!tls.routes[0].matches_sni(Some("example.com")));
+    assert!(!tls.routes[0].matches_sni(None));
+    let pp = tls.proxy_protocol.as_ref().unwrap();
+    assert_eq!(pp.accept, ProxyAccept::V2);
+    assert!(pp.trusts("10.1.2.3".parse().unwrap()));
+    assert!(pp.trusts("::ffff:10.1.2.3".parse().unwrap()), "an IPv4-mapped source is its IPv4");
+    assert!(pp.trusts("192.0.2.7".parse().unwrap()));
+    assert!(!pp.trusts("192.0.2.8".parse().unwrap()));
+    assert!(pp.trusts("2001:db8::1".parse().unwrap()));
+    assert_eq!(c.pools["db"].send_proxy, Some(ProxyVersion::V1));
+    assert_eq!(c.pools["web"].send_proxy, None);
+}
+
+#[test]
+fn l4_keys_are_refused_where_they_do_not_apply() {
+    // Each case: a change to L4, the key blamed, and words of the message.
+    let cases = [
+        (
+            "idle_timeout_ms = \"10m\"",
+            "header_read_timeout_ms = 5",
+            "listener[0].header_read_timeout_ms",
+            "http listeners only",
+        ),
+        ("sni = \"*.Example.com.\"", "host = \"a.example.com\"", "listener[1].route[0].host", "route by `sni`"),
+        ("sni = \"*.Example.com.\"", "sni = \"bad name!\"", "listener[1].route[0].sni", "not a server name"),
+        (
+            "proxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+            "",
+            "listener[1].proxy_protocol",
+            "proxy_protocol_from",
+        ),
+        (
+            "proxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+            "proxy_protocol_from = [\"10.0.0.0/33\"]",
+            "listener[1].proxy_protocol_from[0]",
+            "not an address",
+        ),
+        (
+            "proxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+            "proxy_protocol_from = []",
+            "listener[1].proxy_protocol_from",
+            "empty",
+        ),
+        ("proxy_protocol = \"v2\"", "proxy_protocol = \"v3\"", "listener[1].proxy_protocol", "unknown variant"),
+        ("send_proxy = \"v1\"", "send_proxy = \"v9\"", "pool.db.send_proxy", "unknown variant"),
+        ("protocol = \"tcp\"", "protocol = \"udp\"", "listener[0].protocol", "unknown variant"),
+    ];
+    for (from, to, key, words) in cases {
+        let text = L4.replacen(from, to, 1);
+        let (_, _, k, message) = invalid(&text);
+        assert_eq!(k, key, "{to}: {message}");
+        assert!(message.contains(words), "{to}: {message}");
+    }
+    // A tcp listener has nothing to route on.
+    let text =
+        L4.replacen("max_lifetime_ms = \"1h\"", "max_lifetime_ms = \"1h\"\n[[listener.route]]\npool = \"web\"", 1);
+    let (_, _, key, message) = invalid(&text);
+    assert_eq!(key, "listener[0].route[0]", "{message}");
+    // An http listener's WebSockets have their own keys; sni is not an http route.
+    let (_, _, key, message) = invalid(&GOOD.replace("pool = \"web\"\n[[", "pool = \"web\"\nidle_timeout_ms = 5\n[["));
+    assert_eq!(key, "listener[0].idle_timeout_ms", "{message}");
+    assert!(message.contains("tunnel_idle_timeout_ms"), "{message}");
+    let (_, _, key, _) = invalid(&GOOD.replace("path_prefix = \"/api\"", "sni = \"a.example.com\""));
+    assert_eq!(key, "listener[0].route[0].sni");
 }

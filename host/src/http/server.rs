@@ -18,6 +18,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::errors::{ClientIo, ProxyError, looks_bare};
@@ -27,88 +28,62 @@ use super::route::route;
 use super::{ClientBody, ClientFault, Context, ProxyBody};
 use crate::config::ListenerConfig;
 use crate::core::Protocol;
-use crate::net::listen::{Acceptor, Slot, Slots, Stop};
+use crate::net::listen::{Slot, Stop};
 use crate::plugin::PickRequest;
 use crate::state::Placement;
 
-/// Accepts connections until the task is aborted (the listener was removed) or the
-/// server stops (`stop` leaves `Serve`).
-/// With `max_connections`, it waits for one of `slots` before each accept.
-pub(crate) async fn serve(
-    mut acceptor: Acceptor,
-    slots: Arc<Slots>,
+/// Serves one accepted client connection of an http listener with hyper until it
+/// closes or the server aborts; `slot` is its place in the listener's `max_connections`.
+pub(crate) async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    config: Arc<ListenerConfig>,
     name: Arc<str>,
     ctx: Arc<Context>,
-    stop: watch::Receiver<Stop>,
+    mut stop: watch::Receiver<Stop>,
 ) {
-    let mut stopping = stop.clone();
-    let limit = || ctx.snapshot.load().listeners.get(&*name).and_then(|l| l.max_connections);
+    let slot = Arc::new(slot);
+    let _open = ctx.connections.track();
+    let builder = builder(&config);
+    let lookalikes = Arc::new(AtomicUsize::new(0));
+    let io = ClientIo::new(stream, config.max_header_bytes, config.max_headers, lookalikes.clone());
+    let service = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        hyper::service::service_fn(move |req| {
+            let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
+            let slot = slot.clone();
+            async move {
+                let res = handle(req, peer, &name, &ctx, Held { stop, slot }).await;
+                if looks_bare(&res) {
+                    lookalikes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let mut graceful = false;
     loop {
-        let slot = tokio::select! {
-            slot = slots.take(limit) => Arc::new(slot),
-            () = stop_serving(&mut stopping) => return,
-        };
-        let (stream, peer) = tokio::select! {
-            conn = acceptor.accept() => conn,
-            () = stop_serving(&mut stopping) => return,
-        };
-        let Some(config) = ctx.snapshot.load().listeners.get(&*name).cloned() else {
-            // Removed by a reload that has not stopped this task yet.
-            return;
-        };
-        let (ctx, name, mut stop) = (ctx.clone(), name.clone(), stop.clone());
-        tokio::spawn(async move {
-            let _open = ctx.connections.track();
-            let builder = builder(&config);
-            let lookalikes = Arc::new(AtomicUsize::new(0));
-            let io = ClientIo::new(stream, config.max_header_bytes, config.max_headers, lookalikes.clone());
-            let service = {
-                let (ctx, stop) = (ctx.clone(), stop.clone());
-                hyper::service::service_fn(move |req| {
-                    let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
-                    let slot = slot.clone();
-                    async move {
-                        let res = handle(req, peer, &name, &ctx, Held { stop, slot }).await;
-                        if looks_bare(&res) {
-                            lookalikes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok::<_, Infallible>(res)
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            changed = stop.changed() => {
+                let now = if changed.is_ok() { *stop.borrow_and_update() } else { Stop::Abort };
+                match now {
+                    Stop::Abort => return,
+                    Stop::Graceful if !graceful => {
+                        graceful = true;
+                        conn.as_mut().graceful_shutdown();
                     }
-                })
-            };
-            let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            let mut graceful = false;
-            loop {
-                tokio::select! {
-                    done = conn.as_mut() => {
-                        if let Err(e) = done {
-                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                        }
-                        return;
-                    }
-                    changed = stop.changed() => {
-                        let now = if changed.is_ok() { *stop.borrow_and_update() } else { Stop::Abort };
-                        match now {
-                            Stop::Abort => return,
-                            Stop::Graceful if !graceful => {
-                                graceful = true;
-                                conn.as_mut().graceful_shutdown();
-                            }
-                            _ => {}
-                        }
-                    }
+                    _ => {}
                 }
             }
-        });
-    }
-}
-
-/// Resolves when the server stops serving (graceful or not) or is gone.
-async fn stop_serving(stop: &mut watch::Receiver<Stop>) {
-    while *stop.borrow_and_update() == Stop::Serve {
-        if stop.changed().await.is_err() {
-            return;
         }
     }
 }

@@ -18,10 +18,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::ClientBody;
-use crate::state::BackendLive;
+use crate::net;
+use crate::state::{ActiveGuard, BackendLive};
 
 /// An idle keep-alive connection.
 #[derive(Debug)]
@@ -69,22 +69,9 @@ impl IdlePool {
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
-    /// The TCP connect did not finish in time.
-    #[error("connect to {addr} timed out after {after:?}")]
-    Timeout {
-        /// The backend.
-        addr: SocketAddr,
-        /// The timeout.
-        after: Duration,
-    },
-    /// The TCP connect failed.
-    #[error("connect to {addr} failed: {source}")]
-    Io {
-        /// The backend.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The TCP connect failed or timed out.
+    #[error(transparent)]
+    Tcp(#[from] net::connect::ConnectError),
     /// The HTTP/1 handshake failed.
     #[error("handshake with {addr} failed: {source}")]
     Handshake {
@@ -93,23 +80,6 @@ pub(crate) enum ConnectError {
         /// Why.
         source: hyper::Error,
     },
-}
-
-/// Marks a connection to a backend as in use for as long as it lives.
-#[derive(Debug)]
-pub(crate) struct ActiveGuard(Arc<BackendLive>);
-
-impl ActiveGuard {
-    pub(crate) fn new(live: Arc<BackendLive>) -> Self {
-        live.open();
-        Self(live)
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.close();
-    }
 }
 
 /// A connection taken for one request. While the request waits for its response head it
@@ -146,12 +116,7 @@ pub(crate) async fn checkout(
 
 /// Opens a new connection.
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Checkout, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
-        Err(_) => return Err(ConnectError::Timeout { addr, after: timeout }),
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = net::connect::connect(addr, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -168,8 +133,8 @@ impl ConnectError {
     /// The health failure this is.
     pub(crate) fn failure(&self) -> crate::core::Failure {
         match self {
-            ConnectError::Timeout { .. } => crate::core::Failure::Timeout,
-            _ => crate::core::Failure::Connect,
+            ConnectError::Tcp(e) => e.failure(),
+            ConnectError::Handshake { .. } => crate::core::Failure::Connect,
         }
     }
 }
@@ -201,11 +166,11 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if self.max_idle == 0 || conn.sender.is_closed() || self.active.0.is_retired() {
+        if self.max_idle == 0 || conn.sender.is_closed() || self.active.live().is_retired() {
             return;
         }
         let idle = IdleConn { sender: conn.sender, since: Instant::now() };
-        self.pool.push(self.active.0.key(), idle, self.max_idle);
+        self.pool.push(self.active.live().key(), idle, self.max_idle);
     }
 }
 
@@ -223,7 +188,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Err(_))) => {
                 // Cut mid-response: the backend's fault, which its health evaluators hear of.
                 self.conn = None;
-                self.active.0.exchange_failed(crate::core::Failure::Reset, None, 0);
+                self.active.live().exchange_failed(crate::core::Failure::Reset, None, 0);
             }
             _ => {}
         }

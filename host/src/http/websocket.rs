@@ -11,17 +11,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use super::errors::ClientIo;
 use super::headers::remove_hop_by_hop;
 use super::server::Held;
-use super::upstream::ActiveGuard;
 use super::{Context, ProxyBody};
 use crate::config::TunnelLimits;
-use crate::net::listen::Stop;
+use crate::net::listen::aborted;
 use crate::net::tunnel;
-use crate::state::{BackendLive, StickHold};
+use crate::state::{ActiveGuard, BackendLive, StickHold};
 
 /// Hands a `101 Switching Protocols` back to the client and spawns the tunnel. The tunnel
 /// is registered with its backend (where a drain finds it), keeps its stick entry (if
@@ -58,7 +56,10 @@ pub(crate) fn upgrade(
                 Ok(parts) => tunnel::Leg::Tcp(parts.io.into_inner().into_inner(), parts.read_buf),
                 Err(client) => tunnel::Leg::from(client),
             };
-            if let Err(e) = tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order).await {
+            if let Err(e) =
+                tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order, tunnel::Framing::WebSocket)
+                    .await
+            {
                 tracing::debug!(error = %e, "websocket tunnel ended with an error");
             }
         };
@@ -72,13 +73,4 @@ pub(crate) fn upgrade(
     parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())))
-}
-
-/// Resolves when the server says `Abort` or is gone.
-pub(crate) async fn aborted(stop: &mut watch::Receiver<Stop>) {
-    while *stop.borrow_and_update() != Stop::Abort {
-        if stop.changed().await.is_err() {
-            return;
-        }
-    }
 }

@@ -37,15 +37,17 @@ impl Acceptor {
         self.listener.local_addr()
     }
 
-    /// The next connection (with `TCP_NODELAY` set). Never fails: errors are logged and
-    /// waited out.
+    /// The next connection (with `TCP_NODELAY` set) and its client's address (an
+    /// IPv4-mapped IPv6 address as IPv4). Never fails: errors are logged and waited out.
     pub async fn accept(&mut self) -> (TcpStream, SocketAddr) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     self.delay = BACKOFF.0;
                     let _ = stream.set_nodelay(true);
-                    return (stream, peer);
+                    // An IPv4 client of a dual-stack listener is seen as IPv4 everywhere
+                    // (plugins, stick tables, X-Forwarded-For), not as `::ffff:a.b.c.d`.
+                    return (stream, SocketAddr::new(peer.ip().to_canonical(), peer.port()));
                 }
                 Err(e) => {
                     tracing::warn!(listener = %self.name, error = %e, retry_in = ?self.delay, "accept failed");
@@ -53,6 +55,33 @@ impl Acceptor {
                     self.delay = (self.delay * 2).min(BACKOFF.1);
                 }
             }
+        }
+    }
+}
+
+/// Accepts connections until the task is aborted (its listener was removed) or the
+/// server stops serving. With a limit (`limit()`, asked again whenever a slot frees), it
+/// takes one of `slots` before each accept. Each connection goes to `on_accept` with
+/// its slot, which starts its task; when `on_accept` answers false (the listener is gone
+/// from the snapshot), the loop ends.
+pub(crate) async fn serve(
+    mut acceptor: Acceptor,
+    slots: std::sync::Arc<Slots>,
+    limit: impl Fn() -> Option<usize>,
+    mut stop: tokio::sync::watch::Receiver<Stop>,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr, Slot) -> bool,
+) {
+    loop {
+        let slot = tokio::select! {
+            slot = slots.take(&limit) => slot,
+            () = stop_serving(&mut stop) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            conn = acceptor.accept() => conn,
+            () = stop_serving(&mut stop) => return,
+        };
+        if !on_accept(stream, peer, slot) {
+            return;
         }
     }
 }
@@ -66,6 +95,25 @@ pub enum Stop {
     Graceful,
     /// Close now.
     Abort,
+}
+
+/// Resolves when the server stops serving (graceful or not) or is gone: an accept loop
+/// ends then.
+pub(crate) async fn stop_serving(stop: &mut tokio::sync::watch::Receiver<Stop>) {
+    while *stop.borrow_and_update() == Stop::Serve {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Resolves when the server says `Abort` or is gone: a connection ends then.
+pub(crate) async fn aborted(stop: &mut tokio::sync::watch::Receiver<Stop>) {
+    while *stop.borrow_and_update() != Stop::Abort {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Open connections of a server, so a shutdown can wait for them.

@@ -1,5 +1,6 @@
 //! Tunnels: two connections joined so bytes flow both ways until both sides are done
-//! (WebSockets after their upgrade; raw TCP later).
+//! (WebSockets after their upgrade; the connections of tcp and tls-passthrough
+//! listeners, where both directions are spliced).
 //!
 //! An idle tunnel holds no buffer and no pipe. When both legs are plain TCP, each
 //! direction waits for readability with nothing allocated, then moves one burst (until
@@ -35,17 +36,34 @@ use drain::{DrainOrder, FrameTracker};
 /// `activity` value meaning the copy cannot report activity (the buffered fallback).
 const UNTRACKED: u64 = u64::MAX;
 
-/// Joins a client's upgraded connection (`client`) and its backend's (`backend`) until
-/// both directions are finished, the tunnel has been idle (no byte either way) for
+/// What a tunnel carries, which decides how its bytes move and how a drain ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// WebSocket frames: the backend→client direction follows frame boundaries, so a
+    /// drain can put a close frame between two frames before the cut.
+    WebSocket,
+    /// Opaque bytes (L4): both directions are spliced; a drain can only cut, at its
+    /// deadline.
+    Opaque,
+}
+
+/// Joins a client's connection (`client`) and its backend's (`backend`) until both
+/// directions are finished, the tunnel has been idle (no byte either way) for
 /// `limits.idle_timeout`, it reaches `limits.max_lifetime`, or a drain `order` cuts it
-/// (after its close frame went out at the order's moment).
-pub(crate) async fn join(client: Leg, backend: Leg, limits: TunnelLimits, order: &DrainOrder) -> io::Result<()> {
+/// (a WebSocket after its close frame went out at the order's moment).
+pub(crate) async fn join(
+    client: Leg,
+    backend: Leg,
+    limits: TunnelLimits,
+    order: &DrainOrder,
+    framing: Framing,
+) -> io::Result<()> {
     let started = Instant::now();
     // Milliseconds after `started` of the last byte moved, in either direction.
     let activity = AtomicU64::new(0);
     // Set by the watchdog when this tunnel's close frame is due.
     let closing = Closing::default();
-    let copy = copy(client, backend, &activity, started, &closing);
+    let copy = copy(client, backend, &activity, started, &closing, framing);
     // One timer per tunnel, for every limit: it sleeps until the earliest of "idle since
     // the last byte", "too old", "close frame due" and "drain deadline", and re-arms when
     // traffic moved the first one or a drain order arrived.
@@ -57,7 +75,7 @@ pub(crate) async fn join(client: Leg, backend: Leg, limits: TunnelLimits, order:
             let idle_at = (ms != UNTRACKED)
                 .then(|| started.checked_add(Duration::from_millis(ms))?.checked_add(limits.idle_timeout))
                 .flatten();
-            let close_at = order.close_at().filter(|_| !close_sent);
+            let close_at = order.close_at().filter(|_| !close_sent && framing == Framing::WebSocket);
             let cut_at = order.cut_at();
             let deadline = [idle_at, end_of_life, close_at, cut_at].into_iter().flatten().min();
             let now = Instant::now();
@@ -116,9 +134,23 @@ impl From<Upgraded> for Leg {
 }
 
 /// Copies both ways, recording activity; `a` is the client, `b` the backend.
-async fn copy(a: Leg, b: Leg, activity: &AtomicU64, started: Instant, closing: &Closing) -> io::Result<()> {
+async fn copy(
+    a: Leg,
+    b: Leg,
+    activity: &AtomicU64,
+    started: Instant,
+    closing: &Closing,
+    framing: Framing,
+) -> io::Result<()> {
     let touch = || activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     match (a, b) {
+        (Leg::Tcp(a_io, a_early), Leg::Tcp(b_io, b_early)) if framing == Framing::Opaque => {
+            pump::write_all(&b_io, &a_early, &touch).await?;
+            pump::write_all(&a_io, &b_early, &touch).await?;
+            drop((a_early, b_early));
+            tokio::try_join!(pump::splice_until_end(&a_io, &b_io, &touch), pump::splice_until_end(&b_io, &a_io, &touch))
+                .map(|_| ())
+        }
         (Leg::Tcp(a_io, a_early), Leg::Tcp(b_io, b_early)) => {
             // Bytes each side sent right after its upgrade, already read by hyper. They
             // are slices of hyper's read buffers: drop them once written, or each would

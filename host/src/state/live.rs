@@ -404,3 +404,27 @@ impl PoolLive {
         self.fallback.fetch_add(1, Ordering::Relaxed)
     }
 }
+
+/// Counts a connection in its backend's `active` figure (see [`BackendLive::open`]) for
+/// as long as it lives.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<BackendLive>);
+
+impl ActiveGuard {
+    /// Opens a connection of `live`'s backend until the guard drops.
+    pub fn new(live: Arc<BackendLive>) -> Self {
+        live.open();
+        Self(live)
+    }
+
+    /// The backend.
+    pub fn live(&self) -> &Arc<BackendLive> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}

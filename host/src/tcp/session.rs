@@ -1,0 +1,149 @@
+//! One client connection of a tcp or tls-passthrough listener, from accept to close:
+//! the PROXY header (when the listener accepts one from this source), the ClientHello
+//! peek (tls-passthrough), the route, the placement (affinity, then balancer), the
+//! connect (retried once on another eligible backend), the PROXY header to the backend
+//! (when the pool sends one), and then the bytes, spliced both ways until both sides are
+//! done, the connection idles past `idle_timeout_ms` or outlives `max_lifetime_ms`, or a
+//! drain cuts it at the pool's `drain_deadline_ms`.
+//!
+//! While it is joined to its backend the connection counts as one of the backend's
+//! `active` connections (what `least-connections` compares) and is registered where a
+//! drain finds it; a stick entry its affinity plugin set is held as long as it lives.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::route::route;
+use crate::config::{ListenerConfig, ListenerProtocol};
+use crate::core::Protocol;
+use crate::http::Context;
+use crate::net::connect::{self, ConnectError};
+use crate::net::listen::{Slot, Stop, aborted};
+use crate::net::tunnel::{self, Framing, Leg};
+use crate::plugin::PickRequest;
+use crate::state::{ActiveGuard, Placement};
+
+/// Why a connection was closed before (or instead of) reaching a backend.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// The route names a pool the snapshot lacks (a reload in between).
+    #[error("no pool `{0}`")]
+    NoPool(String),
+    /// The pool has no backend that can take the connection.
+    #[error("pool `{0}` has no backend to take the connection")]
+    NoBackend(String),
+    /// The balancer failed and the pool's policy is `reject`.
+    #[error("pool `{0}`: the balancer failed and on_plugin_error is reject")]
+    Rejected(String),
+    /// No backend could be reached.
+    #[error("pool `{pool}`: {source}")]
+    Connect {
+        /// The pool.
+        pool: String,
+        /// The last connect's failure.
+        source: ConnectError,
+    },
+    /// The tunnel ended with an error (a reset, a limit).
+    #[error("{0}")]
+    Tunnel(std::io::Error),
+}
+
+/// Serves one accepted connection; `slot` is its place in the listener's
+/// `max_connections`, held until it closes. Ends when the server aborts.
+pub(crate) async fn run(
+    client: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    config: Arc<ListenerConfig>,
+    ctx: Arc<Context>,
+    mut stop: watch::Receiver<Stop>,
+) {
+    let _held = (ctx.connections.track(), slot);
+    let listener = &config.name;
+    tokio::select! {
+        done = serve(client, peer, &config, &ctx) => match done {
+            Ok(()) => {}
+            Err(e @ (SessionError::NoBackend(_) | SessionError::Rejected(_) | SessionError::NoPool(_) | SessionError::Connect { .. })) => {
+                tracing::warn!(listener = %listener, %peer, error = %e, "connection closed");
+            }
+            Err(e) => tracing::debug!(listener = %listener, %peer, error = %e, "connection ended"),
+        },
+        () = aborted(&mut stop) => {}
+    }
+}
+
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    config: &ListenerConfig,
+    ctx: &Context,
+) -> Result<(), SessionError> {
+    let sni: Option<Box<str>> = None;
+    let protocol = match config.protocol {
+        ListenerProtocol::TlsPassthrough => Protocol::TlsPassthrough,
+        _ => Protocol::Tcp,
+    };
+    let (pool, limits) = {
+        let snapshot = ctx.snapshot.load();
+        let name = route(config, sni.as_deref());
+        match snapshot.pools.get(name) {
+            Some(pool) => (pool.clone(), config.tunnels),
+            None => return Err(SessionError::NoPool(name.to_owned())),
+        }
+    };
+    let mut pick = PickRequest { protocol, client: peer, sni, head: None };
+    let mut avoid = None;
+    let mut attempt = 0;
+    let (id, backend) = loop {
+        let (returned, placement) = pool.place(pick, avoid);
+        pick = returned;
+        let id = match placement {
+            Placement::Backend(id) => id,
+            Placement::NoBackend => return Err(SessionError::NoBackend(pool.view.name.to_string())),
+            Placement::Rejected => return Err(SessionError::Rejected(pool.view.name.to_string())),
+        };
+        let member = &pool.view.members[id as usize];
+        let started = Instant::now();
+        match connect::connect(member.config.socket_addr, pool.config.connect_timeout).await {
+            Ok(stream) => {
+                let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+                member.live.observe_latency(micros);
+                member.live.exchange_succeeded(None, micros);
+                break (id, stream);
+            }
+            Err(e) => {
+                member.live.connect_failures.fetch_add(1, Ordering::Relaxed);
+                member.live.exchange_failed(e.failure(), None, 0);
+                tracing::warn!(pool = %pool.view.name, backend = %member.config.address, attempt, error = %e, "connect failed");
+                if attempt == 0 && pool.view.eligible.len() > 1 {
+                    attempt += 1;
+                    avoid = Some(id);
+                    continue;
+                }
+                return Err(SessionError::Connect { pool: pool.view.name.to_string(), source: e });
+            }
+        }
+    };
+    let live = pool.view.members[id as usize].live.clone();
+    let _active = ActiveGuard::new(live.clone());
+    // The backend is settled: let the affinity plugin pin the client to it. There is no
+    // response to carry a header, so only what it sticks (a stick table entry) counts,
+    // held for as long as the connection lives.
+    let _stick = pool.bind(pick, id).1.hold;
+    let entry = ctx.tunnels.register(&live);
+    drop(pool);
+    tunnel::join(
+        Leg::Tcp(client, bytes::Bytes::new()),
+        Leg::Tcp(backend, bytes::Bytes::new()),
+        limits,
+        &entry.order,
+        Framing::Opaque,
+    )
+    .await
+    .map_err(SessionError::Tunnel)
+}
