@@ -381,3 +381,36 @@ async fn a_removed_backend_is_drained_at_the_deadline() {
     tokio::time::timeout(Duration::from_secs(5), on_b.read_exact(&mut four)).await.unwrap().unwrap();
     assert_eq!(&four, b"fine");
 }
+
+/// An IPv4 client of a dual-stack listener (`[::]:0`) is seen as IPv4 (`127.0.0.1`, not
+/// `::ffff:127.0.0.1`): in `X-Forwarded-For` on http, and by the plugins on tcp (the
+/// `ip-hash` of an IPv4 client on a dual-stack tcp listener agrees with an IPv4 one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_client_of_a_dual_stack_listener_is_seen_as_ipv4() {
+    let backend = support::Upstream::start("a").await;
+    let text = support::config_text(&[backend.addr], "").replace("listen = \"127.0.0.1:0\"", "listen = \"[::]:0\"");
+    let server = support::start(&text).await;
+    let port = server.addr("main").unwrap().port();
+    let (status, body) = support::get(&support::client(), &format!("http://127.0.0.1:{port}/headers")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
+
+    // tcp: ip-hash over many backends places each client address on one backend; the
+    // same clients through a dual-stack and an IPv4-only listener land alike.
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        backends.push(greeter(name).await);
+    }
+    let pool = "balancer = { plugin = \"ip-hash\" }";
+    let v4 = support::start(&tcp_config(&backends, "", pool)).await;
+    let dual =
+        support::start(&tcp_config(&backends, "", pool).replace("listen = \"127.0.0.1:0\"", "listen = \"[::]:0\""))
+            .await;
+    let (v4, dual) = (v4.addr("main").unwrap(), dual.addr("main").unwrap().port());
+    for i in 1..=12u8 {
+        let ip = IpAddr::from([127, 0, 0, i]);
+        let mut a = connect_from(ip, v4).await;
+        let mut b = connect_from(ip, SocketAddr::from(([127, 0, 0, 1], dual))).await;
+        assert_eq!(read_line(&mut a).await, read_line(&mut b).await, "client {ip}");
+    }
+}
