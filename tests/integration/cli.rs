@@ -27,11 +27,20 @@ fn check_names_file_line_column_and_key_of_a_misspelt_key() {
 }
 
 #[test]
-fn check_accepts_the_basic_example() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/basic.toml");
-    let (ok, stdout, stderr) = weir(&["check", "--config", example]);
-    assert!(ok, "{stderr}");
-    assert!(stdout.contains(": ok"), "{stdout}");
+fn check_accepts_every_example_config() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (ok, stdout, stderr) = weir(&["check", "--config", path.to_str().unwrap()]);
+            assert!(ok, "{}: {stderr}", path.display());
+            assert!(stdout.contains(": ok"), "{stdout}");
+            checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    checked.sort();
+    assert_eq!(checked, ["basic.toml", "l4.toml", "tls-passthrough.toml"]);
 }
 
 #[test]
