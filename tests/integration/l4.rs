@@ -414,3 +414,32 @@ async fn an_ipv4_client_of_a_dual_stack_listener_is_seen_as_ipv4() {
         assert_eq!(read_line(&mut a).await, read_line(&mut b).await, "client {ip}");
     }
 }
+
+/// A graceful shutdown (SIGTERM) stops accepting at once, lets open tcp connections go
+/// on until the pool's `drain_deadline_ms`, then cuts them and returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_tcp_connections_up_to_the_deadline() {
+    let backend = greeter("a").await;
+    let pool = "drain_spread_ms = 0\ndrain_deadline_ms = 600";
+    let server = support::start(&tcp_config(&[backend], "", pool)).await;
+    let proxy = server.addr("main").unwrap();
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(read_line(&mut s).await, "a");
+    let started = Instant::now();
+    let shutdown = tokio::spawn(async move {
+        server.shutdown().await;
+        started.elapsed()
+    });
+    // Still served during the drain.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"during").await.unwrap();
+    let mut six = [0u8; 6];
+    s.read_exact(&mut six).await.unwrap();
+    assert_eq!(&six, b"during");
+    assert!(TcpStream::connect(proxy).await.is_err(), "still accepting during shutdown");
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.unwrap();
+    assert!(cut.is_err() || rest.is_empty());
+    let took = tokio::time::timeout(Duration::from_secs(5), shutdown).await.unwrap().unwrap();
+    assert!(took >= Duration::from_millis(500), "returned before the deadline: {took:?}");
+}
