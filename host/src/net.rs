@@ -1,7 +1,9 @@
 //! Connections, below any protocol: binding and accepting ([`listen`]), joining two
 //! connections into a tunnel ([`tunnel`]) and moving bytes between sockets without
-//! copying them ([`splice`]). TLS, SNI peek and the PROXY protocol go here in time.
+//! copying them ([`splice`]), and reading what a connection starts with before anything
+//! consumes it ([`peek`]). TLS, SNI and the PROXY protocol go here in time.
 
 pub mod listen;
+pub mod peek;
 pub(crate) mod splice;
 pub(crate) mod tunnel;
