@@ -16,7 +16,7 @@
 //! first peek was not enough; no `unsafe`).
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::io;
 use std::os::fd::AsFd;
