@@ -1,8 +1,13 @@
 //! Connections, below any protocol: binding and accepting ([`listen`]), joining two
 //! connections into a tunnel ([`tunnel`]) and moving bytes between sockets without
-//! copying them ([`splice`]). TLS, SNI peek and the PROXY protocol go here in time.
+//! copying them ([`splice`]), and reading what a connection starts with before anything
+//! consumes it ([`peek`]): the SNI of a TLS ClientHello ([`sni`]) and a PROXY protocol
+//! header ([`proxy_protocol`], which also writes one for a backend). TLS goes here in time.
 
 pub mod connect;
 pub mod listen;
+pub mod peek;
+pub mod proxy_protocol;
+pub mod sni;
 pub(crate) mod splice;
 pub(crate) mod tunnel;
