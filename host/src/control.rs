@@ -23,7 +23,7 @@ use crate::config::{Config, ListenerConfig, OnUnhealthy, PoolConfig};
 use crate::core::Verdict;
 use crate::health;
 use crate::http;
-use crate::net::listen::{self, Acceptor, Slots, Stop};
+use crate::net::listen::{self, Acceptor, ListenerStats, Slots, Stop};
 use crate::plugin::PluginRuntime;
 use crate::state::{BuildError, Pool, Snapshot};
 use crate::tcp;
@@ -156,6 +156,8 @@ pub struct Control {
     writer: Mutex<Writer>,
     /// Bound listener addresses by name, readable without waiting for the writer.
     addrs: std::sync::RwLock<Vec<(String, SocketAddr)>>,
+    /// Each listener's counters, by name (kept across a rebind to another address).
+    stats: std::sync::RwLock<BTreeMap<String, Arc<ListenerStats>>>,
 }
 
 impl Control {
@@ -172,6 +174,7 @@ impl Control {
             stop,
             writer: Mutex::new(Writer { listeners: BTreeMap::new() }),
             addrs: std::sync::RwLock::default(),
+            stats: std::sync::RwLock::default(),
         });
         let writer = Arc::downgrade(&control);
         tokio::spawn(async move {
@@ -198,6 +201,11 @@ impl Control {
     /// The health plugins watching `pool`, with their counters (calls, traps, timeouts).
     pub fn health_plugins(&self, pool: &str) -> Vec<Arc<crate::plugin::Health>> {
         self.health.evaluators(pool)
+    }
+
+    /// The counters of the named listener.
+    pub fn listener_stats(&self, name: &str) -> Option<Arc<ListenerStats>> {
+        self.stats.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
     /// The bound address of each listener, by name, in name order.
@@ -331,6 +339,7 @@ impl Control {
                 running.task.abort();
                 if !to_bind.iter().any(|l| &l.name == name) {
                     applied.listeners_closed += 1;
+                    self.stats.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
                 }
                 tracing::info!(listener = %name, addr = %running.addr, "listener closed");
             }
@@ -340,7 +349,14 @@ impl Control {
             tracing::info!(listener = %name, %addr, %pool, "listening");
             let acceptor = Acceptor::new(listener, name.clone());
             let slots = Arc::new(Slots::default());
-            let task = tokio::spawn(self.accept_loop(acceptor, slots.clone(), name.as_str().into()));
+            let stats = self
+                .stats
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(name.clone())
+                .or_default()
+                .clone();
+            let task = tokio::spawn(self.accept_loop(acceptor, slots.clone(), name.as_str().into(), stats));
             writer.listeners.insert(name, Running { addr, task, slots });
             applied.listeners_bound += 1;
         }
@@ -368,7 +384,13 @@ impl Control {
     /// A listener's accept loop: each connection is served as the listener's current
     /// settings say (so a reload that changes its protocol takes effect for the next
     /// connection, with no rebind).
-    fn accept_loop(&self, acceptor: Acceptor, slots: Arc<Slots>, name: Arc<str>) -> impl Future<Output = ()> + use<> {
+    fn accept_loop(
+        &self,
+        acceptor: Acceptor,
+        slots: Arc<Slots>,
+        name: Arc<str>,
+        stats: Arc<ListenerStats>,
+    ) -> impl Future<Output = ()> + use<> {
         let (ctx, stop) = (self.ctx.clone(), self.stop.clone());
         let snapshot = ctx.snapshot.clone();
         let limit = {
@@ -378,18 +400,12 @@ impl Control {
         listen::serve(acceptor, slots, limit, stop.clone(), move |stream, peer, slot| {
             // Removed by a reload that has not stopped this loop yet: stop.
             let Some(config) = ctx.snapshot.load().listeners.get(&*name).cloned() else { return false };
+            stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (ctx, stop, stats) = (ctx.clone(), stop.clone(), stats.clone());
             if config.protocol.is_l4() {
-                tokio::spawn(tcp::session::run(stream, peer, slot, config, ctx.clone(), stop.clone()));
+                tokio::spawn(tcp::session::run(stream, peer, slot, config, stats, ctx, stop));
             } else {
-                tokio::spawn(http::server::connection(
-                    stream,
-                    peer,
-                    slot,
-                    config,
-                    name.clone(),
-                    ctx.clone(),
-                    stop.clone(),
-                ));
+                tokio::spawn(http::server::connection(stream, peer, slot, config, stats, ctx, stop));
             }
             true
         })

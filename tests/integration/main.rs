@@ -10,6 +10,7 @@ mod drain;
 mod hardening;
 mod health;
 mod l4;
+mod l4_tls;
 mod layers;
 mod many_pools;
 mod pack;

@@ -16,6 +16,7 @@ use super::upstream::{self, ConnectError, UpstreamBody};
 use super::{ClientBody, ClientFault, Context, ProxyBody, websocket};
 use crate::config::TunnelLimits;
 use crate::core::Failure as HealthFailure;
+use crate::net::proxy_protocol::send;
 use crate::plugin::PickRequest;
 use crate::state::{Binding, Pool};
 
@@ -54,8 +55,10 @@ pub(crate) async fn forward(
     let live = &backend.live;
     let addr = backend.config.socket_addr;
     let cfg = &pool.config;
-    let mut conn =
-        upstream::checkout(&ctx.idle, live, addr, cfg.connect_timeout, cfg.idle_timeout).await.map_err(|e| {
+    let proxy = cfg.send_proxy.map(|v| send::encode(v.into(), pick.client, exchange.held.local));
+    let mut conn = upstream::checkout(&ctx.idle, live, addr, cfg.connect_timeout, cfg.idle_timeout, proxy.as_ref())
+        .await
+        .map_err(|e| {
             live.exchange_failed(e.failure(), None, 0);
             Failure::Connect(e)
         })?;
@@ -132,7 +135,8 @@ pub(crate) async fn forward(
     {
         // The connection now belongs to the tunnel; its request sender is no longer needed.
         drop(conn);
-        let held = Held { stop: exchange.held.stop.clone(), slot: exchange.held.slot.clone() };
+        let held =
+            Held { stop: exchange.held.stop.clone(), slot: exchange.held.slot.clone(), local: exchange.held.local };
         let mut res = websocket::upgrade(ctx, res, client, live.clone(), bound.hold, exchange.tunnel_limits, held);
         add_headers(res.headers_mut(), bound.headers);
         return Ok(res);
@@ -140,6 +144,8 @@ pub(crate) async fn forward(
     let (mut parts, incoming) = res.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     add_headers(&mut parts.headers, bound.headers);
-    let body = UpstreamBody::new(incoming, conn, ctx.idle.clone(), live.clone(), cfg.max_idle_per_backend);
+    // A connection that began with a PROXY header names its client: never reused.
+    let max_idle = if proxy.is_some() { 0 } else { cfg.max_idle_per_backend };
+    let body = UpstreamBody::new(incoming, conn, ctx.idle.clone(), live.clone(), max_idle);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }

@@ -28,7 +28,8 @@ use super::route::route;
 use super::{ClientBody, ClientFault, Context, ProxyBody};
 use crate::config::ListenerConfig;
 use crate::core::Protocol;
-use crate::net::listen::{Slot, Stop};
+use crate::net::listen::{ListenerStats, Slot, Stop};
+use crate::net::proxy_protocol;
 use crate::plugin::PickRequest;
 use crate::state::Placement;
 
@@ -39,12 +40,27 @@ pub(crate) async fn connection(
     peer: SocketAddr,
     slot: Slot,
     config: Arc<ListenerConfig>,
-    name: Arc<str>,
+    stats: Arc<ListenerStats>,
     ctx: Arc<Context>,
     mut stop: watch::Receiver<Stop>,
 ) {
     let slot = Arc::new(slot);
     let _open = ctx.connections.track();
+    let mut stream = stream;
+    let from =
+        match proxy_protocol::client_of(&mut stream, peer, config.proxy_protocol.as_ref(), config.peek_timeout).await {
+            Ok(from) => from,
+            Err(e) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listener = %config.name, %peer, error = %e, "connection refused");
+                return;
+            }
+        };
+    // The client as plugins, stick tables and X-Forwarded-For see it, and the address it
+    // connected to (named in a PROXY header weir sends a backend).
+    let peer = from.addr;
+    let Some(local) = from.destination.or_else(|| stream.local_addr().ok()) else { return };
+    let name: Arc<str> = Arc::from(config.name.as_str());
     let builder = builder(&config);
     let lookalikes = Arc::new(AtomicUsize::new(0));
     let io = ClientIo::new(stream, config.max_header_bytes, config.max_headers, lookalikes.clone());
@@ -54,7 +70,7 @@ pub(crate) async fn connection(
             let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
             let slot = slot.clone();
             async move {
-                let res = handle(req, peer, &name, &ctx, Held { stop, slot }).await;
+                let res = handle(req, peer, &name, &ctx, Held { stop, slot, local }).await;
                 if looks_bare(&res) {
                     lookalikes.fetch_add(1, Ordering::Relaxed);
                 }
@@ -110,6 +126,8 @@ fn builder(config: &ListenerConfig) -> http1::Builder {
 pub(crate) struct Held {
     pub(crate) stop: watch::Receiver<Stop>,
     pub(crate) slot: Arc<Slot>,
+    /// The address the client connected to (or, behind a proxy, asked for).
+    pub(crate) local: SocketAddr,
 }
 
 /// Handles one request end to end. Never fails: every error becomes a response.

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 
 use super::ClientBody;
 use crate::net;
+use crate::net::proxy_protocol::send;
 use crate::state::{ActiveGuard, BackendLive};
 
 /// An idle keep-alive connection.
@@ -72,6 +73,14 @@ pub(crate) enum ConnectError {
     /// The TCP connect failed or timed out.
     #[error(transparent)]
     Tcp(#[from] net::connect::ConnectError),
+    /// The PROXY header could not be written.
+    #[error("sending the PROXY header to {addr} failed: {source}")]
+    Preface {
+        /// The backend.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The HTTP/1 handshake failed.
     #[error("handshake with {addr} failed: {source}")]
     Handshake {
@@ -92,14 +101,20 @@ pub(crate) struct Checkout {
     pub(crate) reused: bool,
 }
 
-/// Takes an idle connection to the backend, or opens a new one.
+/// Takes an idle connection to the backend, or opens a new one. With a PROXY header to
+/// send (`proxy`), always a new one that starts with it: such a connection names one
+/// client, so it is never shared.
 pub(crate) async fn checkout(
     pool: &IdlePool,
     live: &BackendLive,
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    proxy: Option<&send::Header>,
 ) -> Result<Checkout, ConnectError> {
+    if let Some(header) = proxy {
+        return connect_with(addr, connect_timeout, header.as_bytes()).await;
+    }
     loop {
         let Some(mut idle) = pool.pop(live.key()) else { break };
         if idle.since.elapsed() >= idle_timeout || idle.sender.is_closed() {
@@ -116,7 +131,16 @@ pub(crate) async fn checkout(
 
 /// Opens a new connection.
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Checkout, ConnectError> {
-    let stream = net::connect::connect(addr, timeout).await?;
+    connect_with(addr, timeout, &[]).await
+}
+
+/// Opens a new connection whose first bytes are `preface` (a PROXY header, or nothing).
+async fn connect_with(addr: SocketAddr, timeout: Duration, preface: &[u8]) -> Result<Checkout, ConnectError> {
+    let mut stream = net::connect::connect(addr, timeout).await?;
+    if !preface.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(preface).await.map_err(|source| ConnectError::Preface { addr, source })?;
+    }
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -134,7 +158,7 @@ impl ConnectError {
     pub(crate) fn failure(&self) -> crate::core::Failure {
         match self {
             ConnectError::Tcp(e) => e.failure(),
-            ConnectError::Handshake { .. } => crate::core::Failure::Connect,
+            ConnectError::Handshake { .. } | ConnectError::Preface { .. } => crate::core::Failure::Connect,
         }
     }
 }

@@ -33,7 +33,7 @@ pub(crate) fn upgrade(
     limits: TunnelLimits,
     held: Held,
 ) -> Response<ProxyBody> {
-    let Held { mut stop, slot } = held;
+    let Held { mut stop, slot, .. } = held;
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
     let entry = ctx.tunnels.register(&live);

@@ -86,6 +86,21 @@ pub(crate) async fn serve(
     }
 }
 
+/// A listener's own counters, for the logs now and the admin API in time.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections accepted.
+    pub accepted: std::sync::atomic::AtomicU64,
+    /// Connections closed before they reached a backend because of what the client sent
+    /// or did not send in time: a PROXY header missing, malformed or from a source not
+    /// allowed to send one; no TLS ClientHello (garbage, or nothing before
+    /// `peek_timeout_ms`).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// tcp and tls-passthrough connections closed because no backend could take them (no
+    /// eligible backend, the balancer rejected, every connect failed).
+    pub unserved: std::sync::atomic::AtomicU64,
+}
+
 /// What a server tells its connection tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {

@@ -14,6 +14,63 @@ pub mod send;
 mod tests;
 
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::config::{ProxyAccept, ProxyProtocol, ProxyVersion};
+use expect::ProxyError;
+
+/// Who a new connection's client is, as its listener sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The client: the PROXY header's source when a trusted source sent one, else the
+    /// connection's peer.
+    pub addr: SocketAddr,
+    /// The address the client connected to, when a PROXY header said so.
+    pub destination: Option<SocketAddr>,
+}
+
+/// The client of a connection from `peer` to a listener with PROXY protocol `settings`:
+/// a source in `proxy_protocol_from` must start with a header (waited for up to
+/// `timeout`; its bytes are consumed, nothing after them), whose address is the
+/// client's; any other source is its own client, and is refused if what it has sent so
+/// far is a header.
+pub async fn client_of(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    settings: Option<&ProxyProtocol>,
+    timeout: Duration,
+) -> Result<Client, ProxyError> {
+    let own = Client { addr: peer, destination: None };
+    let Some(settings) = settings else { return Ok(own) };
+    if !settings.trusts(peer.ip()) {
+        if expect::header_arrived(stream) {
+            return Err(ProxyError::Untrusted { peer });
+        }
+        return Ok(own);
+    }
+    let accept = match settings.accept {
+        ProxyAccept::V1 => expect::Accept::V1,
+        ProxyAccept::V2 => expect::Accept::V2,
+        ProxyAccept::Any => expect::Accept::Any,
+    };
+    let header = expect::read_header(stream, accept, timeout).await?;
+    Ok(match header.source {
+        Some(addr) => Client { addr, destination: header.destination },
+        // LOCAL or UNKNOWN: the proxy speaks for itself (a health check, say).
+        None => own,
+    })
+}
+
+impl From<ProxyVersion> for Version {
+    fn from(v: ProxyVersion) -> Self {
+        match v {
+            ProxyVersion::V1 => Version::V1,
+            ProxyVersion::V2 => Version::V2,
+        }
+    }
+}
 
 /// A version of the PROXY protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -23,7 +24,10 @@ use crate::config::{ListenerConfig, ListenerProtocol};
 use crate::core::Protocol;
 use crate::http::Context;
 use crate::net::connect::{self, ConnectError};
-use crate::net::listen::{Slot, Stop, aborted};
+use crate::net::listen::{ListenerStats, Slot, Stop, aborted};
+use crate::net::peek::PeekError;
+use crate::net::proxy_protocol::{self, expect::ProxyError, send};
+use crate::net::sni;
 use crate::net::tunnel::{self, Framing, Leg};
 use crate::plugin::PickRequest;
 use crate::state::{ActiveGuard, Placement};
@@ -31,6 +35,13 @@ use crate::state::{ActiveGuard, Placement};
 /// Why a connection was closed before (or instead of) reaching a backend.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
+    /// The PROXY header expected from this source was missing or wrong, or a source not
+    /// allowed to send one did.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// No ClientHello arrived in time, or what arrived is not one.
+    #[error("no TLS ClientHello: {0}")]
+    Hello(#[from] PeekError),
     /// The route names a pool the snapshot lacks (a reload in between).
     #[error("no pool `{0}`")]
     NoPool(String),
@@ -48,18 +59,28 @@ pub(crate) enum SessionError {
         /// The last connect's failure.
         source: ConnectError,
     },
+    /// Writing the PROXY header to the backend failed.
+    #[error("sending the PROXY header to {backend}: {source}")]
+    SendProxy {
+        /// The backend.
+        backend: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The tunnel ended with an error (a reset, a limit).
     #[error("{0}")]
     Tunnel(std::io::Error),
 }
 
 /// Serves one accepted connection; `slot` is its place in the listener's
-/// `max_connections`, held until it closes. Ends when the server aborts.
+/// `max_connections`, held until it closes; `stats` are its listener's counters. Ends
+/// when the server aborts.
 pub(crate) async fn run(
     client: TcpStream,
     peer: SocketAddr,
     slot: Slot,
     config: Arc<ListenerConfig>,
+    stats: Arc<ListenerStats>,
     ctx: Arc<Context>,
     mut stop: watch::Receiver<Stop>,
 ) {
@@ -67,26 +88,35 @@ pub(crate) async fn run(
     let listener = &config.name;
     tokio::select! {
         done = serve(client, peer, &config, &ctx) => match done {
-            Ok(()) => {}
-            Err(e @ (SessionError::NoBackend(_) | SessionError::Rejected(_) | SessionError::NoPool(_) | SessionError::Connect { .. })) => {
+            Ok(()) | Err(SessionError::Tunnel(_)) => {}
+            Err(e @ (SessionError::Proxy(_) | SessionError::Hello(_))) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listener = %listener, %peer, error = %e, "connection refused");
+            }
+            Err(e) => {
+                stats.unserved.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(listener = %listener, %peer, error = %e, "connection closed");
             }
-            Err(e) => tracing::debug!(listener = %listener, %peer, error = %e, "connection ended"),
         },
         () = aborted(&mut stop) => {}
     }
 }
 
 async fn serve(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     config: &ListenerConfig,
     ctx: &Context,
 ) -> Result<(), SessionError> {
-    let sni: Option<Box<str>> = None;
-    let protocol = match config.protocol {
-        ListenerProtocol::TlsPassthrough => Protocol::TlsPassthrough,
-        _ => Protocol::Tcp,
+    let from =
+        proxy_protocol::client_of(&mut client, peer, config.proxy_protocol.as_ref(), config.peek_timeout).await?;
+    let (protocol, sni) = match config.protocol {
+        ListenerProtocol::TlsPassthrough => {
+            // Peeked, not read: the ClientHello reaches the backend untouched.
+            let hello = sni::peek_sni(&client, config.peek_timeout, sni::PEEK_MAX).await?;
+            (Protocol::TlsPassthrough, hello.sni.map(String::into_boxed_str))
+        }
+        _ => (Protocol::Tcp, None),
     };
     let (pool, limits) = {
         let snapshot = ctx.snapshot.load();
@@ -96,10 +126,10 @@ async fn serve(
             None => return Err(SessionError::NoPool(name.to_owned())),
         }
     };
-    let mut pick = PickRequest { protocol, client: peer, sni, head: None };
+    let mut pick = PickRequest { protocol, client: from.addr, sni, head: None };
     let mut avoid = None;
     let mut attempt = 0;
-    let (id, backend) = loop {
+    let (id, mut backend) = loop {
         let (returned, placement) = pool.place(pick, avoid);
         pick = returned;
         let id = match placement {
@@ -129,7 +159,21 @@ async fn serve(
             }
         }
     };
-    let live = pool.view.members[id as usize].live.clone();
+    let member = &pool.view.members[id as usize];
+    if let Some(version) = pool.config.send_proxy {
+        // To the backend, the client is who weir took it for, and the address it
+        // connected to is the one it asked for (behind a proxy, the one its header named).
+        let to = match from.destination {
+            Some(to) => to,
+            None => client.local_addr().map_err(SessionError::Tunnel)?,
+        };
+        let header = send::encode(version.into(), from.addr, to);
+        backend
+            .write_all(header.as_bytes())
+            .await
+            .map_err(|source| SessionError::SendProxy { backend: member.config.address.clone(), source })?;
+    }
+    let live = member.live.clone();
     let _active = ActiveGuard::new(live.clone());
     // The backend is settled: let the affinity plugin pin the client to it. There is no
     // response to carry a header, so only what it sticks (a stick table entry) counts,

@@ -13,6 +13,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -48,6 +50,12 @@ pub enum ProxyError {
     /// No valid header arrived: timeout, end of stream, garbage or too long.
     #[error("no valid PROXY protocol header: {0}")]
     Header(#[from] PeekError),
+    /// A source outside `proxy_protocol_from` sent a header.
+    #[error("{peer} sent a PROXY protocol header but is not in proxy_protocol_from")]
+    Untrusted {
+        /// Who sent it.
+        peer: std::net::SocketAddr,
+    },
     /// Consuming the header's bytes after peeking them failed.
     #[error("reading the PROXY protocol header failed: {source}")]
     Read {
@@ -76,6 +84,23 @@ pub async fn read_header(stream: &mut TcpStream, accept: Accept, timeout: Durati
         left -= n;
     }
     Ok(header)
+}
+
+/// Whether the bytes `stream` has already received (looked at now, neither waiting nor
+/// consuming) begin a PROXY protocol header of either version: at least 6 bytes that are
+/// the start of one. For a connection from a source not allowed to send a header, which
+/// is then refused; one whose first bytes have not arrived yet is not judged, since
+/// on a tcp listener the server may be the one to speak first.
+pub fn header_arrived(stream: &TcpStream) -> bool {
+    // A duplicate descriptor for a plain, non-blocking peek (it shares the non-blocking
+    // file status of the original); what it sees is the same socket's.
+    let Ok(fd) = stream.as_fd().try_clone_to_owned() else { return false };
+    let dup = std::net::TcpStream::from(fd);
+    let mut buf = [0u8; 12];
+    match dup.peek(&mut buf) {
+        Ok(n) if n >= 6 => !matches!(parse(&buf[..n], Accept::Any), Peeked::Invalid(_)),
+        _ => false,
+    }
 }
 
 /// Judges the first bytes of a connection as a PROXY protocol header of a version
