@@ -55,6 +55,8 @@ pub struct PickRequest {
     pub client: SocketAddr,
     /// TLS SNI.
     pub sni: Option<Box<str>>,
+    /// The ALPN protocols a TLS client offered, in its order.
+    pub alpn: Vec<String>,
     /// The HTTP request head, for HTTP traffic.
     pub head: Option<Box<http::request::Parts>>,
 }
@@ -63,7 +65,13 @@ pub struct PickRequest {
 /// and a stand-in while a request is lent out.
 impl Default for PickRequest {
     fn default() -> Self {
-        PickRequest { protocol: Protocol::Tcp, client: SocketAddr::from(([0, 0, 0, 0], 0)), sni: None, head: None }
+        PickRequest {
+            protocol: Protocol::Tcp,
+            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            sni: None,
+            alpn: Vec::new(),
+            head: None,
+        }
     }
 }
 

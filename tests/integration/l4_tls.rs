@@ -341,3 +341,50 @@ async fn untrusted_headers_and_missing_headers_are_refused() {
     assert!(n.is_err() || got.is_empty());
     support::eventually("the missing header refused", || stats.refused.load(Ordering::Relaxed) == 2).await;
 }
+
+/// A user-written balancer (`tests/fixtures/by-tls`) sees the SNI and the ALPN protocols
+/// of a tls-passthrough connection (`request.sni`, `request.alpn`) and routes on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_the_sni_and_alpn_of_a_passthrough_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let h2 = TlsBackend::start(dir.path(), "h2.example.com").await;
+    let db = TlsBackend::start(dir.path(), "db.example.com").await;
+    let other = TlsBackend::start(dir.path(), "other.example.com").await;
+    let text = format!(
+        "[plugins]\ncache_dir = {:?}\ncall_timeout_ms = 50\n\n[[listener]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"tls-passthrough\"\npool = \"p\"\n\n[pool.p]\nbackends = [{{ address = \"{}\" }}, {{ address = \"{}\", labels = {{ match = \"db.example.com\" }} }}, {{ address = \"{}\", labels = {{ match = \"h2\" }} }}]\nbalancer = {{ plugin = {:?} }}\n",
+        support::cache_dir().display().to_string(),
+        other.addr,
+        db.addr,
+        h2.addr,
+        support::fixture("by-tls").display().to_string(),
+    );
+    let server = support::start(&text).await;
+    let proxy = server.addr("tls").unwrap();
+    let (ok, subject) = s_client(proxy, Some("db.example.com"), &db.cert, "db.example.com").await;
+    assert!(ok && subject.contains("db.example.com"), "by SNI: {subject}");
+    let (ok, subject) = s_client_alpn(proxy, "db.example.com", "h2,http/1.1", &h2.cert, "h2.example.com").await;
+    assert!(ok && subject.contains("h2.example.com"), "by ALPN: {subject}");
+    let (ok, subject) = s_client(proxy, Some("www.example.com"), &other.cert, "other.example.com").await;
+    assert!(ok && subject.contains("other.example.com"), "neither: {subject}");
+}
+
+/// [`s_client`] offering the ALPN protocols `alpn` (comma-separated).
+async fn s_client_alpn(
+    proxy: SocketAddr,
+    servername: &str,
+    alpn: &str,
+    ca: &Path,
+    verify_name: &str,
+) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &proxy.to_string(), "-verify_return_error", "-servername", servername])
+        .args(["-alpn", alpn, "-verify_hostname", verify_name])
+        .arg("-CAfile")
+        .arg(ca)
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let subject = text.lines().find_map(|l| l.strip_prefix("subject=")).unwrap_or("").to_owned();
+    (out.status.success() && text.contains("Verify return code: 0 (ok)"), subject)
+}

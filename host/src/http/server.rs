@@ -163,7 +163,7 @@ async fn handle(
         head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     let protocol = if websocket { Protocol::WebSocket } else { Protocol::Http1 };
-    let mut pick = PickRequest { protocol, client: peer, sni: None, head: Some(Box::new(head)) };
+    let mut pick = PickRequest { protocol, client: peer, sni: None, alpn: Vec::new(), head: Some(Box::new(head)) };
     let client_fault = Arc::new(ClientFault::default());
     let body = ClientBody::new(body, client_fault.clone());
     let mut exchange = Exchange { body: Some(body), client_fault, client_upgrade, tunnel_limits, held };

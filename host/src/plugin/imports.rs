@@ -171,6 +171,10 @@ impl bindings::request::Host for InstanceState {
         self.request.as_ref().and_then(|r| r.sni.as_deref()).map(str::to_owned)
     }
 
+    fn alpn(&mut self) -> Vec<String> {
+        self.request.as_ref().map(|r| r.alpn.clone()).unwrap_or_default()
+    }
+
     fn method(&mut self) -> Option<String> {
         self.head().map(|h| h.method.as_str().to_owned())
     }

@@ -110,13 +110,13 @@ async fn serve(
 ) -> Result<(), SessionError> {
     let from =
         proxy_protocol::client_of(&mut client, peer, config.proxy_protocol.as_ref(), config.peek_timeout).await?;
-    let (protocol, sni) = match config.protocol {
+    let (protocol, sni, alpn) = match config.protocol {
         ListenerProtocol::TlsPassthrough => {
             // Peeked, not read: the ClientHello reaches the backend untouched.
             let hello = sni::peek_sni(&client, config.peek_timeout, sni::PEEK_MAX).await?;
-            (Protocol::TlsPassthrough, hello.sni.map(String::into_boxed_str))
+            (Protocol::TlsPassthrough, hello.sni.map(String::into_boxed_str), hello.alpn)
         }
-        _ => (Protocol::Tcp, None),
+        _ => (Protocol::Tcp, None, Vec::new()),
     };
     let (pool, limits) = {
         let snapshot = ctx.snapshot.load();
@@ -126,7 +126,7 @@ async fn serve(
             None => return Err(SessionError::NoPool(name.to_owned())),
         }
     };
-    let mut pick = PickRequest { protocol, client: from.addr, sni, head: None };
+    let mut pick = PickRequest { protocol, client: from.addr, sni, alpn, head: None };
     let mut avoid = None;
     let mut attempt = 0;
     let (id, mut backend) = loop {
