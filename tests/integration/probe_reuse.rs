@@ -300,3 +300,76 @@ async fn a_new_connection_closed_before_the_answer_is_a_reset_failure() {
     assert_eq!(r.failure, Some(Failure::Reset), "{r:?}");
     assert!(r.detail.starts_with("response: "), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_chunked_body_is_searched_across_chunks_and_read_to_its_end() {
+    let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+        3\r\nhel\r\n4;ext=1\r\nlo w\r\n4\r\norld\r\n0\r\nx-trailer: 1\r\n\r\n";
+    let (addr, mut heads, _) = raw_keepalive(answer, false).await;
+    let mut session = Session::new();
+    let mut c = config("/healthz");
+    c.expect_body = Some("hello world".to_owned());
+    for _ in 0..3 {
+        assert_passed(&run(&mut session, &c, addr).await);
+        assert!(session.is_connected());
+    }
+    // Without expect_body, the body is still read to its end: the connection carries on.
+    c.expect_body = None;
+    assert_passed(&run(&mut session, &c, addr).await);
+    c.expect_body = Some("goodbye".to_owned());
+    let r = run(&mut session, &c, addr).await;
+    assert_eq!(r.failure, Some(Failure::Body), "{r:?}");
+    assert_eq!(r.detail, "body does not contain `goodbye`");
+    let seen: Vec<u64> = drain(&mut heads).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(seen, [1, 1, 1, 1, 1]);
+}
+
+#[tokio::test]
+async fn an_informational_answer_is_skipped() {
+    let answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, mut heads, _) = raw_keepalive(answer, false).await;
+    let mut session = Session::new();
+    for _ in 0..2 {
+        assert_passed(&run(&mut session, &config("/healthz"), addr).await);
+    }
+    let seen: Vec<u64> = drain(&mut heads).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(seen, [1, 1]);
+}
+
+#[tokio::test]
+async fn http_1_0_and_bodies_that_end_with_the_connection_are_not_kept() {
+    let (addr, mut heads, _) = raw_keepalive(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+    let mut session = Session::new();
+    for _ in 0..2 {
+        assert_passed(&run(&mut session, &config("/healthz"), addr).await);
+        assert!(!session.is_connected());
+    }
+    let seen: Vec<u64> = drain(&mut heads).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(seen, [1, 2]);
+    // No length: the body ends when the backend closes (which it does after answering).
+    let (addr, mut heads, _) = raw_keepalive(b"HTTP/1.1 200 OK\r\n\r\nall is ok", true).await;
+    let mut c = config("/healthz");
+    c.expect_body = Some("is ok".to_owned());
+    for _ in 0..2 {
+        assert_passed(&run(&mut session, &c, addr).await);
+        assert!(!session.is_connected());
+    }
+    let seen: Vec<u64> = drain(&mut heads).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(seen, [1, 2]);
+}
+
+#[tokio::test]
+async fn bad_framing_is_a_protocol_failure() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+    ] {
+        let (addr, _heads, _) = raw_keepalive(answer, false).await;
+        let mut c = config("/healthz");
+        c.expect_body = Some("nowhere".to_owned());
+        let r = run(&mut Session::new(), &c, addr).await;
+        assert_eq!(r.failure, Some(Failure::Protocol), "{} gave {r:?}", String::from_utf8_lossy(answer));
+    }
+}

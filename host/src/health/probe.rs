@@ -4,28 +4,22 @@
 //! ([`ProbeResult`]); counting results into verdicts is the evaluators' job.
 //!
 //! This runs for every backend of every probed pool on every interval, so the success
-//! path allocates only what hyper or tungstenite need and logs nothing. The http probe
-//! drives its hyper connection inside its own future instead of spawning it, so the
-//! connection (and its socket) ends exactly when the probe does, timeout included; a
-//! [`Session`]'s kept connection is only polled while a probe uses it.
+//! path logs nothing and, for an http probe on a [`Session`]'s kept connection, allocates
+//! nothing. The http probe speaks HTTP/1.1 itself on its socket (its request written
+//! whole, the response parsed with httparse, the body decoded only as far as needed), with
+//! no connection task: the connection (and its socket) is only read while a probe uses
+//! it, and ends exactly when the probe does, timeout included.
 
-use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::HeaderValue;
-use http::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Body as _;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::header::{CONNECTION, HOST, USER_AGENT};
 use memchr::memmem;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -147,85 +141,345 @@ async fn tcp(addr: SocketAddr, start: Instant, seen: &mut Seen) -> Result<(), Fa
 }
 
 async fn http(config: &ProbeConfig, addr: SocketAddr, host: &str, start: Instant, seen: &mut Seen) -> Result<(), Fail> {
-    let request = request(&config.path, host, true)?;
+    let mut request = Vec::new();
+    write_request(&mut request, &config.path, host, true)?;
     // No TCP_NODELAY: the request is one write on a fresh connection, which Nagle's
     // algorithm never holds back (a syscall saved per probe).
     let stream = connect(addr).await?;
     seen.stage = Stage::Answer;
-    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| Fail(Failure::Protocol, format!("http: {e}")))?;
-    let mut conn = Some(conn);
-    let exchange = std::pin::pin!(async {
-        let response =
-            sender.send_request(request).await.map_err(|e| exchange_failure(&e, "response", Failure::Protocol))?;
-        check(config, response, start, seen, None).await.map(|_| ())
-    });
-    drive(&mut conn, exchange).await
+    match exchange(&mut Conn::new(stream), &request, config, start, seen, None).await {
+        Attempt::Passed(_) => Ok(()),
+        Attempt::Stale(fail) | Attempt::Failed(fail) => Err(fail),
+    }
 }
 
-/// Polls `exchange` and, beside it, the connection that carries it (never spawned: it ends
-/// with the probe). The exchange goes first, so its request is queued before the
-/// connection first reads (else a server that speaks first, as SSH does, fails the idle
-/// connection and the request only learns it was canceled), and again after, to take what
-/// the connection just delivered. A connection that has finished is dropped (`conn` is
-/// left `None`), which also fails a request it never took.
-async fn drive<T>(
-    conn: &mut Option<http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>>,
-    mut exchange: Pin<&mut impl Future<Output = T>>,
-) -> T {
-    poll_fn(|cx| {
-        if let Some(c) = conn.as_mut() {
-            if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
-                return Poll::Ready(done);
+/// Longest response head (status line and headers, 1xx heads included) a probe reads.
+const MAX_HEAD: usize = 64 << 10;
+
+/// Most headers a response head may have (hyper's default).
+const MAX_HEADERS: usize = 100;
+
+/// Longest chunk-size line, or trailer section, a chunked body may have.
+const MAX_CHUNK_LINE: usize = 4 << 10;
+
+/// A probe's HTTP/1.1 connection: the request is written whole, the response read into a
+/// buffer of the connection's own and parsed in place (httparse), its body decoded only as
+/// far as the probe needs. No task, no header map, no allocation per probe once the buffer
+/// has grown to the responses' size.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read; `buf[pos..]` are not consumed yet.
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("buffered", &(self.buf.len() - self.pos)).finish_non_exhaustive()
+    }
+}
+
+/// Why reading the response stopped short.
+enum ReadError {
+    /// The backend closed the connection.
+    Closed,
+    /// The socket failed.
+    Io(io::Error),
+    /// What came is not HTTP/1.x (the detail says what).
+    Protocol(String),
+}
+
+impl ReadError {
+    /// As a probe's failure, `what` saying what was being read.
+    fn fail(self, what: &str) -> Fail {
+        match self {
+            ReadError::Closed => Fail(Failure::Reset, format!("{what}: closed early")),
+            ReadError::Io(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput) => {
+                Fail(Failure::Protocol, format!("{what}: {e}"))
             }
-            if Pin::new(c).poll(cx).is_ready() {
-                *conn = None;
+            ReadError::Io(e) => Fail(Failure::Reset, format!("{what}: {}", io_reason(&e))),
+            ReadError::Protocol(detail) => Fail(Failure::Protocol, format!("{what}: {detail}")),
+        }
+    }
+}
+
+/// How a response's body is delimited, and how much of it is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// This many bytes (`content-length`, or none at all).
+    Length(u64),
+    /// Chunked, at this point of its framing.
+    Chunked(Chunk),
+    /// Up to the end of the connection.
+    Close,
+    /// Read to its end.
+    Done,
+}
+
+/// Where a chunked body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// In a chunk's data, with this many bytes left.
+    Data(u64),
+    /// At the CRLF that ends a chunk's data.
+    DataEnd,
+    /// In the trailer section, after the last chunk.
+    Trailers,
+}
+
+/// What a probe needs of a response head.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    body: Body,
+    /// Whether the connection may carry another request after this response (HTTP/1.1,
+    /// no `Connection: close`, a body that does not end with the connection).
+    reusable: bool,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        Self { stream, buf: Vec::with_capacity(1 << 10), pos: 0 }
+    }
+
+    /// Whether a kept connection can carry a request: nothing came on it since the last
+    /// response (no end of stream, no unasked bytes). Costs no syscall while tokio knows
+    /// the socket has nothing to read.
+    fn idle(&self) -> bool {
+        self.pos == self.buf.len()
+            && matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads more of the response into the buffer.
+    async fn fill(&mut self) -> Result<(), ReadError> {
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.buf.capacity() - self.buf.len() < 512 && self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 512 {
+            self.buf.reserve(self.buf.capacity().max(4 << 10));
+        }
+        match self.stream.read_buf(&mut self.buf).await {
+            Ok(0) => Err(ReadError::Closed),
+            Ok(_) => Ok(()),
+            Err(e) => Err(ReadError::Io(e)),
+        }
+    }
+
+    /// Reads the response head (skipping 1xx heads but 101). `Err(None)`: the connection
+    /// ended before any byte of the answer.
+    async fn head(&mut self) -> Result<Head, Option<ReadError>> {
+        let mut answered = false;
+        loop {
+            let parsed = parse_head(&self.buf[self.pos..]).map_err(|e| Some(ReadError::Protocol(e)))?;
+            if let Some((len, head)) = parsed {
+                self.pos += len;
+                answered = true;
+                match head {
+                    Some(head) => return Ok(head),
+                    None => continue, // 1xx
+                }
+            }
+            if self.buf.len() - self.pos >= MAX_HEAD {
+                return Err(Some(ReadError::Protocol(format!("head over {} KiB", MAX_HEAD >> 10))));
+            }
+            answered |= self.buf.len() > self.pos;
+            match self.fill().await {
+                Ok(()) => {}
+                Err(ReadError::Closed) if !answered => return Err(None),
+                Err(ReadError::Io(e)) if !answered && is_reset(&e) => return Err(None),
+                Err(e) => return Err(Some(e)),
             }
         }
-        exchange.as_mut().poll(cx)
-    })
-    .await
+    }
+
+    /// The next piece of the body, as a range of `self.buf` (consumed: valid until the
+    /// next call); `None` at its end.
+    async fn piece(&mut self, body: &mut Body) -> Result<Option<std::ops::Range<usize>>, ReadError> {
+        loop {
+            let available = self.buf.len() - self.pos;
+            match body {
+                Body::Done | Body::Length(0) => {
+                    *body = Body::Done;
+                    return Ok(None);
+                }
+                Body::Length(left) | Body::Chunked(Chunk::Data(left)) => {
+                    if available == 0 {
+                        self.fill().await?;
+                        continue;
+                    }
+                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(available);
+                    *left -= n as u64;
+                    if *body == Body::Chunked(Chunk::Data(0)) {
+                        *body = Body::Chunked(Chunk::DataEnd);
+                    }
+                    self.pos += n;
+                    return Ok(Some(self.pos - n..self.pos));
+                }
+                Body::Close => {
+                    if available == 0 {
+                        match self.fill().await {
+                            Err(ReadError::Closed) => *body = Body::Done,
+                            other => other?,
+                        }
+                        continue;
+                    }
+                    self.pos += available;
+                    return Ok(Some(self.pos - available..self.pos));
+                }
+                Body::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&self.buf[self.pos..]) {
+                    Ok(httparse::Status::Complete((len, size))) => {
+                        self.pos += len;
+                        *body = Body::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                    }
+                    Ok(httparse::Status::Partial) if available < MAX_CHUNK_LINE => self.fill().await?,
+                    _ => return Err(ReadError::Protocol("invalid chunk size".to_owned())),
+                },
+                Body::Chunked(Chunk::DataEnd) => {
+                    if available < 2 {
+                        self.fill().await?;
+                        continue;
+                    }
+                    if &self.buf[self.pos..self.pos + 2] != b"\r\n" {
+                        return Err(ReadError::Protocol("chunk data not followed by CRLF".to_owned()));
+                    }
+                    self.pos += 2;
+                    *body = Body::Chunked(Chunk::Size);
+                }
+                Body::Chunked(Chunk::Trailers) => match memchr::memmem::find(&self.buf[self.pos..], b"\r\n") {
+                    // The empty line ends the body; a trailer is skipped.
+                    Some(0) => {
+                        self.pos += 2;
+                        *body = Body::Done;
+                    }
+                    Some(at) => self.pos += at + 2,
+                    None if available < MAX_CHUNK_LINE => self.fill().await?,
+                    None => return Err(ReadError::Protocol("trailer line too long".to_owned())),
+                },
+            }
+        }
+    }
 }
 
-/// Checks a response: its status, then (if asked) its body for `expect_body`. With
-/// `to_end`, a response that passes also has the rest of its body read, up to
-/// [`MAX_PROBE_BODY`] in all and until the deadline given, so that its connection can carry
-/// the next probe: returns whether the body was read to its end (false: longer, slower, or
-/// a read that failed after the verdict, which does not change it).
-async fn check(
+/// Parses a response head at the start of `bytes`: `None` if it is not complete yet,
+/// else its length and what the probe needs of it (`None` for a 1xx head to skip).
+fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Option<Head>)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let status = response.code.unwrap_or(0);
+    if (100..200).contains(&status) && status != 101 {
+        return Ok(Some((len, None)));
+    }
+    let mut close = response.version != Some(1);
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            close |= h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Chunked only if it is the last coding.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            for v in h.value.split(|&b| b == b',') {
+                let v = std::str::from_utf8(v.trim_ascii())
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| "invalid content-length".to_owned())?;
+                if length.is_some_and(|l| l != v) {
+                    return Err("conflicting content-length".to_owned());
+                }
+                length = Some(v);
+            }
+        }
+    }
+    let body = match (status, chunked, length) {
+        (101 | 204 | 304, _, _) => Body::Length(0),
+        (_, Some(true), _) => Body::Chunked(Chunk::Size),
+        (_, Some(false), _) | (_, None, None) => Body::Close,
+        (_, None, Some(n)) => Body::Length(n),
+    };
+    let reusable = !close && status != 101 && body != Body::Close;
+    Ok(Some((len, Some(Head { status, body, reusable }))))
+}
+
+/// Whether a socket error means the peer ended the connection.
+fn is_reset(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected | UnexpectedEof)
+}
+
+/// How an exchange ended.
+#[derive(Debug)]
+enum Attempt {
+    /// It passed; with `true`, the connection may carry the next probe.
+    Passed(bool),
+    /// The connection was closed before an answer: on a kept one, go again on a new one
+    /// (on a new one, that is the failure).
+    Stale(Fail),
+    /// A real failure.
+    Failed(Fail),
+}
+
+/// One request on `conn` and its response checked: its status, then (if asked) its body
+/// for `expect_body`. With `to_end`, a response that passes also has the rest of its body
+/// read, up to [`MAX_PROBE_BODY`] in all and until the deadline given, so that its
+/// connection can carry the next probe: `Passed(true)` if it can (false: longer, slower,
+/// a read that failed after the verdict, which does not change it, or a response that
+/// closes the connection).
+async fn exchange(
+    conn: &mut Conn,
+    request: &[u8],
     config: &ProbeConfig,
-    response: http::Response<hyper::body::Incoming>,
     start: Instant,
     seen: &mut Seen,
     to_end: Option<tokio::time::Instant>,
-) -> Result<bool, Fail> {
-    let status = response.status().as_u16();
-    seen.status = Some(status);
-    seen.latency = start.elapsed();
-    if !config.expect_status.contains(status) {
-        return Err(Fail(Failure::Status, format!("status {status} is not in {}", config.expect_status)));
+) -> Attempt {
+    if let Err(e) = conn.stream.write_all(request).await {
+        let fail = Fail(Failure::Reset, format!("request: {}", io_reason(&e)));
+        return if is_reset(&e) { Attempt::Stale(fail) } else { Attempt::Failed(fail) };
     }
-    let mut body = response.into_body();
+    let head = match conn.head().await {
+        Ok(head) => head,
+        Err(None) => return Attempt::Stale(Fail(Failure::Reset, "response: closed before the answer".to_owned())),
+        Err(Some(e)) => return Attempt::Failed(e.fail("response")),
+    };
+    seen.status = Some(head.status);
+    seen.latency = start.elapsed();
+    if !config.expect_status.contains(head.status) {
+        let fail = Fail(Failure::Status, format!("status {} is not in {}", head.status, config.expect_status));
+        return Attempt::Failed(fail);
+    }
+    let mut body = head.body;
     let mut read = 0;
     if let Some(needle) = config.expect_body.as_deref() {
         seen.stage = Stage::Body;
         let mut search = BodySearch::new(needle.as_bytes());
         loop {
-            let data = match body.frame().await {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => data,
-                    Err(_) => continue, // trailers
-                },
-                Some(Err(e)) => return Err(exchange_failure(&e, "body", Failure::Reset)),
-                None => return Err(Fail(Failure::Body, format!("body does not contain `{}`", quote(needle)))),
+            let piece = match conn.piece(&mut body).await {
+                Ok(Some(piece)) => piece,
+                Ok(None) => {
+                    return Attempt::Failed(Fail(Failure::Body, format!("body does not contain `{}`", quote(needle))));
+                }
+                Err(e) => return Attempt::Failed(e.fail("body")),
             };
-            read += data.len();
-            match search.push(&data) {
+            read += piece.len();
+            match search.push(&conn.buf[piece]) {
                 Search::Found => break,
                 Search::More => {}
                 Search::Exhausted => {
-                    return Err(Fail(
+                    return Attempt::Failed(Fail(
                         Failure::Body,
                         format!("body does not contain `{}` in its first {} KiB", quote(needle), MAX_PROBE_BODY >> 10),
                     ));
@@ -235,26 +489,40 @@ async fn check(
     }
     // The verdict is in: what follows only decides whether the connection is kept, and
     // ends by the probe's deadline (this timer is polled before the probe's own).
-    let Some(deadline) = to_end else { return Ok(false) };
+    let Some(deadline) = to_end else { return Attempt::Passed(false) };
+    if !head.reusable {
+        return Attempt::Passed(false);
+    }
     let rest = async {
-        while !body.is_end_stream() {
-            if body.size_hint().lower() > MAX_PROBE_BODY.saturating_sub(read) as u64 {
+        loop {
+            if let Body::Length(left) | Body::Chunked(Chunk::Data(left)) = body
+                && left > MAX_PROBE_BODY.saturating_sub(read) as u64
+            {
                 return false;
             }
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    read += frame.data_ref().map_or(0, Bytes::len);
+            match conn.piece(&mut body).await {
+                Ok(Some(piece)) => {
+                    read += piece.len();
                     if read > MAX_PROBE_BODY {
                         return false;
                     }
                 }
-                Some(Err(_)) => return false,
-                None => break,
+                Ok(None) => break,
+                Err(_) => return false,
             }
+        }
+        // Bytes past the response were not asked for: the connection is not trusted.
+        if conn.pos != conn.buf.len() {
+            return false;
+        }
+        // A buffer grown by a large response is not kept for the next probe.
+        if conn.buf.capacity() > 16 << 10 {
+            conn.buf = Vec::with_capacity(1 << 10);
+            conn.pos = 0;
         }
         true
     };
-    Ok(tokio::time::timeout_at(deadline, rest).await.unwrap_or(false))
+    Attempt::Passed(tokio::time::timeout_at(deadline, rest).await.unwrap_or(false))
 }
 
 /// A backend's http probes, one after another, on one connection kept open between them
@@ -263,42 +531,42 @@ async fn check(
 /// TIME_WAIT. Any other probe (tcp, websocket, or http without `reuse_connection`) runs as
 /// [`probe`] does, on a connection of its own.
 ///
-/// The kept connection is not polled between probes; a backend that closed it meanwhile
-/// is found out when the next probe uses it, which then goes again once on a new
-/// connection, within the same timeout: a closed idle connection is not a failure. Any
-/// failure, a response that says `Connection: close`, or a body over 64 KiB drops the
-/// connection, so the next probe starts afresh. A connection weir closes (dropped, or the
-/// session with it) is closed with a reset (SO_LINGER 0, as HAProxy's checks do), which
-/// leaves no TIME_WAIT behind.
+/// The kept connection is not read between probes; a backend that closed it meanwhile is
+/// found out when the next probe is about to use it (tokio has seen it readable), or when
+/// it does, which then goes again once on a new connection, within the same timeout: a
+/// closed idle connection is not a failure. Any failure, a response that says
+/// `Connection: close` (or is HTTP/1.0, or ends with the connection), or a body over 64 KiB
+/// drops the connection, so the next probe starts afresh. A connection weir closes
+/// (dropped, or the session with it) is closed with a reset (SO_LINGER 0, as HAProxy's
+/// checks do), which leaves no TIME_WAIT behind.
+///
+/// The request is built once and kept with the session, for as long as the path and host
+/// stay the same.
 #[derive(Debug, Default)]
 pub struct Session {
-    kept: Option<Kept>,
+    kept: Option<Conn>,
+    request: Request,
 }
 
-/// An established probe connection and its sender.
-struct Kept {
-    sender: http1::SendRequest<Empty<Bytes>>,
-    conn: http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>,
+/// A session's request, as bytes, and the path and host it was built for.
+#[derive(Debug, Default)]
+struct Request {
+    path: String,
+    host: String,
+    bytes: Vec<u8>,
 }
 
-impl std::fmt::Debug for Kept {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kept").finish_non_exhaustive()
+impl Request {
+    /// The request for `path` and `host`, built if they changed.
+    fn for_target(&mut self, path: &str, host: &str) -> Result<&[u8], Fail> {
+        if self.bytes.is_empty() || self.path != path || self.host != host {
+            self.bytes.clear();
+            write_request(&mut self.bytes, path, host, false)?;
+            path.clone_into(&mut self.path);
+            host.clone_into(&mut self.host);
+        }
+        Ok(&self.bytes)
     }
-}
-
-/// How an attempt on a kept connection ended.
-// Returned once per probe and moved at once: boxing the connection would cost an
-// allocation per probe.
-#[allow(clippy::large_enum_variant)]
-enum Attempt {
-    /// It passed; the connection may carry the next probe.
-    Passed(Option<Kept>),
-    /// The connection was closed before an answer: on a kept one, go again on a new one
-    /// (on a new one, that is the failure).
-    Stale(Fail),
-    /// A real failure.
-    Failed(Fail),
 }
 
 impl Session {
@@ -323,12 +591,13 @@ impl Session {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + config.timeout;
         let mut seen = Seen { status: None, latency: Duration::ZERO, stage: Stage::Answer };
-        let kept = &mut self.kept;
+        let Self { kept, request } = self;
         let run = async {
-            if let Some(old) = kept.take().filter(|k| !k.sender.is_closed()) {
-                match attempt(config, old, request(&config.path, host, false)?, (start, deadline), &mut seen).await {
-                    Attempt::Passed(again) => {
-                        *kept = again;
+            let request = request.for_target(&config.path, host)?;
+            if let Some(mut conn) = kept.take().filter(Conn::idle) {
+                match exchange(&mut conn, request, config, start, &mut seen, Some(deadline)).await {
+                    Attempt::Passed(keep) => {
+                        *kept = keep.then_some(conn);
                         return Ok(());
                     }
                     Attempt::Failed(fail) => return Err(fail),
@@ -340,20 +609,10 @@ impl Session {
             // Closed by weir, it is reset: no TIME_WAIT (it is only closed this way).
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             seen.stage = Stage::Answer;
-            let (sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(|e| Fail(Failure::Protocol, format!("http: {e}")))?;
-            match attempt(
-                config,
-                Kept { sender, conn },
-                request(&config.path, host, false)?,
-                (start, deadline),
-                &mut seen,
-            )
-            .await
-            {
-                Attempt::Passed(again) => {
-                    *kept = again;
+            let mut conn = Conn::new(stream);
+            match exchange(&mut conn, request, config, start, &mut seen, Some(deadline)).await {
+                Attempt::Passed(keep) => {
+                    *kept = keep.then_some(conn);
                     Ok(())
                 }
                 Attempt::Failed(fail) | Attempt::Stale(fail) => Err(fail),
@@ -372,93 +631,29 @@ impl Session {
     }
 }
 
-/// One request on `kept`, its response checked and read to its end.
-async fn attempt(
-    config: &ProbeConfig,
-    kept: Kept,
-    request: http::Request<Empty<Bytes>>,
-    (start, deadline): (Instant, tokio::time::Instant),
-    seen: &mut Seen,
-) -> Attempt {
-    let Kept { mut sender, conn } = kept;
-    let mut conn = Some(conn);
-    let outcome = {
-        let exchange = std::pin::pin!(async {
-            let response = match poll_fn(|cx| sender.poll_ready(cx)).await {
-                Ok(()) => sender.send_request(request).await,
-                Err(e) => Err(e),
-            };
-            let response = match response {
-                Ok(response) => response,
-                Err(e) => {
-                    let fail = exchange_failure(&e, "response", Failure::Protocol);
-                    // Before any answer, a connection that ended is one the backend closed.
-                    let stale = e.is_canceled() || e.is_closed() || fail.0 == Failure::Reset;
-                    return Err(if stale { Attempt::Stale(fail) } else { Attempt::Failed(fail) });
-                }
-            };
-            let close = response
-                .headers()
-                .get_all(CONNECTION)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
-            let to_end = check(config, response, start, seen, Some(deadline)).await.map_err(Attempt::Failed)?;
-            Ok(to_end && !close)
-        });
-        drive(&mut conn, exchange).await
-    };
-    match outcome {
-        Ok(keep) => Attempt::Passed(conn.filter(|_| keep).map(|conn| Kept { sender, conn })),
-        Err(attempt) => attempt,
+/// Appends the probe's request to `out`: `GET path` with `Host`, `User-Agent`, `Accept`
+/// and, with `close`, `Connection: close`. The path and host are checked as a request path
+/// and a header value.
+fn write_request(out: &mut Vec<u8>, path: &str, host: &str, close: bool) -> Result<(), Fail> {
+    if http::Uri::try_from(path).is_err() {
+        return Err(Fail(Failure::Protocol, format!("`{path}` is not a request path")));
     }
-}
-
-/// The probe's request: `GET path` with `Host`, `User-Agent`, `Accept` and, with
-/// `close`, `Connection: close`.
-fn request(path: &str, host: &str, close: bool) -> Result<http::Request<Empty<Bytes>>, Fail> {
-    let uri =
-        http::Uri::try_from(path).map_err(|_| Fail(Failure::Protocol, format!("`{path}` is not a request path")))?;
-    let host =
-        HeaderValue::from_str(host).map_err(|_| Fail(Failure::Protocol, format!("`{host}` is not a Host header")))?;
-    let mut request = http::Request::new(Empty::new());
-    *request.uri_mut() = uri;
-    let headers = request.headers_mut();
-    headers.reserve(4);
-    headers.insert(HOST, host);
-    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-    headers.insert(ACCEPT, HeaderValue::from_static("*/*"));
-    if close {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    if HeaderValue::from_str(host).is_err() {
+        return Err(Fail(Failure::Protocol, format!("`{host}` is not a Host header")));
     }
-    Ok(request)
-}
-
-/// Classifies an error of the exchange by its root cause: what was not HTTP is `Protocol`,
-/// a connection that ended (reset, closed, cut short) is `Reset`, anything else
-/// `otherwise`. `what` says what was being read.
-fn exchange_failure(e: &hyper::Error, what: &str, otherwise: Failure) -> Fail {
-    // hyper wraps the cause of a request it never sent ("canceled") and of a failed body.
-    let mut root = e;
-    let mut io = None;
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            root = h;
-        } else if let Some(i) = s.downcast_ref::<io::Error>() {
-            io = Some(i);
-            break;
-        }
-        source = s.source();
+    for part in [
+        "GET ",
+        path,
+        " HTTP/1.1\r\nhost: ",
+        host,
+        "\r\nuser-agent: ",
+        USER_AGENT_VALUE,
+        "\r\naccept: */*\r\n",
+        if close { "connection: close\r\n\r\n" } else { "\r\n" },
+    ] {
+        out.extend_from_slice(part.as_bytes());
     }
-    match io {
-        Some(io) if matches!(io.kind(), io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput) => {
-            Fail(Failure::Protocol, format!("{what}: {io}"))
-        }
-        Some(io) => Fail(Failure::Reset, format!("{what}: {}", io_reason(io))),
-        None if root.is_parse() => Fail(Failure::Protocol, format!("{what}: {root}")),
-        None if root.is_incomplete_message() || root.is_closed() => Fail(Failure::Reset, format!("{what}: {root}")),
-        None => Fail(otherwise, format!("{what}: {root}")),
-    }
+    Ok(())
 }
 
 /// An I/O error in a few words: `connection refused` rather than `Connection refused (os
