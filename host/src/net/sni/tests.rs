@@ -41,7 +41,8 @@ fn alpn_ext(names: &[&str]) -> Vec<u8> {
 }
 
 /// A ClientHello handshake message (with its 4-byte header) carrying `extensions`
-/// between a GREASE value and `supported_versions`, as browsers send them.
+/// between a GREASE value and `supported_versions`, as browsers send them (without
+/// `signature_algorithms`, which a TLS-terminating server could require but routing must not).
 fn message_with(extensions: &[Vec<u8>]) -> Vec<u8> {
     let mut ext = vec![0x0a, 0x0a, 0, 0];
     for e in extensions {
@@ -134,6 +135,42 @@ fn a_hello_in_one_byte_records() {
     let message = message(Some("db.example.com"), &[]);
     let wire = records(&message, &vec![1; message.len()]);
     assert_eq!(parse_client_hello(&wire), Peeked::Done(hello(Some("db.example.com"), &[])));
+    // Cut inside any record header or payload, it asks for more rather than failing.
+    for n in 0..wire.len() {
+        assert_eq!(parse_client_hello(&wire[..n]), Peeked::NeedMore, "prefix of {n} bytes");
+    }
+}
+
+/// A `padding` extension (RFC 7685) of `n` zero bytes.
+fn padding_ext(n: usize) -> Vec<u8> {
+    let mut ext = vec![0, 21];
+    push16(&mut ext, &vec![0; n]);
+    ext
+}
+
+#[test]
+fn a_hello_of_the_largest_size_fits_the_peek_limit() {
+    let small = message_with(&[sni_ext(&[b"db.example.com"]), padding_ext(0)]);
+    let pad = MAX_HELLO + 4 - small.len();
+    let largest = message_with(&[sni_ext(&[b"db.example.com"]), padding_ext(pad)]);
+    assert_eq!(largest.len(), MAX_HELLO + 4);
+    let wire = records(&largest, &[1 << 14]);
+    assert_eq!(wire.len(), PEEK_MAX);
+    assert_eq!(parse_client_hello(&wire), Peeked::Done(hello(Some("db.example.com"), &[])));
+    for n in [0, 4095, 4096, 4097, 8192, 1 << 14, (1 << 14) + 5, (1 << 14) + 7, PEEK_MAX - 1] {
+        assert_eq!(parse_client_hello(&wire[..n]), Peeked::NeedMore, "prefix of {n} bytes");
+    }
+    // One byte more is refused from the handshake header.
+    let over = message_with(&[sni_ext(&[b"db.example.com"]), padding_ext(pad + 1)]);
+    assert_eq!(assert_invalid(&records(&over, &[1 << 14])[..9]), "ClientHello longer than the limit");
+}
+
+#[test]
+fn what_follows_the_hello_in_its_own_record_is_ignored() {
+    // No client sends more before the server's reply; the backend judges it.
+    let mut message = message(Some("db.example.com"), &[]);
+    message.extend_from_slice(&[20, 0, 0, 0]);
+    assert_eq!(parse_client_hello(&records(&message, &[])), Peeked::Done(hello(Some("db.example.com"), &[])));
 }
 
 #[test]
@@ -141,6 +178,8 @@ fn a_hello_without_sni_or_without_any_extension() {
     let wire = records(&message(None, &["http/1.1"]), &[]);
     assert_eq!(parse_client_hello(&wire), Peeked::Done(hello(None, &["http/1.1"])));
 
+    // A TLS 1.0 hello without extensions (so without `signature_algorithms`, which rustls
+    // requires): no SNI and no ALPN, the default route.
     let mut body = vec![3, 1];
     body.extend_from_slice(&[9; 32]);
     body.push(0);
@@ -160,6 +199,11 @@ fn garbage_is_invalid_from_its_first_bytes() {
     assert_eq!(assert_invalid(b"\x80\x2e\x01\x03\x01"), "not a TLS handshake record");
     assert_eq!(assert_invalid(b"\x16\x02"), "not a TLS record version (3.x)");
     assert_eq!(assert_invalid(b"\x16\x03\x01\x00\x00"), "empty handshake record");
+    // A handshake record, then a record of another type in the middle of the hello.
+    let message = message(Some("db.example.com"), &[]);
+    let mut wire = records(&message[..10], &[]);
+    wire.extend_from_slice(b"\x17\x03\x03\x00\x01x");
+    assert_eq!(assert_invalid(&wire), "not a TLS handshake record");
     assert_eq!(assert_invalid(b"\x16\x03\x01\x40\x01"), "TLS record longer than 2^14 bytes");
     // A ServerHello, not a ClientHello.
     assert_eq!(assert_invalid(b"\x16\x03\x03\x00\x10\x02"), "the first handshake message is not a ClientHello");
@@ -181,36 +225,47 @@ fn inconsistent_lengths_are_invalid() {
     let mut short = message(Some("db.example.com"), &[]);
     short[3] -= 1;
     short.pop();
-    assert_eq!(assert_invalid(&records(&short, &[])), "a length runs past the end of its ClientHello field");
+    assert_eq!(assert_invalid(&records(&short, &[])), "malformed ClientHello");
     // One byte too many: trailing bytes after the extensions.
     let mut long = message(Some("db.example.com"), &[]);
     long[3] += 1;
     long.push(0);
-    assert_eq!(assert_invalid(&records(&long, &[])), "bytes after the ClientHello extensions");
+    assert_eq!(assert_invalid(&records(&long, &[])), "malformed ClientHello");
 }
 
+/// Host names are read as rustls reads them (so as a TLS-terminating listener will): a
+/// trailing dot is dropped (the name routes as without it), an IP literal is taken for no
+/// name (the default route, as for a client that sends none), and a last label that is all
+/// digits is refused.
 #[test]
 fn names_that_are_not_host_names_are_invalid() {
     for bad in [
-        &b"db.example.com."[..],
-        b"",
-        b"db example.com",
+        &b"db example.com"[..],
         b"db..example.com",
         b"-db.example.com",
         b"db-.example.com",
         b"\xc3\xa9t\xc3\xa9.example",
-        b"127.0.0.1",
-        b"::1",
         b"db.example.com\0",
+        b"db.example.123",
+        b"",
+        b".",
         &[b'a'; 64],
         format!("{}ab", "a.".repeat(126)).as_bytes(),
     ] {
         let wire = records(&message_with(&[sni_ext(&[bad])]), &[]);
         assert_eq!(parse_client_hello(&wire), Peeked::Invalid("server_name is not a valid host name"), "{bad:?}");
     }
-    for good in ["a", "_dmarc.example.com", "xn--bcher-kva.example", "1.2.3.4.example", "a".repeat(63).as_str()] {
+    for good in
+        ["a", "_dmarc.example.com", "xn--bcher-kva.example", "1.2.3.4.example", "db.0x1f", "a".repeat(63).as_str()]
+    {
         let wire = records(&message_with(&[sni_ext(&[good.as_bytes()])]), &[]);
         assert_eq!(parse_client_hello(&wire), Peeked::Done(hello(Some(good), &[])), "{good}");
+    }
+    let wire = records(&message_with(&[sni_ext(&[b"DB.example.com."])]), &[]);
+    assert_eq!(parse_client_hello(&wire), Peeked::Done(hello(Some("db.example.com"), &[])));
+    for ip in [&b"127.0.0.1"[..], b"::1"] {
+        let wire = records(&message_with(&[sni_ext(&[ip])]), &[]);
+        assert_eq!(parse_client_hello(&wire), Peeked::Done(hello(None, &[])), "{ip:?}");
     }
 }
 
@@ -223,6 +278,55 @@ fn ambiguous_names_are_invalid() {
     assert_eq!(assert_invalid(&wire), "two host names in server_name");
     let wire = records(&message_with(&[sni_ext(&[])]), &[]);
     assert_eq!(assert_invalid(&wire), "server_name without a host name");
+    // Only a name of another (undefined) type: skipped, so no host name.
+    let mut other = sni_ext(&[b"a.example"]);
+    other[6] = 1;
+    let wire = records(&message_with(&[other]), &[]);
+    assert_eq!(assert_invalid(&wire), "server_name without a host name");
+    let wire = records(&message_with(&[alpn_ext(&["h2"]), alpn_ext(&["h2"])]), &[]);
+    assert_eq!(assert_invalid(&wire), "two ALPN extensions");
+}
+
+/// `ext` with its list's length (bytes 4..6) grown by `extra` bytes, which are appended.
+fn with_trailing_bytes(mut ext: Vec<u8>, extra: &[u8]) -> Vec<u8> {
+    for at in [2, 4] {
+        let len = u16::from_be_bytes([ext[at], ext[at + 1]]) + u16::try_from(extra.len()).unwrap();
+        ext[at..at + 2].copy_from_slice(&len.to_be_bytes());
+    }
+    ext.extend_from_slice(extra);
+    ext
+}
+
+/// tls-parser's list parsers stop quietly at an entry that does not fit; the glue refuses
+/// what they leave.
+#[test]
+fn lists_with_bytes_that_fit_no_entry_are_invalid() {
+    // A host name, then the start of a second one.
+    let sni = with_trailing_bytes(sni_ext(&[b"a.example"]), &[0, 0, 9, b'b']);
+    assert_eq!(assert_invalid(&records(&message_with(&[sni]), &[])), "malformed server_name");
+    // The list shorter than the extension.
+    let mut sni = sni_ext(&[b"a.example"]);
+    sni[3] += 1;
+    sni.push(0);
+    assert_eq!(assert_invalid(&records(&message_with(&[sni]), &[])), "malformed server_name");
+    let alpn = with_trailing_bytes(alpn_ext(&["h2"]), &[5, b'h']);
+    assert_eq!(assert_invalid(&records(&message_with(&[alpn]), &[])), "malformed ALPN protocol list");
+    let alpn = with_trailing_bytes(alpn_ext(&["h2"]), &[0]);
+    assert_eq!(assert_invalid(&records(&message_with(&[alpn]), &[])), "malformed ALPN protocol list");
+    assert_eq!(assert_invalid(&records(&message_with(&[alpn_ext(&[])]), &[])), "malformed ALPN protocol list");
+    // An extension whose length runs past the others.
+    let mut ext = sni_ext(&[b"a.example"]);
+    ext[3] += 40;
+    assert_eq!(assert_invalid(&records(&message_with(&[ext]), &[])), "malformed ClientHello");
+}
+
+/// Extensions other than server_name and ALPN are not decoded: one that tls-parser's own
+/// decoder would refuse (`encrypt_then_mac` must be empty) is the backend's to judge.
+#[test]
+fn other_extensions_are_not_judged() {
+    let odd = vec![0, 22, 0, 1, 7];
+    let wire = records(&message_with(&[odd, sni_ext(&[b"a.example"])]), &[]);
+    assert_eq!(parse_client_hello(&wire), Peeked::Done(hello(Some("a.example"), &[])));
 }
 
 /// Runs `openssl s_client` with `args` against a plain listener and peeks its hello.
@@ -295,7 +399,8 @@ proptest! {
 
     #[test]
     fn a_valid_hello_cut_and_split_anywhere(
-        name in "[a-zA-Z][a-zA-Z0-9]{0,19}(\\.[a-z0-9]([a-z0-9_-]{0,10}[a-z0-9])?){0,4}",
+        // Labels start with a letter: a last label of digits (like an IPv4's) is refused.
+        name in "[a-zA-Z][a-zA-Z0-9]{0,19}(\\.[a-z]([a-z0-9_-]{0,10}[a-z0-9])?){0,4}",
         alpn in prop::collection::vec("[a-z0-9/.]{1,12}", 0..4),
         sizes in prop::collection::vec(1usize..200, 0..12),
         cut in any::<prop::sample::Index>(),
