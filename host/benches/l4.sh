@@ -68,7 +68,7 @@ backends = [{ address = "127.0.0.1:5201" }]
 [pool.hold]
 backends = [{ address = "127.0.0.1:9020" }]
 EOF
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"
 G="nice -n -20 taskset -c 0"
 X="nice -n -20 taskset -c 1"
 pids=()
