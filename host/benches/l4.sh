@@ -26,6 +26,8 @@ cp -r "$PEERS"/conf "$P"/
 mkdir -p "$P"/run "$P"/logs "$P"/www
 for c in "$P"/conf/*; do sed "s#@P@#$P#g" "$c" > "$P/run/$(basename "$c")"; done
 head -c 1G /dev/zero > "$P"/www/big
+# nginx's workers are not root: they must be able to read the file.
+chmod 755 "$P" "$P"/www && chmod 644 "$P"/www/big
 # One more HAProxy listener, to the holding backend of the memory test.
 cat >> "$P"/run/haproxy-tcp.cfg <<EOF
 listen l4_hold

@@ -56,10 +56,7 @@ pub(crate) fn upgrade(
                 Ok(parts) => tunnel::Leg::Tcp(parts.io.into_inner().into_inner(), parts.read_buf),
                 Err(client) => tunnel::Leg::from(client),
             };
-            if let Err(e) =
-                tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order, tunnel::Framing::WebSocket)
-                    .await
-            {
+            if let Err(e) = tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order).await {
                 tracing::debug!(error = %e, "websocket tunnel ended with an error");
             }
         };

@@ -10,7 +10,6 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, PoisonError};
 
@@ -77,7 +76,7 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
 pub(crate) enum Burst {
     /// `from` had nothing more for now.
     Drained,
-    /// `from` ended; `to` was half-closed.
+    /// `from` ended (the caller half-closes `to` if it should).
     Ended,
     /// No pipe could be had (descriptors exhausted): nothing was moved.
     NoPipe,
@@ -87,6 +86,12 @@ pub(crate) enum Burst {
 /// after every chunk that went out (so a burst that never ends still shows activity).
 /// The pipe goes back to the pool empty; on an error it is dropped (closed) with
 /// whatever it held.
+///
+/// A splice that moves less than a pipe's worth found the socket drained: the burst ends
+/// there, and the socket's readiness is cleared with it (as tokio does after a short
+/// read), rather than asking once more only to be told it would block. A byte arriving
+/// meanwhile is a new readiness event, which a clear cannot lose: tokio clears only the
+/// readiness it saw before the call.
 pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<Burst> {
     let pipe = match Pipe::take() {
         Ok(pipe) => pipe,
@@ -96,11 +101,18 @@ pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -
         }
     };
     loop {
-        match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
+        let mut short = 0;
+        let moved = from.try_io(Interest::READABLE, || {
+            let n = splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)?;
+            if n > 0 && n < CHUNK {
+                short = n;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match moved {
             Ok(0) => {
                 pipe.give();
-                // The peer may already be gone; nothing more to do either way.
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
                 return Ok(Burst::Ended);
             }
             Ok(n) => {
@@ -108,6 +120,10 @@ pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -
                 touch();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if short > 0 {
+                    flush(&pipe, short, to).await?;
+                    touch();
+                }
                 pipe.give();
                 return Ok(Burst::Drained);
             }

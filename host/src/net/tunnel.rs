@@ -17,7 +17,7 @@
 //! both. Legs that are not plain TCP (TLS, in time) use a buffered copy.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::upgrade::Upgraded;
@@ -36,37 +36,59 @@ use drain::{DrainOrder, FrameTracker};
 /// `activity` value meaning the copy cannot report activity (the buffered fallback).
 const UNTRACKED: u64 = u64::MAX;
 
-/// What a tunnel carries, which decides how its bytes move and how a drain ends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    /// WebSocket frames: the backend→client direction follows frame boundaries, so a
-    /// drain can put a close frame between two frames before the cut.
-    WebSocket,
-    /// Opaque bytes (L4): both directions are spliced; a drain can only cut, at its
-    /// deadline.
-    Opaque,
-}
-
-/// Joins a client's connection (`client`) and its backend's (`backend`) until both
-/// directions are finished, the tunnel has been idle (no byte either way) for
-/// `limits.idle_timeout`, it reaches `limits.max_lifetime`, or a drain `order` cuts it
-/// (a WebSocket after its close frame went out at the order's moment).
-pub(crate) async fn join(
-    client: Leg,
-    backend: Leg,
-    limits: TunnelLimits,
-    order: &DrainOrder,
-    framing: Framing,
-) -> io::Result<()> {
+/// Joins a client's upgraded WebSocket connection (`client`) and its backend's
+/// (`backend`) until both directions are finished, the tunnel has been idle (no byte
+/// either way) for `limits.idle_timeout`, it reaches `limits.max_lifetime`, or a drain
+/// `order` cuts it (after its close frame went out at the order's moment).
+pub(crate) async fn join(client: Leg, backend: Leg, limits: TunnelLimits, order: &DrainOrder) -> io::Result<()> {
     let started = Instant::now();
     // Milliseconds after `started` of the last byte moved, in either direction.
     let activity = AtomicU64::new(0);
     // Set by the watchdog when this tunnel's close frame is due.
     let closing = Closing::default();
-    let copy = copy(client, backend, &activity, started, &closing, framing);
-    // One timer per tunnel, for every limit: it sleeps until the earliest of "idle since
-    // the last byte", "too old", "close frame due" and "drain deadline", and re-arms when
-    // traffic moved the first one or a drain order arrived.
+    let copy = copy(client, backend, &activity, started, &closing);
+    supervise(copy, &activity, started, limits, order, Some(&closing)).await
+}
+
+/// Joins two plain TCP connections carrying opaque bytes (a tcp or tls-passthrough
+/// listener's client and its backend): both directions spliced, under the same limits as
+/// [`join`], except that a drain can only cut, at its deadline (there are no frames to
+/// put a goodbye between). A function of its own, not a mode of [`join`], so an idle
+/// connection's task holds only what splicing needs (memory per idle connection).
+pub(crate) async fn join_opaque(
+    client: &TcpStream,
+    backend: &TcpStream,
+    limits: TunnelLimits,
+    order: &DrainOrder,
+) -> io::Result<()> {
+    let started = Instant::now();
+    let activity = AtomicU64::new(0);
+    let touch = || activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    // Directions that reached their end: the first half-closes its destination, the
+    // second needs no shutdown (both sockets close next).
+    let ended = AtomicU8::new(0);
+    let copy = async {
+        tokio::try_join!(
+            pump::splice_until_end(client, backend, &touch, &ended),
+            pump::splice_until_end(backend, client, &touch, &ended)
+        )
+        .map(|_| ())
+    };
+    supervise(copy, &activity, started, limits, order, None).await
+}
+
+/// Runs `copy` under one timer for every limit: it sleeps until the earliest of "idle
+/// since the last byte" (`activity`, ms after `started`), "too old", "close frame due"
+/// (only with `closing`: a WebSocket) and "drain deadline", and re-arms when traffic
+/// moved the first one or a drain order arrived.
+async fn supervise(
+    copy: impl Future<Output = io::Result<()>>,
+    activity: &AtomicU64,
+    started: Instant,
+    limits: TunnelLimits,
+    order: &DrainOrder,
+    closing: Option<&Closing>,
+) -> io::Result<()> {
     let end_of_life = limits.max_lifetime.and_then(|max| started.checked_add(max));
     let watchdog = async {
         let mut close_sent = false;
@@ -75,12 +97,14 @@ pub(crate) async fn join(
             let idle_at = (ms != UNTRACKED)
                 .then(|| started.checked_add(Duration::from_millis(ms))?.checked_add(limits.idle_timeout))
                 .flatten();
-            let close_at = order.close_at().filter(|_| !close_sent && framing == Framing::WebSocket);
+            let close_at = order.close_at().filter(|_| !close_sent && closing.is_some());
             let cut_at = order.cut_at();
             let deadline = [idle_at, end_of_life, close_at, cut_at].into_iter().flatten().min();
             let now = Instant::now();
             if let Some(deadline) = deadline.filter(|d| now >= *d) {
-                if close_at == Some(deadline) {
+                if close_at == Some(deadline)
+                    && let Some(closing) = closing
+                {
                     closing.due.store(true, Ordering::Relaxed);
                     closing.wake.notify_one();
                     close_sent = true;
@@ -134,23 +158,9 @@ impl From<Upgraded> for Leg {
 }
 
 /// Copies both ways, recording activity; `a` is the client, `b` the backend.
-async fn copy(
-    a: Leg,
-    b: Leg,
-    activity: &AtomicU64,
-    started: Instant,
-    closing: &Closing,
-    framing: Framing,
-) -> io::Result<()> {
+async fn copy(a: Leg, b: Leg, activity: &AtomicU64, started: Instant, closing: &Closing) -> io::Result<()> {
     let touch = || activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     match (a, b) {
-        (Leg::Tcp(a_io, a_early), Leg::Tcp(b_io, b_early)) if framing == Framing::Opaque => {
-            pump::write_all(&b_io, &a_early, &touch).await?;
-            pump::write_all(&a_io, &b_early, &touch).await?;
-            drop((a_early, b_early));
-            tokio::try_join!(pump::splice_until_end(&a_io, &b_io, &touch), pump::splice_until_end(&b_io, &a_io, &touch))
-                .map(|_| ())
-        }
         (Leg::Tcp(a_io, a_early), Leg::Tcp(b_io, b_early)) => {
             // Bytes each side sent right after its upgrade, already read by hyper. They
             // are slices of hyper's read buffers: drop them once written, or each would
@@ -162,7 +172,9 @@ async fn copy(
             drop((a_early, b_early));
             let to_client = pump::frames_until_end(&b_io, &a_io, &touch, frames, closing);
             // Client→backend needs no frame boundary: splice(2), no copy through weir.
-            tokio::try_join!(pump::splice_until_end(&a_io, &b_io, &touch), to_client).map(|_| ())
+            // Its own count of ended directions: the other direction half-closes itself.
+            let ended = AtomicU8::new(0);
+            tokio::try_join!(pump::splice_until_end(&a_io, &b_io, &touch, &ended), to_client).map(|_| ())
         }
         // Not two plain TCP connections (TLS, in time): a buffered copy.
         (a, b) => {

@@ -28,7 +28,7 @@ use crate::net::listen::{ListenerStats, Slot, Stop, aborted};
 use crate::net::peek::PeekError;
 use crate::net::proxy_protocol::{self, expect::ProxyError, send};
 use crate::net::sni;
-use crate::net::tunnel::{self, Framing, Leg};
+use crate::net::tunnel;
 use crate::plugin::PickRequest;
 use crate::state::{ActiveGuard, Placement};
 
@@ -181,13 +181,5 @@ async fn serve(
     let _stick = pool.bind(pick, id).1.hold;
     let entry = ctx.tunnels.register(&live);
     drop(pool);
-    tunnel::join(
-        Leg::Tcp(client, bytes::Bytes::new()),
-        Leg::Tcp(backend, bytes::Bytes::new()),
-        limits,
-        &entry.order,
-        Framing::Opaque,
-    )
-    .await
-    .map_err(SessionError::Tunnel)
+    tunnel::join_opaque(&client, &backend, limits, &entry.order).await.map_err(SessionError::Tunnel)
 }

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::net::TcpStream;
 
@@ -18,33 +18,40 @@ use crate::net::splice::{self, Burst};
 const BURST: usize = 16 << 10;
 
 /// Moves bytes from `from` to `to` with splice(2) until `from` ends; then half-closes
-/// `to`. When no pipe can be had (descriptors exhausted) a burst is copied instead.
-pub(super) async fn splice_until_end(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<()> {
+/// `to`, unless this is the second of the directions counted in `ended` to finish (both
+/// sockets are about to close, which says as much). When no pipe can be had
+/// (descriptors exhausted) a burst is copied instead.
+pub(super) async fn splice_until_end(
+    from: &TcpStream,
+    to: &TcpStream,
+    touch: &impl Fn(),
+    ended: &AtomicU8,
+) -> io::Result<()> {
     loop {
         from.readable().await?;
-        let ended = match splice::burst(from, to, touch).await? {
+        let done = match splice::burst(from, to, touch).await? {
             Burst::Ended => true,
             Burst::Drained => false,
             Burst::NoPipe => copy_burst(from, to, touch).await?,
         };
-        if ended {
+        if done {
+            if ended.fetch_add(1, Ordering::Relaxed) == 0 {
+                // The peer may already be gone; nothing more to do either way.
+                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+            }
             return Ok(());
         }
     }
 }
 
 /// Copies what `from` has ready to `to` through a 16 KiB buffer taken for this burst
-/// only; returns true at the end of `from`'s stream, after half-closing `to`.
+/// only; returns true at the end of `from`'s stream.
 async fn copy_burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<bool> {
     let mut buf = Vec::with_capacity(BURST);
     loop {
         buf.clear();
         match from.try_read_buf(&mut buf) {
-            Ok(0) => {
-                // The peer may already be gone; nothing more to do either way.
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
-                return Ok(true);
-            }
+            Ok(0) => return Ok(true),
             Ok(n) => write_all(to, &buf[..n], touch).await?,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
