@@ -87,11 +87,11 @@ pub(crate) enum Burst {
 /// The pipe goes back to the pool empty; on an error it is dropped (closed) with
 /// whatever it held.
 ///
-/// A splice that moves less than a pipe's worth found the socket drained: the burst ends
-/// there, and the socket's readiness is cleared with it (as tokio does after a short
-/// read), rather than asking once more only to be told it would block. A byte arriving
-/// meanwhile is a new readiness event, which a clear cannot lose: tokio clears only the
-/// readiness it saw before the call.
+/// The burst ends only when splice says it would block, never on a short splice: unlike
+/// a short read(2), a splice that moved less than asked may have filled the pipe's
+/// sixteen slots with small segments while the socket still holds data, and a socket
+/// whose readiness was cleared then waits for an edge that a sender blocked by a full
+/// receive window never makes (seen: a 1 GiB download from an nginx sendfile origin hung so; `host/benches/l4.sh` is what found it).
 pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<Burst> {
     let pipe = match Pipe::take() {
         Ok(pipe) => pipe,
@@ -101,16 +101,7 @@ pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -
         }
     };
     loop {
-        let mut short = 0;
-        let moved = from.try_io(Interest::READABLE, || {
-            let n = splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)?;
-            if n > 0 && n < CHUNK {
-                short = n;
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(n)
-        });
-        match moved {
+        match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK)) {
             Ok(0) => {
                 pipe.give();
                 return Ok(Burst::Ended);
@@ -120,10 +111,6 @@ pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -
                 touch();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if short > 0 {
-                    flush(&pipe, short, to).await?;
-                    touch();
-                }
                 pipe.give();
                 return Ok(Burst::Drained);
             }
