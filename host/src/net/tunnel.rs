@@ -46,7 +46,7 @@ pub(crate) async fn join(client: Leg, backend: Leg, limits: TunnelLimits, order:
     let activity = AtomicU64::new(0);
     // Set by the watchdog when this tunnel's close frame is due.
     let closing = Closing::default();
-    let copy = copy(client, backend, &activity, started, &closing);
+    let copy = std::pin::pin!(copy(client, backend, &activity, started, &closing));
     supervise(copy, &activity, started, limits, order, Some(&closing)).await
 }
 
@@ -67,22 +67,25 @@ pub(crate) async fn join_opaque(
     // Directions that reached their end: the first half-closes its destination, the
     // second needs no shutdown (both sockets close next).
     let ended = AtomicU8::new(0);
-    let copy = async {
+    let copy = std::pin::pin!(async {
         tokio::try_join!(
             pump::splice_until_end(client, backend, &touch, &ended),
             pump::splice_until_end(backend, client, &touch, &ended)
         )
         .map(|_| ())
-    };
+    });
     supervise(copy, &activity, started, limits, order, None).await
 }
 
 /// Runs `copy` under one timer for every limit: it sleeps until the earliest of "idle
 /// since the last byte" (`activity`, ms after `started`), "too old", "close frame due"
 /// (only with `closing`: a WebSocket) and "drain deadline", and re-arms when traffic
-/// moved the first one or a drain order arrived.
+/// moved the first one or a drain order arrived. `copy` is pinned where it was made and
+/// lent: a future passed by value into an async fn is stored twice, as the argument and
+/// where it is polled (measured: an opaque tunnel's task took 2,248 bytes this way, most
+/// of an idle connection's memory).
 async fn supervise(
-    copy: impl Future<Output = io::Result<()>>,
+    copy: std::pin::Pin<&mut impl Future<Output = io::Result<()>>>,
     activity: &AtomicU64,
     started: Instant,
     limits: TunnelLimits,
