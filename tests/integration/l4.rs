@@ -83,52 +83,19 @@ fn pattern(seed: u64, chunk: usize, index: usize) -> Vec<u8> {
         .collect()
 }
 
-/// 1 GiB each way at once through a tcp listener: both sides' checksums of what they
-/// received equal those of what the other sent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gibibyte_each_way_arrives_intact() {
-    const CHUNK: usize = 1 << 20;
-    const CHUNKS: usize = 1024;
-    // The backend: checksums what it receives while sending its own GiB, then reports the
-    // checksum of what it received after the client's end of stream, and closes.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let backend_task = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        let (mut r, mut w) = s.into_split();
-        let send = tokio::spawn(async move {
-            let mut h = xxhash_rust::xxh3::Xxh3::new();
-            for i in 0..CHUNKS {
-                let data = pattern(2, CHUNK, i);
-                h.update(&data);
-                w.write_all(&data).await.unwrap();
-            }
-            w.shutdown().await.unwrap();
-            h.digest()
-        });
-        let mut h = xxhash_rust::xxh3::Xxh3::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut total = 0usize;
-        loop {
-            let n = r.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            total += n;
-            h.update(&buf[..n]);
-        }
-        (total, h.digest(), send.await.unwrap())
-    });
+/// Bytes of each chunk of [`exchange`], and chunks sent.
+const CHUNK: usize = 1 << 20;
+const CHUNKS: usize = 1024;
 
-    let server = support::start(&tcp_config(&[backend], "", "")).await;
-    let proxy = server.addr("main").unwrap();
-    let s = TcpStream::connect(proxy).await.unwrap();
+/// Sends `CHUNKS` chunks of [`pattern`] `seed` on `s` (then its end of stream) while it
+/// reads `s` to its end: (bytes received, checksum of what was received, checksum of what
+/// was sent).
+async fn exchange(s: TcpStream, seed: u64) -> (usize, u64, u64) {
     let (mut r, mut w) = s.into_split();
-    let started = Instant::now();
     let send = tokio::spawn(async move {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for i in 0..CHUNKS {
-            let data = pattern(1, CHUNK, i);
+            let data = pattern(seed, CHUNK, i);
             h.update(&data);
             w.write_all(&data).await.unwrap();
         }
@@ -137,7 +104,7 @@ async fn a_gibibyte_each_way_arrives_intact() {
     });
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut buf = vec![0u8; 256 << 10];
-    let mut received = 0usize;
+    let mut received = 0;
     loop {
         let n = r.read(&mut buf).await.unwrap();
         if n == 0 {
@@ -146,13 +113,28 @@ async fn a_gibibyte_each_way_arrives_intact() {
         received += n;
         h.update(&buf[..n]);
     }
-    let sent_up = send.await.unwrap();
+    (received, h.digest(), send.await.unwrap())
+}
+
+/// 1 GiB each way at once through a tcp listener: both sides' checksums of what they
+/// received equal those of what the other sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gibibyte_each_way_arrives_intact() {
+    // The backend sends its own GiB while it checksums what it receives, as the client does.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let backend_task = tokio::spawn(async move { exchange(listener.accept().await.unwrap().0, 2).await });
+
+    let server = support::start(&tcp_config(&[backend], "", "")).await;
+    let proxy = server.addr("main").unwrap();
+    let started = Instant::now();
+    let (received, received_digest, sent_up) = exchange(TcpStream::connect(proxy).await.unwrap(), 1).await;
     let (backend_received, backend_digest, sent_down) = backend_task.await.unwrap();
     eprintln!("2 GiB through the tcp listener in {:?}", started.elapsed());
     assert_eq!(backend_received, CHUNK * CHUNKS);
     assert_eq!(backend_digest, sent_up, "client→backend bytes differ");
     assert_eq!(received, CHUNK * CHUNKS);
-    assert_eq!(h.digest(), sent_down, "backend→client bytes differ");
+    assert_eq!(received_digest, sent_down, "backend→client bytes differ");
 }
 
 /// The client ends its sending side first: the backend sees the end of stream and can
