@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -363,6 +366,41 @@ struct FilePool {
     /// naming the client (on http pools a connection then serves one client and is not
     /// shared). Default: none. Reloadable (new connections).
     send_proxy: Option<ProxyVersion>,
+    /// What weir speaks to the backends: `{ protocol = "http1" | "h2" | "h2c", tls = {
+    /// ... } }`. Default `{ protocol = "http1" }`, cleartext. http listeners only.
+    /// Reloadable (new connections; the certificate files are read again by the reload).
+    upstream: Option<Spanned<FileUpstream>>,
+}
+
+/// `upstream = { ... }` of a pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstream {
+    /// `"http1"`, `"h2"` (HTTP/2 over TLS, by ALPN) or `"h2c"` (cleartext HTTP/2 with prior
+    /// knowledge). Default `"http1"`.
+    protocol: Option<Spanned<UpstreamProtocol>>,
+    /// TLS to the backends. Default: none (cleartext). Required by `"h2"`.
+    tls: Option<Spanned<FileUpstreamTls>>,
+}
+
+/// `upstream.tls = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUpstreamTls {
+    /// PEM file of the CA certificates the backends' certificates must chain to, relative
+    /// to the config file. Required unless `verify = false`.
+    ca: Option<Spanned<String>>,
+    /// The name the backends' certificates must be valid for (and the SNI sent). Default:
+    /// each backend's host as written in its `address` (a DNS name or an IP address).
+    server_name: Option<Spanned<String>>,
+    /// PEM file of the client certificate chain weir presents (mTLS). With `key`.
+    cert: Option<Spanned<String>>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1). With
+    /// `cert`.
+    key: Option<Spanned<String>>,
+    /// Verify the backends' certificates. Default `true`; `false` must be written, takes no
+    /// `ca`, and is logged as a warning whenever the pool is loaded.
+    verify: Option<Spanned<bool>>,
 }
 
 /// One backend.
@@ -598,7 +636,79 @@ pub struct PoolConfig {
     pub health: HealthConfig,
     /// PROXY protocol header sent first on every connection to a backend, if any.
     pub send_proxy: Option<ProxyVersion>,
+    /// The protocol (and TLS) spoken to the backends.
+    pub upstream: UpstreamConfig,
 }
+
+/// What an http pool speaks to its backends (`upstream`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// The HTTP version.
+    pub protocol: UpstreamProtocol,
+    /// TLS, if the connections are encrypted (always with `H2`, never with `H2c`).
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+/// The HTTP version weir speaks to a pool's backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, one exchange at a time per connection, idle connections kept for reuse.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`): one connection per backend carries every stream.
+    H2,
+    /// HTTP/2 over cleartext TCP with prior knowledge.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// Whether this is HTTP/2 (streams multiplexed on one shared connection).
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2 | UpstreamProtocol::H2c)
+    }
+
+    /// The name written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+/// TLS to a pool's backends, its files read and parsed at load (`upstream.tls`).
+#[derive(Debug)]
+pub struct UpstreamTls {
+    /// The trust anchors (the `ca` file's certificates); empty when `verify` is false.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The name every backend's certificate must hold (and the SNI sent); `None`: each
+    /// backend's own host.
+    pub server_name: Option<ServerName<'static>>,
+    /// The client certificate chain and key presented to backends (mTLS), if any.
+    pub client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    /// Whether the backends' certificates are verified.
+    pub verify: bool,
+    /// Where the file writes this table.
+    pub at: Location,
+    /// The rustls client settings made from these (net::tls::client), once per loaded
+    /// config: at load by the one writer, which reports a failure as a config error.
+    pub client: OnceLock<Arc<rustls::ClientConfig>>,
+}
+
+/// Two TLS settings are the same when they trust, name and present the same things
+/// (the files' contents, not their paths, so a reload sees a renewed certificate).
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.roots == other.roots
+            && self.server_name == other.server_name
+            && self.client_auth == other.client_auth
+            && self.verify == other.verify
+    }
+}
+
+impl Eq for UpstreamTls {}
 
 /// One backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -890,6 +1000,10 @@ impl Cx<'_> {
                 }
                 _ => {}
             }
+            let upstream = match pool.upstream {
+                Some(u) => self.upstream(u, base, &format!("{key}.upstream"))?,
+                None => UpstreamConfig::default(),
+            };
             let affinity = match pool.affinity {
                 Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"))?),
                 None => None,
@@ -923,6 +1037,7 @@ impl Cx<'_> {
                     drain_deadline,
                     health,
                     send_proxy: pool.send_proxy,
+                    upstream,
                 },
             );
         }
@@ -1160,6 +1275,131 @@ impl Cx<'_> {
             ));
         }
         Ok(Some(ProxyProtocol { accept: *accept.get_ref(), from: nets }))
+    }
+
+    /// A pool's `upstream`: the protocol, and the TLS files read and parsed, so a missing
+    /// or malformed certificate is an error of the file, located, not of a connection.
+    fn upstream(&self, u: Spanned<FileUpstream>, base: &Path, key: &str) -> Result<UpstreamConfig, ConfigError> {
+        let u = u.into_inner();
+        let protocol = u.protocol.as_ref().map_or(UpstreamProtocol::Http1, |p| *p.get_ref());
+        match (protocol, &u.tls, &u.protocol) {
+            (UpstreamProtocol::H2, None, Some(p)) => {
+                return Err(self.spanned(
+                    p,
+                    format!("{key}.protocol"),
+                    "\"h2\" is HTTP/2 over TLS (by ALPN) and needs `tls = { ca = \"...\" }`; \"h2c\" is cleartext HTTP/2",
+                ));
+            }
+            (UpstreamProtocol::H2c, Some(t), _) => {
+                return Err(self.spanned(
+                    t,
+                    format!("{key}.tls"),
+                    "\"h2c\" is cleartext HTTP/2; HTTP/2 over TLS is protocol = \"h2\"",
+                ));
+            }
+            _ => {}
+        }
+        let tls = match u.tls {
+            Some(t) => Some(Arc::new(self.upstream_tls(t, base, &format!("{key}.tls"))?)),
+            None => None,
+        };
+        Ok(UpstreamConfig { protocol, tls })
+    }
+
+    /// `upstream.tls`: the CA, the client certificate and key read from their files.
+    fn upstream_tls(&self, t: Spanned<FileUpstreamTls>, base: &Path, key: &str) -> Result<UpstreamTls, ConfigError> {
+        let at = self.location(Some(t.span()), key.to_owned());
+        let span = t.span();
+        let t = t.into_inner();
+        let verify = t.verify.as_ref().is_none_or(|v| *v.get_ref());
+        let read = |value: &Spanned<String>, name: &str| {
+            let path = base.join(value.get_ref());
+            std::fs::read(&path).map(|bytes| (path.clone(), bytes)).map_err(|e| {
+                self.spanned(value, format!("{key}.{name}"), format!("cannot read {}: {e}", path.display()))
+            })
+        };
+        let certificates = |value: &Spanned<String>, name: &str| {
+            let (path, bytes) = read(value, name)?;
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.spanned(value, format!("{key}.{name}"), format!("{}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(self.spanned(
+                    value,
+                    format!("{key}.{name}"),
+                    format!("{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)", path.display()),
+                ));
+            }
+            Ok((path, certs))
+        };
+        let roots = match (&t.ca, verify) {
+            (Some(ca), true) => {
+                let (path, certs) = certificates(ca, "ca")?;
+                // Each must be usable as a trust anchor; found here, not at the first connect.
+                let mut store = rustls::RootCertStore::empty();
+                for (i, cert) in certs.iter().enumerate() {
+                    store.add(cert.clone()).map_err(|e| {
+                        self.spanned(
+                            ca,
+                            format!("{key}.ca"),
+                            format!("{}: certificate {} is not a usable CA certificate: {e}", path.display(), i + 1),
+                        )
+                    })?;
+                }
+                certs
+            }
+            (Some(ca), false) => {
+                return Err(self.spanned(
+                    ca,
+                    format!("{key}.ca"),
+                    "has no effect with `verify = false`: give one or the other",
+                ));
+            }
+            (None, true) => {
+                return Err(self.at(
+                    Some(span),
+                    key.to_owned(),
+                    "needs `ca`, the PEM file of the CA certificates the backends' certificates chain to (or, to skip verification, `verify = false`)".to_owned(),
+                ));
+            }
+            (None, false) => Vec::new(),
+        };
+        let server_name = match &t.server_name {
+            Some(name) => Some(ServerName::try_from(name.get_ref().as_str()).map(|n| n.to_owned()).map_err(|_| {
+                self.spanned(
+                    name,
+                    format!("{key}.server_name"),
+                    format!("`{}` is not a DNS name or an IP address", name.get_ref()),
+                )
+            })?),
+            None => None,
+        };
+        let client_auth = match (&t.cert, &t.key) {
+            (None, None) => None,
+            (Some(cert), Some(k)) => {
+                let (_, chain) = certificates(cert, "cert")?;
+                let (path, bytes) = read(k, "key")?;
+                let private = PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+                    self.spanned(k, format!("{key}.key"), format!("{}: no usable PEM private key: {e}", path.display()))
+                })?;
+                Some((chain, private))
+            }
+            (Some(cert), None) => {
+                return Err(self.spanned(
+                    cert,
+                    format!("{key}.cert"),
+                    "needs `key`, the client certificate's private key",
+                ));
+            }
+            (None, Some(k)) => {
+                return Err(self.spanned(
+                    k,
+                    format!("{key}.key"),
+                    "needs `cert`, the client certificate it belongs to",
+                ));
+            }
+        };
+        Ok(UpstreamTls { roots, server_name, client_auth, verify, at, client: OnceLock::new() })
     }
 
     fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str) -> Result<PluginRef, ConfigError> {

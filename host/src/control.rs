@@ -100,6 +100,15 @@ pub enum ControlError {
         /// The missing pool.
         pool: String,
     },
+    /// A pool's upstream TLS settings were refused (a client key its crypto provider
+    /// cannot use, or not the certificate's).
+    #[error("pool `{pool}`: upstream TLS: {message}")]
+    UpstreamTls {
+        /// The pool.
+        pool: String,
+        /// Where the file writes it, and why.
+        message: String,
+    },
     /// The blocking task building the pools failed.
     #[error("building the snapshot was interrupted: {0}")]
     Interrupted(String),
@@ -228,6 +237,9 @@ impl Control {
                 _ => None,
             })
             .collect();
+        for (config, _) in &upserts {
+            upstream_tls(config)?;
+        }
         let plugins = self.plugins.clone();
         let needs_evaluators: HashSet<String> = upserts
             .iter()
@@ -508,6 +520,22 @@ impl Control {
 }
 
 /// Logs a pool entering or leaving panic mode.
+/// Builds a pool's upstream TLS settings now, so a refused key fails the load rather
+/// than every connection, and says loudly that a pool does not verify its backends.
+fn upstream_tls(config: &PoolConfig) -> Result<(), ControlError> {
+    let Some(tls) = &config.upstream.tls else { return Ok(()) };
+    crate::net::tls::client::settings(tls, config.upstream.protocol)
+        .map_err(|e| ControlError::UpstreamTls { pool: config.name.clone(), message: e.to_string() })?;
+    if !tls.verify {
+        tracing::warn!(
+            pool = %config.name,
+            at = %tls.at,
+            "upstream TLS certificates are NOT verified (verify = false): anyone on the path to the backends can read and change the traffic"
+        );
+    }
+    Ok(())
+}
+
 fn log_panic(config: &PoolConfig, was: bool, is: bool) {
     match (was, is) {
         (false, true) => tracing::error!(

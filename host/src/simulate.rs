@@ -105,6 +105,7 @@ impl Sim {
             drain_deadline: Duration::ZERO,
             health: crate::config::HealthConfig::default(),
             send_proxy: None,
+            upstream: Default::default(),
         };
         let config = Config { plugins: settings, pools: BTreeMap::from([(POOL.to_owned(), pool)]), ..Config::empty() };
         let snapshot = Snapshot::build(&config, &plugins, None)?;

@@ -915,3 +915,113 @@ fn l4_keys_are_refused_where_they_do_not_apply() {
     let (_, _, key, _) = invalid(&GOOD.replace("path_prefix = \"/api\"", "sni = \"a.example.com\""));
     assert_eq!(key, "listener[0].route[0].sni");
 }
+
+/// A directory with `ca.pem`, `client.pem` and `client.key` (made with rcgen), and a
+/// config whose pool `web` names them in its `upstream` (paths relative to the file).
+fn upstream_files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["weir.test".to_owned()]).unwrap().signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.path().join("client.pem"), client.pem()).unwrap();
+    std::fs::write(dir.path().join("client.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate\n").unwrap();
+    dir
+}
+
+const UPSTREAM: &str = r#"
+[[listener]]
+listen = "127.0.0.1:8080"
+pool = "web"
+
+[pool.web]
+backends = [{ address = "127.0.0.1:9001" }]
+upstream = { protocol = "h2", tls = { ca = "ca.pem", server_name = "web.internal", cert = "client.pem", key = "client.key" } }
+
+[pool.plain]
+backends = [{ address = "127.0.0.1:9002" }]
+upstream = { protocol = "h2c" }
+
+[pool.default]
+backends = [{ address = "127.0.0.1:9003" }]
+"#;
+
+fn parse_upstream(dir: &Path, text: &str) -> Result<Config, ConfigError> {
+    let file = dir.join("weir.toml");
+    std::fs::write(&file, text).unwrap();
+    Config::load(&file)
+}
+
+#[test]
+fn parses_upstream_protocols_and_tls() {
+    let dir = upstream_files();
+    let c = parse_upstream(dir.path(), UPSTREAM).unwrap();
+    let web = &c.pools["web"].upstream;
+    assert_eq!(web.protocol, UpstreamProtocol::H2);
+    let tls = web.tls.as_ref().unwrap();
+    assert_eq!(tls.roots.len(), 1);
+    assert!(tls.verify, "verified by default");
+    assert_eq!(tls.server_name.as_ref().unwrap().to_str(), "web.internal");
+    let (chain, _) = tls.client_auth.as_ref().unwrap();
+    assert_eq!(chain.len(), 1);
+    assert_eq!(tls.at.key, "pool.web.upstream.tls");
+    assert_eq!(c.pools["plain"].upstream, UpstreamConfig { protocol: UpstreamProtocol::H2c, tls: None });
+    assert_eq!(c.pools["default"].upstream, UpstreamConfig::default());
+    assert_eq!(UpstreamConfig::default().protocol, UpstreamProtocol::Http1);
+
+    // The same files read again are the same settings (a reload changes nothing); a
+    // renewed file is a change.
+    assert_eq!(parse_upstream(dir.path(), UPSTREAM).unwrap().pools["web"], c.pools["web"]);
+    std::fs::copy(dir.path().join("client.pem"), dir.path().join("ca.pem")).unwrap();
+    assert_ne!(parse_upstream(dir.path(), UPSTREAM).unwrap().pools["web"], c.pools["web"]);
+
+    let unverified = UPSTREAM.replace(
+        "tls = { ca = \"ca.pem\", server_name = \"web.internal\", cert = \"client.pem\", key = \"client.key\" }",
+        "tls = { verify = false }",
+    );
+    let c = parse_upstream(dir.path(), &unverified).unwrap();
+    let tls = c.pools["web"].upstream.tls.as_ref().unwrap();
+    assert!(!tls.verify && tls.roots.is_empty() && tls.client_auth.is_none());
+}
+
+#[test]
+fn upstream_errors_are_located() {
+    let dir = upstream_files();
+    let tls = "tls = { ca = \"ca.pem\", server_name = \"web.internal\", cert = \"client.pem\", key = \"client.key\" }";
+    // Each case: the `web` pool's upstream table, the key blamed, and words of the message.
+    let cases = [
+        ("{ protocol = \"h2\" }", "pool.web.upstream.protocol", "needs `tls"),
+        ("{ protocol = \"h3\" }", "pool.web.upstream.protocol", "unknown variant"),
+        ("{ protocol = \"h2c\", tls = { verify = false } }", "pool.web.upstream.tls", "cleartext"),
+        ("{ tls = { } }", "pool.web.upstream.tls", "needs `ca`"),
+        ("{ tls = { ca = \"ca.pem\", verify = false } }", "pool.web.upstream.tls.ca", "no effect"),
+        ("{ tls = { ca = \"missing.pem\" } }", "pool.web.upstream.tls.ca", "cannot read"),
+        ("{ tls = { ca = \"junk.pem\" } }", "pool.web.upstream.tls.ca", "holds no PEM certificate"),
+        (
+            "{ tls = { ca = \"ca.pem\", server_name = \"bad name!\" } }",
+            "pool.web.upstream.tls.server_name",
+            "not a DNS",
+        ),
+        ("{ tls = { ca = \"ca.pem\", cert = \"client.pem\" } }", "pool.web.upstream.tls.cert", "needs `key`"),
+        ("{ tls = { ca = \"ca.pem\", key = \"client.key\" } }", "pool.web.upstream.tls.key", "needs `cert`"),
+        (
+            "{ tls = { ca = \"ca.pem\", cert = \"client.pem\", key = \"client.pem\" } }",
+            "pool.web.upstream.tls.key",
+            "no usable PEM private key",
+        ),
+        ("{ tls = { ca = \"ca.pem\", verfy = false } }", "pool.web.upstream.tls.verfy", "unknown field"),
+    ];
+    for (upstream, key, words) in cases {
+        let text = UPSTREAM.replace(&format!("{{ protocol = \"h2\", {tls} }}"), upstream);
+        let (line, _, k, message) = match parse_upstream(dir.path(), &text) {
+            Err(ConfigError::Invalid { line, column, key, message, .. }) => (line, column, key, message),
+            other => panic!("{upstream}: expected an invalid-config error, got {other:?}"),
+        };
+        assert_eq!(k, key, "{upstream}: {message}");
+        assert_eq!(line, 8, "{upstream}: {message}");
+        assert!(message.contains(words), "{upstream}: {message}");
+    }
+}
