@@ -71,13 +71,21 @@ pub(crate) enum ProxyError {
     /// The client's request body could not be read (malformed, or cut short).
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
-    /// The backend failed after the request was sent.
-    #[error("backend {backend} failed: {source}")]
+    /// The backend failed after the request was sent (with hyper's reason and what
+    /// caused it: a reset, a TLS alert).
+    #[error("backend {backend} failed: {}", super::error_chain(source))]
     Upstream {
         /// The backend's address.
         backend: String,
         /// Why.
         source: hyper::Error,
+    },
+    /// A WebSocket upgrade to a pool that speaks HTTP/2 to its backends (HTTP/1.1's
+    /// Upgrade does not exist there; RFC 8441 to backends is not built).
+    #[error("pool `{pool}` speaks HTTP/2 to its backends; a WebSocket needs upstream.protocol = \"http1\"")]
+    UpgradeOverH2 {
+        /// The pool.
+        pool: String,
     },
     /// The backend did not answer in time.
     #[error("backend {backend} did not answer in {after:?}")]
@@ -125,7 +133,10 @@ impl ProxyError {
             | ProxyError::HeadTooLarge { .. }
             | ProxyError::TargetTooLong => Origin::Client,
             // weir itself, as configured, could not serve it.
-            ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Internal(_) => Origin::Config,
+            ProxyError::NoPool(_)
+            | ProxyError::NoBackend(_)
+            | ProxyError::Internal(_)
+            | ProxyError::UpgradeOverH2 { .. } => Origin::Config,
             ProxyError::Rejected(_) => Origin::Plugin,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } | ProxyError::Timeout { .. } => Origin::Upstream,
         }
@@ -138,6 +149,7 @@ impl ProxyError {
             ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::TargetTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::UpgradeOverH2 { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Rejected(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

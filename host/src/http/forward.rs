@@ -7,12 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::{Request, Response, StatusCode};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
 
 use super::errors::ProxyError;
 use super::headers::{add_headers, remove_hop_by_hop};
 use super::server::Held;
-use super::upstream::{self, ConnectError, UpstreamBody};
+use super::upstream::{self, Checkout, ConnectError, Target, UpstreamBody};
 use super::{ClientBody, ClientFault, Context, ProxyBody, websocket};
 use crate::config::TunnelLimits;
 use crate::core::Failure as HealthFailure;
@@ -53,15 +56,22 @@ pub(crate) async fn forward(
 ) -> Result<Response<ProxyBody>, Failure> {
     let backend = &pool.view.members[id as usize];
     let live = &backend.live;
-    let addr = backend.config.socket_addr;
     let cfg = &pool.config;
+    let h2 = cfg.upstream.protocol.is_h2();
+    if h2 && exchange.client_upgrade.is_some() {
+        return Err(Failure::Answer(ProxyError::UpgradeOverH2 { pool: pool.view.name.to_string() }));
+    }
+    let target = Target {
+        backend: &backend.config,
+        upstream: &cfg.upstream,
+        connect_timeout: cfg.connect_timeout,
+        idle_timeout: cfg.idle_timeout,
+    };
     let proxy = cfg.send_proxy.map(|v| send::encode(v.into(), pick.client, exchange.held.local));
-    let mut conn = upstream::checkout(&ctx.idle, live, addr, cfg.connect_timeout, cfg.idle_timeout, proxy.as_ref())
-        .await
-        .map_err(|e| {
-            live.exchange_failed(e.failure(), None, 0);
-            Failure::Connect(e)
-        })?;
+    let mut conn = upstream::checkout(&ctx.idle, live, target, proxy.as_ref()).await.map_err(|e| {
+        live.exchange_failed(e.failure(), None, 0);
+        Failure::Connect(e)
+    })?;
     live.requests.fetch_add(1, Ordering::Relaxed);
     // The backend is settled: let the affinity plugin pin the client to it.
     let bound = if pool.affinity.is_some() {
@@ -72,15 +82,18 @@ pub(crate) async fn forward(
         Binding::default()
     };
 
-    let (Some(head), Some(incoming)) = (pick.head.take(), exchange.body.take()) else {
+    let (Some(mut head), Some(incoming)) = (pick.head.take(), exchange.body.take()) else {
         return Err(Failure::Answer(ProxyError::Internal("request lost")));
     };
+    if h2 {
+        to_h2(&mut head, cfg.upstream.tls.is_some(), &backend.config.address);
+    }
     let mut request = Request::from_parts(*head, incoming);
 
     live.request_started();
     let started = Instant::now();
     let result = loop {
-        match tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(request)).await {
+        match tokio::time::timeout(cfg.response_timeout, conn.sender.try_send(request)).await {
             Err(_) => {
                 live.exchange_failed(HealthFailure::Timeout, None, 0);
                 break Err(ProxyError::Timeout {
@@ -90,16 +103,19 @@ pub(crate) async fn forward(
             }
             Ok(Ok(res)) => break Ok(res),
             Ok(Err(mut e)) => match e.take_message() {
-                // A reused keep-alive connection the backend had closed: nothing was sent,
-                // so open a fresh one and send it there.
+                // A reused connection the backend had closed: nothing was sent, so open a
+                // fresh one (replace the shared HTTP/2 one) and send it there, once.
                 Some(req) if conn.reused => {
                     request = req;
-                    match upstream::connect(addr, cfg.connect_timeout).await {
-                        Ok(fresh) => conn = fresh,
+                    match upstream::reconnect(&ctx.idle, live, target, proxy.as_ref()).await {
+                        Ok(fresh) => conn = Checkout { reused: false, ..fresh },
                         Err(e) => {
                             live.exchange_failed(e.failure(), None, 0);
                             live.request_finished();
-                            let (head, b) = request.into_parts();
+                            let (mut head, b) = request.into_parts();
+                            if h2 {
+                                from_h2(&mut head);
+                            }
                             pick.head = Some(Box::new(head));
                             exchange.body = Some(b);
                             return Err(Failure::Connect(e));
@@ -143,9 +159,58 @@ pub(crate) async fn forward(
     }
     let (mut parts, incoming) = res.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if h2 {
+        announce_grpc_trailers(&mut parts.headers);
+    }
     add_headers(&mut parts.headers, bound.headers);
     // A connection that began with a PROXY header names its client: never reused.
     let max_idle = if proxy.is_some() { 0 } else { cfg.max_idle_per_backend };
     let body = UpstreamBody::new(incoming, conn, ctx.idle.clone(), live.clone(), max_idle);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// Makes an HTTP/1.1 request head (as [`prepare_upstream_head`] left it) an HTTP/2 one:
+/// the target in absolute form, whose scheme and authority hyper sends as `:scheme` and
+/// `:authority`, from the `Host` header (which HTTP/2 replaces), or the backend's address
+/// when the request had none (HTTP/1.0).
+///
+/// [`prepare_upstream_head`]: super::headers::prepare_upstream_head
+fn to_h2(head: &mut http::request::Parts, tls: bool, backend: &str) {
+    let authority = match head.headers.remove(header::HOST) {
+        Some(host) => Authority::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok(),
+        None => None,
+    };
+    let authority = authority.or_else(|| Authority::from_maybe_shared(Bytes::copy_from_slice(backend.as_bytes())).ok());
+    let mut parts = std::mem::take(&mut head.uri).into_parts();
+    parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+    parts.authority = authority;
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    head.uri = Uri::from_parts(parts).unwrap_or_default();
+    head.version = Version::HTTP_2;
+}
+
+/// Undoes [`to_h2`] for a request that goes back for a retry elsewhere.
+fn from_h2(head: &mut http::request::Parts) {
+    if let Some(authority) = head.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        head.headers.insert(header::HOST, host);
+    }
+    let pq = head.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    head.uri = Uri::from(pq);
+    head.version = Version::HTTP_11;
+}
+
+/// The trailers a gRPC response ends with, announced in `Trailer` when an HTTP/2 backend
+/// did not announce its own (HTTP/2 does not need to). hyper's HTTP/1.1 server writes a
+/// trailer only if the client sent `TE: trailers`, the body is chunked, and the response
+/// names the field in `Trailer`; without this a gRPC status would never reach an HTTP/1.1
+/// client.
+fn announce_grpc_trailers(headers: &mut http::HeaderMap) {
+    let grpc = headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc && !headers.contains_key(header::TRAILER) {
+        headers.insert(header::TRAILER, HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"));
+    }
 }

@@ -120,7 +120,19 @@ pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: Socke
         }
     }
     head.version = http::Version::HTTP_11;
+    // `TE: trailers` says the client takes trailers; the backend is told so (gRPC servers
+    // ask for it), whatever else the hop-by-hop `TE` said.
+    let trailers = head
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
     remove_hop_by_hop(&mut head.headers);
+    if trailers {
+        head.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 
     // Every `X-Forwarded-For` line, in order, as one list, then the peer.
     let mut xff = Vec::new();
@@ -147,6 +159,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those named in `Connection`.
+/// `Trailer` is not one (RFC 9110 §6.6.2): it stays, so the trailers it announces pass
+/// through (hyper's HTTP/1.1 side writes only the trailer fields a message announces).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -163,7 +177,6 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ] {
@@ -231,7 +244,7 @@ mod tests {
                 .flat_map(|v| v.split(','))
                 .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
                 .collect();
-            let hop = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+            let hop = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"];
             let mut after = headers.clone();
             remove_hop_by_hop(&mut after);
             for (name, value) in &headers {
@@ -313,5 +326,25 @@ mod tests {
         prepare_upstream_head(&mut head, "[2001:db8::9]:5555".parse().unwrap());
         let all: Vec<_> = head.headers.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["192.0.2.1, 192.0.2.2, 192.0.2.3, 2001:db8::9"]);
+    }
+
+    #[test]
+    fn te_trailers_and_trailer_reach_the_backend_and_other_te_does_not() {
+        let head = |te: &str| {
+            let req = Request::builder()
+                .uri("/")
+                .header("host", "a")
+                .header("te", te)
+                .header("trailer", "x-sum")
+                .body(())
+                .unwrap();
+            let (mut head, ()) = req.into_parts();
+            prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap());
+            head.headers
+        };
+        let kept = head("gzip;q=0.5, Trailers");
+        assert_eq!(kept["te"], "trailers");
+        assert_eq!(kept["trailer"], "x-sum", "Trailer is not hop-by-hop: it names what follows");
+        assert!(!head("gzip, deflate").contains_key("te"));
     }
 }

@@ -1,70 +1,68 @@
-//! Upstream HTTP/1.1 connections: the idle keep-alive connections of every backend
-//! ([`IdlePool`]), the connect with its timeout, and the response body wrapper that hands a
-//! connection back once its response has been read to the end.
+//! Upstream connections, the shared core: what a request needs to reach a backend
+//! ([`Target`]), the connect (TCP, PROXY header, TLS) with its timeout, the sender a
+//! request is handed ([`Checkout`]), and the response body wrapper ([`UpstreamBody`]).
+//! One file per protocol beside it: [`h1`] keeps idle keep-alive connections, one
+//! exchange at a time on each; [`h2`] keeps one shared connection per backend whose
+//! streams carry many exchanges at once.
 //!
 //! weir connects before it sends, rather than using a generic pooled client, so that a
-//! failed connect leaves the request untouched and it can be retried on another backend,
-//! and so that each connection in use is counted in its backend's `active` figure.
+//! failed connect (a TLS handshake included) leaves the request untouched and it can be
+//! retried on another backend. Every exchange counts in its backend's figures the same
+//! way whatever the protocol: in `in_flight` while it waits for its response head, then
+//! in `active` while its response body streams ([`UpstreamBody`]); so an HTTP/2 stream
+//! weighs what an HTTP/1.1 connection in use weighs, and least-request and
+//! least-connections compare backends fairly across protocols.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{TrySendError, http1, http2};
 
 use super::ClientBody;
+use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol};
 use crate::net;
 use crate::net::proxy_protocol::send;
 use crate::state::{ActiveGuard, BackendLive};
 
-/// An idle keep-alive connection.
-#[derive(Debug)]
-pub(crate) struct IdleConn {
-    sender: SendRequest<ClientBody>,
-    since: Instant,
-}
+pub(crate) mod h1;
+pub(crate) mod h2;
 
-/// Shards of the idle pool (a power of two).
-const SHARDS: usize = 16;
-
-/// The idle keep-alive connections of every backend, by [`BackendLive::key`]. Kept here,
-/// beside the snapshot rather than in it, so a backend that leaves its pool has its idle
-/// connections closed at once ([`IdlePool::forget`]) whoever still holds an old snapshot.
-/// Sharded, each shard locked for one push or pop.
+/// The upstream connections of every backend kept for reuse, by [`BackendLive::key`]:
+/// idle HTTP/1.1 connections and shared HTTP/2 ones. Kept here, beside the snapshot
+/// rather than in it, so a backend that leaves its pool has its connections let go at
+/// once ([`IdlePool::forget`]) whoever still holds an old snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct IdlePool {
-    shards: [Mutex<HashMap<u64, Vec<IdleConn>>>; SHARDS],
+    h1: h1::Idle,
+    h2: h2::Shared,
 }
 
 impl IdlePool {
-    fn shard(&self, backend: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<IdleConn>>> {
-        self.shards[backend as usize % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn pop(&self, backend: u64) -> Option<IdleConn> {
-        self.shard(backend).get_mut(&backend)?.pop()
-    }
-
-    fn push(&self, backend: u64, conn: IdleConn, max: usize) {
-        let mut shard = self.shard(backend);
-        let stack = shard.entry(backend).or_default();
-        if stack.len() < max {
-            stack.push(conn);
-        }
-    }
-
-    /// Closes every idle connection to `backend` (it left its pool).
+    /// Lets go of every kept connection to `backend` (it left its pool): idle ones close,
+    /// a shared HTTP/2 one closes once its open streams end. Returns how many.
     pub(crate) fn forget(&self, backend: u64) -> usize {
-        let gone = self.shard(backend).remove(&backend);
-        gone.map_or(0, |v| v.len())
+        self.h1.forget(backend) + self.h2.forget(backend)
     }
+}
+
+/// Where one request goes: the backend and how its pool speaks to it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    /// The backend.
+    pub(crate) backend: &'a BackendConfig,
+    /// The pool's protocol and TLS.
+    pub(crate) upstream: &'a UpstreamConfig,
+    /// The pool's connect timeout (TCP connect, PROXY header and TLS handshake together).
+    pub(crate) connect_timeout: Duration,
+    /// How long an idle keep-alive connection is kept (HTTP/1.1).
+    pub(crate) idle_timeout: Duration,
 }
 
 /// Why no connection could be had.
@@ -81,7 +79,36 @@ pub(crate) enum ConnectError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP/1 handshake failed.
+    /// The pool's TLS settings could not be made (found at load; here only for a pool
+    /// built without the one writer).
+    #[error(transparent)]
+    Settings(#[from] net::tls::client::SettingsError),
+    /// The backend's name is not one a certificate can hold.
+    #[error("TLS to {addr}: {reason}")]
+    ServerName {
+        /// The backend.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS handshake failed (an untrusted certificate, a refused client certificate,
+    /// a backend that does not speak TLS) or timed out.
+    #[error("TLS handshake with {addr} failed: {reason}")]
+    Tls {
+        /// The backend.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// An `h2` pool's backend did not pick HTTP/2 by ALPN.
+    #[error("{addr} does not speak HTTP/2 over TLS (ALPN picked {picked}), but its pool's upstream protocol is \"h2\"")]
+    Alpn {
+        /// The backend.
+        addr: SocketAddr,
+        /// What it picked.
+        picked: String,
+    },
+    /// The HTTP handshake failed.
     #[error("handshake with {addr} failed: {source}")]
     Handshake {
         /// The backend.
@@ -89,68 +116,9 @@ pub(crate) enum ConnectError {
         /// Why.
         source: hyper::Error,
     },
-}
-
-/// A connection taken for one request. While the request waits for its response head it
-/// counts in the backend's `in_flight`; while the response body streams, in `active`
-/// (see [`UpstreamBody`]), so one exchange never counts twice.
-#[derive(Debug)]
-pub(crate) struct Checkout {
-    pub(crate) sender: SendRequest<ClientBody>,
-    /// Whether it came from the idle stack (and so may have been closed by the backend).
-    pub(crate) reused: bool,
-}
-
-/// Takes an idle connection to the backend, or opens a new one. With a PROXY header to
-/// send (`proxy`), always a new one that starts with it: such a connection names one
-/// client, so it is never shared.
-pub(crate) async fn checkout(
-    pool: &IdlePool,
-    live: &BackendLive,
-    addr: SocketAddr,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    proxy: Option<&send::Header>,
-) -> Result<Checkout, ConnectError> {
-    if let Some(header) = proxy {
-        return connect_with(addr, connect_timeout, header.as_bytes()).await;
-    }
-    loop {
-        let Some(mut idle) = pool.pop(live.key()) else { break };
-        if idle.since.elapsed() >= idle_timeout || idle.sender.is_closed() {
-            continue;
-        }
-        // The previous response was read to the end, so this resolves at once unless the
-        // backend closed the connection meanwhile.
-        if tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await.is_ok_and(|r| r.is_ok()) {
-            return Ok(Checkout { sender: idle.sender, reused: true });
-        }
-    }
-    connect(addr, connect_timeout).await
-}
-
-/// Opens a new connection.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Checkout, ConnectError> {
-    connect_with(addr, timeout, &[]).await
-}
-
-/// Opens a new connection whose first bytes are `preface` (a PROXY header, or nothing).
-async fn connect_with(addr: SocketAddr, timeout: Duration, preface: &[u8]) -> Result<Checkout, ConnectError> {
-    let mut stream = net::connect::connect(addr, timeout).await?;
-    if !preface.is_empty() {
-        use tokio::io::AsyncWriteExt;
-        stream.write_all(preface).await.map_err(|source| ConnectError::Preface { addr, source })?;
-    }
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ConnectError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(Checkout { sender, reused: false })
+    /// Another request's connect to this backend, which this one waited for, failed.
+    #[error("{0}")]
+    Shared(String),
 }
 
 impl ConnectError {
@@ -158,20 +126,134 @@ impl ConnectError {
     pub(crate) fn failure(&self) -> crate::core::Failure {
         match self {
             ConnectError::Tcp(e) => e.failure(),
-            ConnectError::Handshake { .. } | ConnectError::Preface { .. } => crate::core::Failure::Connect,
+            _ => crate::core::Failure::Connect,
         }
     }
 }
 
-/// A response body from a backend. When it has been read to the end its connection goes
-/// back on the backend's idle stack; if it is dropped early the connection is closed.
+/// Where a request is sent: an HTTP/1.1 connection of its own, or a stream of a shared
+/// HTTP/2 connection.
+#[derive(Debug)]
+pub(crate) enum Sender {
+    /// An HTTP/1.1 connection, the request's alone until its response is read.
+    H1(http1::SendRequest<ClientBody>),
+    /// A handle on a backend's shared HTTP/2 connection.
+    H2(http2::SendRequest<ClientBody>),
+}
+
+impl Sender {
+    /// Sends `req`; a request the connection could not take (it had closed) comes back
+    /// in the error, unsent.
+    pub(crate) async fn try_send(
+        &mut self,
+        req: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ClientBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// A connection taken for one request.
+#[derive(Debug)]
+pub(crate) struct Checkout {
+    pub(crate) sender: Sender,
+    /// Whether it was open before (and so may have been closed by the backend since).
+    pub(crate) reused: bool,
+}
+
+/// Takes a connection for one request to `target`: an idle HTTP/1.1 one or a new one,
+/// or the backend's shared HTTP/2 one (opened if there is none). With a PROXY header to
+/// send (`proxy`), always a new one that starts with it and serves this request alone:
+/// such a connection names one client, so it is never shared.
+pub(crate) async fn checkout(
+    pool: &IdlePool,
+    live: &BackendLive,
+    target: Target<'_>,
+    proxy: Option<&send::Header>,
+) -> Result<Checkout, ConnectError> {
+    if let Some(header) = proxy {
+        return open(target, header.as_bytes()).await;
+    }
+    match target.upstream.protocol {
+        UpstreamProtocol::Http1 => match pool.h1.take(live.key(), target.idle_timeout).await {
+            Some(sender) => Ok(Checkout { sender: Sender::H1(sender), reused: true }),
+            None => open(target, &[]).await,
+        },
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => pool.h2.checkout(live, target).await,
+    }
+}
+
+/// A connection for a request that a reused connection could not take (it had closed):
+/// a new HTTP/1.1 connection, or the backend's HTTP/2 connection replaced.
+pub(crate) async fn reconnect(
+    pool: &IdlePool,
+    live: &BackendLive,
+    target: Target<'_>,
+    proxy: Option<&send::Header>,
+) -> Result<Checkout, ConnectError> {
+    if proxy.is_none() && target.upstream.protocol.is_h2() {
+        pool.h2.replace(live.key());
+        return pool.h2.checkout(live, target).await;
+    }
+    open(target, proxy.map_or(&[][..], send::Header::as_bytes)).await
+}
+
+/// Opens a new connection of the target's protocol whose first bytes are `preface` (a
+/// PROXY header, or nothing). The whole connect (TCP, header, TLS) has the pool's
+/// connect timeout; HTTP/2's handshake sends its preface without waiting for an answer.
+async fn open(target: Target<'_>, preface: &[u8]) -> Result<Checkout, ConnectError> {
+    let addr = target.backend.socket_addr;
+    let h2 = target.upstream.protocol.is_h2();
+    let mut stream = net::connect::connect(addr, target.connect_timeout).await?;
+    let started = Instant::now();
+    if !preface.is_empty() {
+        use tokio::io::AsyncWriteExt;
+        stream.write_all(preface).await.map_err(|source| ConnectError::Preface { addr, source })?;
+    }
+    let sender = match &target.upstream.tls {
+        None if h2 => Sender::H2(h2::handshake(stream, addr).await?),
+        None => Sender::H1(h1::handshake(stream, addr).await?),
+        Some(tls) => {
+            let settings = net::tls::client::settings(tls, target.upstream.protocol)?;
+            let name = net::tls::client::server_name(tls, &target.backend.address)
+                .map_err(|reason| ConnectError::ServerName { addr, reason })?;
+            let left = target.connect_timeout.saturating_sub(started.elapsed());
+            let stream = match tokio::time::timeout(left, net::tls::client::connect(stream, settings, name)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(ConnectError::Tls { addr, reason: crate::http::error_chain(&e) }),
+                Err(_) => {
+                    let reason = format!("no handshake within the connect timeout ({:?})", target.connect_timeout);
+                    return Err(ConnectError::Tls { addr, reason });
+                }
+            };
+            if h2 {
+                match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => Sender::H2(h2::handshake(stream, addr).await?),
+                    other => {
+                        let picked = other.map_or("nothing".to_owned(), |p| String::from_utf8_lossy(p).into_owned());
+                        return Err(ConnectError::Alpn { addr, picked });
+                    }
+                }
+            } else {
+                Sender::H1(h1::handshake(stream, addr).await?)
+            }
+        }
+    };
+    Ok(Checkout { sender, reused: false })
+}
+
+/// A response body from a backend. When it has been read to the end an HTTP/1.1
+/// connection goes back on its backend's idle stack (an HTTP/2 stream just ends); if it
+/// is dropped early the connection is closed (the stream reset).
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
     inner: Incoming,
     conn: Option<Checkout>,
-    /// Where the connection goes back to.
+    /// Where an HTTP/1.1 connection goes back to.
     pool: Arc<IdlePool>,
-    /// Counts the connection in `active` until the body is done or dropped.
+    /// Counts the exchange in `active` until the body is done or dropped.
     active: ActiveGuard,
     max_idle: usize,
     finished: bool,
@@ -190,11 +272,11 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if self.max_idle == 0 || conn.sender.is_closed() || self.active.live().is_retired() {
+        let Sender::H1(sender) = conn.sender else { return };
+        if self.max_idle == 0 || sender.is_closed() || self.active.live().is_retired() {
             return;
         }
-        let idle = IdleConn { sender: conn.sender, since: Instant::now() };
-        self.pool.push(self.active.live().key(), idle, self.max_idle);
+        self.pool.h1.put(self.active.live().key(), sender, self.max_idle);
     }
 }
 
