@@ -1,6 +1,7 @@
-//! The HTTP/1.1 reverse proxy: accepts client connections ([`server`]), routes each
-//! request to a pool ([`route`]), asks the pool's plugins for a backend, and streams the
-//! exchange both ways ([`forward`]); a WebSocket upgrade becomes a tunnel ([`websocket`]).
+//! The HTTP reverse proxy: accepts client connections ([`server`]), routes each request
+//! to a pool ([`route`]), asks the pool's plugins for a backend, and streams the exchange
+//! both ways ([`forward`]) over the pool's upstream protocol, HTTP/1.1 or HTTP/2, in
+//! cleartext or TLS ([`upstream`]); a WebSocket upgrade becomes a tunnel ([`websocket`]).
 //!
 //! Per request the hot path loads the snapshot once, matches routes without allocating,
 //! moves the request head into the plugin call and back, and never copies the backend

@@ -122,7 +122,25 @@ pub(crate) async fn forward(
                         }
                     }
                 }
-                _ => {
+                // A new connection that closed before it took the request (a TLS 1.3
+                // backend refusing weir's client certificate says so only after the
+                // handshake): nothing was sent, so the request may go to another backend.
+                Some(req) => {
+                    let closed = ConnectError::Closed {
+                        addr: backend.config.socket_addr,
+                        reason: super::error_chain(&e.into_error()),
+                    };
+                    live.exchange_failed(closed.failure(), None, 0);
+                    live.request_finished();
+                    let (mut head, b) = req.into_parts();
+                    if h2 {
+                        from_h2(&mut head);
+                    }
+                    pick.head = Some(Box::new(head));
+                    exchange.body = Some(b);
+                    return Err(Failure::Connect(closed));
+                }
+                None => {
                     let source = e.into_error();
                     // The exchange failed because the client's body did: its fault.
                     if let Some(why) = exchange.client_fault.get() {

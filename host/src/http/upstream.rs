@@ -116,6 +116,14 @@ pub(crate) enum ConnectError {
         /// Why.
         source: hyper::Error,
     },
+    /// A new connection closed before it took the request (nothing was sent).
+    #[error("the connection to {addr} closed before the request was sent: {reason}")]
+    Closed {
+        /// The backend.
+        addr: SocketAddr,
+        /// Why, as hyper saw it.
+        reason: String,
+    },
     /// Another request's connect to this backend, which this one waited for, failed.
     #[error("{0}")]
     Shared(String),
