@@ -213,6 +213,11 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     for pool in snapshot.pools.values() {
         weir::health::load(&pool.config, &plugins, pool)?;
     }
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            weir::net::tls::Terminator::default().build(tls).with_context(|| format!("listener `{}`", l.name))?;
+        }
+    }
     println!("{}: ok ({} listener(s), {} pool(s))", path.display(), config.listeners.len(), config.pools.len());
     for (name, pool) in &snapshot.pools {
         let affinity = pool.affinity.as_ref().map(|a| format!(", affinity {}", a.name)).unwrap_or_default();

@@ -2,7 +2,8 @@
 //! connections into a tunnel ([`tunnel`]) and moving bytes between sockets without
 //! copying them ([`splice`]), and reading what a connection starts with before anything
 //! consumes it ([`peek`]): the SNI of a TLS ClientHello ([`sni`]) and a PROXY protocol
-//! header ([`proxy_protocol`], which also writes one for a backend). TLS goes here in time.
+//! header ([`proxy_protocol`], which also writes one for a backend); and TLS termination
+//! ([`tls`]).
 
 pub mod connect;
 pub mod listen;
@@ -10,4 +11,5 @@ pub mod peek;
 pub mod proxy_protocol;
 pub mod sni;
 pub(crate) mod splice;
+pub mod tls;
 pub(crate) mod tunnel;

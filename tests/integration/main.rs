@@ -21,4 +21,5 @@ mod probe;
 mod probe_reuse;
 mod proxy;
 mod support;
+mod tls;
 mod websocket;
