@@ -378,3 +378,38 @@ async fn garbage_truncated_and_silent_client_hellos_cost_one_connection() {
     let snapshot = server.snapshot();
     assert_eq!(snapshot.pools["p"].view.members[0].live.requests.load(Ordering::Relaxed), 1, "only curl's request");
 }
+
+/// A user-written plugin (`tests/fixtures/by-tls`) reads what the handshake learnt: the
+/// verified client certificate's subject (`request.client-cert-subject`) and the SNI
+/// (`request.sni`) route each request to its backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_the_client_certificate_subject_and_the_sni() {
+    let (alice_up, sni_up, other_up) =
+        (Upstream::start("alice").await, Upstream::start("sni").await, Upstream::start("other").await);
+    let pki = Pki::new();
+    pki.issue("site", "site.test", &["site.test", "other.test"]);
+    pki.issue("alice", "alice", &[]);
+    let tls = format!(
+        "{{ certificates = {}, client_ca = {:?}, client_auth = \"optional\" }}",
+        certificates(&pki, &["site"]),
+        pki.ca()
+    );
+    let text = format!(
+        "[plugins]\ncache_dir = {:?}\ncall_timeout_ms = 50\n\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\ntls = {tls}\n\n[pool.p]\nbalancer = {{ plugin = {:?} }}\nbackends = [{{ address = \"{}\" }}, {{ address = \"{}\", labels = {{ match = \"O=Weir Tests,CN=alice\" }} }}, {{ address = \"{}\", labels = {{ match = \"site.test\" }} }}]\n",
+        support::cache_dir().display().to_string(),
+        support::fixture("by-tls").display().to_string(),
+        other_up.addr,
+        alice_up.addr,
+        sni_up.addr,
+    );
+    let server = support::start(&text).await;
+    let proxy = server.addr("main").unwrap();
+    let (cert, key) = (pki.path("alice.pem"), pki.path("alice.key"));
+    let alice = ["--http1.1", "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    let (code, body) = curl(proxy, "other.test", "/", &pki.ca(), &alice).await;
+    assert_eq!((code, support::name_of(&body)), (0, "alice"), "{body}");
+    let (code, body) = curl(proxy, "site.test", "/", &pki.ca(), &["--http1.1"]).await;
+    assert_eq!((code, support::name_of(&body)), (0, "sni"), "{body}");
+    let (code, body) = curl(proxy, "other.test", "/", &pki.ca(), &["--http1.1"]).await;
+    assert_eq!((code, support::name_of(&body)), (0, "other"), "{body}");
+}
