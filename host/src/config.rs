@@ -22,10 +22,12 @@ mod duration;
 mod health;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 pub use duration::FileDuration;
 pub(crate) use duration::human;
 pub use health::{HealthConfig, MAX_PROBE_BODY, OnUnhealthy, ProbeConfig, ProbeKind, StatusSet};
+pub use tls::{CaFile, CertificateFiles, ClientAuth, TlsConfig, TlsVersion, read_certificates, read_key};
 
 /// The range of every duration and size of the file. `weir check` (and every load) refuses
 /// a value outside its range, naming its file, line and column, so no accepted value can
@@ -281,6 +283,10 @@ struct FileListener {
     /// Networks (`"10.0.0.0/8"`, `"192.0.2.7"`, `"::/0"`) whose connections must start
     /// with a PROXY header; required with `proxy_protocol`. Reloadable.
     proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
+    /// http: terminate TLS (`{ certificates = [{ cert, key }], ... }`, see
+    /// [`tls::FileTls`]). Default: cleartext. Reloadable: certificates and settings apply
+    /// to new handshakes.
+    tls: Option<Spanned<tls::FileTls>>,
 }
 
 /// Largest `max_connections` of a listener.
@@ -531,6 +537,8 @@ pub struct ListenerConfig {
     pub peek_timeout: Duration,
     /// PROXY protocol accepted, if it is.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// TLS terminated (http listeners), if it is.
+    pub tls: Option<TlsConfig>,
 }
 
 /// Limits on tunnels (WebSockets of an http listener) and on the connections of a tcp or
@@ -1111,6 +1119,18 @@ impl Cx<'_> {
                 .duration(l.peek_timeout_ms.as_ref(), || format!("{key}.peek_timeout_ms"), bounds::TIMEOUT)?
                 .unwrap_or(Duration::from_secs(5));
             let proxy_protocol = self.proxy_protocol(l.proxy_protocol, l.proxy_protocol_from, &key)?;
+            let tls = match l.tls {
+                None => None,
+                Some(tls) if protocol != ListenerProtocol::Http => {
+                    let why = if protocol == ListenerProtocol::TlsPassthrough {
+                        "terminates TLS on http listeners only (a tls-passthrough listener forwards TLS untouched)"
+                    } else {
+                        "terminates TLS on http listeners only"
+                    };
+                    return Err(self.spanned(&tls, format!("{key}.tls"), why));
+                }
+                Some(tls) => Some(self.tls(tls.into_inner(), base, &key)?),
+            };
             let max_connections = match &l.max_connections {
                 None => None,
                 Some(n) => match usize::try_from(*n.get_ref()) {
@@ -1137,6 +1157,7 @@ impl Cx<'_> {
                 max_connections,
                 peek_timeout,
                 proxy_protocol,
+                tls,
             });
         }
         Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, listeners, pools })

@@ -24,6 +24,7 @@ use crate::core::Verdict;
 use crate::health;
 use crate::http;
 use crate::net::listen::{self, Acceptor, ListenerStats, Slots, Stop};
+use crate::net::tls::{self, Terminator};
 use crate::plugin::PluginRuntime;
 use crate::state::{BuildError, Pool, Snapshot};
 use crate::tcp;
@@ -50,6 +51,10 @@ pub enum Command {
     /// A slow-start window of the pool has passed: a new view without its ramps, so
     /// placement stops checking them.
     RampsEnded(String),
+    /// Read the certificate, key and client CA files of every TLS listener again (a
+    /// reload, a file changed on disk): new handshakes use what loads; a listener whose
+    /// files do not load keeps its certificates, and the error names the file.
+    ReloadCertificates,
 }
 
 /// The commands that turn `old` into `new`: only what changed.
@@ -91,6 +96,14 @@ pub enum ControlError {
         addr: SocketAddr,
         /// Why.
         source: std::io::Error,
+    },
+    /// A listener's TLS certificates or settings could not be loaded.
+    #[error("listener `{name}`: {source}")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// Why.
+        source: tls::TlsError,
     },
     /// A listener names a pool that does not exist after the commands.
     #[error("listener `{listener}`: no pool named `{pool}`")]
@@ -135,6 +148,10 @@ pub struct Applied {
     pub idle_closed: usize,
     /// Backends whose health verdict changed.
     pub verdicts: usize,
+    /// TLS listeners whose certificates were read again.
+    pub tls_reloaded: usize,
+    /// TLS listeners whose files did not load (they kept their certificates).
+    pub tls_failed: usize,
 }
 
 /// A running listener's accept task and where it is bound.
@@ -144,6 +161,8 @@ struct Running {
     task: JoinHandle<()>,
     /// Its connections against its `max_connections`.
     slots: Arc<Slots>,
+    /// Its TLS settings, when it terminates TLS.
+    tls: Arc<Terminator>,
 }
 
 /// The writer's own state: what it alone changes.
@@ -185,6 +204,18 @@ impl Control {
             addrs: std::sync::RwLock::default(),
             stats: std::sync::RwLock::default(),
         });
+        // Certificate files changed on disk are read again (DESIGN convention 5: the
+        // watcher ends when the server stops serving).
+        let files = {
+            let snapshot = control.ctx.snapshot.clone();
+            move || {
+                let snapshot = snapshot.load();
+                let tls = snapshot.listeners.values().filter_map(|l| l.tls.as_ref());
+                tls.flat_map(|t| t.files().map(std::path::Path::to_path_buf)).collect::<Vec<_>>()
+            }
+        };
+        let reload = control.later.clone();
+        tokio::spawn(tls::watch(files, move || reload.send(Command::ReloadCertificates).is_ok(), control.stop.clone()));
         let writer = Arc::downgrade(&control);
         tokio::spawn(async move {
             loop {
@@ -295,7 +326,10 @@ impl Control {
         let mut changed: Vec<String> = Vec::new();
         for c in &commands {
             match c {
-                Command::UpsertPool(_) | Command::Verdicts(_) | Command::RampsEnded(_) => {}
+                Command::UpsertPool(_)
+                | Command::Verdicts(_)
+                | Command::RampsEnded(_)
+                | Command::ReloadCertificates => {}
                 Command::RemovePool(name) => {
                     if pools.remove(name).is_some() {
                         applied.pools_removed += 1;
@@ -328,17 +362,44 @@ impl Control {
                 }
             }
         }
+        // TLS settings of changed listeners, built (their files read) before anything is
+        // published, so a file that does not load changes nothing.
+        let mut tls_changes: Vec<(Arc<Terminator>, Option<Arc<tls::Acceptor>>)> = Vec::new();
+        for name in &changed {
+            if let (Some(running), Some(l)) = (writer.listeners.get(name), listeners.get(name)) {
+                let acceptor = Self::build_tls(&running.tls, l)?;
+                tls_changes.push((running.tls.clone(), acceptor));
+            }
+        }
         // Bind before publishing, so a busy port changes nothing.
         let mut bound = Vec::with_capacity(to_bind.len());
         for l in &to_bind {
             let bind_err = |source| ControlError::Bind { name: l.name.clone(), addr: l.listen, source };
+            let terminator = Arc::new(Terminator::default());
+            terminator.set(Self::build_tls(&terminator, l)?);
             let listener = TcpListener::bind(l.listen).await.map_err(bind_err)?;
             let addr = listener.local_addr().map_err(bind_err)?;
-            bound.push((l.name.clone(), listener, addr));
+            bound.push((l.name.clone(), listener, addr, terminator));
         }
 
         let next = Arc::new(Snapshot { pools, listeners, built_at: Instant::now() });
+        // A listener turning TLS on gets its acceptor before the snapshot that says so,
+        // one turning it off loses it after: no connection is served in clear text under
+        // settings that say TLS.
+        for (terminator, acceptor) in &tls_changes {
+            if acceptor.is_some() {
+                terminator.set(acceptor.clone());
+            }
+        }
         self.ctx.snapshot.store(next.clone());
+        for (terminator, acceptor) in tls_changes {
+            if acceptor.is_none() {
+                terminator.set(None);
+            }
+        }
+        if commands.iter().any(|c| matches!(c, Command::ReloadCertificates)) {
+            self.reload_certificates(&writer, &next, &changed, &mut applied);
+        }
         for name in &changed {
             // Its max_connections may have changed: a full accept loop looks again.
             if let Some(running) = writer.listeners.get(name) {
@@ -356,7 +417,7 @@ impl Control {
                 tracing::info!(listener = %name, addr = %running.addr, "listener closed");
             }
         }
-        for (name, listener, addr) in bound {
+        for (name, listener, addr, tls) in bound {
             let pool = next.listeners.get(&name).map(|l| l.pool.clone()).unwrap_or_default();
             tracing::info!(listener = %name, %addr, %pool, "listening");
             let acceptor = Acceptor::new(listener, name.clone());
@@ -368,8 +429,9 @@ impl Control {
                 .entry(name.clone())
                 .or_default()
                 .clone();
-            let task = tokio::spawn(self.accept_loop(acceptor, slots.clone(), name.as_str().into(), stats));
-            writer.listeners.insert(name, Running { addr, task, slots });
+            let task =
+                tokio::spawn(self.accept_loop(acceptor, slots.clone(), name.as_str().into(), stats, tls.clone()));
+            writer.listeners.insert(name, Running { addr, task, slots, tls });
             applied.listeners_bound += 1;
         }
         *self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
@@ -393,6 +455,39 @@ impl Control {
         Ok(applied)
     }
 
+    /// The acceptor for a listener's TLS settings (none for a cleartext listener), built
+    /// with `terminator`'s session state.
+    fn build_tls(terminator: &Terminator, l: &ListenerConfig) -> Result<Option<Arc<tls::Acceptor>>, ControlError> {
+        match &l.tls {
+            None => Ok(None),
+            Some(config) => {
+                terminator.build(config).map(Some).map_err(|source| ControlError::Tls { name: l.name.clone(), source })
+            }
+        }
+    }
+
+    /// Reads every TLS listener's files again, except those of `skip` (just built), and
+    /// swaps in what loads; a listener whose files do not load keeps its certificates.
+    fn reload_certificates(&self, writer: &Writer, next: &Snapshot, skip: &[String], applied: &mut Applied) {
+        for (name, running) in &writer.listeners {
+            let Some(l) = next.listeners.get(name).filter(|l| l.tls.is_some()) else { continue };
+            if skip.contains(name) {
+                continue;
+            }
+            match Self::build_tls(&running.tls, l) {
+                Ok(acceptor) => {
+                    running.tls.set(acceptor);
+                    applied.tls_reloaded += 1;
+                    tracing::info!(listener = %name, "TLS certificates reloaded");
+                }
+                Err(e) => {
+                    applied.tls_failed += 1;
+                    tracing::error!(error = %e, "TLS certificates not reloaded; the listener keeps its current ones");
+                }
+            }
+        }
+    }
+
     /// A listener's accept loop: each connection is served as the listener's current
     /// settings say (so a reload that changes its protocol takes effect for the next
     /// connection, with no rebind).
@@ -402,6 +497,7 @@ impl Control {
         slots: Arc<Slots>,
         name: Arc<str>,
         stats: Arc<ListenerStats>,
+        tls: Arc<Terminator>,
     ) -> impl Future<Output = ()> + use<> {
         let (ctx, stop) = (self.ctx.clone(), self.stop.clone());
         let snapshot = ctx.snapshot.clone();
@@ -417,7 +513,17 @@ impl Control {
             if config.protocol.is_l4() {
                 tokio::spawn(tcp::session::run(stream, peer, slot, config, stats, ctx, stop));
             } else {
-                tokio::spawn(http::server::connection(stream, peer, slot, config, stats, ctx, stop));
+                let tls = match (&config.tls, tls.current()) {
+                    (None, _) => None,
+                    (Some(_), Some(acceptor)) => Some(acceptor),
+                    // Between the snapshot that turns TLS off and the acceptor's removal:
+                    // never serve clear text under settings that say TLS.
+                    (Some(_), None) => {
+                        stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return true;
+                    }
+                };
+                tokio::spawn(http::server::connection(stream, peer, slot, config, stats, ctx, stop, tls));
             }
             true
         })

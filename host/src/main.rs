@@ -213,6 +213,12 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     for pool in snapshot.pools.values() {
         weir::health::load(&pool.config, &plugins, pool)?;
     }
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            // Its errors are located at the file's key in the config.
+            weir::net::tls::Terminator::default().build(tls)?;
+        }
+    }
     println!("{}: ok ({} listener(s), {} pool(s))", path.display(), config.listeners.len(), config.pools.len());
     for (name, pool) in &snapshot.pools {
         let affinity = pool.affinity.as_ref().map(|a| format!(", affinity {}", a.name)).unwrap_or_default();

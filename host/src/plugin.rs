@@ -57,6 +57,8 @@ pub struct PickRequest {
     pub sni: Option<Box<str>>,
     /// The ALPN protocols a TLS client offered, in its order.
     pub alpn: Vec<String>,
+    /// The subject (RFC 4514) of the client certificate verified by an mTLS listener.
+    pub client_subject: Option<Arc<str>>,
     /// The HTTP request head, for HTTP traffic.
     pub head: Option<Box<http::request::Parts>>,
 }
@@ -70,6 +72,7 @@ impl Default for PickRequest {
             client: SocketAddr::from(([0, 0, 0, 0], 0)),
             sni: None,
             alpn: Vec::new(),
+            client_subject: None,
             head: None,
         }
     }

@@ -80,7 +80,8 @@ impl Server {
     /// becomes commands for the one writer. Changed pools are rebuilt beside the current
     /// ones (live backend figures, counters and stick tables carry over by address,
     /// unchanged pack plugins are reused); listeners added to the file are bound, removed
-    /// ones closed, changed ones take their new routes and limits at once. New work
+    /// ones closed, changed ones take their new routes and limits at once; every TLS
+    /// listener reads its certificate files again (for new handshakes). New work
     /// follows the new snapshot; requests and tunnels in progress keep the backend they
     /// have, except that the WebSockets of a backend that left its pool are drained (a
     /// close frame each, spread over the pool's `drain_spread_ms`, cut at
@@ -94,7 +95,10 @@ impl Server {
         if current.runtime != config.runtime {
             tracing::warn!("reload: [runtime] is read at start only; restart weir to apply its changes");
         }
-        let applied = self.control.apply(control::diff(&current, &config)).await?;
+        // Certificate files are read again even where their names did not change.
+        let mut commands = control::diff(&current, &config);
+        commands.push(control::Command::ReloadCertificates);
+        let applied = self.control.apply(commands).await?;
         *self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
         Ok(applied)
     }

@@ -33,6 +33,10 @@ fn check_accepts_every_example_config() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
+            // A config naming files the example makes in its first lines is checked in a
+            // directory of its own, after running that command there.
+            let made = make_example_files(&path);
+            let path = made.as_ref().map_or(path.clone(), |dir| dir.path().join(path.file_name().unwrap()));
             let (ok, stdout, stderr) = weir(&["check", "--config", path.to_str().unwrap()]);
             assert!(ok, "{}: {stderr}", path.display());
             assert!(stdout.contains(": ok"), "{stdout}");
@@ -40,7 +44,31 @@ fn check_accepts_every_example_config() {
         }
     }
     checked.sort();
-    assert_eq!(checked, ["basic.toml", "l4.toml", "tls-passthrough.toml"]);
+    assert_eq!(checked, ["basic.toml", "l4.toml", "tls-h2.toml", "tls-passthrough.toml"]);
+}
+
+/// For an example whose first lines make a certificate (`#   openssl req ... -keyout
+/// examples/X.key -out examples/X.pem`): a directory with a copy of the example and the
+/// files that command makes, made by running it there.
+fn make_example_files(example: &std::path::Path) -> Option<tempfile::TempDir> {
+    let text = std::fs::read_to_string(example).unwrap();
+    let command = text.lines().find_map(|l| l.strip_prefix("#   openssl req "))?;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(example, dir.path().join(example.file_name().unwrap())).unwrap();
+    std::fs::create_dir(dir.path().join("examples")).unwrap();
+    let out = std::process::Command::new("openssl")
+        .arg("req")
+        .args(command.split_whitespace())
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(out.status.success(), "{}: {}", example.display(), String::from_utf8_lossy(&out.stderr));
+    // The command writes into examples/, beside the config.
+    for entry in std::fs::read_dir(dir.path().join("examples")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::rename(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    Some(dir)
 }
 
 #[test]
@@ -196,4 +224,33 @@ fn a_start_error_says_its_cause_once_and_logs_to_a_pipe_carry_no_colour() {
     let _ = child.wait();
     let line = listening.expect("weir logged that it is listening").unwrap();
     assert!(!line.contains('\u{1b}'), "{line:?}");
+}
+
+/// `weir check` builds each TLS listener's settings: a key that does not match its
+/// certificate is an error at the certificate's place, naming both files.
+#[test]
+fn check_blames_a_key_that_does_not_match_its_certificate() {
+    let text = format!(
+        "[plugins]\ncache_dir = {:?}\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"p\"\ntls = {{ certificates = [{{ cert = \"site.pem\", key = \"other.key\" }}] }}\n\n[pool.p]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n",
+        crate::support::cache_dir().display().to_string()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, &text).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["site.test".to_owned()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("site.pem"), cert.pem()).unwrap();
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(dir.path().join("other.key"), other.serialize_pem()).unwrap();
+    let (ok, stdout, stderr) = weir(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok && !stdout.contains(": ok"), "{stdout}");
+    let stderr = stderr.replace(&dir.path().display().to_string(), "DIR");
+    assert!(stderr.contains("error: DIR/weir.toml:7:34: listener[0].tls.certificates[0].cert: "), "{stderr}");
+    assert!(stderr.contains("DIR/other.key: the key does not match the certificate DIR/site.pem"), "{stderr}");
+
+    // The matching key: ok.
+    std::fs::write(dir.path().join("other.key"), key.serialize_pem()).unwrap();
+    let (ok, stdout, stderr) = weir(&["check", "--config", path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
 }

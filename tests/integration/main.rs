@@ -21,5 +21,6 @@ mod probe;
 mod probe_reuse;
 mod proxy;
 mod support;
+mod tls;
 mod upstream;
 mod websocket;

@@ -1025,3 +1025,153 @@ fn upstream_errors_are_located() {
         assert!(message.contains(words), "{upstream}: {message}");
     }
 }
+
+/// A directory with `site.pem`/`site.key` (a matching pair), `ca.pem`, and files that are
+/// not what they should be; and a config of one TLS listener whose `tls` table is `tls`.
+fn tls_files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["site.test".to_owned()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("site.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("site.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64 !\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "no PEM here\n").unwrap();
+    dir
+}
+
+fn tls_text(protocol: &str, tls: &str) -> String {
+    format!(
+        "[[listener]]\nlisten = \"127.0.0.1:8443\"\nprotocol = \"{protocol}\"\npool = \"web\"\ntls = {tls}\n\n[pool.web]\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n"
+    )
+}
+
+#[test]
+fn tls_settings_are_read_with_their_defaults_and_paths_relative_to_the_file() {
+    let dir = tls_files();
+    let path = dir.path().join("weir.toml");
+    let text = tls_text("http", "{ certificates = [{ cert = \"site.pem\", key = \"site.key\" }] }");
+    let c = Config::parse(&text, Some(&path)).unwrap();
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.certificates[0].cert, dir.path().join("site.pem"));
+    assert_eq!(tls.certificates[0].key, dir.path().join("site.key"));
+    assert_eq!(tls.certificates[0].at.key, "listener[0].tls.certificates[0].cert");
+    assert_eq!(tls.min_version, TlsVersion::Tls12);
+    assert_eq!(tls.alpn, ["h2", "http/1.1"]);
+    assert_eq!(tls.client_ca, None);
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
+
+    let text = tls_text(
+        "http",
+        "{ certificates = [{ cert = \"site.pem\", key = \"site.key\" }], min_version = \"1.3\", alpn = [\"http/1.1\"], client_ca = \"ca.pem\", client_auth = \"optional\", client_subject_header = \"X-Client-Subject\", handshake_timeout_ms = \"2s\" }",
+    );
+    let c = Config::parse(&text, Some(&path)).unwrap();
+    let tls = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.min_version, TlsVersion::Tls13);
+    assert_eq!(tls.alpn, ["http/1.1"]);
+    assert_eq!(tls.client_ca.as_ref().unwrap().path, dir.path().join("ca.pem"));
+    assert_eq!(tls.client_auth, ClientAuth::Optional);
+    assert_eq!(tls.client_subject_header.as_ref().unwrap(), "x-client-subject");
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(c.listeners[0].tls.as_ref().unwrap().files().count(), 3);
+}
+
+#[test]
+fn bad_tls_settings_are_located() {
+    let dir = tls_files();
+    let path = dir.path().join("weir.toml");
+    let good = "{ cert = \"site.pem\", key = \"site.key\" }";
+    // Each case: protocol, the tls table, the key blamed, words of the message.
+    let cases = [
+        ("tcp", format!("{{ certificates = [{good}] }}"), "listener[0].tls", "http listeners only"),
+        ("tls-passthrough", format!("{{ certificates = [{good}] }}"), "listener[0].tls", "forwards TLS untouched"),
+        ("http", "{ certificates = [] }".to_owned(), "listener[0].tls.certificates", "at least one"),
+        (
+            "http",
+            "{ certificates = [{ cert = \"missing.pem\", key = \"site.key\" }] }".to_owned(),
+            "listener[0].tls.certificates[0].cert",
+            "cannot read",
+        ),
+        (
+            "http",
+            format!("{{ certificates = [{good}, {{ cert = \"garbage.pem\", key = \"site.key\" }}] }}"),
+            "listener[0].tls.certificates[1].cert",
+            "bad PEM",
+        ),
+        (
+            "http",
+            "{ certificates = [{ cert = \"empty.pem\", key = \"site.key\" }] }".to_owned(),
+            "listener[0].tls.certificates[0].cert",
+            "no CERTIFICATE",
+        ),
+        (
+            "http",
+            "{ certificates = [{ cert = \"site.pem\", key = \"site.pem\" }] }".to_owned(),
+            "listener[0].tls.certificates[0].key",
+            "no PRIVATE KEY",
+        ),
+        (
+            "http",
+            format!("{{ certificates = [{good}], min_version = \"1.1\" }}"),
+            "listener[0].tls.min_version",
+            "\"1.2\" or \"1.3\"",
+        ),
+        ("http", format!("{{ certificates = [{good}], alpn = [\"\"] }}"), "listener[0].tls.alpn[0]", "1 to 255 bytes"),
+        (
+            "http",
+            format!("{{ certificates = [{good}], client_auth = \"optional\" }}"),
+            "listener[0].tls.client_auth",
+            "without `client_ca`",
+        ),
+        (
+            "http",
+            format!("{{ certificates = [{good}], client_auth = \"maybe\" }}"),
+            "listener[0].tls.client_auth",
+            "unknown variant",
+        ),
+        (
+            "http",
+            format!("{{ certificates = [{good}], client_ca = \"empty.pem\" }}"),
+            "listener[0].tls.client_ca",
+            "no CERTIFICATE",
+        ),
+        (
+            "http",
+            format!("{{ certificates = [{good}], client_subject_header = \"X-Subject\" }}"),
+            "listener[0].tls.client_subject_header",
+            "needs `client_ca`",
+        ),
+        (
+            "http",
+            format!("{{ certificates = [{good}], client_ca = \"ca.pem\", client_subject_header = \"bad header\" }}"),
+            "listener[0].tls.client_subject_header",
+            "not a header name",
+        ),
+        (
+            "http",
+            format!("{{ certificates = [{good}], handshake_timeout_ms = 0 }}"),
+            "listener[0].tls.handshake_timeout_ms",
+            "out of range",
+        ),
+        (
+            "http",
+            format!("{{ certificates = [{good}], ciphers = \"all\" }}"),
+            "listener[0].tls.ciphers",
+            "unknown field `ciphers`",
+        ),
+    ];
+    for (protocol, tls, key, words) in cases {
+        let text = tls_text(protocol, &tls);
+        let (line, _, k, message) = match Config::parse(&text, Some(&path)) {
+            Err(ConfigError::Invalid { line, column, key, message, .. }) => (line, column, key, message),
+            other => panic!("{tls}: expected an invalid-config error, got {other:?}"),
+        };
+        assert_eq!(k, key, "{tls}: {message}");
+        assert_eq!(line, 5, "{tls}: the tls line");
+        assert!(message.contains(words), "{tls}: {message}");
+    }
+}

@@ -107,8 +107,9 @@ pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 /// Rewrites a client request head (checked by [`check_host`]) for the backend:
 /// origin-form URI, with the authority of an absolute-form target as `Host` (RFC 9112
 /// §3.2.2: the host the request was routed by), hop-by-hop headers removed,
-/// `X-Forwarded-*` added.
-pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: SocketAddr) {
+/// `X-Forwarded-*` added (`X-Forwarded-Proto: https` when the client connected over
+/// `tls`).
+pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: SocketAddr, tls: bool) {
     let host = request_host(head).and_then(|h| HeaderValue::from_str(h).ok());
     if head.uri.authority().is_some() {
         let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -148,7 +149,7 @@ pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: Socke
     if let Ok(v) = HeaderValue::from_bytes(&xff) {
         head.headers.insert(X_FORWARDED_FOR, v);
     }
-    head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     if let Some(host) = host {
         head.headers.insert(X_FORWARDED_HOST, host);
     }
@@ -304,7 +305,7 @@ mod tests {
         let req =
             Request::builder().uri("http://example.com/a?b=1").header("x-forwarded-for", "192.0.2.7").body(()).unwrap();
         let (mut head, ()) = req.into_parts();
-        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap());
+        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap(), false);
         assert_eq!(head.uri, "/a?b=1");
         assert_eq!(head.headers["host"], "example.com");
         assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7, 10.1.2.3");
@@ -323,9 +324,10 @@ mod tests {
             .body(())
             .unwrap();
         let (mut head, ()) = req.into_parts();
-        prepare_upstream_head(&mut head, "[2001:db8::9]:5555".parse().unwrap());
+        prepare_upstream_head(&mut head, "[2001:db8::9]:5555".parse().unwrap(), true);
         let all: Vec<_> = head.headers.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["192.0.2.1, 192.0.2.2, 192.0.2.3, 2001:db8::9"]);
+        assert_eq!(head.headers["x-forwarded-proto"], "https", "over TLS");
     }
 
     #[test]
@@ -339,7 +341,7 @@ mod tests {
                 .body(())
                 .unwrap();
             let (mut head, ()) = req.into_parts();
-            prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap());
+            prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap(), false);
             head.headers
         };
         let kept = head("gzip;q=0.5, Trailers");

@@ -175,6 +175,10 @@ impl bindings::request::Host for InstanceState {
         self.request.as_ref().map(|r| r.alpn.clone()).unwrap_or_default()
     }
 
+    fn client_cert_subject(&mut self) -> Option<String> {
+        self.request.as_ref().and_then(|r| r.client_subject.as_deref()).map(str::to_owned)
+    }
+
     fn method(&mut self) -> Option<String> {
         self.head().map(|h| h.method.as_str().to_owned())
     }

@@ -126,7 +126,7 @@ async fn serve(
             None => return Err(SessionError::NoPool(name.to_owned())),
         }
     };
-    let mut pick = PickRequest { protocol, client: from.addr, sni, alpn, head: None };
+    let mut pick = PickRequest { protocol, client: from.addr, sni, alpn, client_subject: None, head: None };
     let mut avoid = None;
     let mut attempt = 0;
     let (id, mut backend) = loop {

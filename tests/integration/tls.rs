@@ -1,0 +1,415 @@
+//! TLS termination on http listeners, with clients nobody here wrote (`curl` and
+//! `openssl s_client`, installed by `.ci/run`) and a rustls client where a test must hold
+//! a connection open: certificates by SNI, mTLS, certificates reloaded from disk and by
+//! a reload while a connection stays open, and clients that send no good ClientHello.
+//! Certificates are made here with rcgen.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+use crate::support::{self, Upstream};
+
+/// A CA made for one test, and the certificates it signs, written as PEM in `dir`.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "weir test CA");
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Self { dir, issuer: rcgen::Issuer::new(params, key) }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// Writes `FILE.pem` and `FILE.key`: a certificate with common name `cn` and these
+    /// DNS names, signed by the CA.
+    fn issue(&self, file: &str, cn: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Weir Tests");
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (c, k) = (self.path(&format!("{file}.pem")), self.path(&format!("{file}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+/// Config: one TLS listener `main` on 127.0.0.1:0 in front of `backend`, with `tls` as
+/// the listener's `tls` table.
+fn tls_config(backend: SocketAddr, tls: &str) -> String {
+    support::config_text(&[backend], "").replace("pool = \"p\"\n\n", &format!("pool = \"p\"\ntls = {tls}\n\n"))
+}
+
+fn certificates(pki: &Pki, files: &[&str]) -> String {
+    let list: Vec<String> = files
+        .iter()
+        .map(|f| format!("{{ cert = {:?}, key = {:?} }}", pki.path(&format!("{f}.pem")), pki.path(&format!("{f}.key"))))
+        .collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// `openssl s_client` to `proxy` with `servername` (None: no SNI), verifying against
+/// `ca`: whether the handshake and verification succeeded, and the subject it got.
+async fn s_client(proxy: SocketAddr, servername: Option<&str>, ca: &Path) -> (bool, String) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &proxy.to_string(), "-verify_return_error", "-brief"]).arg("-CAfile").arg(ca);
+    match servername {
+        Some(name) => cmd.args(["-servername", name]),
+        None => cmd.arg("-noservername"),
+    };
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.stdin(Stdio::null()).output()).await.unwrap().unwrap();
+    // -brief reports on stderr.
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    let subject = text.lines().find_map(|l| l.strip_prefix("Peer certificate: ")).unwrap_or("").to_owned();
+    (out.status.success() && text.contains("Verification: OK"), subject)
+}
+
+/// `curl` over HTTPS to `proxy` as `name` (resolved to the proxy), trusting `ca`, with
+/// `extra` arguments: (exit status, body).
+async fn curl(proxy: SocketAddr, name: &str, path: &str, ca: &Path, extra: &[&str]) -> (i32, String) {
+    let url = format!("https://{name}:{}{path}", proxy.port());
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--resolve", &format!("{name}:{}:127.0.0.1", proxy.port())])
+        .arg("--cacert")
+        .arg(ca)
+        .args(extra)
+        .arg(&url)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("curl is installed (.ci/run installs it)");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A rustls client that trusts `ca`, optionally presenting a client certificate.
+fn rustls_client(ca: &Path) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// The common name of the certificate a TLS connection got: the tests that look use
+/// `cert-N`, found as it is written in the DER.
+fn peer_cn(conn: &rustls::ClientConnection) -> String {
+    let der = conn.peer_certificates().unwrap()[0].as_ref();
+    let at = der.windows(5).position(|w| w == b"cert-").expect("a cert-N certificate");
+    String::from_utf8_lossy(&der[at..at + 6]).into_owned()
+}
+
+/// A keep-alive HTTP/1.1 connection over TLS, with the certificate it got.
+async fn open(
+    proxy: SocketAddr,
+    name: &str,
+    ca: &Path,
+) -> (hyper::client::conn::http1::SendRequest<support::Body>, String) {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let tls = rustls_client(ca).connect(server_name, tcp).await.unwrap();
+    let cn = peer_cn(tls.get_ref().1);
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    (send, cn)
+}
+
+async fn get(send: &mut hyper::client::conn::http1::SendRequest<support::Body>, name: &str, path: &str) -> String {
+    send.ready().await.unwrap();
+    let req = Request::get(path).header("host", name).body(support::empty()).unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    support::body_text(res).await
+}
+
+/// Each name gets its certificate (an exact name, a wildcard), any other name and a
+/// client without SNI get the first one; curl's requests arrive with
+/// `X-Forwarded-Proto: https`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_each_names_certificate_and_the_first_by_default() {
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("default", "default.test", &["default.test"]);
+    pki.issue("a", "a.test", &["a.test", "www.a.test"]);
+    pki.issue("wild", "wild.test", &["*.wild.test"]);
+    let server = support::start(&tls_config(
+        up.addr,
+        &format!("{{ certificates = {} }}", certificates(&pki, &["default", "a", "wild"])),
+    ))
+    .await;
+    let proxy = server.addr("main").unwrap();
+
+    let cases: [(Option<&str>, &str); 6] = [
+        (Some("a.test"), "CN = a.test"),
+        (Some("WWW.A.test"), "CN = a.test"),
+        (Some("x.wild.test"), "CN = wild.test"),
+        (Some("x.y.wild.test"), "CN = default.test"),
+        (Some("elsewhere.org"), "CN = default.test"),
+        (None, "CN = default.test"),
+    ];
+    for (sni, cn) in cases {
+        let (ok, subject) = s_client(proxy, sni, &pki.ca()).await;
+        assert!(ok, "SNI {sni:?}: handshake or verification failed ({subject:?})");
+        assert!(subject.contains(cn), "SNI {sni:?} got {subject:?}, not {cn}");
+    }
+    let (code, body) = curl(proxy, "www.a.test", "/headers", &pki.ca(), &["--http1.1"]).await;
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    assert!(body.contains("host: www.a.test"), "{body}");
+    let stats = server.control().listener_stats("main").unwrap();
+    assert_eq!(stats.refused.load(Ordering::Relaxed), 0);
+}
+
+/// With `client_auth = "required"`, curl with a certificate the CA signed is served (and
+/// its subject reaches the backend in the configured header, a client's own header of
+/// that name dropped); curl without one, or with one from another CA, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_serves_verified_clients_and_refuses_the_rest() {
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("site", "site.test", &["site.test"]);
+    pki.issue("alice", "alice", &[]);
+    let stranger = Pki::new();
+    let (scert, skey) = stranger.issue("mallory", "mallory", &[]);
+    let tls = format!(
+        "{{ certificates = {}, client_ca = {:?}, client_subject_header = \"X-Client-Subject\" }}",
+        certificates(&pki, &["site"]),
+        pki.ca()
+    );
+    let server = support::start(&tls_config(up.addr, &tls)).await;
+    let proxy = server.addr("main").unwrap();
+    let ca = pki.ca();
+    let (cert, key) = (pki.path("alice.pem"), pki.path("alice.key"));
+    let alice = ["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()];
+
+    let (code, body) =
+        curl(proxy, "site.test", "/headers", &ca, &[&alice[..], &["-H", "X-Client-Subject: CN=admin"]].concat()).await;
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("x-client-subject: O=Weir Tests,CN=alice\n"), "{body}");
+    assert!(!body.contains("CN=admin"), "the client's own header went through: {body}");
+
+    let (code, body) = curl(proxy, "site.test", "/", &ca, &[]).await;
+    assert_ne!(code, 0, "served without a client certificate: {body}");
+    let (code, body) =
+        curl(proxy, "site.test", "/", &ca, &["--cert", scert.to_str().unwrap(), "--key", skey.to_str().unwrap()]).await;
+    assert_ne!(code, 0, "served with a certificate from another CA: {body}");
+    let stats = server.control().listener_stats("main").unwrap();
+    support::eventually("both refusals counted", || stats.refused.load(Ordering::Relaxed) == 2).await;
+}
+
+/// With `client_auth = "optional"`, a client without a certificate is served too, and
+/// the header says nothing about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_client_auth_serves_clients_without_a_certificate() {
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("site", "site.test", &["site.test"]);
+    pki.issue("bob", "bob", &[]);
+    let tls = format!(
+        "{{ certificates = {}, client_ca = {:?}, client_auth = \"optional\", client_subject_header = \"x-client-subject\" }}",
+        certificates(&pki, &["site"]),
+        pki.ca()
+    );
+    let server = support::start(&tls_config(up.addr, &tls)).await;
+    let proxy = server.addr("main").unwrap();
+    let (code, body) = curl(proxy, "site.test", "/headers", &pki.ca(), &["-H", "x-client-subject: CN=forged"]).await;
+    assert_eq!(code, 0, "{body}");
+    assert!(!body.contains("x-client-subject"), "{body}");
+    let (cert, key) = (pki.path("bob.pem"), pki.path("bob.key"));
+    let (code, body) = curl(
+        proxy,
+        "site.test",
+        "/headers",
+        &pki.ca(),
+        &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, 0, "{body}");
+    assert!(body.contains("x-client-subject: O=Weir Tests,CN=bob\n"), "{body}");
+}
+
+/// A certificate replaced on disk is served to the next handshake (the file watcher),
+/// while a connection opened before keeps working; a file that does not load keeps the
+/// certificate served; a reload (the SIGHUP path) reads the files again too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_swapped_on_disk_serve_new_handshakes_and_keep_open_connections() {
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("site", "cert-1", &["site.test"]);
+    let text = tls_config(up.addr, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])));
+    let server = support::start(&text).await;
+    let proxy = server.addr("main").unwrap();
+    let ca = pki.ca();
+
+    let (mut open_conn, cn) = open(proxy, "site.test", &ca).await;
+    assert_eq!(cn, "cert-1");
+    assert!(get(&mut open_conn, "site.test", "/").await.starts_with("b0: "));
+
+    // Replaced as certificate tools do: new files renamed over the old ones.
+    pki.issue("next", "cert-2", &["site.test"]);
+    std::fs::rename(pki.path("next.key"), pki.path("site.key")).unwrap();
+    std::fs::rename(pki.path("next.pem"), pki.path("site.pem")).unwrap();
+    let started = Instant::now();
+    loop {
+        let (_, cn) = open(proxy, "site.test", &ca).await;
+        if cn == "cert-2" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(get(&mut open_conn, "site.test", "/").await.starts_with("b0: "), "the open connection broke");
+
+    // A broken file: the served certificate stays, on the watcher's reload and on a
+    // reload of the config.
+    std::fs::write(pki.path("site.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, cn) = open(proxy, "site.test", &ca).await;
+    assert_eq!(cn, "cert-2", "a file that does not load replaced the certificate");
+
+    // The reload path: a certificate written in place, read by a reload of the same
+    // config (its file names unchanged). The watcher may see it first; either way the
+    // reload reads the files and the next handshake gets it.
+    pki.issue("third", "cert-3", &["site.test"]);
+    std::fs::rename(pki.path("third.key"), pki.path("site.key")).unwrap();
+    std::fs::rename(pki.path("third.pem"), pki.path("site.pem")).unwrap();
+    let applied = server.reload(weir::config::Config::parse(&text, None).unwrap()).await.unwrap();
+    assert_eq!((applied.tls_reloaded, applied.tls_failed), (1, 0), "{applied:?}");
+    let (_, cn) = open(proxy, "site.test", &ca).await;
+    assert_eq!(cn, "cert-3");
+    assert!(get(&mut open_conn, "site.test", "/").await.starts_with("b0: "), "the open connection broke");
+
+    // A reload with a key that does not match its certificate keeps what is served.
+    let (_, other_key) = pki.issue("other", "cert-x", &["site.test"]);
+    std::fs::copy(other_key, pki.path("site.key")).unwrap();
+    let applied = server.control().apply(vec![weir::control::Command::ReloadCertificates]).await.unwrap();
+    assert_eq!((applied.tls_reloaded, applied.tls_failed), (0, 1), "{applied:?}");
+    let (_, cn) = open(proxy, "site.test", &ca).await;
+    assert_eq!(cn, "cert-3");
+}
+
+/// Garbage, a ClientHello cut short and a client that sends nothing each cost one
+/// connection (closed, counted in `refused`, never reaching a backend) while a real
+/// client is served at the same time; the silent one is closed at the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_silent_client_hellos_cost_one_connection() {
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("site", "site.test", &["site.test"]);
+    let tls = format!("{{ certificates = {}, handshake_timeout_ms = 500 }}", certificates(&pki, &["site"]));
+    let server = support::start(&tls_config(up.addr, &tls)).await;
+    let proxy = server.addr("main").unwrap();
+
+    // A real ClientHello, from a client writing into a buffer.
+    let hello = {
+        let (mut client, server_side) = tokio::io::duplex(64 << 10);
+        let connector = rustls_client(&pki.ca());
+        let name = rustls::pki_types::ServerName::try_from("site.test").unwrap();
+        tokio::spawn(async move { connector.connect(name, server_side).await });
+        let mut buf = vec![0; 64 << 10];
+        let n = client.read(&mut buf).await.unwrap();
+        buf.truncate(n);
+        buf
+    };
+    assert_eq!(hello[0], 0x16, "a handshake record");
+
+    let mut silent = TcpStream::connect(proxy).await.unwrap();
+    let started = Instant::now();
+    let mut garbage = TcpStream::connect(proxy).await.unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n").await.unwrap();
+    let mut truncated = TcpStream::connect(proxy).await.unwrap();
+    truncated.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    truncated.shutdown().await.unwrap();
+    let mut stalled = TcpStream::connect(proxy).await.unwrap();
+    stalled.write_all(&hello[..hello.len() / 2]).await.unwrap();
+
+    for (what, conn) in [("garbage", &mut garbage), ("truncated", &mut truncated)] {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got)).await.unwrap();
+        assert!(!String::from_utf8_lossy(&got).contains("HTTP/1.1"), "{what} got an HTTP answer: {got:?}");
+    }
+    assert!(started.elapsed() < Duration::from_millis(450), "garbage and truncated were not refused at once");
+
+    let (ok, subject) = s_client(proxy, Some("site.test"), &pki.ca()).await;
+    assert!(ok, "a real client was not served: {subject}");
+    let (code, body) = curl(proxy, "site.test", "/", &pki.ca(), &[]).await;
+    assert_eq!(code, 0, "{body}");
+
+    for (what, conn) in [("silent", &mut silent), ("stalled", &mut stalled)] {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got)).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(450), "{what} closed before the handshake timeout");
+    }
+    let stats = server.control().listener_stats("main").unwrap();
+    support::eventually("four refusals counted", || stats.refused.load(Ordering::Relaxed) == 4).await;
+    let snapshot = server.snapshot();
+    assert_eq!(snapshot.pools["p"].view.members[0].live.requests.load(Ordering::Relaxed), 1, "only curl's request");
+}
+
+/// A user-written plugin (`tests/fixtures/by-tls`) reads what the handshake learnt: the
+/// verified client certificate's subject (`request.client-cert-subject`) and the SNI
+/// (`request.sni`) route each request to its backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_the_client_certificate_subject_and_the_sni() {
+    let (alice_up, sni_up, other_up) =
+        (Upstream::start("alice").await, Upstream::start("sni").await, Upstream::start("other").await);
+    let pki = Pki::new();
+    pki.issue("site", "site.test", &["site.test", "other.test"]);
+    pki.issue("alice", "alice", &[]);
+    let tls = format!(
+        "{{ certificates = {}, client_ca = {:?}, client_auth = \"optional\" }}",
+        certificates(&pki, &["site"]),
+        pki.ca()
+    );
+    let text = format!(
+        "[plugins]\ncache_dir = {:?}\ncall_timeout_ms = 50\n\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\ntls = {tls}\n\n[pool.p]\nbalancer = {{ plugin = {:?} }}\nbackends = [{{ address = \"{}\" }}, {{ address = \"{}\", labels = {{ match = \"O=Weir Tests,CN=alice\" }} }}, {{ address = \"{}\", labels = {{ match = \"site.test\" }} }}]\n",
+        support::cache_dir().display().to_string(),
+        support::fixture("by-tls").display().to_string(),
+        other_up.addr,
+        alice_up.addr,
+        sni_up.addr,
+    );
+    let server = support::start(&text).await;
+    let proxy = server.addr("main").unwrap();
+    let (cert, key) = (pki.path("alice.pem"), pki.path("alice.key"));
+    let alice = ["--http1.1", "--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    let (code, body) = curl(proxy, "other.test", "/", &pki.ca(), &alice).await;
+    assert_eq!((code, support::name_of(&body)), (0, "alice"), "{body}");
+    let (code, body) = curl(proxy, "site.test", "/", &pki.ca(), &["--http1.1"]).await;
+    assert_eq!((code, support::name_of(&body)), (0, "sni"), "{body}");
+    let (code, body) = curl(proxy, "other.test", "/", &pki.ca(), &["--http1.1"]).await;
+    assert_eq!((code, support::name_of(&body)), (0, "other"), "{body}");
+}
