@@ -126,8 +126,8 @@ fn splice(from: i32, to: i32, len: usize) -> io::Result<usize> {
 /// What one [`burst`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Burst {
-    /// `from` had nothing more for now.
-    Drained,
+    /// `from` had nothing more for now; this many bytes were moved.
+    Drained(usize),
     /// `from` ended (the caller half-closes `to` if it should).
     Ended,
     /// No pipe could be had (descriptors exhausted): nothing was moved.
@@ -152,6 +152,7 @@ pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -
             return Ok(Burst::NoPipe);
         }
     };
+    let mut moved = 0;
     loop {
         match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)) {
             Ok(0) => {
@@ -160,11 +161,12 @@ pub(crate) async fn burst(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -
             }
             Ok(n) => {
                 flush(&pipe, n, to).await?;
+                moved += n;
                 touch();
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 pipe.give();
-                return Ok(Burst::Drained);
+                return Ok(Burst::Drained(moved));
             }
             Err(e) => return Err(e),
         }
