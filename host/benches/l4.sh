@@ -4,6 +4,10 @@
 # `../shared/peers` placement). Needs haproxy, nginx, iperf3, wrk, curl, python3 (Debian).
 #
 #   host/benches/l4.sh [ROUNDS=3] [IDLE_CONNS=4000]
+#   WEIR_B=path/to/another/weir host/benches/l4.sh ...   # A/B: a second weir build, pinned
+#       to CPU1 as well, run after the first in every round (listeners on ports +1000)
+#   WEIR=path/to/weir host/benches/l4.sh ...             # that build instead of building one
+#   TESTS="curl wrk" host/benches/l4.sh ...              # only these (curl iperf wrk idle)
 #
 # Per round, interleaved (direct, HAProxy, weir):
 #   - a 1 GiB HTTP download (nginx sendfile origin) with curl: Gbit/s and the proxy's CPU
@@ -19,8 +23,12 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${1:-3}
 IDLE=${2:-4000}
 PEERS=${PEERS_SRC:-$(cd ../shared/peers && pwd)}
-cargo build --release >/dev/null 2>&1
-WEIR=$PWD/target/release/weir
+TESTS=${TESTS:-curl iperf wrk idle}
+has() { [[ " $TESTS " == *" $1 "* ]]; }
+if [ -z "${WEIR:-}" ]; then
+    cargo build --release >/dev/null 2>&1
+    WEIR=$PWD/target/release/weir
+fi
 P=$(mktemp -d /tmp/weir-l4.XXXX)
 cp -r "$PEERS"/conf "$P"/
 mkdir -p "$P"/run "$P"/logs "$P"/www
@@ -70,6 +78,8 @@ backends = [{ address = "127.0.0.1:5201" }]
 [pool.hold]
 backends = [{ address = "127.0.0.1:9020" }]
 EOF
+# The A/B build: the same config on ports 9183.. instead of 8183..
+sed 's/127.0.0.1:81/127.0.0.1:91/' "$P"/run/weir-l4.toml > "$P"/run/weir-l4-b.toml
 ulimit -n "$(ulimit -Hn)"
 G="nice -n -20 taskset -c 0"
 X="nice -n -20 taskset -c 1"
@@ -87,6 +97,12 @@ $X haproxy -D -f "$P"/run/haproxy-tcp.cfg
 $X "$WEIR" run --config "$P"/run/weir-l4.toml > "$P"/logs/weir.log 2>&1 &
 pids+=($!)
 WPID=$!
+B=()
+if [ -n "${WEIR_B:-}" ]; then
+    $X "$WEIR_B" run --config "$P"/run/weir-l4-b.toml > "$P"/logs/weir-b.log 2>&1 &
+    pids+=($!)
+    B=("weirB 9184 $!")
+fi
 $G iperf3 -s -p 5201 > "$P"/logs/iperf3.log 2>&1 &
 pids+=($!)
 # The holding backend: accepts and keeps every connection, never writes.
@@ -104,23 +120,24 @@ pids+=($!)
 sleep 1
 HPID=$(cat "$P"/run/haproxy-tcp.pid)
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; } # clock ticks, 1/100 s
-echo "weir $(git rev-parse --short HEAD), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $(nproc) CPUs; weir pid $WPID, haproxy pid $HPID"
+echo "weir $(git rev-parse --short HEAD)${WEIR_B:+, weirB $WEIR_B}, HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $(nproc) CPUs; weir pid $WPID, haproxy pid $HPID"
 for r in $(seq 1 "$ROUNDS"); do
-    for t in "direct 9001 -" "haproxy 8084 $HPID" "weir 8184 $WPID"; do
+    echo "r$r $(uptime)"
+    has curl && for t in "direct 9001 -" "haproxy 8084 $HPID" "weir 8184 $WPID" "${B[@]/9184/9184}"; do
         set -- $t
         c0=$([ "$3" = - ] && echo 0 || cpu "$3")
         s=$($G curl -s -o /dev/null -w '%{speed_download}' "http://127.0.0.1:$2/big")
         c1=$([ "$3" = - ] && echo 0 || cpu "$3")
         echo "r$r curl-1GiB $1 $(echo "$s" | awk '{printf "%.2f", $1*8/1e9}') Gbit/s proxy_cpu=$(echo "$c0 $c1" | awk '{printf "%.2f", ($2-$1)/100}') s"
     done
-    for t in "direct 5201 -" "haproxy 8086 $HPID" "weir 8186 $WPID"; do
+    has iperf && for t in "direct 5201 -" "haproxy 8086 $HPID" "weir 8186 $WPID" "${B[@]/9184/9186}"; do
         set -- $t
         c0=$([ "$3" = - ] && echo 0 || cpu "$3")
         g=$($G iperf3 -c 127.0.0.1 -p "$2" -t 10 -J | /usr/bin/python3 -c "import json,sys;j=json.load(sys.stdin);print('%.2f'%(j['end']['sum_received']['bits_per_second']/1e9))")
         c1=$([ "$3" = - ] && echo 0 || cpu "$3")
         echo "r$r iperf3-10s $1 $g Gbit/s proxy_cpu=$(( (c1 - c0) / 10 ))% of a core"
     done
-    for t in "haproxy 8083 $HPID" "weir 8183 $WPID"; do
+    has wrk && for t in "haproxy 8083 $HPID" "weir 8183 $WPID" "${B[@]/9184/9183}"; do
         set -- $t
         c0=$(cpu "$3")
         n=$($G wrk -t1 -c64 -d10s -H 'Connection: close' "http://127.0.0.1:$2/" | awk '/^Requests\/sec/{print $2}')
@@ -129,7 +146,7 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 # Memory per idle connection (both legs): RSS growth over IDLE connections held open.
-for t in "haproxy 8089 $HPID" "weir 8189 $WPID"; do
+if has idle; then for t in "haproxy 8089 $HPID" "weir 8189 $WPID" "${B[@]/9184/9189}"; do
     set -- $t
     r0=$(awk '/VmRSS/{print $2}' "/proc/$3/status")
     $G /usr/bin/python3 - "$2" "$IDLE" "$3" <<'EOF'
@@ -151,4 +168,4 @@ EOF
     r1=$(cat /tmp/weir-l4-rss)
     echo "idle-connections $1 $IDLE conns: RSS ${r0} kB -> ${r1} kB = $(( (r1 - r0) * 1024 / IDLE )) B/conn"
     sleep 2
-done
+done; fi

@@ -419,6 +419,7 @@ impl<W: World> Default for Slot<W> {
 impl<W: World> Plugin<W> {
     /// Creates and configures a fresh instance.
     fn instantiate(&self, view: &Arc<dyn PoolHost>) -> Result<Live<W>, CallError> {
+        let _running = engine::Running::start();
         let info = &self.info;
         info.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let mut live = Live::<W>::new(W::engine(&self.pre), info.name.clone(), info.pool.clone(), self.memory_limit);
@@ -463,6 +464,7 @@ impl<W: World> Plugin<W> {
         long: bool,
         f: impl FnOnce(&W::Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
     ) -> (PickRequest, Result<R, CallError>) {
+        let _running = engine::Running::start();
         let info = &self.info;
         info.stats.calls.add();
         if slot.live.is_none() {

@@ -25,8 +25,19 @@
 //! than mapped copy-on-write: a mapped image would save 28 KiB per instance but cost 2
 //! more memory maps (4 in all), halving the instances `vm.max_map_count` allows: 1,000
 //! pools on 16 threads would take 64,000 of the 65,530 maps.
+//!
+//! # The epoch ticker
+//!
+//! A thread advances the engine's epoch every [`EPOCH_TICK`], which is what lets a call's
+//! deadline pass. It is only needed while a call runs, so it parks after [`IDLE_TICKS`]
+//! ticks in which it saw none running, and the next call to start ([`Running::start`])
+//! unparks it: an idle proxy, or one moving only L4 bytes, no longer wakes 1,000 times a
+//! second for nothing (measured: 3 % of a core, BENCHMARKS.md, L4). A call counts as
+//! running from its start until its [`Running`] drops, so a runaway call keeps the ticker
+//! going until its deadline cuts it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy};
@@ -35,6 +46,73 @@ use super::LoadError;
 
 /// How often the epoch advances; call deadlines are whole ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Ticks without a running call after which the ticker parks (at most ten unparks a
+/// second under a light load of short calls).
+const IDLE_TICKS: u32 = 100;
+
+/// Calls running now, on any thread.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// The ticker is parked (or about to park): the next call to start unparks it.
+static PARKED: AtomicBool = AtomicBool::new(false);
+/// The ticker thread, once spawned.
+static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+
+/// A call into a plugin store (instantiation, configure, any export): keeps the epoch
+/// ticker running until dropped. Nesting is fine.
+#[derive(Debug)]
+#[must_use = "the ticker runs only while this lives"]
+pub(crate) struct Running(());
+
+impl Running {
+    /// Marks a call as running, unparking the ticker if it sleeps.
+    #[inline]
+    pub(crate) fn start() -> Self {
+        // SeqCst pairs with the ticker's: either it sees this call running and stays up,
+        // or this sees it parked and unparks it.
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        if PARKED.load(Ordering::SeqCst)
+            && PARKED.swap(false, Ordering::SeqCst)
+            && let Some(ticker) = TICKER.get()
+        {
+            ticker.unpark();
+        }
+        Running(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The ticker's loop: advance the epoch every tick while calls run, park when none has
+/// for [`IDLE_TICKS`].
+fn tick(engine: &Engine) -> ! {
+    let mut idle = 0;
+    loop {
+        std::thread::sleep(EPOCH_TICK);
+        engine.increment_epoch();
+        if RUNNING.load(Ordering::SeqCst) > 0 {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle < IDLE_TICKS {
+            continue;
+        }
+        idle = 0;
+        PARKED.store(true, Ordering::SeqCst);
+        if RUNNING.load(Ordering::SeqCst) > 0 {
+            PARKED.store(false, Ordering::SeqCst);
+            continue;
+        }
+        while PARKED.load(Ordering::SeqCst) {
+            std::thread::park();
+        }
+    }
+}
 
 /// The process-wide engine and its epoch ticker.
 pub(crate) fn engine() -> Result<&'static Engine, LoadError> {
@@ -50,15 +128,11 @@ pub(crate) fn engine() -> Result<&'static Engine, LoadError> {
                 .memory_init_cow(false);
             let engine = Engine::new(&config).map_err(|e| e.to_string())?;
             let ticker = engine.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("weir-epoch".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(EPOCH_TICK);
-                        ticker.increment_epoch();
-                    }
-                })
+                .spawn(move || tick(&ticker))
                 .map_err(|e| e.to_string())?;
+            let _ = TICKER.set(thread.thread().clone());
             Ok(engine)
         })
         .as_ref()

@@ -181,5 +181,5 @@ async fn serve(
     let _stick = pool.bind(pick, id).1.hold;
     let entry = ctx.tunnels.register(&live);
     drop(pool);
-    tunnel::join_opaque(&client, &backend, limits, &entry.order).await.map_err(SessionError::Tunnel)
+    tunnel::join_opaque(&mut client, &mut backend, limits, &entry.order).await.map_err(SessionError::Tunnel)
 }

@@ -3,12 +3,27 @@
 //! source would block) and lets go of what it used before waiting again. Every chunk that
 //! goes out calls `touch`, so a burst that never ends (a backend that always has bytes for
 //! a client that reads slower) still counts as activity for the idle timeout.
+//!
+//! A spliced direction moves small bursts with recv(2) and send(2) instead (HAProxy's
+//! `splice-auto`): a request or response of a few hundred bytes then takes two system
+//! calls, where splicing takes three (in, out, and one more in that says "would block",
+//! since a short splice does not show that the socket is empty, see
+//! [`crate::net::splice::burst`]; a short read does, and tokio then forgets the
+//! readiness by itself). The bytes pass through a buffer on the thread's stack, never
+//! through the task, so an idle direction still holds nothing. A read that fills the
+//! buffer, or a burst that moved as much, makes the direction splice until a burst moves
+//! less again.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::Poll;
 
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 use super::Closing;
 use super::drain::{FrameTracker, going_away};
@@ -17,31 +32,91 @@ use crate::net::splice::{self, Burst};
 /// Bytes taken per copied burst.
 const BURST: usize = 16 << 10;
 
-/// Moves bytes from `from` to `to` with splice(2) until `from` ends; then half-closes
-/// `to`, unless this is the second of the directions counted in `ended` to finish (both
-/// sockets are about to close, which says as much). When no pipe can be had
-/// (descriptors exhausted) a burst is copied instead.
+/// Bytes read per small burst, on the stack: bursts below this are copied, not spliced.
+const SMALL: usize = 4 << 10;
+
+/// Moves bytes from `from` to `to` until `from` ends, small bursts by recv/send and large
+/// ones by splice(2); then half-closes `to`, unless this is the second of the directions
+/// counted in `ended` to finish (both sockets are about to close, which says as much).
+/// When no pipe can be had (descriptors exhausted) a burst is copied instead.
 pub(super) async fn splice_until_end(
-    from: &TcpStream,
+    mut from: ReadHalf<'_>,
     to: &TcpStream,
     touch: &impl Fn(),
     ended: &AtomicU8,
 ) -> io::Result<()> {
+    // The last burst was large: splice the next one.
+    let mut large = false;
     loop {
-        from.readable().await?;
-        let done = match splice::burst(from, to, touch).await? {
-            Burst::Ended => true,
-            Burst::Drained => false,
-            Burst::NoPipe => copy_burst(from, to, touch).await?,
-        };
-        if done {
-            if ended.fetch_add(1, Ordering::Relaxed) == 0 {
-                // The peer may already be gone; nothing more to do either way.
-                let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+        if !large {
+            match small_burst(&mut from, to, touch).await? {
+                Small::Ended => break,
+                Small::Drained => continue,
+                Small::Full => large = true,
             }
-            return Ok(());
+        } else {
+            from.as_ref().readable().await?;
+        }
+        match splice::burst(from.as_ref(), to, touch).await? {
+            Burst::Ended => break,
+            Burst::Drained(moved) => large = moved >= SMALL,
+            Burst::NoPipe => {
+                if copy_burst(from.as_ref(), to, touch).await? {
+                    break;
+                }
+            }
         }
     }
+    if ended.fetch_add(1, Ordering::Relaxed) == 0 {
+        // The peer may already be gone; nothing more to do either way.
+        let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
+    }
+    Ok(())
+}
+
+/// What one [`small_burst`] saw.
+enum Small {
+    /// `from` ended.
+    Ended,
+    /// A short read: `from` is empty for now (and tokio knows it).
+    Drained,
+    /// The read filled the buffer: there is likely more.
+    Full,
+}
+
+/// Waits for `from` to be readable, reads up to [`SMALL`] bytes into a buffer on the
+/// stack and sends them to `to` in the same poll; only bytes `to` could not take at once
+/// are copied to the heap and written when it can.
+async fn small_burst(from: &mut ReadHalf<'_>, to: &TcpStream, touch: &impl Fn()) -> io::Result<Small> {
+    let (seen, rest) = std::future::poll_fn(|cx| {
+        let mut buf = [MaybeUninit::<u8>::uninit(); SMALL];
+        let mut read = ReadBuf::uninit(&mut buf);
+        match Pin::new(&mut *from).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let data = read.filled();
+                if data.is_empty() {
+                    return Poll::Ready(Ok((Small::Ended, None)));
+                }
+                let seen = if data.len() == SMALL { Small::Full } else { Small::Drained };
+                let sent = match to.try_write(data) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                if sent > 0 {
+                    touch();
+                }
+                Poll::Ready(Ok((seen, (sent < data.len()).then(|| data[sent..].to_vec()))))
+            }
+        }
+    })
+    .await?;
+    if let Some(rest) = rest {
+        write_all(to, &rest, touch).await?;
+    }
+    Ok(seen)
 }
 
 /// Copies what `from` has ready to `to` through a 16 KiB buffer taken for this burst
