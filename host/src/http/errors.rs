@@ -6,6 +6,9 @@
 //! hyper answers it itself, with an empty body, and closes. [`ClientIo`] sits under hyper
 //! on each client connection and turns those answers into weir's own, so they too carry
 //! the one-line body, while hyper keeps enforcing the limits exactly as configured.
+//! [`ClientIo`] also reads a connection's first bytes to tell HTTP/2's preface from
+//! HTTP/1.1 ([`ClientIo::sniff`]); on HTTP/2 it rewrites nothing (hyper's h2 answers a
+//! bad request with a stream reset, never with an HTTP/1 head).
 
 use std::io;
 use std::pin::Pin;
@@ -183,6 +186,18 @@ impl ProxyError {
 /// `content-length: 0` and `date`); anything longer is not one.
 const BARE_MAX: usize = 256;
 
+/// HTTP/2's connection preface (RFC 9113 §3.4): a client that starts with it speaks h2.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which HTTP a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sniffed {
+    /// Anything but the HTTP/2 preface (HTTP/1.x, or garbage for hyper's h1 to refuse).
+    Http1,
+    /// The HTTP/2 connection preface (h2c with prior knowledge).
+    Http2,
+}
+
 /// A client connection as hyper's server sees it. Bytes pass through untouched, except
 /// the bare error responses hyper writes by itself for a request head it cannot parse
 /// (400, 414, 431, empty bodies), which are written as weir's own instead: the same
@@ -202,23 +217,40 @@ pub(crate) struct ClientIo<S> {
     /// weir's answer being written in place of hyper's: the bytes, how many are written,
     /// and how many of hyper's bytes it stands for.
     replacing: Option<(Bytes, usize, usize)>,
+    /// The connection's first bytes, read by [`ClientIo::sniff`] and handed to hyper
+    /// before anything else: the bytes, how many there are, how many were handed on.
+    first: ([u8; PREFACE.len()], u8, u8),
+    /// The connection speaks HTTP/2: nothing is rewritten.
+    h2: bool,
 }
 
 impl<S> ClientIo<S> {
     /// Wraps a client connection of a listener with these `max_header_bytes` and
     /// `max_headers`; `lookalikes` is shared with the connection's service.
     pub(crate) fn new(inner: S, max_header_bytes: usize, max_headers: usize, lookalikes: Arc<AtomicUsize>) -> Self {
-        Self { inner, limits: (max_header_bytes, max_headers), lookalikes, replacing: None }
+        Self {
+            inner,
+            limits: (max_header_bytes, max_headers),
+            lookalikes,
+            replacing: None,
+            first: ([0; PREFACE.len()], 0, 0),
+            h2: false,
+        }
     }
 
-    /// The connection itself.
-    pub(crate) fn into_inner(self) -> S {
-        self.inner
+    /// The connection itself, and what was read of it by [`ClientIo::sniff`] that hyper
+    /// has not taken (nothing, once hyper has read a request head).
+    pub(crate) fn into_inner(self) -> (S, Bytes) {
+        let (first, len, taken) = self.first;
+        (self.inner, Bytes::copy_from_slice(&first[usize::from(taken)..usize::from(len)]))
     }
 
     /// Looks at what hyper writes; if it is one of hyper's bare errors, arranges for
     /// weir's answer to be written instead.
     fn inspect(&mut self, data: &[u8]) {
+        if self.h2 {
+            return;
+        }
         let Some((version, status, date)) = bare_error(data) else { return };
         if self.lookalikes.load(Ordering::Relaxed) > 0 {
             // A backend's own answer, counted by the service: pass it on as it is.
@@ -246,6 +278,31 @@ impl<S> ClientIo<S> {
         text.push_str("\r\n");
         text.push_str(&body);
         self.replacing = Some((Bytes::from(text), 0, data.len()));
+    }
+}
+
+impl<S: AsyncRead + Unpin> ClientIo<S> {
+    /// Reads the connection's first bytes, as far as they agree with HTTP/2's preface (24
+    /// bytes at most, no buffer allocated), and says which HTTP the client speaks. The
+    /// bytes read are kept and handed to hyper first. A client that closes first is
+    /// [`Sniffed::Http1`] with nothing read (hyper's h1 sees the end and closes quietly).
+    pub(crate) async fn sniff(&mut self) -> io::Result<Sniffed> {
+        use tokio::io::AsyncReadExt;
+        let (first, len, _) = &mut self.first;
+        let mut n = 0;
+        while n < PREFACE.len() {
+            let read = self.inner.read(&mut first[n..]).await?;
+            if read == 0 {
+                break;
+            }
+            n += read;
+            if first[..n] != PREFACE[..n] {
+                break;
+            }
+        }
+        *len = n as u8;
+        self.h2 = n == PREFACE.len() && first == PREFACE;
+        Ok(if self.h2 { Sniffed::Http2 } else { Sniffed::Http1 })
     }
 }
 
@@ -308,7 +365,16 @@ pub(crate) fn looks_bare(res: &Response<ProxyBody>) -> bool {
 
 impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let (first, len, taken) = &mut this.first;
+        if taken < len {
+            let rest = &first[usize::from(*taken)..usize::from(*len)];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            *taken += n as u8;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -330,7 +396,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.replacing.is_none() {
+        if this.replacing.is_none() && !this.h2 {
             let total: usize = bufs.iter().map(|b| b.len()).sum();
             if total <= BARE_MAX && bufs.iter().find(|b| !b.is_empty()).is_some_and(|b| b.starts_with(b"HTTP/1.")) {
                 let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
