@@ -425,6 +425,53 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_preface_is_told_from_http1_and_every_byte_handed_back() {
+        let mut h2 = PREFACE.to_vec();
+        h2.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+        let cases: [(&[u8], Sniffed); 6] = [
+            (&h2, Sniffed::Http2),
+            (PREFACE, Sniffed::Http2),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Sniffed::Http1),
+            (b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n", Sniffed::Http1),
+            (b"PRI * HTTP/2.0\r\n", Sniffed::Http1),
+            (b"", Sniffed::Http1),
+        ];
+        for (input, want) in cases {
+            let reader = slow_reader(input);
+            let mut io = ClientIo::new(tokio::io::join(reader, Vec::new()), 1024, 10, Arc::default());
+            assert_eq!(io.sniff().await.unwrap(), want, "{input:?}");
+            let mut all = Vec::new();
+            io.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all, input, "hyper reads every byte, the sniffed ones first");
+        }
+    }
+
+    /// A reader that hands out its bytes three at a time, as a slow client sends them.
+    fn slow_reader(bytes: &[u8]) -> impl AsyncRead + Unpin + use<> {
+        let (mut w, r) = tokio::io::duplex(3);
+        let bytes = bytes.to_vec();
+        tokio::spawn(async move {
+            for chunk in bytes.chunks(3) {
+                let _ = w.write_all(chunk).await;
+            }
+        });
+        r
+    }
+
+    #[tokio::test]
+    async fn nothing_is_rewritten_on_http2() {
+        let bare = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        for (first, rewritten) in [(&PREFACE[..], false), (&b"GET /\r\n\r\n"[..], true)] {
+            let mut io = ClientIo::new(tokio::io::join(first, Vec::new()), 1024, 10, Arc::default());
+            io.sniff().await.unwrap();
+            io.write_all(bare).await.unwrap();
+            let written = io.into_inner().0.into_inner().1;
+            assert_eq!(written != bare, rewritten, "{}", String::from_utf8_lossy(&written));
+        }
+    }
 
     #[test]
     fn only_hypers_bare_errors_are_recognised() {

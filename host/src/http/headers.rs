@@ -317,6 +317,50 @@ mod tests {
     }
 
     #[test]
+    fn an_http2_request_names_its_host_in_its_authority() {
+        let req = Request::get("http://a.example:8080/x").version(http::Version::HTTP_2).body(()).unwrap();
+        let (mut head, ()) = req.into_parts();
+        assert!(check_host(&head).is_ok());
+        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap());
+        assert_eq!((head.uri.to_string().as_str(), head.version), ("/x", http::Version::HTTP_11));
+        assert_eq!(head.headers["host"], "a.example:8080");
+        let req = Request::get("/x").version(http::Version::HTTP_2).body(()).unwrap();
+        assert!(matches!(check_host(&req.into_parts().0), Err(HostError::Missing)), "neither :authority nor Host");
+        let bad = Request::get("http://u@a.example/x").version(http::Version::HTTP_2).body(()).unwrap();
+        assert!(matches!(check_host(&bad.into_parts().0), Err(HostError::Target { .. })));
+    }
+
+    #[test]
+    fn an_extended_connect_becomes_an_http1_websocket_handshake() {
+        let mut req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("http://a.example/chat")
+            .version(http::Version::HTTP_2)
+            .header("sec-websocket-protocol", "chat")
+            .body(())
+            .unwrap();
+        assert!(!extended_connect(&req.into_parts().0), "a plain CONNECT is not one");
+        req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("http://a.example/chat")
+            .version(http::Version::HTTP_2)
+            .header("sec-websocket-protocol", "chat")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+        let (mut head, ()) = req.into_parts();
+        assert!(extended_connect(&head));
+        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap());
+        connect_to_upgrade(&mut head);
+        assert_eq!(head.method, http::Method::GET);
+        assert_eq!(head.uri, "/chat");
+        assert!(is_websocket_upgrade(&head.headers));
+        assert_eq!(head.headers["sec-websocket-version"], "13");
+        assert_eq!(head.headers["sec-websocket-protocol"], "chat");
+        assert_eq!(head.headers["sec-websocket-key"].len(), 24, "16 random bytes in base64");
+    }
+
+    #[test]
     fn forwarded_headers_are_added_and_appended() {
         let req =
             Request::builder().uri("http://example.com/a?b=1").header("x-forwarded-for", "192.0.2.7").body(()).unwrap();
