@@ -170,6 +170,12 @@ async fn websocket_over_http2_extended_connect_echoes_through_a_backend_upgrade(
     let res = other.send_request(Request::get(format!("http://{proxy}/x")).body(Full::default()).unwrap()).await;
     assert_eq!(res.unwrap().status(), StatusCode::OK);
 
+    // A CONNECT for anything but a WebSocket is no tunnel here.
+    let mut req = Request::builder().method(Method::CONNECT).uri(format!("{proxy}")).body(Full::default()).unwrap();
+    *req.version_mut() = http::Version::HTTP_2;
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED);
+
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     drop(ws);

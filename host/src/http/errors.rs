@@ -71,6 +71,10 @@ pub(crate) enum ProxyError {
     /// The request target is longer than hyper takes (answered for hyper by [`ClientIo`]).
     #[error("the request target is too long")]
     TargetTooLong,
+    /// An HTTP/2 `CONNECT` that is not a WebSocket's extended CONNECT (RFC 8441): weir
+    /// opens no TCP tunnels for clients.
+    #[error("CONNECT is only for WebSockets (:protocol = websocket) here")]
+    PlainConnect,
     /// The client's request body could not be read (malformed, or cut short).
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
@@ -126,7 +130,8 @@ impl ProxyError {
             | ProxyError::ClientBody(_)
             | ProxyError::MalformedHead
             | ProxyError::HeadTooLarge { .. }
-            | ProxyError::TargetTooLong => Origin::Client,
+            | ProxyError::TargetTooLong
+            | ProxyError::PlainConnect => Origin::Client,
             // weir itself, as configured, could not serve it.
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Internal(_) => Origin::Config,
             ProxyError::Rejected(_) => Origin::Plugin,
@@ -140,6 +145,7 @@ impl ProxyError {
             ProxyError::Host(_) | ProxyError::ClientBody(_) | ProxyError::MalformedHead => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::TargetTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::PlainConnect => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Rejected(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -293,6 +293,9 @@ async fn handle(
     // A WebSocket: an HTTP/1.1 upgrade, or on HTTP/2 an extended CONNECT (RFC 8441),
     // which becomes an HTTP/1.1 upgrade to the backend all the same.
     let connect = h2 && extended_connect(&head);
+    if h2 && !connect && head.method == http::Method::CONNECT {
+        return ProxyError::PlainConnect.into_response();
+    }
     let websocket = connect || (!h2 && is_websocket_upgrade(&head.headers));
     let client_upgrade = if websocket { head.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
     prepare_upstream_head(&mut head, peer);
