@@ -75,6 +75,15 @@ pub mod bounds {
     pub const HEALTH_TICK: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(3600);
     /// `slow_start_ms`: 0 (none) to 1 day.
     pub const SLOW_START: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(86_400);
+    /// `http2.max_concurrent_streams`: 1 to 10,000 (each open stream holds its request's
+    /// state and, while it waits, a task).
+    pub const H2_MAX_CONCURRENT_STREAMS: RangeInclusive<u32> = 1..=10_000;
+    /// `http2.max_header_list_size`: 1 KiB to 1 MiB, as `max_header_bytes`.
+    pub const H2_MAX_HEADER_LIST_SIZE: RangeInclusive<u32> = 1024..=(1 << 20);
+    /// `http2.initial_stream_window_size` and `http2.initial_connection_window_size`:
+    /// 65,535 (the protocol's initial window; a smaller one only slows uploads) to
+    /// 2^31 - 1 (the largest window HTTP/2 can express, RFC 9113 §6.9.1).
+    pub const H2_WINDOW: RangeInclusive<u32> = 65_535..=((1 << 31) - 1);
 }
 
 /// A config error, located in the file.
@@ -287,6 +296,28 @@ struct FileListener {
     /// [`tls::FileTls`]). Default: cleartext. Reloadable: certificates and settings apply
     /// to new handshakes.
     tls: Option<Spanned<tls::FileTls>>,
+    /// http: limits of HTTP/2 connections (h2c with prior knowledge, h2 by ALPN).
+    /// Reloadable (connections accepted after the reload).
+    http2: Option<Spanned<FileHttp2>>,
+}
+
+/// `[listener.http2]`: the limits an HTTP/2 client is told in its SETTINGS and held to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp2 {
+    /// Most streams (requests) open at once on one connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`). Default 100. Range 1 to 10000.
+    max_concurrent_streams: Option<Spanned<u32>>,
+    /// Largest request header list in bytes, counted as HTTP/2 counts it (each field's
+    /// name and value plus 32; `SETTINGS_MAX_HEADER_LIST_SIZE`); larger is refused. Default
+    /// 65536. Range 1024 to 1048576.
+    max_header_list_size: Option<Spanned<u32>>,
+    /// Bytes of request body a client may send on one stream before weir has passed them
+    /// on (`SETTINGS_INITIAL_WINDOW_SIZE`). Default 65535. Range 65535 to 2147483647.
+    initial_stream_window_size: Option<Spanned<u32>>,
+    /// The same for all the streams of a connection together. Default 1048576. Range
+    /// 65535 to 2147483647.
+    initial_connection_window_size: Option<Spanned<u32>>,
 }
 
 /// Largest `max_connections` of a listener.
@@ -539,6 +570,35 @@ pub struct ListenerConfig {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// TLS terminated (http listeners), if it is.
     pub tls: Option<TlsConfig>,
+    /// Limits of HTTP/2 connections.
+    pub http2: Http2Limits,
+}
+
+/// The limits of an http listener's HTTP/2 connections (`[listener.http2]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Most streams open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request header list, as HTTP/2 counts it.
+    pub max_header_list_size: u32,
+    /// Initial flow-control window of each stream.
+    pub initial_stream_window_size: u32,
+    /// Initial flow-control window of each connection.
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Limits {
+    /// Close to Envoy's settings for an edge proxy and to nginx's and HAProxy's: 100
+    /// streams, 64 KiB of headers (as `max_header_bytes`), the protocol's own 64 KiB
+    /// stream window and 1 MiB per connection.
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            max_header_list_size: 64 << 10,
+            initial_stream_window_size: 65_535,
+            initial_connection_window_size: 1 << 20,
+        }
+    }
 }
 
 /// Limits on tunnels (WebSockets of an http listener) and on the connections of a tcp or
@@ -1144,6 +1204,7 @@ impl Cx<'_> {
                     }
                 },
             };
+            let http2 = self.http2(l.http2.as_ref(), &key)?;
             listeners.push(ListenerConfig {
                 name: l.name.unwrap_or_else(|| format!("listener-{i}")),
                 listen,
@@ -1158,6 +1219,7 @@ impl Cx<'_> {
                 peek_timeout,
                 proxy_protocol,
                 tls,
+                http2,
             });
         }
         Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, listeners, pools })
@@ -1221,12 +1283,13 @@ impl Cx<'_> {
 
     /// Keys that belong to the other kind of listener are errors, not silently ignored.
     fn keys_fit(&self, l: &FileListener, key: &str) -> Result<(), ConfigError> {
-        let http_only: [(&str, Option<std::ops::Range<usize>>); 5] = [
+        let http_only: [(&str, Option<std::ops::Range<usize>>); 6] = [
             ("header_read_timeout_ms", l.header_read_timeout_ms.as_ref().map(Spanned::span)),
             ("max_header_bytes", l.max_header_bytes.as_ref().map(Spanned::span)),
             ("max_headers", l.max_headers.as_ref().map(Spanned::span)),
             ("tunnel_idle_timeout_ms", l.tunnel_idle_timeout_ms.as_ref().map(Spanned::span)),
             ("tunnel_max_lifetime_ms", l.tunnel_max_lifetime_ms.as_ref().map(Spanned::span)),
+            ("http2", l.http2.as_ref().map(Spanned::span)),
         ];
         let l4_only: [(&str, Option<std::ops::Range<usize>>); 2] = [
             ("idle_timeout_ms", l.idle_timeout_ms.as_ref().map(Spanned::span)),
@@ -1246,6 +1309,44 @@ impl Cx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `http2`: each limit given, checked against its range; the others defaulted.
+    fn http2(&self, file: Option<&Spanned<FileHttp2>>, key: &str) -> Result<Http2Limits, ConfigError> {
+        let mut limits = Http2Limits::default();
+        let Some(file) = file else { return Ok(limits) };
+        let file = file.get_ref();
+        let set = |value: &Option<Spanned<u32>>, name: &str, range: RangeInclusive<u32>, to: &mut u32| {
+            if let Some(v) = self.number(value.as_ref(), || format!("{key}.http2.{name}"), range)? {
+                *to = v;
+            }
+            Ok::<_, ConfigError>(())
+        };
+        set(
+            &file.max_concurrent_streams,
+            "max_concurrent_streams",
+            bounds::H2_MAX_CONCURRENT_STREAMS,
+            &mut limits.max_concurrent_streams,
+        )?;
+        set(
+            &file.max_header_list_size,
+            "max_header_list_size",
+            bounds::H2_MAX_HEADER_LIST_SIZE,
+            &mut limits.max_header_list_size,
+        )?;
+        set(
+            &file.initial_stream_window_size,
+            "initial_stream_window_size",
+            bounds::H2_WINDOW,
+            &mut limits.initial_stream_window_size,
+        )?;
+        set(
+            &file.initial_connection_window_size,
+            "initial_connection_window_size",
+            bounds::H2_WINDOW,
+            &mut limits.initial_connection_window_size,
+        )?;
+        Ok(limits)
     }
 
     /// `proxy_protocol` and `proxy_protocol_from`, which go together.

@@ -7,6 +7,7 @@ mod bounds;
 mod cli;
 mod control;
 mod drain;
+mod h2;
 mod hardening;
 mod health;
 mod l4;

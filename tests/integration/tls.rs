@@ -193,6 +193,33 @@ async fn sni_picks_each_names_certificate_and_the_first_by_default() {
     assert_eq!(stats.refused.load(Ordering::Relaxed), 0);
 }
 
+/// ALPN: `curl --http2` is served HTTP/2 and `curl --http1.1` HTTP/1.1 on the same TLS
+/// listener, and plugins see `http2` as the request's protocol (the `by-protocol`
+/// fixture picks the backend labelled with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_gives_h2_to_curl_http2_and_http1_to_curl_http1() {
+    let (h1, h2) = (Upstream::start("one").await, Upstream::start("two").await);
+    let pki = Pki::new();
+    pki.issue("site", "site.test", &["site.test"]);
+    let text = format!(
+        "[plugins]\ncache_dir = {:?}\n\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\ntls = {{ certificates = {} }}\n\n[pool.p]\nbackends = [{{ address = \"{}\", labels = {{ match = \"http1\" }} }}, {{ address = \"{}\", labels = {{ match = \"http2\" }} }}]\nbalancer = {{ plugin = {:?} }}\n",
+        support::cache_dir().display().to_string(),
+        certificates(&pki, &["site"]),
+        h1.addr,
+        h2.addr,
+        support::fixture("by-protocol").display().to_string(),
+    );
+    let server = support::start(&text).await;
+    let proxy = server.addr("main").unwrap();
+    let version = ["-w", "%{http_version}"];
+    let (code, out) = curl(proxy, "site.test", "/p", &pki.ca(), &[&["--http2"][..], &version].concat()).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "two: GET /p\n2", "curl --http2 was served HTTP/2, and plugins saw http2");
+    let (code, out) = curl(proxy, "site.test", "/p", &pki.ca(), &[&["--http1.1"][..], &version].concat()).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "one: GET /p\n1.1", "curl --http1.1 was served HTTP/1.1");
+}
+
 /// With `client_auth = "required"`, curl with a certificate the CA signed is served (and
 /// its subject reaches the backend in the configured header, a client's own header of
 /// that name dropped); curl without one, or with one from another CA, is refused.

@@ -428,6 +428,40 @@ async fn grpc_trailers_pass_both_ways_through_an_h2_backend() {
     assert_eq!(backend.accepted(), 1);
 }
 
+/// gRPC's shape end to end: a client speaking HTTP/2 with prior knowledge (hyper's) sends
+/// a request whose body ends in trailers; weir passes it to an h2c backend and the
+/// backend's `grpc-status` trailers back, on HTTP/2 both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2c_end_to_end_carries_trailers_both_ways() {
+    let backend = Backend::start("g", true, None).await;
+    let server = weir(&[backend.addr], "{ protocol = \"h2c\" }").await;
+    let proxy = server.addr("main").unwrap();
+    let stream = TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut request_trailers = HeaderMap::new();
+    request_trailers.insert("x-req-sum", HeaderValue::from_static("42"));
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter([
+        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(b"hello"))),
+        Ok(hyper::body::Frame::trailers(request_trailers)),
+    ]));
+    let req = Request::post(format!("http://{proxy}/grpc"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let collected = res.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("the response ends in trailers");
+    assert_eq!(collected.to_bytes(), "hello");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "x-req-sum=42", "the request's trailer reached the backend");
+    assert_eq!(backend.accepted(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trailers_pass_both_ways_through_an_h1_backend() {
     let backend = Backend::start("t", false, None).await;

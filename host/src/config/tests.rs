@@ -337,6 +337,50 @@ fn ranged() -> Vec<Ranged> {
             read: |c| ms(c.pools["p"].health.slow_start),
         },
         Ranged {
+            table: "listener",
+            key: "http2.max_concurrent_streams",
+            path: "listener[0].http2.max_concurrent_streams",
+            min: "1",
+            max: "10000",
+            below: Some("0"),
+            above: "10001",
+            with: "",
+            read: |c| u128::from(c.listeners[0].http2.max_concurrent_streams),
+        },
+        Ranged {
+            table: "listener",
+            key: "http2.max_header_list_size",
+            path: "listener[0].http2.max_header_list_size",
+            min: "1024",
+            max: "1048576",
+            below: Some("1023"),
+            above: "1048577",
+            with: "",
+            read: |c| u128::from(c.listeners[0].http2.max_header_list_size),
+        },
+        Ranged {
+            table: "listener",
+            key: "http2.initial_stream_window_size",
+            path: "listener[0].http2.initial_stream_window_size",
+            min: "65535",
+            max: "2147483647",
+            below: Some("65534"),
+            above: "2147483648",
+            with: "",
+            read: |c| u128::from(c.listeners[0].http2.initial_stream_window_size),
+        },
+        Ranged {
+            table: "listener",
+            key: "http2.initial_connection_window_size",
+            path: "listener[0].http2.initial_connection_window_size",
+            min: "65535",
+            max: "2147483647",
+            below: Some("65534"),
+            above: "2147483648",
+            with: "",
+            read: |c| u128::from(c.listeners[0].http2.initial_connection_window_size),
+        },
+        Ranged {
             table: "pool",
             key: "panic_threshold_percent",
             path: "pool.p.panic_threshold_percent",
@@ -384,6 +428,22 @@ fn every_value_out_of_range_is_refused_at_its_place() {
             assert!(message.contains("is out of range ("), "{} = {value}: {message}", r.key);
         }
     }
+}
+
+#[test]
+fn http2_limits_default_like_an_edge_proxy_and_unknown_ones_are_located() {
+    let c = Config::parse(GOOD, None).unwrap();
+    assert_eq!(c.listeners[0].http2, Http2Limits::default());
+    assert_eq!(c.listeners[0].http2.max_concurrent_streams, 100);
+    let (text, line) = with_key("listener", "http2 = { max_concurrent_streams = 7, max_streams = 5 }");
+    let (l, _, key, message) = invalid(&text);
+    assert_eq!((l, key.as_str()), (line, "listener[0].http2.max_streams"), "{message}");
+    assert!(message.contains("unknown field `max_streams`"), "{message}");
+    let (text, _) = with_key("listener", "[listener.http2]\nmax_concurrent_streams = 7\nmax_header_list_size = 2048");
+    let c = Config::parse(&text, None).unwrap();
+    assert_eq!(c.listeners[0].http2.max_concurrent_streams, 7);
+    assert_eq!(c.listeners[0].http2.max_header_list_size, 2048);
+    assert_eq!(c.listeners[0].http2.initial_stream_window_size, 65_535, "the default");
 }
 
 #[test]
@@ -871,6 +931,12 @@ fn l4_keys_are_refused_where_they_do_not_apply() {
             "idle_timeout_ms = \"10m\"",
             "header_read_timeout_ms = 5",
             "listener[0].header_read_timeout_ms",
+            "http listeners only",
+        ),
+        (
+            "idle_timeout_ms = \"10m\"",
+            "http2 = { max_concurrent_streams = 5 }",
+            "listener[0].http2",
             "http listeners only",
         ),
         ("sni = \"*.Example.com.\"", "host = \"a.example.com\"", "listener[1].route[0].host", "route by `sni`"),

@@ -6,6 +6,9 @@
 //! hyper answers it itself, with an empty body, and closes. [`ClientIo`] sits under hyper
 //! on each client connection and turns those answers into weir's own, so they too carry
 //! the one-line body, while hyper keeps enforcing the limits exactly as configured.
+//! [`ClientIo`] also reads a connection's first bytes to tell HTTP/2's preface from
+//! HTTP/1.1 ([`ClientIo::sniff`]); on HTTP/2 it rewrites nothing (hyper's h2 answers a
+//! bad request with a stream reset, never with an HTTP/1 head).
 
 use std::io;
 use std::pin::Pin;
@@ -68,6 +71,10 @@ pub(crate) enum ProxyError {
     /// The request target is longer than hyper takes (answered for hyper by [`ClientIo`]).
     #[error("the request target is too long")]
     TargetTooLong,
+    /// An HTTP/2 `CONNECT` that is not a WebSocket's extended CONNECT (RFC 8441): weir
+    /// opens no TCP tunnels for clients.
+    #[error("CONNECT is only for WebSockets (:protocol = websocket) here")]
+    PlainConnect,
     /// The client's request body could not be read (malformed, or cut short).
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
@@ -131,7 +138,8 @@ impl ProxyError {
             | ProxyError::ClientBody(_)
             | ProxyError::MalformedHead
             | ProxyError::HeadTooLarge { .. }
-            | ProxyError::TargetTooLong => Origin::Client,
+            | ProxyError::TargetTooLong
+            | ProxyError::PlainConnect => Origin::Client,
             // weir itself, as configured, could not serve it.
             ProxyError::NoPool(_)
             | ProxyError::NoBackend(_)
@@ -148,6 +156,7 @@ impl ProxyError {
             ProxyError::Host(_) | ProxyError::ClientBody(_) | ProxyError::MalformedHead => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::TargetTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::PlainConnect => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::UpgradeOverH2 { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoPool(_) | ProxyError::NoBackend(_) | ProxyError::Rejected(_) => {
@@ -195,6 +204,18 @@ impl ProxyError {
 /// `content-length: 0` and `date`); anything longer is not one.
 const BARE_MAX: usize = 256;
 
+/// HTTP/2's connection preface (RFC 9113 §3.4): a client that starts with it speaks h2.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which HTTP a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sniffed {
+    /// Anything but the HTTP/2 preface (HTTP/1.x, or garbage for hyper's h1 to refuse).
+    Http1,
+    /// The HTTP/2 connection preface (h2c with prior knowledge).
+    Http2,
+}
+
 /// A client connection as hyper's server sees it. Bytes pass through untouched, except
 /// the bare error responses hyper writes by itself for a request head it cannot parse
 /// (400, 414, 431, empty bodies), which are written as weir's own instead: the same
@@ -214,23 +235,40 @@ pub(crate) struct ClientIo<S> {
     /// weir's answer being written in place of hyper's: the bytes, how many are written,
     /// and how many of hyper's bytes it stands for.
     replacing: Option<(Bytes, usize, usize)>,
+    /// The connection's first bytes, read by [`ClientIo::sniff`] and handed to hyper
+    /// before anything else: the bytes, how many there are, how many were handed on.
+    first: ([u8; PREFACE.len()], u8, u8),
+    /// The connection speaks HTTP/2: nothing is rewritten.
+    h2: bool,
 }
 
 impl<S> ClientIo<S> {
     /// Wraps a client connection of a listener with these `max_header_bytes` and
     /// `max_headers`; `lookalikes` is shared with the connection's service.
     pub(crate) fn new(inner: S, max_header_bytes: usize, max_headers: usize, lookalikes: Arc<AtomicUsize>) -> Self {
-        Self { inner, limits: (max_header_bytes, max_headers), lookalikes, replacing: None }
+        Self {
+            inner,
+            limits: (max_header_bytes, max_headers),
+            lookalikes,
+            replacing: None,
+            first: ([0; PREFACE.len()], 0, 0),
+            h2: false,
+        }
     }
 
-    /// The connection itself.
-    pub(crate) fn into_inner(self) -> S {
-        self.inner
+    /// The connection itself, and what was read of it by [`ClientIo::sniff`] that hyper
+    /// has not taken (nothing, once hyper has read a request head).
+    pub(crate) fn into_inner(self) -> (S, Bytes) {
+        let (first, len, taken) = self.first;
+        (self.inner, Bytes::copy_from_slice(&first[usize::from(taken)..usize::from(len)]))
     }
 
     /// Looks at what hyper writes; if it is one of hyper's bare errors, arranges for
     /// weir's answer to be written instead.
     fn inspect(&mut self, data: &[u8]) {
+        if self.h2 {
+            return;
+        }
         let Some((version, status, date)) = bare_error(data) else { return };
         if self.lookalikes.load(Ordering::Relaxed) > 0 {
             // A backend's own answer, counted by the service: pass it on as it is.
@@ -258,6 +296,31 @@ impl<S> ClientIo<S> {
         text.push_str("\r\n");
         text.push_str(&body);
         self.replacing = Some((Bytes::from(text), 0, data.len()));
+    }
+}
+
+impl<S: AsyncRead + Unpin> ClientIo<S> {
+    /// Reads the connection's first bytes, as far as they agree with HTTP/2's preface (24
+    /// bytes at most, no buffer allocated), and says which HTTP the client speaks. The
+    /// bytes read are kept and handed to hyper first. A client that closes first is
+    /// [`Sniffed::Http1`] with nothing read (hyper's h1 sees the end and closes quietly).
+    pub(crate) async fn sniff(&mut self) -> io::Result<Sniffed> {
+        use tokio::io::AsyncReadExt;
+        let (first, len, _) = &mut self.first;
+        let mut n = 0;
+        while n < PREFACE.len() {
+            let read = self.inner.read(&mut first[n..]).await?;
+            if read == 0 {
+                break;
+            }
+            n += read;
+            if first[..n] != PREFACE[..n] {
+                break;
+            }
+        }
+        *len = n as u8;
+        self.h2 = n == PREFACE.len() && first == PREFACE;
+        Ok(if self.h2 { Sniffed::Http2 } else { Sniffed::Http1 })
     }
 }
 
@@ -320,7 +383,16 @@ pub(crate) fn looks_bare(res: &Response<ProxyBody>) -> bool {
 
 impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let (first, len, taken) = &mut this.first;
+        if taken < len {
+            let rest = &first[usize::from(*taken)..usize::from(*len)];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            *taken += n as u8;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -342,7 +414,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.replacing.is_none() {
+        if this.replacing.is_none() && !this.h2 {
             let total: usize = bufs.iter().map(|b| b.len()).sum();
             if total <= BARE_MAX && bufs.iter().find(|b| !b.is_empty()).is_some_and(|b| b.starts_with(b"HTTP/1.")) {
                 let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
@@ -371,6 +443,53 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_preface_is_told_from_http1_and_every_byte_handed_back() {
+        let mut h2 = PREFACE.to_vec();
+        h2.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+        let cases: [(&[u8], Sniffed); 6] = [
+            (&h2, Sniffed::Http2),
+            (PREFACE, Sniffed::Http2),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Sniffed::Http1),
+            (b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n", Sniffed::Http1),
+            (b"PRI * HTTP/2.0\r\n", Sniffed::Http1),
+            (b"", Sniffed::Http1),
+        ];
+        for (input, want) in cases {
+            let reader = slow_reader(input);
+            let mut io = ClientIo::new(tokio::io::join(reader, Vec::new()), 1024, 10, Arc::default());
+            assert_eq!(io.sniff().await.unwrap(), want, "{input:?}");
+            let mut all = Vec::new();
+            io.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all, input, "hyper reads every byte, the sniffed ones first");
+        }
+    }
+
+    /// A reader that hands out its bytes three at a time, as a slow client sends them.
+    fn slow_reader(bytes: &[u8]) -> impl AsyncRead + Unpin + use<> {
+        let (mut w, r) = tokio::io::duplex(3);
+        let bytes = bytes.to_vec();
+        tokio::spawn(async move {
+            for chunk in bytes.chunks(3) {
+                let _ = w.write_all(chunk).await;
+            }
+        });
+        r
+    }
+
+    #[tokio::test]
+    async fn nothing_is_rewritten_on_http2() {
+        let bare = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        for (first, rewritten) in [(&PREFACE[..], false), (&b"GET /\r\n\r\n"[..], true)] {
+            let mut io = ClientIo::new(tokio::io::join(first, Vec::new()), 1024, 10, Arc::default());
+            io.sniff().await.unwrap();
+            io.write_all(bare).await.unwrap();
+            let written = io.into_inner().0.into_inner().1;
+            assert_eq!(written != bare, rewritten, "{}", String::from_utf8_lossy(&written));
+        }
+    }
 
     #[test]
     fn only_hypers_bare_errors_are_recognised() {

@@ -169,8 +169,7 @@ pub(crate) async fn forward(
     {
         // The connection now belongs to the tunnel; its request sender is no longer needed.
         drop(conn);
-        let held =
-            Held { stop: exchange.held.stop.clone(), slot: exchange.held.slot.clone(), local: exchange.held.local };
+        let held = exchange.held.clone();
         let mut res = websocket::upgrade(ctx, res, client, live.clone(), bound.hold, exchange.tunnel_limits, held);
         add_headers(res.headers_mut(), bound.headers);
         return Ok(res);

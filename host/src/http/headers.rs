@@ -11,11 +11,14 @@ use super::route::request_host;
 
 /// Checks a request's host as RFC 9112 §3.2 asks of a server: an HTTP/1.1 request has
 /// exactly one `Host`, an HTTP/1.0 one at most, and every `Host` value and absolute-form
-/// authority is `host[:port]` (no userinfo, RFC 9110 §4.2.4; no empty host, §4.2.1).
+/// authority is `host[:port]` (no userinfo, RFC 9110 §4.2.4; no empty host, §4.2.1). An
+/// HTTP/2 request names its host in `:authority` (the target's authority here) or, when
+/// it has none, in one `Host` (RFC 9113 §8.3.1).
 pub(crate) fn check_host(head: &http::request::Parts) -> Result<(), HostError> {
     let mut hosts = head.headers.get_all(header::HOST).iter();
+    let h2_authority = head.version == http::Version::HTTP_2 && head.uri.authority().is_some();
     match (hosts.next(), hosts.count()) {
-        (None, _) if head.version >= http::Version::HTTP_11 => return Err(HostError::Missing),
+        (None, _) if head.version >= http::Version::HTTP_11 && !h2_authority => return Err(HostError::Missing),
         (None, _) => {}
         (Some(_), 0) => {}
         (Some(_), more) => return Err(HostError::Repeated { count: more + 1 }),
@@ -102,6 +105,33 @@ pub(crate) fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// Whether an HTTP/2 request is an extended CONNECT for a WebSocket (RFC 8441 §4:
+/// `:method = CONNECT`, `:protocol = websocket`).
+pub(crate) fn extended_connect(head: &http::request::Parts) -> bool {
+    head.version == http::Version::HTTP_2
+        && head.method == http::Method::CONNECT
+        && head.extensions.get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Turns an RFC 8441 extended CONNECT head (already through [`prepare_upstream_head`])
+/// into the HTTP/1.1 WebSocket handshake a backend expects (RFC 6455 §4.1): `GET` with
+/// `Connection: upgrade`, `Upgrade: websocket`, a fresh `Sec-WebSocket-Key` and the
+/// client's `Sec-WebSocket-Version` (13 when it sent none). Subprotocols and extensions
+/// the client asked for pass as they are.
+pub(crate) fn connect_to_upgrade(head: &mut http::request::Parts) {
+    head.method = http::Method::GET;
+    head.extensions.remove::<hyper::ext::Protocol>();
+    head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        head.headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    }
+    if !head.headers.contains_key(header::SEC_WEBSOCKET_VERSION) {
+        head.headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
 }
 
 /// Rewrites a client request head (checked by [`check_host`]) for the backend:
@@ -298,6 +328,50 @@ mod tests {
         ] {
             assert!(!is_host_port(bad.as_bytes()), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_http2_request_names_its_host_in_its_authority() {
+        let req = Request::get("http://a.example:8080/x").version(http::Version::HTTP_2).body(()).unwrap();
+        let (mut head, ()) = req.into_parts();
+        assert!(check_host(&head).is_ok());
+        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap(), false);
+        assert_eq!((head.uri.to_string().as_str(), head.version), ("/x", http::Version::HTTP_11));
+        assert_eq!(head.headers["host"], "a.example:8080");
+        let req = Request::get("/x").version(http::Version::HTTP_2).body(()).unwrap();
+        assert!(matches!(check_host(&req.into_parts().0), Err(HostError::Missing)), "neither :authority nor Host");
+        let bad = Request::get("http://u@a.example/x").version(http::Version::HTTP_2).body(()).unwrap();
+        assert!(matches!(check_host(&bad.into_parts().0), Err(HostError::Target { .. })));
+    }
+
+    #[test]
+    fn an_extended_connect_becomes_an_http1_websocket_handshake() {
+        let mut req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("http://a.example/chat")
+            .version(http::Version::HTTP_2)
+            .header("sec-websocket-protocol", "chat")
+            .body(())
+            .unwrap();
+        assert!(!extended_connect(&req.into_parts().0), "a plain CONNECT is not one");
+        req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("http://a.example/chat")
+            .version(http::Version::HTTP_2)
+            .header("sec-websocket-protocol", "chat")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+        let (mut head, ()) = req.into_parts();
+        assert!(extended_connect(&head));
+        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap(), false);
+        connect_to_upgrade(&mut head);
+        assert_eq!(head.method, http::Method::GET);
+        assert_eq!(head.uri, "/chat");
+        assert!(is_websocket_upgrade(&head.headers));
+        assert_eq!(head.headers["sec-websocket-version"], "13");
+        assert_eq!(head.headers["sec-websocket-protocol"], "chat");
+        assert_eq!(head.headers["sec-websocket-key"].len(), 24, "16 random bytes in base64");
     }
 
     #[test]

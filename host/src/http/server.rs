@@ -1,30 +1,46 @@
-//! The HTTP/1.1 server side: one task per listener accepts, one task per client
-//! connection (after its TLS handshake, on a TLS listener) serves it with hyper, and [`handle`] takes each request from routing to
-//! the response.
+//! The HTTP server side: one task per listener accepts, one task per client connection
+//! (after its TLS handshake, on a TLS listener) serves it with hyper (HTTP/1.1, or
+//! HTTP/2), and [`handle`] takes each request from routing to the response.
+//!
+//! A cleartext connection speaks HTTP/1.1 unless its first bytes are HTTP/2's connection
+//! preface (h2c with prior knowledge, RFC 9113 §3.3): [`ClientIo`] reads those bytes once
+//! and hands them back to whichever of hyper's two servers takes the connection, so h1
+//! and h2c share a port. A TLS connection whose ALPN chose `h2` is served by
+//! [`serve_h2`], HTTP/2 only. Either way each request (each HTTP/2 stream) is one
+//! decision through its pool's plugins, as an HTTP/1.1 request is.
+//!
+//! HTTP/2 connections are held to the listener's `http2` limits (streams, header list,
+//! windows). Against floods of streams a client opens and resets at once (CVE-2023-44487)
+//! hyper's h2 counts the streams reset before weir has taken them and answers more than
+//! [`H2_MAX_PENDING_RESETS`] with `GOAWAY (ENHANCE_YOUR_CALM)`; a flood of CONTINUATION
+//! frames is cut by the header list limit, which h2 applies to the block as it grows
+//! (h2 0.4.4 and later); streams weir itself has to reset are capped the same way
+//! ([`H2_MAX_LOCAL_RESETS`]).
 //!
 //! A listener's settings (routes, timeouts, limits) are read from the current snapshot:
 //! routes per request, so a reload changes them at once; hyper's limits per connection,
 //! so they apply to connections accepted after the reload. Every connection task watches
-//! the server's [`Stop`]: on `Graceful` it lets the request in flight finish and closes
-//! (hyper's graceful shutdown), on `Abort` it drops the connection.
+//! the server's [`Stop`]: on `Graceful` it lets the requests in flight finish and closes
+//! (hyper's graceful shutdown; `GOAWAY` on HTTP/2), on `Abort` it drops the connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::errors::{ClientIo, ProxyError, looks_bare};
+use super::errors::{ClientIo, ProxyError, Sniffed, looks_bare};
 use super::forward::{Exchange, Failure, forward};
-use super::headers::{check_host, is_websocket_upgrade, prepare_upstream_head};
+use super::headers::{check_host, connect_to_upgrade, extended_connect, is_websocket_upgrade, prepare_upstream_head};
 use super::route::route;
 use super::{ClientBody, ClientFault, Context, ProxyBody};
 use crate::config::ListenerConfig;
@@ -35,11 +51,20 @@ use crate::net::tls::{Acceptor, TlsInfo};
 use crate::plugin::PickRequest;
 use crate::state::Placement;
 
+/// Most streams of one HTTP/2 connection the client may reset before weir has taken
+/// them (hyper's default); past it the connection gets `GOAWAY (ENHANCE_YOUR_CALM)`.
+pub(crate) const H2_MAX_PENDING_RESETS: usize = 20;
+
+/// Most streams of one HTTP/2 connection weir may have to reset for the client's errors
+/// before it closes the connection (hyper's default).
+pub(crate) const H2_MAX_LOCAL_RESETS: usize = 1024;
+
 /// Serves one accepted client connection of an http listener with hyper until it
 /// closes or the server aborts; `slot` is its place in the listener's `max_connections`.
 /// On a TLS listener (`tls`) the handshake runs here, after the PROXY header and under
 /// the listener's handshake timeout; a connection whose handshake fails or times out is
-/// closed and counted in the listener's `refused`.
+/// closed and counted in the listener's `refused`. ALPN `h2` is served by [`serve_h2`],
+/// anything else by [`serve`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn connection(
     stream: TcpStream,
@@ -62,17 +87,18 @@ pub(crate) async fn connection(
                 return;
             }
         };
-    // The address the client connected to (or, behind a proxy, asked for), named in a
-    // PROXY header weir sends a backend.
+    // The client as plugins, stick tables and X-Forwarded-For see it, and the address it
+    // connected to (named in a PROXY header weir sends a backend).
     let Some(local) = from.destination.or_else(|| stream.local_addr().ok()) else { return };
-    // The client as plugins, stick tables and X-Forwarded-For see it.
     let peer = from.addr;
     let Some(tls) = tls else {
-        return serve(stream, Client { peer, local, tls: None }, slot, &config, ctx, stop).await;
+        return serve(stream, Accepted { peer, local, tls: None, slot: Arc::new(slot), config, ctx, stop }).await;
     };
     match tls.accept(stream).await {
         Ok((stream, info)) => {
-            serve(stream, Client { peer, local, tls: Some(Arc::new(info)) }, slot, &config, ctx, stop).await
+            let h2 = info.alpn.as_deref() == Some(b"h2".as_slice());
+            let client = Accepted { peer, local, tls: Some(Arc::new(info)), slot: Arc::new(slot), config, ctx, stop };
+            if h2 { serve_h2(stream, client).await } else { serve(stream, client).await }
         }
         Err(e) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -81,50 +107,116 @@ pub(crate) async fn connection(
     }
 }
 
-/// Who a connection serves: the client, the address it reached, and what its TLS
-/// handshake learnt (none in clear text).
-#[derive(Clone)]
-struct Client {
-    peer: SocketAddr,
-    local: SocketAddr,
-    tls: Option<Arc<TlsInfo>>,
+/// A client connection accepted by an http listener, ready for HTTP: who it is, where it
+/// connected, and what it shares with its listener and server.
+pub(crate) struct Accepted {
+    /// The client as plugins, stick tables and `X-Forwarded-For` see it.
+    pub(crate) peer: SocketAddr,
+    /// The address the client connected to (or, behind a proxy, asked for).
+    pub(crate) local: SocketAddr,
+    /// What the TLS handshake learnt (none in clear text).
+    pub(crate) tls: Option<Arc<TlsInfo>>,
+    /// The connection's place in its listener's `max_connections`.
+    pub(crate) slot: Arc<Slot>,
+    /// The listener's settings as the connection was accepted.
+    pub(crate) config: Arc<ListenerConfig>,
+    /// What every connection of the server shares.
+    pub(crate) ctx: Arc<Context>,
+    /// The server's stop signal.
+    pub(crate) stop: watch::Receiver<Stop>,
 }
 
-/// Serves a connection (clear or TLS, whatever the stream) with hyper.
-async fn serve<S>(
-    stream: S,
-    client: Client,
-    slot: Slot,
-    config: &ListenerConfig,
-    ctx: Arc<Context>,
-    mut stop: watch::Receiver<Stop>,
-) where
+/// Serves a connection that speaks HTTP/1.1 or, when its first bytes are HTTP/2's
+/// connection preface, HTTP/2 (h2c with prior knowledge on a cleartext listener; also
+/// right for a TLS connection whose ALPN chose `http/1.1` or nothing). HTTP/1.1 keeps
+/// WebSocket upgrades and weir's own answers to heads hyper cannot parse ([`ClientIo`]).
+/// The preface is awaited for at most the listener's `header_read_timeout`.
+pub(crate) async fn serve<S>(io: S, client: Accepted)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let slot = Arc::new(slot);
-    let peer = client.peer;
-    let name: Arc<str> = Arc::from(config.name.as_str());
-    let builder = builder(config);
+    let config = &client.config;
     let lookalikes = Arc::new(AtomicUsize::new(0));
-    let io = ClientIo::new(stream, config.max_header_bytes, config.max_headers, lookalikes.clone());
-    let service = {
-        let (ctx, stop) = (ctx.clone(), stop.clone());
-        hyper::service::service_fn(move |req| {
-            let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
-            let (slot, client) = (slot.clone(), client.clone());
-            async move {
-                let held = Held { stop, slot, local: client.local };
-                let res = handle(req, client.peer, client.tls.as_deref(), &name, &ctx, held).await;
-                if looks_bare(&res) {
-                    lookalikes.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok::<_, Infallible>(res)
-            }
-        })
+    let mut io = ClientIo::new(io, config.max_header_bytes, config.max_headers, lookalikes.clone());
+    let sniffed = match tokio::time::timeout(config.header_read_timeout, io.sniff()).await {
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %client.peer, error = %e, "client connection ended before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %client.peer, "client sent nothing within header_read_timeout");
+            return;
+        }
     };
-    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    let Accepted { peer, config, stop, .. } = &client;
+    let (peer, stop) = (*peer, stop.clone());
+    match sniffed {
+        Sniffed::Http2 => {
+            let conn = h2_builder(config).serve_connection(TokioIo::new(io), service(&client, lookalikes));
+            drive(conn, stop, peer, |c| c.graceful_shutdown()).await;
+        }
+        Sniffed::Http1 => {
+            let conn =
+                h1_builder(config).serve_connection(TokioIo::new(io), service(&client, lookalikes)).with_upgrades();
+            drive(conn, stop, peer, |c| c.graceful_shutdown()).await;
+        }
+    }
+}
+
+/// Serves a connection as HTTP/2 only, without looking for the preface first: the path
+/// for a TLS connection whose ALPN negotiated `h2` (RFC 9113 §3.2), called by the TLS
+/// side once its handshake is done. The same limits, decisions and shutdown as h2c.
+pub(crate) async fn serve_h2<S>(io: S, client: Accepted)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (peer, stop) = (client.peer, client.stop.clone());
+    // No hyper error head on HTTP/2 for ClientIo to rewrite: the connection as it is.
+    let conn =
+        h2_builder(&client.config).serve_connection(TokioIo::new(io), service(&client, Arc::new(AtomicUsize::new(0))));
+    drive(conn, stop, peer, |c| c.graceful_shutdown()).await;
+}
+
+/// The service hyper calls for each request of a connection: [`handle`], with what the
+/// connection lends each request; `lookalikes` counts backend answers that [`ClientIo`]
+/// must not take for hyper's own.
+fn service(
+    client: &Accepted,
+    lookalikes: Arc<AtomicUsize>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
+> + Clone
++ Send
++ 'static {
+    let (ctx, stop, slot, peer, local, tls) =
+        (client.ctx.clone(), client.stop.clone(), client.slot.clone(), client.peer, client.local, client.tls.clone());
+    let name: Arc<str> = Arc::from(client.config.name.as_str());
+    hyper::service::service_fn(move |req| {
+        let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
+        let (slot, tls) = (slot.clone(), tls.clone());
+        async move {
+            let held = Held { stop, slot, local, extended_connect: false };
+            let res = handle(req, peer, tls.as_deref(), &name, &ctx, held).await;
+            if looks_bare(&res) {
+                lookalikes.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+/// Runs a connection until it ends; on `Graceful` it is asked to finish what is in flight
+/// (`graceful`), on `Abort` it is dropped.
+async fn drive<F>(conn: F, mut stop: watch::Receiver<Stop>, peer: SocketAddr, graceful: impl Fn(Pin<&mut F>))
+where
+    F: Future<Output = Result<(), hyper::Error>>,
+{
     let mut conn = std::pin::pin!(conn);
-    let mut graceful = false;
+    let mut asked = false;
     loop {
         tokio::select! {
             done = conn.as_mut() => {
@@ -137,9 +229,9 @@ async fn serve<S>(
                 let now = if changed.is_ok() { *stop.borrow_and_update() } else { Stop::Abort };
                 match now {
                     Stop::Abort => return,
-                    Stop::Graceful if !graceful => {
-                        graceful = true;
-                        conn.as_mut().graceful_shutdown();
+                    Stop::Graceful if !asked => {
+                        asked = true;
+                        graceful(conn.as_mut());
                     }
                     _ => {}
                 }
@@ -148,8 +240,8 @@ async fn serve<S>(
     }
 }
 
-/// hyper's server settings for a listener.
-fn builder(config: &ListenerConfig) -> http1::Builder {
+/// hyper's HTTP/1.1 server settings for a listener.
+fn h1_builder(config: &ListenerConfig) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -165,13 +257,34 @@ fn builder(config: &ListenerConfig) -> http1::Builder {
     builder
 }
 
+/// hyper's HTTP/2 server settings for a listener: its `http2` limits, extended CONNECT
+/// (RFC 8441) for WebSockets, and the reset-flood caps.
+fn h2_builder(config: &ListenerConfig) -> http2::Builder<TokioExecutor> {
+    let limits = &config.http2;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_list_size)
+        .initial_stream_window_size(limits.initial_stream_window_size)
+        .initial_connection_window_size(limits.initial_connection_window_size)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .enable_connect_protocol();
+    builder
+}
+
 /// What a request's connection lends it: the server's stop signal, and the connection's
 /// slot in its listener's `max_connections` (a WebSocket keeps it while its tunnel lives).
+#[derive(Clone)]
 pub(crate) struct Held {
     pub(crate) stop: watch::Receiver<Stop>,
     pub(crate) slot: Arc<Slot>,
     /// The address the client connected to (or, behind a proxy, asked for).
     pub(crate) local: SocketAddr,
+    /// The request is an HTTP/2 extended CONNECT (RFC 8441): its tunnel is answered
+    /// `200`, not `101`.
+    pub(crate) extended_connect: bool,
 }
 
 /// Handles one request end to end. Never fails: every error becomes a response.
@@ -200,7 +313,14 @@ async fn handle(
             None => return ProxyError::NoPool(pool_name.to_owned()).into_response(),
         }
     };
-    let websocket = is_websocket_upgrade(&head.headers);
+    let h2 = head.version == http::Version::HTTP_2;
+    // A WebSocket: an HTTP/1.1 upgrade, or on HTTP/2 an extended CONNECT (RFC 8441),
+    // which becomes an HTTP/1.1 upgrade to the backend all the same.
+    let connect = h2 && extended_connect(&head);
+    if h2 && !connect && head.method == http::Method::CONNECT {
+        return ProxyError::PlainConnect.into_response();
+    }
+    let websocket = connect || (!h2 && is_websocket_upgrade(&head.headers));
     let client_upgrade = if websocket { head.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
     prepare_upstream_head(&mut head, peer, tls.is_some());
     if let Some(name) = subject_header {
@@ -210,12 +330,19 @@ async fn handle(
             head.headers.insert(name, value);
         }
     }
-    if websocket {
+    if connect {
+        connect_to_upgrade(&mut head);
+    } else if websocket {
         // Hop-by-hop, but the upgrade is what the request is for: ask the backend for it.
         head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    let protocol = if websocket { Protocol::WebSocket } else { Protocol::Http1 };
+    let protocol = match (websocket, h2) {
+        (true, _) => Protocol::WebSocket,
+        (false, true) => Protocol::Http2,
+        (false, false) => Protocol::Http1,
+    };
+    let held = Held { extended_connect: connect, ..held };
     let mut pick = PickRequest {
         protocol,
         client: peer,

@@ -1,6 +1,8 @@
-//! WebSocket over HTTP/1.1: after the backend's `101 Switching Protocols`, the client's
-//! and the backend's upgraded connections are joined in a tunnel ([`crate::net::tunnel`])
-//! that counts as one active connection of the backend for as long as it is open.
+//! WebSockets: after the backend's `101 Switching Protocols`, the client's and the
+//! backend's upgraded connections are joined in a tunnel ([`crate::net::tunnel`]) that
+//! counts as one active connection of the backend for as long as it is open. A client on
+//! HTTP/2 asks with an extended CONNECT (RFC 8441), which the backend sees as an HTTP/1.1
+//! upgrade; the client gets `200` and its tunnel is that one stream of its connection.
 
 use std::sync::Arc;
 
@@ -33,7 +35,7 @@ pub(crate) fn upgrade(
     limits: TunnelLimits,
     held: Held,
 ) -> Response<ProxyBody> {
-    let Held { mut stop, slot, .. } = held;
+    let Held { mut stop, slot, extended_connect, .. } = held;
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
     let entry = ctx.tunnels.register(&live);
@@ -53,7 +55,12 @@ pub(crate) fn upgrade(
             // The client's plain TCP connection under weir's wrapper, so the tunnel can
             // splice it.
             let client = match client.downcast::<TokioIo<ClientIo<TcpStream>>>() {
-                Ok(parts) => tunnel::Leg::Tcp(parts.io.into_inner().into_inner(), parts.read_buf),
+                Ok(parts) => {
+                    let (io, unread) = parts.io.into_inner().into_inner();
+                    let early =
+                        if unread.is_empty() { parts.read_buf } else { [unread, parts.read_buf].concat().into() };
+                    tunnel::Leg::Tcp(io, early)
+                }
                 Err(client) => tunnel::Leg::from(client),
             };
             if let Err(e) = tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order).await {
@@ -67,7 +74,14 @@ pub(crate) fn upgrade(
         drop(entry);
     });
     remove_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if extended_connect {
+        // RFC 8441 §5: the tunnel is open once the client has a 2xx; no upgrade headers
+        // (HTTP/2 has none), no accept key (the client sent no key).
+        parts.status = http::StatusCode::OK;
+        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    } else {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
     Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())))
 }

@@ -15,7 +15,9 @@
 //! this against splicing); measured, the two ways cost the same on small messages
 //! (BENCHMARKS.md, `ws_echo`). End of stream on one side half-closes the other
 //! (`shutdown(SHUT_WR)`), so each side can still finish; an error on either side ends
-//! both. Legs that are not plain TCP (TLS, in time) use a buffered copy.
+//! both. A client leg that is not plain TCP (a WebSocket on an HTTP/2 stream, TLS) is
+//! copied through a 16 KiB buffer each way, with the same activity tracking and drain
+//! close frames; two legs neither of which is plain TCP use a plain buffered copy.
 
 use std::io;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -196,7 +198,22 @@ async fn copy(a: &mut Leg, b: &mut Leg, activity: &AtomicU64, started: Instant, 
             let ended = AtomicU8::new(0);
             tokio::try_join!(pump::splice_until_end(a_in, b_out.as_ref(), &touch, &ended), to_client).map(|_| ())
         }
-        // Not two plain TCP connections (TLS, in time): a buffered copy.
+        // A client leg that is not plain TCP (an HTTP/2 stream, TLS) before a backend that
+        // is: copied through buffers, with the same activity and drain close frames.
+        (Leg::Other(a), Leg::Tcp(b_io, b_early)) => {
+            use tokio::io::AsyncWriteExt;
+            let (mut a_read, mut a_write) = tokio::io::split(TokioIo::new(a));
+            let mut frames = FrameTracker::default();
+            frames.advance(b_early, false);
+            a_write.write_all(b_early).await?;
+            a_write.flush().await?;
+            *b_early = bytes::Bytes::new();
+            touch();
+            let (mut b_read, mut b_write) = b_io.split();
+            let to_client = pump::frames_to_stream(&mut b_read, &mut a_write, &touch, frames, closing);
+            tokio::try_join!(pump::copy_until_end(&mut a_read, &mut b_write, &touch), to_client).map(|_| ())
+        }
+        // Neither leg plain TCP: a buffered copy.
         (a, b) => {
             use tokio::io::AsyncWriteExt;
             let ((mut a, a_early), (mut b, b_early)) = (stream(a), stream(b));

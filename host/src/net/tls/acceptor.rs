@@ -22,10 +22,9 @@ use crate::config::{ClientAuth, TlsConfig, TlsVersion, read_certificates};
 /// support; HAProxy's `tune.ssl.cachesize` default).
 const SESSION_CACHE: usize = 20_000;
 
-/// ALPN protocols the server side speaks today. The configured list is filtered to
-/// these, so a client is never promised a protocol the server cannot serve.
-// Seam with the HTTP/2 server (branch `h2`): add "h2" here when it lands.
-const SERVED: &[&[u8]] = &[b"http/1.1"];
+/// ALPN protocols the server side speaks. The configured list is filtered to these, so a
+/// client is never promised a protocol the server cannot serve.
+const SERVED: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// A listener's session state, kept across reloads: the ticket keys (rotated by rustls
 /// every 6 hours) and the server-side session cache.

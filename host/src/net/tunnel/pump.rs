@@ -212,3 +212,73 @@ pub(super) async fn write_all(to: &TcpStream, mut data: &[u8], touch: &impl Fn()
     }
     Ok(())
 }
+
+/// Copies `from` to `to`, any streams (a client leg that is not plain TCP: an HTTP/2
+/// stream, TLS) through one 16 KiB buffer, until `from` ends; then shuts `to` down for
+/// writing. Every chunk written calls `touch`.
+pub(super) async fn copy_until_end<R, W>(from: &mut R, to: &mut W, touch: &impl Fn()) -> io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; BURST];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            // The peer may already be gone; nothing more to do either way.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        touch();
+    }
+}
+
+/// [`frames_until_end`] for a backend's TCP connection and a client leg that is any
+/// stream: the same boundaries, the same `1001` close frame when `closing` says it is due,
+/// through one 16 KiB buffer.
+pub(super) async fn frames_to_stream<W>(
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    to: &mut W,
+    touch: &impl Fn(),
+    mut frames: FrameTracker,
+    closing: &Closing,
+) -> io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; BURST];
+    loop {
+        let draining = closing.due.load(Ordering::Relaxed);
+        if draining && frames.at_boundary() {
+            to.write_all(&going_away()).await?;
+            to.flush().await?;
+            touch();
+            // Read and drop what the backend still sends until it closes.
+            loop {
+                if from.read(&mut buf).await? == 0 {
+                    let _ = to.shutdown().await;
+                    return Ok(());
+                }
+            }
+        }
+        // Reading a TCP stream is cancel-safe: a wake-up loses no byte.
+        let n = tokio::select! {
+            read = from.read(&mut buf) => read?,
+            () = closing.wake.notified(), if !draining => continue,
+        };
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        // While draining, stop at the first boundary: the close goes there.
+        let used = frames.advance(&buf[..n], draining);
+        let pass = if draining && !frames.lost() { used } else { n };
+        to.write_all(&buf[..pass]).await?;
+        to.flush().await?;
+        touch();
+    }
+}
