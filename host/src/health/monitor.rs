@@ -670,7 +670,11 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
     };
     let interval = config.interval;
     let first = interval.mul_f64((next() >> 11) as f64 / (1u64 << 53) as f64);
-    tokio::time::sleep(first).await;
+    // One timer for every wait, reset each time: no new timer (and no lookup of the
+    // runtime's handle) per probe.
+    let wait = tokio::time::sleep(first);
+    tokio::pin!(wait);
+    wait.as_mut().await;
     let mut session = probe::Session::new();
     loop {
         let started = tokio::time::Instant::now();
@@ -687,7 +691,8 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
         }
         let jitter = 0.9 + 0.2 * ((next() >> 11) as f64 / (1u64 << 53) as f64);
         let due = started + interval.mul_f64(jitter).max(Duration::from_millis(1));
-        tokio::time::sleep_until(slotted(due, interval)).await;
+        wait.as_mut().reset(slotted(due, interval));
+        wait.as_mut().await;
     }
 }
 
