@@ -38,10 +38,10 @@ mod instance;
 pub mod pack;
 mod world;
 
-use bindings::{HealthPlugin, PickError, PluginError};
+use bindings::{PickError, PluginError};
 pub use instance::PoolHost;
 use instance::{InstanceState, Live};
-use world::{AffinityWorld, BalancerWorld, HealthWorld, World};
+use world::{AffinityWorld, BalancerWorld, HealthExports, HealthWorld, World};
 
 /// The request a plugin is asked about. The host moves it into the plugin's store for
 /// the call and takes it back afterwards, so it is kept small: the HTTP head sits behind
@@ -673,6 +673,28 @@ pub struct Observation {
     pub at_ms: u64,
 }
 
+impl Observation {
+    /// As the WIT record.
+    fn to_wit(self) -> bindings::wit_health::Observation {
+        use bindings::wit_health::{Failure as F, Observation as O};
+        let failure = self.failure.map(|f| match f {
+            Failure::Connect => F::Connect,
+            Failure::Timeout => F::Timeout,
+            Failure::Status => F::Status,
+            Failure::Body => F::Body,
+            Failure::Reset => F::Reset,
+            Failure::Protocol => F::Protocol,
+        });
+        O {
+            active_probe: self.active_probe,
+            failure,
+            status: self.status,
+            latency_us: self.latency_us,
+            at_ms: self.at_ms,
+        }
+    }
+}
+
 /// What live traffic did to one backend since the previous tick (the WIT `health.window`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Window {
@@ -699,23 +721,34 @@ impl Health {
     /// Tells the plugin of one observation about backend `id`; returns the verdicts it
     /// changed. Assessments of ids outside the pool are dropped and counted.
     pub fn observe(&self, view: &Arc<dyn PoolHost>, id: u32, obs: &Observation) -> Result<Vec<Assessment>, CallError> {
-        use bindings::wit_health::{Failure as F, Observation as O};
-        let failure = obs.failure.map(|f| match f {
-            Failure::Connect => F::Connect,
-            Failure::Timeout => F::Timeout,
-            Failure::Status => F::Status,
-            Failure::Body => F::Body,
-            Failure::Reset => F::Reset,
-            Failure::Protocol => F::Protocol,
-        });
-        let o = O {
-            active_probe: obs.active_probe,
-            failure,
-            status: obs.status,
-            latency_us: obs.latency_us,
-            at_ms: obs.at_ms,
-        };
-        let result = self.run(view, |x, store| x.weir_plugin_health().call_observe(store, id, o))?;
+        let o = obs.to_wit();
+        let result = self.run(view, |x, store| x.health.call_observe(store, id, o))?;
+        Ok(self.assessments(view, result))
+    }
+
+    /// Whether the plugin takes several observations in one call ([`Self::observe_batch`]:
+    /// it exports `health-batch`).
+    pub fn batches(&self) -> bool {
+        self.0.pre.batches()
+    }
+
+    /// Tells the plugin of several observations `(id, observation)` in one call, as many
+    /// [`Self::observe`] calls in order would; returns the verdicts they changed. Only for
+    /// a plugin that [`Self::batches`]: for another, no call is made and it fails.
+    pub fn observe_batch(
+        &self,
+        view: &Arc<dyn PoolHost>,
+        observations: &[(u32, Observation)],
+    ) -> Result<Vec<Assessment>, CallError> {
+        if !self.batches() {
+            return Err(CallError::Plugin("the plugin does not export health-batch".into()));
+        }
+        let batch: Vec<(u32, bindings::wit_health::Observation)> =
+            observations.iter().map(|(id, obs)| (*id, obs.to_wit())).collect();
+        let result = self.run(view, |x, store| match &x.batch {
+            Some(b) => b.call_observe_batch(store, &batch),
+            None => Err(wasmtime::Error::msg("the plugin does not export health-batch")),
+        })?;
         Ok(self.assessments(view, result))
     }
 
@@ -727,14 +760,14 @@ impl Health {
             .iter()
             .map(|w| W { successes: w.successes, failures: w.failures, latency_ewma_us: w.latency_ewma_us })
             .collect();
-        let result = self.run(view, |x, store| x.weir_plugin_health().call_tick(store, at_ms, &windows))?;
+        let result = self.run(view, |x, store| x.health.call_tick(store, at_ms, &windows))?;
         Ok(self.assessments(view, result))
     }
 
     fn run<R>(
         &self,
         view: &Arc<dyn PoolHost>,
-        f: impl FnOnce(&HealthPlugin, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&HealthExports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let mut slot = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.0.call_in(&mut slot, view, PickRequest::default(), true, f).1

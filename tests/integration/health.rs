@@ -86,6 +86,40 @@ async fn a_user_written_health_plugin_decides() {
     assert_eq!(seen.get("b0"), Some(&10), "{seen:?}");
 }
 
+/// Probe results that arrive together reach a plugin that exports `health-batch` (the
+/// pack's `threshold`) in one `observe-batch` call, and every result still reaches a
+/// plugin without it (the `teapot` fixture, world `health-plugin`) through `observe`: both
+/// watch the same 200 backends, probed in slots of 10 ms (about 10 a slot); threshold's
+/// verdicts, made on batches, still act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_that_arrive_together_are_evaluated_in_one_call_by_a_batch_plugin() {
+    let b = backends(200).await;
+    let extra = format!(
+        "health = [{{ plugin = \"threshold\" }}, {{ plugin = {:?} }}]\n\
+         probe = {{ kind = \"http\", path = \"/healthz\", interval_ms = 200, timeout_ms = 100, expect_status = \"200-399\" }}",
+        support::fixture("teapot").display().to_string()
+    );
+    let server = support::start(&config(&addrs(&b), &extra)).await;
+    let plugins = server.control().health_plugins("p");
+    let (threshold, teapot) = (&plugins[0], &plugins[1]);
+    assert!(threshold.batches() && !teapot.batches());
+    // 1,000 results (a second of probes): one `observe` call each for teapot. Both get the
+    // same other calls (`configure`, `pool-changed`, `tick`), so without batches the two
+    // counts would be equal.
+    within(10, "1,000 probe results evaluated", || teapot.stats.calls.get() >= 1000).await;
+    let (batched, single) = (threshold.stats.calls.get(), teapot.stats.calls.get());
+    assert!(batched * 3 < single * 2, "threshold {batched} calls, teapot {single}");
+    assert_eq!(verdict(&server, 7), Verdict::Healthy);
+
+    // threshold decides on its batches: 503 is a failure to it (teapot calls it healthy).
+    b[7].set_health(503);
+    within(5, "b7 judged unhealthy", || verdict(&server, 7) == Verdict::Unhealthy).await;
+    let reason = server.snapshot().pools["p"].view.members[7].live.health_status().reason;
+    assert!(reason.contains("3 consecutive probe failures (last: status 503)"), "{reason}");
+    b[7].set_health(200);
+    within(5, "b7 healthy again", || verdict(&server, 7) == Verdict::Healthy).await;
+}
+
 /// A health plugin that traps, or one that loops, never leaves the pool unwatched: the
 /// built-in rule (fall 3, rise 2 over the probes) stands in for it, and its failures are
 /// counted.

@@ -41,7 +41,8 @@ fn pack_roles_match_the_components() {
         let expected = match pack::role(name) {
             Some(Role::Balancer) => "balancer-plugin",
             Some(Role::Affinity) => "affinity-plugin",
-            Some(Role::Health) => "health-plugin",
+            // The pack's evaluators take a slot's probe results in one call.
+            Some(Role::Health) => "health-batch-plugin",
             None => panic!("{name} has no role"),
         };
         assert_eq!(world, Some(expected), "{name}");

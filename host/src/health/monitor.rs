@@ -27,6 +27,11 @@ use crate::state::{BuildError, Pool, PoolView, Report, Snapshot};
 /// `PoolLive::reports_dropped`; the failures still reach the evaluators' `tick` windows).
 const QUEUE: usize = 4096;
 
+/// Most probe results the task takes from its queue at once: the results of a slot, which
+/// arrive together, are evaluated together (one `observe-batch` call per evaluator that
+/// takes batches).
+const BATCH: usize = 256;
+
 /// Verdicts of one pool for the one writer to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdicts {
@@ -232,6 +237,8 @@ impl Monitor {
             backends: HashMap::new(),
             requested: HashMap::new(),
             strikes: vec![(0, 0); evaluators.0.len()],
+            batch: Vec::new(),
+            batch_keys: Vec::new(),
         };
         let task = runtime.spawn(task.run(rx, probes, settings_rx, members_changed.clone()));
         Some(PoolMonitor {
@@ -324,6 +331,10 @@ struct Task {
     /// Each evaluator's failures in a row, and until when (process clock, ms) it is not
     /// called: a plugin that traps or loops on every call costs one call per backoff.
     strikes: Vec<(u32, u64)>,
+    /// The probe results being evaluated together, as `(id, observation)`, and their
+    /// backends' keys (kept to reuse their memory).
+    batch: Vec<(u32, Observation)>,
+    batch_keys: Vec<u64>,
 }
 
 /// The first pause after an evaluator fails; it doubles with each failure in a row.
@@ -345,11 +356,17 @@ impl Task {
         tick.reset();
         self.refresh(true);
         self.send(self.backends.keys().copied().collect());
+        let mut results: Vec<ProbeReport> = Vec::new();
         loop {
             let mut changed = Vec::new();
             tokio::select! {
-                Some((key, obs)) = reports.recv() => self.observed(key, obs, None, &mut changed),
-                Some((key, obs, detail)) = probes.recv() => self.observed(key, obs, Some(detail), &mut changed),
+                Some((key, obs)) = reports.recv() => self.observed(key, obs, &mut changed),
+                // The task holds a sender itself, so the queue never closes while it runs.
+                n = probes.recv_many(&mut results, BATCH), if !probes.is_closed() => {
+                    if n > 0 {
+                        self.probed(&mut results, &mut changed);
+                    }
+                }
                 _ = tick.tick() => self.tick(&mut changed),
                 _ = members_changed.notified() => {
                     if self.refresh(false) {
@@ -440,20 +457,10 @@ impl Task {
         true
     }
 
-    /// One observation: every evaluator hears of it.
-    fn observed(&mut self, key: u64, obs: Observation, detail: Option<String>, changed: &mut Vec<u64>) {
-        let Some(view) = self.view() else { return };
-        if view.generation != self.generation && self.refresh(false) {
-            // Members changed before the writer's notice arrived: catch up now (the
-            // notice then finds nothing to do).
-            changed.extend(self.backends.keys().copied());
-        }
+    /// One observation of live traffic: every evaluator hears of it.
+    fn observed(&mut self, key: u64, obs: Observation, changed: &mut Vec<u64>) {
+        let Some(view) = self.catch_up(changed) else { return };
         let Some(&id) = self.ids.get(&key) else { return };
-        let Some(book) = self.backends.get_mut(&key) else { return };
-        if obs.active_probe {
-            book.builtin.probed(obs.failure.is_none());
-            book.last_probe_failure = if obs.failure.is_some() { detail } else { None };
-        }
         let host: Arc<dyn PoolHost> = view.clone();
         let now = clock::now_ms();
         for i in 0..self.evaluators.len() {
@@ -465,6 +472,65 @@ impl Task {
             let answer = evaluator.observe(&host, id, &obs);
             self.answered(&view, i, answer.ok(), now, changed);
         }
+    }
+
+    /// Probe results that arrived together (`results`, emptied): the built-in rule counts
+    /// each, then every evaluator hears of them, in order: in one call if it takes batches
+    /// (`health-batch`), else one call each.
+    fn probed(&mut self, results: &mut Vec<ProbeReport>, changed: &mut Vec<u64>) {
+        let Some(view) = self.catch_up(changed) else {
+            results.clear();
+            return;
+        };
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut keys = std::mem::take(&mut self.batch_keys);
+        batch.clear();
+        keys.clear();
+        for (key, obs, detail) in results.drain(..) {
+            let (Some(&id), Some(book)) = (self.ids.get(&key), self.backends.get_mut(&key)) else { continue };
+            book.builtin.probed(obs.failure.is_none());
+            book.last_probe_failure = if obs.failure.is_some() { Some(detail) } else { None };
+            batch.push((id, obs));
+            keys.push(key);
+        }
+        if !batch.is_empty() {
+            let host: Arc<dyn PoolHost> = view.clone();
+            let now = clock::now_ms();
+            for i in 0..self.evaluators.len() {
+                let evaluator = self.evaluators[i].clone();
+                if evaluator.batches() {
+                    if !self.callable(i, now) {
+                        for &key in &keys {
+                            self.fall_back(i, Some(key), changed);
+                        }
+                        continue;
+                    }
+                    let answer = evaluator.observe_batch(&host, &batch);
+                    self.answered(&view, i, answer.ok(), now, changed);
+                    continue;
+                }
+                for (&key, (id, obs)) in keys.iter().zip(&batch) {
+                    if !self.callable(i, now) {
+                        self.fall_back(i, Some(key), changed);
+                        continue;
+                    }
+                    let answer = evaluator.observe(&host, *id, obs);
+                    self.answered(&view, i, answer.ok(), now, changed);
+                }
+            }
+        }
+        self.batch = batch;
+        self.batch_keys = keys;
+    }
+
+    /// The pool as published now, with the task caught up with its members if they
+    /// changed before the writer's notice arrived (the notice then finds nothing to do).
+    fn catch_up(&mut self, changed: &mut Vec<u64>) -> Option<Arc<PoolView>> {
+        let view = self.view()?;
+        if view.generation != self.generation && self.refresh(false) {
+            changed.extend(self.backends.keys().copied());
+        }
+        Some(view)
     }
 
     /// The evaluators' timer: every member's live-traffic window.
@@ -537,10 +603,20 @@ impl Task {
     /// alone: its opinion of backend `key`, or of every backend, is the built-in rule's,
     /// until it assesses that backend again.
     fn fall_back(&mut self, evaluator: usize, key: Option<u64>, changed: &mut Vec<u64>) {
-        for (k, book) in &mut self.backends {
-            if key.is_none_or(|key| key == *k) {
-                book.opinions[evaluator] = (book.builtin.verdict, book.builtin.reason());
-                changed.push(*k);
+        let mut fall_back = |k: u64, book: &mut Book| {
+            book.opinions[evaluator] = (book.builtin.verdict, book.builtin.reason());
+            changed.push(k);
+        };
+        match key {
+            Some(key) => {
+                if let Some(book) = self.backends.get_mut(&key) {
+                    fall_back(key, book);
+                }
+            }
+            None => {
+                for (&k, book) in &mut self.backends {
+                    fall_back(k, book);
+                }
             }
         }
     }
@@ -594,7 +670,11 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
     };
     let interval = config.interval;
     let first = interval.mul_f64((next() >> 11) as f64 / (1u64 << 53) as f64);
-    tokio::time::sleep(first).await;
+    // One timer for every wait, reset each time: no new timer (and no lookup of the
+    // runtime's handle) per probe.
+    let wait = tokio::time::sleep(first);
+    tokio::pin!(wait);
+    wait.as_mut().await;
     let mut session = probe::Session::new();
     loop {
         let started = tokio::time::Instant::now();
@@ -611,7 +691,8 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
         }
         let jitter = 0.9 + 0.2 * ((next() >> 11) as f64 / (1u64 << 53) as f64);
         let due = started + interval.mul_f64(jitter).max(Duration::from_millis(1));
-        tokio::time::sleep_until(slotted(due, interval)).await;
+        wait.as_mut().reset(slotted(due, interval));
+        wait.as_mut().await;
     }
 }
 

@@ -522,7 +522,14 @@ async fn exchange(
         }
         true
     };
-    Attempt::Passed(tokio::time::timeout_at(deadline, rest).await.unwrap_or(false))
+    // Usually the rest is in the buffer already: the deadline's timer is only made when
+    // it is not.
+    let mut rest = std::pin::pin!(rest);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(rest.as_mut().poll(cx))).await;
+    Attempt::Passed(match first {
+        std::task::Poll::Ready(keep) => keep,
+        std::task::Poll::Pending => tokio::time::timeout_at(deadline, rest).await.unwrap_or(false),
+    })
 }
 
 /// A backend's http probes, one after another, on one connection kept open between them

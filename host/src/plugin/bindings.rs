@@ -22,9 +22,11 @@ mod affinity {
     });
 }
 
+/// The health world with its optional `health-batch` export: the host binds the two
+/// interfaces apart, so a component of world `health-plugin` (no `health-batch`) loads too.
 mod health {
     wasmtime::component::bindgen!({
-        world: "health-plugin",
+        world: "health-batch-plugin",
         path: "../wit",
         with: {
             "weir:plugin/types@0.1.0": super::generated::weir::plugin::types,
@@ -41,7 +43,7 @@ pub(crate) use generated::weir::plugin::types::{
 pub(crate) use generated::weir::plugin::{log, pool, request};
 pub(crate) use generated::{BalancerPlugin, BalancerPluginPre};
 pub(crate) use health::exports::weir::plugin::health as wit_health;
-pub(crate) use health::{HealthPlugin, HealthPluginPre};
+pub(crate) use health::exports::weir::plugin::health_batch as wit_health_batch;
 
 /// Adds the `pool`, `request`, `log` and `types` imports to a linker.
 pub(crate) fn add_to_linker(

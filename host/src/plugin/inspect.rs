@@ -7,7 +7,8 @@ use super::{LoadError, PluginRuntime};
 /// What a component implements.
 #[derive(Debug, serde::Serialize)]
 pub struct Inspection {
-    /// `balancer-plugin`, `affinity-plugin`, `health-plugin`, or none of them.
+    /// `balancer-plugin`, `affinity-plugin`, `health-batch-plugin` (a `health-plugin` that
+    /// also exports `health-batch`), `health-plugin`, or none of them.
     pub world: Option<&'static str>,
     /// Imported interface or function names.
     pub imports: Vec<String>,
@@ -19,9 +20,11 @@ pub struct Inspection {
     pub sha256: String,
 }
 
-const WORLDS: [(&str, &str); 3] = [
+/// Looked for in order: the first export found names the world.
+const WORLDS: [(&str, &str); 4] = [
     ("weir:plugin/balancer@0.1.0", "balancer-plugin"),
     ("weir:plugin/affinity@0.1.0", "affinity-plugin"),
+    ("weir:plugin/health-batch@0.1.0", "health-batch-plugin"),
     ("weir:plugin/health@0.1.0", "health-plugin"),
 ];
 

@@ -9,7 +9,7 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::bindings::{
-    AffinityPlugin, AffinityPluginPre, BalancerPlugin, BalancerPluginPre, HealthPlugin, HealthPluginPre, PluginError,
+    AffinityPlugin, AffinityPluginPre, BalancerPlugin, BalancerPluginPre, PluginError, wit_health, wit_health_batch,
 };
 use super::instance::InstanceState;
 
@@ -106,25 +106,58 @@ impl World for AffinityWorld {
     }
 }
 
-/// World `health-plugin`.
+/// World `health-plugin`, or `health-batch-plugin` when the component also exports
+/// `health-batch` (found when it is linked; the host then hands it a slot's probe results
+/// in one call).
 #[derive(Debug)]
 pub(crate) enum HealthWorld {}
 
+/// A linked health component: where its `health` functions are, and its `health-batch`
+/// ones if it has them.
+pub(crate) struct HealthPre {
+    linked: InstancePre<InstanceState>,
+    health: wit_health::GuestIndices,
+    batch: Option<wit_health_batch::GuestIndices>,
+}
+
+impl HealthPre {
+    /// Whether the component exports `health-batch`.
+    pub(crate) fn batches(&self) -> bool {
+        self.batch.is_some()
+    }
+}
+
+/// One health instance's exports.
+pub(crate) struct HealthExports {
+    /// `health`.
+    pub(crate) health: wit_health::Guest,
+    /// `health-batch`, when the component exports it.
+    pub(crate) batch: Option<wit_health_batch::Guest>,
+}
+
 impl World for HealthWorld {
     const NAME: &'static str = "health";
-    type Pre = HealthPluginPre<InstanceState>;
-    type Exports = HealthPlugin;
+    type Pre = HealthPre;
+    type Exports = HealthExports;
 
     fn pre(linked: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
-        HealthPluginPre::new(linked)
+        let health = wit_health::GuestIndices::new(&linked)?;
+        // Optional: a component without it is a `health-plugin` and gets every result
+        // through `observe`.
+        let batch = wit_health_batch::GuestIndices::new(&linked).ok();
+        Ok(HealthPre { linked, health, batch })
     }
 
     fn engine(pre: &Self::Pre) -> &Engine {
-        pre.engine()
+        pre.linked.engine()
     }
 
     fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> wasmtime::Result<Self::Exports> {
-        pre.instantiate(store)
+        let instance = pre.linked.instantiate(&mut *store)?;
+        let health = pre.health.load(&mut *store, &instance)?;
+        // A `health-batch` export of the wrong type fails here, as a bad `health` does.
+        let batch = pre.batch.as_ref().map(|b| b.load(&mut *store, &instance)).transpose()?;
+        Ok(HealthExports { health, batch })
     }
 
     fn configure(
@@ -132,10 +165,10 @@ impl World for HealthWorld {
         store: &mut Store<InstanceState>,
         json: &str,
     ) -> wasmtime::Result<Result<(), PluginError>> {
-        exports.weir_plugin_health().call_configure(store, json)
+        exports.health.call_configure(store, json)
     }
 
     fn pool_changed(exports: &Self::Exports, store: &mut Store<InstanceState>) -> wasmtime::Result<()> {
-        exports.weir_plugin_health().call_pool_changed(store)
+        exports.health.call_pool_changed(store)
     }
 }

@@ -24,6 +24,10 @@
 //! impl Evaluator for MyEvaluator { /* configure, pool_changed, observe, tick */ }
 //! weir_guest::export_health!(MyEvaluator);
 //! ```
+//!
+//! The pack's evaluators use the `health-batch-plugin` world and
+//! `export_health!(MyEvaluator, batch)`, which also exports `health-batch`, so a slot's
+//! probe results cost one call into the plugin rather than one each.
 
 use std::collections::HashMap;
 
@@ -337,9 +341,41 @@ pub fn debug(message: impl FnOnce() -> String) {
 /// between the WIT types that crate's `wit_bindgen::generate!` made and this module's
 /// mirrors. Invoke it at the crate root, after `generate!` for the `health-plugin` world.
 /// Before a successful `configure`, `observe` and `tick` return nothing.
+///
+/// `export_health!(MyEvaluator, batch)`, after `generate!` for the `health-batch-plugin`
+/// world, also writes the `health-batch` export: the host then hands over a slot's probe
+/// results in one call, each given to [`Evaluator::observe`] in order within one borrow of
+/// the evaluator (one entry into the plugin instead of one per result).
 #[macro_export]
 macro_rules! export_health {
+    ($evaluator:ty, batch) => {
+        $crate::export_health!(@health $evaluator);
+
+        impl exports::weir::plugin::health_batch::Guest for HealthExport {
+            fn observe_batch(
+                observations: ::std::vec::Vec<($crate::types::BackendId, exports::weir::plugin::health::Observation)>,
+            ) -> ::std::vec::Vec<exports::weir::plugin::health::Assessment> {
+                let mut out = ::std::vec::Vec::new();
+                EVALUATOR.with_borrow_mut(|e| {
+                    if let ::std::option::Option::Some(e) = e {
+                        for (id, obs) in observations {
+                            let obs = HealthExport::observation(obs);
+                            let said = $crate::health::Evaluator::observe(e, id, &obs);
+                            out.extend(said.into_iter().map(HealthExport::assessment));
+                        }
+                    }
+                });
+                out
+            }
+        }
+
+        export!(HealthExport);
+    };
     ($evaluator:ty) => {
+        $crate::export_health!(@health $evaluator);
+        export!(HealthExport);
+    };
+    (@health $evaluator:ty) => {
         /// The `health` export, backed by the instance's evaluator.
         struct HealthExport;
 
@@ -367,22 +403,7 @@ macro_rules! export_health {
                 id: $crate::types::BackendId,
                 obs: exports::weir::plugin::health::Observation,
             ) -> ::std::vec::Vec<exports::weir::plugin::health::Assessment> {
-                use exports::weir::plugin::health::Failure as F;
-                use $crate::health::Failure;
-                let obs = $crate::health::Observation {
-                    active_probe: obs.active_probe,
-                    failure: obs.failure.map(|f| match f {
-                        F::Connect => Failure::Connect,
-                        F::Timeout => Failure::Timeout,
-                        F::Status => Failure::Status,
-                        F::Body => Failure::Body,
-                        F::Reset => Failure::Reset,
-                        F::Protocol => Failure::Protocol,
-                    }),
-                    status: obs.status,
-                    latency_us: obs.latency_us,
-                    at_ms: obs.at_ms,
-                };
+                let obs = HealthExport::observation(obs);
                 let said = EVALUATOR.with_borrow_mut(|e| {
                     e.as_mut().map(|e| $crate::health::Evaluator::observe(e, id, &obs)).unwrap_or_default()
                 });
@@ -409,6 +430,25 @@ macro_rules! export_health {
         }
 
         impl HealthExport {
+            fn observation(obs: exports::weir::plugin::health::Observation) -> $crate::health::Observation {
+                use exports::weir::plugin::health::Failure as F;
+                use $crate::health::Failure;
+                $crate::health::Observation {
+                    active_probe: obs.active_probe,
+                    failure: obs.failure.map(|f| match f {
+                        F::Connect => Failure::Connect,
+                        F::Timeout => Failure::Timeout,
+                        F::Status => Failure::Status,
+                        F::Body => Failure::Body,
+                        F::Reset => Failure::Reset,
+                        F::Protocol => Failure::Protocol,
+                    }),
+                    status: obs.status,
+                    latency_us: obs.latency_us,
+                    at_ms: obs.at_ms,
+                }
+            }
+
             fn assessment(a: $crate::health::Assessment) -> exports::weir::plugin::health::Assessment {
                 use exports::weir::plugin::health::Verdict as V;
                 exports::weir::plugin::health::Assessment {
@@ -422,8 +462,6 @@ macro_rules! export_health {
                 }
             }
         }
-
-        export!(HealthExport);
     };
 }
 

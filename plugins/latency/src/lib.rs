@@ -40,7 +40,7 @@ use weir_guest::health::{self, Assessment, Book, Evaluator, Verdict, Window};
 use weir_guest::types::PluginError;
 
 wit_bindgen::generate!({
-    world: "health-plugin",
+    world: "health-batch-plugin",
     path: "../../wit",
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
@@ -244,7 +244,7 @@ impl Evaluator for Latency {
     }
 }
 
-weir_guest::export_health!(Latency);
+weir_guest::export_health!(Latency, batch);
 
 #[cfg(test)]
 mod tests;

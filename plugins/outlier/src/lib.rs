@@ -43,7 +43,7 @@ use weir_guest::health::{self, Assessment, Book, Evaluator, Observation, Verdict
 use weir_guest::types::{BackendId, PluginError};
 
 wit_bindgen::generate!({
-    world: "health-plugin",
+    world: "health-batch-plugin",
     path: "../../wit",
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
@@ -377,7 +377,7 @@ impl Evaluator for Outlier {
     }
 }
 
-weir_guest::export_health!(Outlier);
+weir_guest::export_health!(Outlier, batch);
 
 #[cfg(test)]
 mod tests;

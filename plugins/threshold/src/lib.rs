@@ -28,7 +28,7 @@ use weir_guest::health::{Assessment, Book, Evaluator, Observation, Verdict};
 use weir_guest::types::{BackendId, PluginError};
 
 wit_bindgen::generate!({
-    world: "health-plugin",
+    world: "health-batch-plugin",
     path: "../../wit",
     with: {
         "weir:plugin/types@0.1.0": weir_guest::types,
@@ -137,7 +137,7 @@ impl Evaluator for Threshold {
     }
 }
 
-weir_guest::export_health!(Threshold);
+weir_guest::export_health!(Threshold, batch);
 
 #[cfg(test)]
 mod tests {
