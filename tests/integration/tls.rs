@@ -110,6 +110,11 @@ async fn curl(proxy: SocketAddr, name: &str, path: &str, ca: &Path, extra: &[&st
 
 /// A rustls client that trusts `ca`, optionally presenting a client certificate.
 fn rustls_client(ca: &Path) -> tokio_rustls::TlsConnector {
+    rustls_client_alpn(ca, &[])
+}
+
+/// [`rustls_client`] offering `alpn`.
+fn rustls_client_alpn(ca: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
@@ -121,6 +126,8 @@ fn rustls_client(ca: &Path) -> tokio_rustls::TlsConnector {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
@@ -147,11 +154,31 @@ async fn open(
     (send, cn)
 }
 
-async fn get(send: &mut hyper::client::conn::http1::SendRequest<support::Body>, name: &str, path: &str) -> String {
+/// An HTTP/2 connection over TLS (ALPN `h2`) to `proxy` as `name`; the certificate's CN.
+async fn open_h2(
+    proxy: SocketAddr,
+    name: &str,
+    ca: &Path,
+) -> (hyper::client::conn::http2::SendRequest<support::Body>, String) {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let tls = rustls_client_alpn(ca, &[b"h2"]).connect(server_name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()), "ALPN chose h2");
+    let cn = peer_cn(tls.get_ref().1);
+    let (send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (send, cn)
+}
+
+/// GETs `path` on an open HTTP/2 connection; the body text.
+async fn get_h2(send: &mut hyper::client::conn::http2::SendRequest<support::Body>, name: &str, path: &str) -> String {
     send.ready().await.unwrap();
-    let req = Request::get(path).header("host", name).body(support::empty()).unwrap();
+    let req = Request::get(format!("https://{name}{path}")).body(support::empty()).unwrap();
     let res = send.send_request(req).await.unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!((res.status().as_u16(), res.version()), (200, http::Version::HTTP_2));
     support::body_text(res).await
 }
 
@@ -301,9 +328,10 @@ async fn certificates_swapped_on_disk_serve_new_handshakes_and_keep_open_connect
     let proxy = server.addr("main").unwrap();
     let ca = pki.ca();
 
-    let (mut open_conn, cn) = open(proxy, "site.test", &ca).await;
+    // An HTTP/2 connection (ALPN h2) stays open through every swap below.
+    let (mut open_conn, cn) = open_h2(proxy, "site.test", &ca).await;
     assert_eq!(cn, "cert-1");
-    assert!(get(&mut open_conn, "site.test", "/").await.starts_with("b0: "));
+    assert!(get_h2(&mut open_conn, "site.test", "/").await.starts_with("b0: "));
 
     // Replaced as certificate tools do: new files renamed over the old ones.
     pki.issue("next", "cert-2", &["site.test"]);
@@ -318,7 +346,7 @@ async fn certificates_swapped_on_disk_serve_new_handshakes_and_keep_open_connect
         assert!(started.elapsed() < Duration::from_secs(10), "the new certificate was never served");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(get(&mut open_conn, "site.test", "/").await.starts_with("b0: "), "the open connection broke");
+    assert!(get_h2(&mut open_conn, "site.test", "/").await.starts_with("b0: "), "the open connection broke");
 
     // A broken file: the served certificate stays, on the watcher's reload and on a
     // reload of the config.
@@ -337,7 +365,7 @@ async fn certificates_swapped_on_disk_serve_new_handshakes_and_keep_open_connect
     assert_eq!((applied.tls_reloaded, applied.tls_failed), (1, 0), "{applied:?}");
     let (_, cn) = open(proxy, "site.test", &ca).await;
     assert_eq!(cn, "cert-3");
-    assert!(get(&mut open_conn, "site.test", "/").await.starts_with("b0: "), "the open connection broke");
+    assert!(get_h2(&mut open_conn, "site.test", "/").await.starts_with("b0: "), "the open connection broke");
 
     // A reload with a key that does not match its certificate keeps what is served.
     let (_, other_key) = pki.issue("other", "cert-x", &["site.test"]);
