@@ -53,10 +53,12 @@ pub struct PickRequest {
     pub protocol: Protocol,
     /// Client address.
     pub client: SocketAddr,
-    /// TLS SNI.
-    pub sni: Option<Box<str>>,
-    /// The ALPN protocols a TLS client offered, in its order.
-    pub alpn: Vec<String>,
+    /// TLS SNI. Shared with the connection, so a request on a TLS connection does not
+    /// copy it.
+    pub sni: Option<Arc<str>>,
+    /// The ALPN protocols a TLS client offered, in its order (none: it offered none, or
+    /// the connection is not TLS). Shared with the connection, as `sni`.
+    pub alpn: Option<Arc<[String]>>,
     /// The subject (RFC 4514) of the client certificate verified by an mTLS listener.
     pub client_subject: Option<Arc<str>>,
     /// The HTTP request head, for HTTP traffic.
@@ -71,7 +73,7 @@ impl Default for PickRequest {
             protocol: Protocol::Tcp,
             client: SocketAddr::from(([0, 0, 0, 0], 0)),
             sni: None,
-            alpn: Vec::new(),
+            alpn: None,
             client_subject: None,
             head: None,
         }

@@ -148,7 +148,7 @@ impl Sim {
             }
         };
         let head = builder.body(()).ok().map(|r| Box::new(r.into_parts().0));
-        PickRequest { protocol: Protocol::Http1, client, sni: None, alpn: Vec::new(), client_subject: None, head }
+        PickRequest { protocol: Protocol::Http1, client, sni: None, alpn: None, client_subject: None, head }
     }
 
     /// Places one request for `key` (see [`Sim::request`]).

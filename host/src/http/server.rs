@@ -347,7 +347,7 @@ async fn handle(
         protocol,
         client: peer,
         sni: tls.and_then(|t| t.sni.clone()),
-        alpn: tls.map(|t| t.offered_alpn.clone()).unwrap_or_default(),
+        alpn: tls.and_then(|t| t.offered_alpn.clone()),
         client_subject: tls.and_then(|t| t.client_subject.clone()),
         head: Some(Box::new(head)),
     };

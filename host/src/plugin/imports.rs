@@ -172,7 +172,7 @@ impl bindings::request::Host for InstanceState {
     }
 
     fn alpn(&mut self) -> Vec<String> {
-        self.request.as_ref().map(|r| r.alpn.clone()).unwrap_or_default()
+        self.request.as_ref().and_then(|r| r.alpn.as_deref()).map(<[String]>::to_vec).unwrap_or_default()
     }
 
     fn client_cert_subject(&mut self) -> Option<String> {

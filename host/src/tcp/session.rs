@@ -114,9 +114,13 @@ async fn serve(
         ListenerProtocol::TlsPassthrough => {
             // Peeked, not read: the ClientHello reaches the backend untouched.
             let hello = sni::peek_sni(&client, config.peek_timeout, sni::PEEK_MAX).await?;
-            (Protocol::TlsPassthrough, hello.sni.map(String::into_boxed_str), hello.alpn)
+            (
+                Protocol::TlsPassthrough,
+                hello.sni.map(Arc::from),
+                (!hello.alpn.is_empty()).then(|| Arc::from(hello.alpn)),
+            )
         }
-        _ => (Protocol::Tcp, None, Vec::new()),
+        _ => (Protocol::Tcp, None, None),
     };
     let (pool, limits) = {
         let snapshot = ctx.snapshot.load();

@@ -53,10 +53,11 @@ pub struct Acceptor {
 /// What a connection's handshake learnt, for plugins and the backend.
 #[derive(Debug, Default)]
 pub struct TlsInfo {
-    /// The server name the client asked for.
-    pub sni: Option<Box<str>>,
-    /// The ALPN protocols the client offered, in its order.
-    pub offered_alpn: Vec<String>,
+    /// The server name the client asked for (shared with each request's `PickRequest`).
+    pub sni: Option<Arc<str>>,
+    /// The ALPN protocols the client offered, in its order; none if it offered none
+    /// (shared as `sni`).
+    pub offered_alpn: Option<Arc<[String]>>,
     /// The protocol ALPN settled on, if any.
     pub alpn: Option<Vec<u8>>,
     /// The verified client certificate's subject (RFC 4514), with mTLS.
@@ -121,11 +122,14 @@ impl Acceptor {
         let handshake = async {
             let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
             let hello = start.client_hello();
-            let sni = hello.server_name().map(Box::from);
+            let sni = hello.server_name().map(Arc::from);
             let offered_alpn = hello
                 .alpn()
-                .map(|offered| offered.filter_map(|p| std::str::from_utf8(p).ok()).map(str::to_owned).collect())
-                .unwrap_or_default();
+                .map(|offered| {
+                    offered.filter_map(|p| std::str::from_utf8(p).ok()).map(str::to_owned).collect::<Vec<_>>()
+                })
+                .filter(|offered| !offered.is_empty())
+                .map(Arc::from);
             let stream = start.into_stream(self.server.clone()).await?;
             let conn = stream.get_ref().1;
             let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
