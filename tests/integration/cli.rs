@@ -157,7 +157,6 @@ fn check_refuses_an_out_of_range_duration_at_its_place() {
 #[cfg(target_os = "linux")]
 #[test]
 fn run_starts_as_many_worker_threads_as_the_runtime_table_says() {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(
@@ -168,25 +167,9 @@ fn run_starts_as_many_worker_threads_as_the_runtime_table_says() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&path)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let workers = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before running");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["fields"]["message"] == "weir is running" {
-            break v["fields"]["worker_threads"].as_u64();
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(workers, Some(3), "{line}");
+    let logs = crate::support::start_logs(&path);
+    let running = logs.last().unwrap();
+    assert_eq!(running["fields"]["worker_threads"].as_u64(), Some(3), "{running}");
 }
 
 #[test]

@@ -103,3 +103,31 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
     }
     panic!("never happened: {what}");
 }
+
+/// Runs the weir binary on the config file at `path` with JSON logs, reads its log lines
+/// up to and including "weir is running", then stops it; the lines, parsed.
+pub fn start_logs(path: &std::path::Path) -> Vec<serde_json::Value> {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before running: {lines:?}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let running = v["fields"]["message"] == "weir is running";
+        lines.push(v);
+        if running {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}

@@ -579,33 +579,11 @@ async fn mtls_to_a_backend_that_requires_a_client_certificate() {
 
 #[test]
 fn verify_false_is_logged_as_a_warning_at_start() {
-    use std::io::BufRead as _;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     let text = support::config_text(&["127.0.0.1:1".parse().unwrap()], "upstream = { tls = { verify = false } }");
     std::fs::write(&path, text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&path)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut warnings = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before running");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["fields"]["message"] == "weir is running" {
-            break;
-        }
-        if v["level"] == "WARN" {
-            warnings.push(v);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let warnings: Vec<_> = support::start_logs(&path).into_iter().filter(|v| v["level"] == "WARN").collect();
     let warned = warnings.iter().any(|w| {
         w["fields"]["pool"] == "p"
             && w["fields"]["message"].as_str().is_some_and(|m| m.contains("NOT verified"))
