@@ -9,6 +9,12 @@ plugins:
     cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/wasm
     cargo build --release --target wasm32-wasip2 --manifest-path tests/fixtures/Cargo.toml --target-dir target/wasm
 
+# Build the example plugins (examples/plugins/{rust,js,python,c}) into
+# target/example-plugins/, installing their pinned toolchains under target/toolchains/ first
+# when missing. Only some languages: `examples/plugins/build.sh js c`.
+example-plugins:
+    examples/plugins/build.sh
+
 # Run every test: host and integration tests (the README's command), then the plugins'
 # own unit tests natively (CI runs both).
 test:
