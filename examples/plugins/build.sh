@@ -77,7 +77,7 @@ wit_bindgen() {
     local bin=${CARGO_HOME:-$HOME/.cargo}/bin/wit-bindgen
     if [ "$("$bin" --version 2>/dev/null | awk '{print $2}')" != "$WIT_BINDGEN_VERSION" ]; then
         say "installing wit-bindgen-cli $WIT_BINDGEN_VERSION (cargo install, once per machine)"
-        cargo install -q wit-bindgen-cli --version "$WIT_BINDGEN_VERSION" --locked >&2
+        cargo install -q wit-bindgen-cli --version "$WIT_BINDGEN_VERSION" --locked --no-default-features --features c >&2
     fi
     WIT_BINDGEN=$bin
 }
@@ -126,12 +126,12 @@ build_c() {
     local gen=$root/target/example-plugins/c-bindings
     rm -rf "$gen"
     mkdir -p "$gen"
-    "$WIT_BINDGEN" c "$wit" --world balancer-plugin --out-dir "$gen" >/dev/null
+    "$WIT_BINDGEN" c "$wit" --world balancer-plugin --out-dir "$gen" >/dev/null 2>&1
     # A 64 KiB stack: zig's default of 16 MiB (wasm-ld's is 1 MiB) is reserved in linear
     # memory at instantiation and alone exceeds weir's default memory limit of 16 MiB.
-    "$tools/venv/bin/python" -m ziglang cc --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Werror \
+    "$tools/venv/bin/python" -m ziglang cc --target=wasm32-wasi -mexec-model=reactor -O2 -s -Wall -Werror \
         -Wl,-z,stack-size=65536 -I "$gen" -I "$sdk/c" \
-        -o "$out/zone-c.core.wasm" "$src/c/zone.c" "$sdk/c/weir.c" "$gen/balancer_plugin.c" \
+        -o "$out/zone-c.core.wasm" "$src/c/zone.c" "$gen/balancer_plugin.c" \
         "$gen/balancer_plugin_component_type.o"
     "$tools/venv/bin/wasm-tools" component new "$out/zone-c.core.wasm" -o "$wasm.tmp"
     rm "$out/zone-c.core.wasm"
