@@ -463,7 +463,7 @@ fn one() -> u32 {
     1
 }
 
-/// `{ plugin = "...", config = { ... } }`.
+/// `{ plugin = "...", config = { ... }, memory_limit_mib = N, call_timeout_ms = N }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePluginRef {
@@ -472,6 +472,15 @@ struct FilePluginRef {
     plugin: Spanned<String>,
     /// The plugin's own options, handed to it as JSON. Default `{}`.
     config: Option<Spanned<PluginTable>>,
+    /// This plugin's memory limit per instance, in MiB: all its linear memories together.
+    /// Default `[plugins] memory_limit_mib` (16). Range 1 to 1024. A reload that changes
+    /// it loads the plugin anew.
+    memory_limit_mib: Option<Spanned<u32>>,
+    /// This plugin's deadline for one decision call (`pick`, `pinned`, `bind`). Default
+    /// `[plugins] call_timeout_ms` (2 ms). Range 1 ms to 10 s. Balancers and affinity
+    /// plugins only: a health plugin's calls run under `rebuild_timeout_ms`. A reload
+    /// that changes it loads the plugin anew.
+    call_timeout_ms: Option<Spanned<FileDuration>>,
 }
 
 /// A plugin's `config` table, with the place of each key and value for errors.
@@ -800,23 +809,42 @@ pub struct PluginRef {
     pub source: PluginSource,
     /// Options as JSON.
     pub config_json: String,
+    /// Its own limits, where the entry sets them (else `[plugins]`'s apply).
+    pub limits: PluginLimits,
     /// Where the file names it (for errors found when the plugin is loaded).
     pub at: Option<Location>,
     /// Where the file writes its `config` (for a plugin that refuses it), if it does.
     pub config_at: Option<Location>,
 }
 
+/// A plugin entry's own limits (`memory_limit_mib`, `call_timeout_ms`); `None`: the
+/// `[plugins]` default applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PluginLimits {
+    /// Memory limit per instance (all its linear memories together), in bytes.
+    pub memory_limit: Option<usize>,
+    /// Deadline of one decision call.
+    pub call_timeout: Option<Duration>,
+}
+
 impl PluginRef {
     /// A pack plugin with no options, named nowhere in a file.
     pub fn pack(name: &str) -> Self {
-        Self { source: PluginSource::Pack(name.to_owned()), config_json: "{}".to_owned(), at: None, config_at: None }
+        Self {
+            source: PluginSource::Pack(name.to_owned()),
+            config_json: "{}".to_owned(),
+            limits: PluginLimits::default(),
+            at: None,
+            config_at: None,
+        }
     }
 }
 
-/// Two references are the same plugin with the same options wherever the file names them.
+/// Two references are the same plugin with the same options and limits wherever the file
+/// names them.
 impl PartialEq for PluginRef {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source && self.config_json == other.config_json
+        self.source == other.source && self.config_json == other.config_json && self.limits == other.limits
     }
 }
 
@@ -1024,7 +1052,7 @@ impl Cx<'_> {
                 });
             }
             let balancer = match pool.balancer {
-                Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"))?,
+                Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"), true)?,
                 None => PluginRef::pack("round-robin"),
             };
             let timeout = |value: &Option<Spanned<FileDuration>>, name: &str, default: Duration| {
@@ -1073,7 +1101,7 @@ impl Cx<'_> {
                 None => UpstreamConfig::default(),
             };
             let affinity = match pool.affinity {
-                Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"))?),
+                Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"), true)?),
                 None => None,
             };
             let health = self.health(
@@ -1524,12 +1552,27 @@ impl Cx<'_> {
         Ok(UpstreamTls { roots, server_name, client_auth, verify, at, client: OnceLock::new() })
     }
 
-    fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str) -> Result<PluginRef, ConfigError> {
+    /// A plugin entry. `decides`: a balancer or affinity plugin, whose decision calls a
+    /// `call_timeout_ms` bounds (a health plugin's calls run under `rebuild_timeout_ms`).
+    fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str, decides: bool) -> Result<PluginRef, ConfigError> {
         let source = PluginSource::parse(p.plugin.get_ref(), base);
         let at = self.location(Some(p.plugin.span()), format!("{key}.plugin"));
         let config_at = p.config.as_ref().map(|c| self.location(Some(c.span()), format!("{key}.config")));
         let config_json = self.plugin_config(p.config, base, &format!("{key}.config"))?;
-        Ok(PluginRef { source, config_json, at: Some(at), config_at })
+        let memory_limit = self
+            .number(p.memory_limit_mib.as_ref(), || format!("{key}.memory_limit_mib"), bounds::MEMORY_LIMIT_MIB)?
+            .map(|m| (m as usize) << 20);
+        if let (Some(t), false) = (&p.call_timeout_ms, decides) {
+            return Err(self.spanned(
+                t,
+                format!("{key}.call_timeout_ms"),
+                "a health plugin's calls run under [plugins] rebuild_timeout_ms; call_timeout_ms is for balancers and affinity plugins",
+            ));
+        }
+        let call_timeout =
+            self.duration(p.call_timeout_ms.as_ref(), || format!("{key}.call_timeout_ms"), bounds::CALL_TIMEOUT)?;
+        let limits = PluginLimits { memory_limit, call_timeout };
+        Ok(PluginRef { source, config_json, limits, at: Some(at), config_at })
     }
 }
 

@@ -114,7 +114,17 @@ pub enum LoadError {
     /// It refused its config.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
-    /// Instantiating or configuring it failed otherwise (trap, timeout, error).
+    /// Instantiating it failed (its start function trapped or ran out of time, or the
+    /// memory it asks for at start is over the limit). The message says why, and what to
+    /// do about it when that can be told.
+    #[error("{world} could not be instantiated: {message}")]
+    Instantiate {
+        /// `balancer`, `affinity` or `health`.
+        world: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// Its `configure` failed otherwise (trap, timeout, error).
     #[error("{world} could not be configured: {source}")]
     Configure {
         /// `balancer` or `affinity`.
@@ -230,6 +240,7 @@ impl PluginRuntime {
         let engine = engine::engine()?;
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker))
             .and_then(|()| bindings::add_to_linker(&mut linker))
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let cache = cache::DiskCache::open(engine, settings.cache_dir.as_deref());
@@ -343,6 +354,7 @@ impl PluginRuntime {
         let (component, sha256) = self.compile(&bytes)?;
         let unusable = |e: wasmtime::Error| LoadError::WrongWorld { world: W::NAME, message: format!("{e:#}") };
         let pre = W::pre(self.linker.instantiate_pre(&component).map_err(unusable)?).map_err(unusable)?;
+        let call_timeout = plugin.limits.call_timeout.unwrap_or(self.settings.call_timeout);
         let plugin = Plugin {
             _component: component,
             info: PluginInfo {
@@ -355,16 +367,27 @@ impl PluginRuntime {
             },
             pre,
             config_json: plugin.config_json.clone(),
-            call_timeout: self.settings.call_timeout,
-            call_ticks: engine::ticks(self.settings.call_timeout),
+            call_timeout,
+            call_ticks: engine::ticks(call_timeout),
             rebuild_timeout: self.settings.rebuild_timeout,
             rebuild_ticks: engine::ticks(self.settings.rebuild_timeout),
-            memory_limit: self.settings.memory_limit,
+            memory_limit: plugin.limits.memory_limit.unwrap_or(self.settings.memory_limit),
             instances: thread_local::ThreadLocal::new(),
         };
-        plugin.instantiate(view).map_err(|e| match e {
-            CallError::InvalidConfig(m) => LoadError::InvalidConfig(m),
-            source => LoadError::Configure { world: W::NAME, source },
+        plugin.instantiate(view).map_err(|(phase, e)| match (phase, e) {
+            (_, CallError::InvalidConfig(m)) => LoadError::InvalidConfig(m),
+            (Phase::Instantiate, CallError::MemoryLimit) => LoadError::Instantiate {
+                world: W::NAME,
+                message: format!(
+                    "{} (the component asks for more than the {} MiB of memory_limit_mib before its first call; \
+                     raise the limit, or reserve less at start: a C plugin built by zig reserves a 16 MiB stack \
+                     unless linked with -Wl,-z,stack-size=65536)",
+                    CallError::MemoryLimit,
+                    plugin.memory_limit >> 20
+                ),
+            },
+            (Phase::Instantiate, source) => LoadError::Instantiate { world: W::NAME, message: source.to_string() },
+            (Phase::Configure, source) => LoadError::Configure { world: W::NAME, source },
         })?;
         Ok(plugin)
     }
@@ -418,23 +441,34 @@ impl<W: World> Default for Slot<W> {
     }
 }
 
+/// The step of making an instance that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Instantiating the component (its memories, its start functions).
+    Instantiate,
+    /// Its `configure` call.
+    Configure,
+}
+
 impl<W: World> Plugin<W> {
-    /// Creates and configures a fresh instance.
-    fn instantiate(&self, view: &Arc<dyn PoolHost>) -> Result<Live<W>, CallError> {
+    /// Creates and configures a fresh instance; on failure, says which step failed.
+    fn instantiate(&self, view: &Arc<dyn PoolHost>) -> Result<Live<W>, (Phase, CallError)> {
         let _running = engine::Running::start();
         let info = &self.info;
         info.stats.instantiations.fetch_add(1, Ordering::Relaxed);
         let mut live = Live::<W>::new(W::engine(&self.pre), info.name.clone(), info.pool.clone(), self.memory_limit);
         live.arm(self.rebuild_ticks, self.rebuild_timeout);
-        let exports = W::instantiate(&self.pre, &mut live.store).map_err(|e| self.classify(&live, e, true))?;
+        let exports = W::instantiate(&self.pre, &mut live.store)
+            .map_err(|e| (Phase::Instantiate, self.classify(&live, e, true)))?;
         live.store.data_mut().pin(view);
-        match W::configure(&exports, &mut live.store, &self.config_json) {
-            Ok(Ok(())) => {}
-            Ok(Err(PluginError::InvalidConfig(m))) => return Err(CallError::InvalidConfig(m)),
-            Ok(Err(PluginError::Internal(m))) => return Err(CallError::Plugin(m)),
-            Ok(Err(PluginError::NoBackend)) => return Err(CallError::Plugin("configure answered no-backend".into())),
-            Err(e) => return Err(self.classify(&live, e, true)),
-        }
+        let configured = match W::configure(&exports, &mut live.store, &self.config_json) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(PluginError::InvalidConfig(m))) => Err(CallError::InvalidConfig(m)),
+            Ok(Err(PluginError::Internal(m))) => Err(CallError::Plugin(m)),
+            Ok(Err(PluginError::NoBackend)) => Err(CallError::Plugin("configure answered no-backend".into())),
+            Err(e) => Err(self.classify(&live, e, true)),
+        };
+        configured.map_err(|e| (Phase::Configure, e))?;
         live.exports = Some(exports);
         Ok(live)
     }
@@ -472,7 +506,7 @@ impl<W: World> Plugin<W> {
         if slot.live.is_none() {
             match self.instantiate(view) {
                 Ok(live) => slot.live = Some(live),
-                Err(e) => {
+                Err((_, e)) => {
                     tracing::warn!(plugin = %info.name, pool = %info.pool, world = W::NAME, error = %e, "plugin instance could not be created");
                     return (req, Err(e));
                 }
@@ -570,6 +604,20 @@ pub struct Health(Plugin<HealthWorld>, std::sync::Mutex<Slot<HealthWorld>>);
 
 macro_rules! plugin_newtype {
     ($t:ty) => {
+        impl $t {
+            /// The memory limit its instances run under (all their linear memories
+            /// together), in bytes: its entry's `memory_limit_mib`, else `[plugins]`'s.
+            pub fn memory_limit(&self) -> usize {
+                self.0.memory_limit
+            }
+
+            /// The deadline of one decision call: its entry's `call_timeout_ms`, else
+            /// `[plugins]`'s.
+            pub fn call_timeout(&self) -> std::time::Duration {
+                self.0.call_timeout
+            }
+        }
+
         impl std::ops::Deref for $t {
             type Target = PluginInfo;
             fn deref(&self) -> &PluginInfo {

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::config::{BackendConfig, Config, OnPluginError, PluginRef, PluginSettings, PluginSource, PoolConfig};
+use crate::config::{
+    BackendConfig, Config, OnPluginError, PluginLimits, PluginRef, PluginSettings, PluginSource, PoolConfig,
+};
 use crate::core::Protocol;
 use crate::plugin::{LoadError, PickRequest, PluginRuntime, PluginStats};
 use crate::state::{BuildError, Placement, Pool, Snapshot};
@@ -94,7 +96,13 @@ impl Sim {
         let pool = PoolConfig {
             name: POOL.into(),
             backends: backends.iter().map(|b| fake_backend(&mut next_address, *b)).collect(),
-            balancer: PluginRef { source, config_json: value.to_string(), at: None, config_at: None },
+            balancer: PluginRef {
+                source,
+                config_json: value.to_string(),
+                limits: PluginLimits::default(),
+                at: None,
+                config_at: None,
+            },
             affinity: None,
             on_plugin_error: OnPluginError::Reject,
             connect_timeout: Duration::from_secs(1),

@@ -12,6 +12,7 @@ mod hardening;
 mod health;
 mod l4;
 mod l4_tls;
+mod languages;
 mod layers;
 mod many_pools;
 mod pack;

@@ -216,7 +216,7 @@ impl Cx<'_> {
         };
         let mut plugins = Vec::with_capacity(file.health.len());
         for (i, p) in file.health.into_iter().enumerate() {
-            plugins.push(self.plugin_ref(p, base, &format!("{key}.health[{i}]"))?);
+            plugins.push(self.plugin_ref(p, base, &format!("{key}.health[{i}]"), false)?);
         }
         if plugins.is_empty() && probe.is_some() {
             plugins.push(PluginRef::pack("threshold"));

@@ -1241,3 +1241,41 @@ fn bad_tls_settings_are_located() {
         assert!(message.contains(words), "{tls}: {message}");
     }
 }
+
+#[test]
+fn a_plugin_entry_sets_its_own_limits_and_others_keep_the_defaults() {
+    let text = GOOD.replace(
+        "balancer = { plugin = \"round-robin\" }",
+        "balancer = { plugin = \"round-robin\", memory_limit_mib = 32, call_timeout_ms = \"10ms\" }\n\
+         affinity = { plugin = \"cookie\", memory_limit_mib = 1024 }\n\
+         probe = { kind = \"tcp\" }\nhealth = [{ plugin = \"threshold\", memory_limit_mib = 2 }]",
+    );
+    let c = Config::parse(&text, None).unwrap();
+    let web = &c.pools["web"];
+    assert_eq!(
+        web.balancer.limits,
+        PluginLimits { memory_limit: Some(32 << 20), call_timeout: Some(Duration::from_millis(10)) }
+    );
+    assert_eq!(web.affinity.as_ref().unwrap().limits, PluginLimits { memory_limit: Some(1 << 30), call_timeout: None });
+    assert_eq!(web.health.plugins[0].limits.memory_limit, Some(2 << 20));
+    assert_eq!(c.pools["api"].balancer.limits, PluginLimits::default(), "none set: [plugins] applies");
+    let mut other = web.balancer.clone();
+    other.limits.memory_limit = Some(16 << 20);
+    assert_ne!(other, web.balancer, "a changed limit is another plugin to load");
+}
+
+#[test]
+fn bad_plugin_limits_are_located() {
+    let entry = |e: &str| GOOD.replace("balancer = { plugin = \"round-robin\" }", e);
+    let (line, column, key, message) =
+        invalid(&entry("balancer = { plugin = \"round-robin\", memory_limit_mib = 2048 }"));
+    assert_eq!((line, key.as_str()), (16, "pool.web.balancer.memory_limit_mib"));
+    assert!(column > 30 && message.contains("1 to 1024"), "{column} {message}");
+    let (_, _, key, message) = invalid(&entry("balancer = { plugin = \"round-robin\", call_timeout_ms = 0 }"));
+    assert_eq!(key, "pool.web.balancer.call_timeout_ms");
+    assert!(message.contains("out of range"), "{message}");
+    let (_, _, key, message) =
+        invalid(&entry("probe = { kind = \"tcp\" }\nhealth = [{ plugin = \"threshold\", call_timeout_ms = 5 }]"));
+    assert_eq!(key, "pool.web.health[0].call_timeout_ms");
+    assert!(message.contains("rebuild_timeout_ms"), "{message}");
+}

@@ -2,6 +2,14 @@
 //! ([`InstanceState`]: the memory limiter, WASI with nothing granted, the pool view pinned
 //! for the call and the request lent to it), and the view of a pool a plugin may read
 //! ([`PoolHost`]), which the state layer implements.
+//!
+//! WASI is linked so that components built by other toolchains load, never so that they
+//! can reach anything: `wasi:sockets` with TCP, UDP and name lookup refused,
+//! `wasi:filesystem` with no directory opened, `wasi:cli` with no environment, arguments
+//! or stdio, and `wasi:http` whose every outgoing request fails with
+//! `HTTP-request-denied` ([`DenyHttp`]). componentize-js builds import `wasi:http` for
+//! JavaScript's `fetch` whether or not a plugin uses it; with it linked they load without
+//! `-d http fetch-event`, and a plugin that calls `fetch` gets a rejected promise.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +17,7 @@ use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::PickRequest;
 use super::deadline::Deadline;
@@ -56,18 +65,36 @@ pub trait PoolHost: std::fmt::Debug + Send + Sync + 'static {
 }
 
 /// Enforces the per-instance memory limit and remembers that it did.
+///
+/// The limit is on the instance: every linear memory of the store counts, together. A
+/// component of several core modules (componentize-py's, or one with WASI's preview1
+/// adapter) has several memories, and a limit per memory would let it hold that many
+/// times the limit. Memories never shrink, and all of a store's go with it.
 #[derive(Debug)]
 struct MemoryLimiter {
     limit: usize,
+    /// Bytes of linear memory the store's memories hold now, all of them together.
+    used: usize,
     exceeded: bool,
 }
 
+impl MemoryLimiter {
+    fn new(limit: usize) -> Self {
+        Self { limit, used: 0, exceeded: false }
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let used = self.used.saturating_add(desired.saturating_sub(current));
+        if used > self.limit {
             self.exceeded = true;
-            return Err(wasmtime::Error::msg(format!("memory limit of {} bytes exceeded", self.limit)));
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes per instance exceeded: {used} bytes asked for",
+                self.limit
+            )));
         }
+        self.used = used;
         Ok(true)
     }
 
@@ -75,9 +102,9 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(desired <= 1_000_000)
     }
 
-    // Per store, hence per plugin instance: the limit above applies to each memory, so the
-    // number of memories (and of core instances and tables) is bounded too. A component
-    // built by wit-bindgen has a handful of each.
+    // Per store, hence per plugin instance. The memory limit counts every memory; the
+    // numbers of memories, core instances and tables are bounded too. A component built
+    // by wit-bindgen has a handful of each, componentize-py's a few dozen core instances.
     fn instances(&self) -> usize {
         64
     }
@@ -91,9 +118,34 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
+/// `wasi:http` hooks that refuse every outgoing request: a plugin may build requests
+/// (the types are linked) but sending one fails with `HTTP-request-denied`.
+#[derive(Debug, Default)]
+pub(crate) struct DenyHttp;
+
+impl WasiHttpHooks for DenyHttp {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(std::future::ready(Err(wasmtime_wasi_http::Error::HttpRequestDenied)))
+    }
+}
+
 /// The data of one plugin store.
 pub(crate) struct InstanceState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    deny_http: DenyHttp,
     table: ResourceTable,
     limiter: MemoryLimiter,
     pub(super) plugin: Arc<str>,
@@ -136,6 +188,12 @@ impl WasiView for InstanceState {
     }
 }
 
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.deny_http }
+    }
+}
+
 /// One thread's instance of one plugin.
 pub(crate) struct Live<W: World> {
     pub(crate) store: Store<InstanceState>,
@@ -149,8 +207,10 @@ impl<W: World> Live<W> {
         let wasi = WasiCtxBuilder::new().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
         let state = InstanceState {
             wasi,
+            http: WasiHttpCtx::new(),
+            deny_http: DenyHttp,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+            limiter: MemoryLimiter::new(memory_limit),
             plugin,
             pool,
             view: None,
@@ -170,5 +230,33 @@ impl<W: World> Live<W> {
     pub(crate) fn arm(&mut self, ticks: u64, budget: Duration) {
         self.store.set_epoch_deadline(ticks);
         self.store.data_mut().deadline.arm(budget);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outgoing_http_request_is_denied() {
+        use http_body_util::BodyExt as _;
+        let body = http_body_util::Empty::<bytes::Bytes>::new()
+            .map_err(|e| -> wasmtime_wasi_http::Error { match e {} })
+            .boxed_unsync();
+        let request = http::Request::get("http://127.0.0.1:1/").body(body).unwrap();
+        let fut = DenyHttp.send_request(request, None, Box::new(std::future::ready(Ok(()))));
+        let result = futures_util::FutureExt::now_or_never(Box::into_pin(fut)).expect("answers at once");
+        assert!(matches!(result, Err(wasmtime_wasi_http::Error::HttpRequestDenied)));
+    }
+
+    #[test]
+    fn the_memory_limit_counts_every_memory_of_the_instance() {
+        let mut limiter = MemoryLimiter::new(16 << 20);
+        assert!(limiter.memory_growing(0, 10 << 20, None).unwrap(), "the first memory: 10 MiB");
+        assert!(limiter.memory_growing(0, 4 << 20, None).unwrap(), "a second: 14 MiB in all");
+        assert!(limiter.memory_growing(4 << 20, 6 << 20, None).unwrap(), "the second grows: 16 MiB");
+        assert!(limiter.memory_growing(10 << 20, 10 << 20 | 65536, None).is_err(), "one page more is over");
+        assert!(limiter.exceeded);
+        assert_eq!(limiter.used, 16 << 20, "a refused growth is not counted");
     }
 }
