@@ -232,3 +232,18 @@ async fn a_plugins_own_call_timeout_applies() {
     assert_eq!(balancer.memory_limit(), 4 << 20);
     assert_eq!(balancer.stats.timeouts.load(Ordering::Relaxed), 5);
 }
+
+/// `examples/plugins/zone.toml`, which names the built JavaScript and Python examples,
+/// passes `weir check` (every plugin compiled, instantiated and configured within the
+/// limits it sets).
+#[test]
+fn the_zone_example_config_checks() {
+    example("zone-js");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["check", "--config"])
+        .arg(root().join("examples/plugins/zone.toml"))
+        .env("WEIR_CACHE_DIR", support::cache_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
