@@ -247,3 +247,22 @@ fn the_zone_example_config_checks() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Each language's helper turns a bad config into `invalid-config` naming the key (an
+/// unknown key, a value of the wrong type): weir refuses to load the plugin and shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_language_refuses_a_bad_config_naming_the_key() {
+    let up = Upstream::start("a").await;
+    for lang in ["rust", "js", "python", "c"] {
+        for (config, key) in [("{ headr = \"x-zone\" }", "headr"), ("{ header = 5 }", "header")] {
+            let extra = format!(
+                "balancer = {{ plugin = {:?}, config = {config}, memory_limit_mib = 64, call_timeout_ms = 200 }}",
+                example(&format!("zone-{lang}")).display().to_string()
+            );
+            let parsed = weir::config::Config::parse(&support::config_text(&[up.addr], &extra), None).unwrap();
+            let Err(err) = weir::Server::start(parsed).await else { panic!("{lang} accepted {config}") };
+            let err = err.to_string();
+            assert!(err.contains("invalid config") && err.contains(key), "{lang}, {config}: {err}");
+        }
+    }
+}
