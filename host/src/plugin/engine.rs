@@ -39,14 +39,19 @@
 //! So an idle proxy, one moving only L4 bytes, or the health thread calling its
 //! evaluators a few dozen times a second (the results of a probe slot, every 50 ms with
 //! 1,000 backends probed every second) wakes the ticker about three times per burst of
-//! calls (unparked, a tick that saw the burst, a quiet tick), not 1,000 times a second: each wake costs about 33 µs of CPU in this VM (BENCHMARKS.md,
-//! health and L4). Under traffic that calls a plugin at least once per tick (an HTTP or
-//! L4 load of more than a thousand decisions a second) it keeps ticking, as before: it
-//! never parks and is never unparked, so a decision never pays for a wake-up. A call
-//! counts as running from its start until its [`Running`] drops, so a runaway call keeps
-//! the ticker going until its deadline cuts it; the deadline's precision is unchanged (the
-//! first tick after a call starts comes at most one tick, plus the ticker's wake-up
-//! latency when it was parked, after the start).
+//! calls (unparked, a tick that saw the burst, a quiet tick), not 1,000 times a second:
+//! each wake costs about 33 µs of CPU in this VM (BENCHMARKS.md, health and L4; with
+//! 1,000 probes a second it now wakes 53-66 times a second instead of 470-630). Under
+//! traffic that calls a plugin at least once per tick (an HTTP or L4 load of more than a
+//! thousand decisions a second) it keeps ticking, as before: it never parks and is never
+//! unparked, so a decision never pays for a wake-up. In between (a call every few ticks)
+//! it parks and is unparked often, and the call that unparks it pays one `futex` wake
+//! (0.3-0.4 per connection at about 1,000 L4 connections a second, under strace), each
+//! saving the ticks it would have slept through. A call counts as running from its start
+//! until its [`Running`] drops, so a runaway call keeps the ticker going until its
+//! deadline cuts it; the deadline's precision is unchanged (the first tick after a call
+//! starts comes at most one tick, plus the ticker's wake-up latency when it was parked,
+//! after the start).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
