@@ -670,15 +670,16 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
     };
     let interval = config.interval;
     let first = interval.mul_f64((next() >> 11) as f64 / (1u64 << 53) as f64);
-    // One timer for every wait, reset each time: no new timer (and no lookup of the
-    // runtime's handle) per probe.
+    // One timer for every wait and every probe's deadline, reset each time: no new timer
+    // (and no lookup of the runtime's handle) per probe, and the reset from a probe's
+    // deadline to the later next probe only moves it (no work in the timer wheel).
     let wait = tokio::time::sleep(first);
     tokio::pin!(wait);
     wait.as_mut().await;
     let mut session = probe::Session::new();
     loop {
         let started = tokio::time::Instant::now();
-        let result = session.probe(&config, addr, &host).await;
+        let result = session.probe_on(wait.as_mut(), &config, addr, &host).await;
         let obs = Observation {
             active_probe: true,
             failure: result.failure,

@@ -12,6 +12,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use http::header::{CONNECTION, HOST, USER_AGENT};
 use memchr::memmem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -71,8 +73,15 @@ const MAX_QUOTE: usize = 64;
 /// `host` is the `Host` header (the caller passes `config.host`, or the backend's address
 /// as written). Never panics, whatever the backend sends.
 pub async fn probe(config: &ProbeConfig, addr: SocketAddr, host: &str) -> ProbeResult {
+    let timer = std::pin::pin!(tokio::time::sleep(config.timeout));
+    probe_on(timer, config, addr, host).await
+}
+
+/// [`probe`], timed by `timer` (reset to the probe's deadline).
+async fn probe_on(timer: Pin<&mut Sleep>, config: &ProbeConfig, addr: SocketAddr, host: &str) -> ProbeResult {
     let addr = config.port.map_or(addr, |port| SocketAddr::new(addr.ip(), port));
     let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + config.timeout;
     let mut seen = Seen { status: None, latency: Duration::ZERO, stage: Stage::Connect };
     let run = async {
         match config.kind {
@@ -81,13 +90,30 @@ pub async fn probe(config: &ProbeConfig, addr: SocketAddr, host: &str) -> ProbeR
             ProbeKind::WebSocket => websocket(config, addr, host, start, &mut seen).await,
         }
     };
-    let outcome = tokio::time::timeout(config.timeout, run).await;
+    let outcome = within(timer, deadline, run).await;
     let (failure, detail) = match outcome {
-        Ok(Ok(())) => (None, String::new()),
-        Ok(Err(Fail(failure, detail))) => (Some(failure), detail),
-        Err(_) => (Some(Failure::Timeout), seen.stage.timed_out(config.timeout)),
+        Some(Ok(())) => (None, String::new()),
+        Some(Err(Fail(failure, detail))) => (Some(failure), detail),
+        None => (Some(Failure::Timeout), seen.stage.timed_out(config.timeout)),
     };
     ProbeResult { failure, detail, status: seen.status, latency: seen.latency }
+}
+
+/// `run`, unless `timer`, reset to `deadline`, fires first (`None`). The caller's timer
+/// rather than a new one per probe (as `tokio::time::timeout` makes): a prober resets the
+/// same timer to its next probe afterwards, which, being later, moves the timer's
+/// deadline with no work in the runtime's timer wheel (BENCHMARKS.md, health).
+async fn within<T>(
+    mut timer: Pin<&mut Sleep>,
+    deadline: tokio::time::Instant,
+    run: impl Future<Output = T>,
+) -> Option<T> {
+    timer.as_mut().reset(deadline);
+    tokio::select! {
+        biased;
+        done = run => Some(done),
+        () = timer => None,
+    }
 }
 
 /// What a probe saw before it ended, kept outside its timed future so that a timeout
@@ -590,9 +616,22 @@ impl Session {
     /// Probes one backend once, as [`probe`] does, on the kept connection when there is
     /// one and `config` asks for it (http with `reuse_connection`).
     pub async fn probe(&mut self, config: &ProbeConfig, addr: SocketAddr, host: &str) -> ProbeResult {
+        let timer = std::pin::pin!(tokio::time::sleep(config.timeout));
+        self.probe_on(timer, config, addr, host).await
+    }
+
+    /// [`Self::probe`], timed by `timer` (reset to the probe's deadline; a prober passes
+    /// the one timer it also waits for its next probe with, so a probe makes no timer).
+    pub async fn probe_on(
+        &mut self,
+        timer: Pin<&mut Sleep>,
+        config: &ProbeConfig,
+        addr: SocketAddr,
+        host: &str,
+    ) -> ProbeResult {
         if config.kind != ProbeKind::Http || !config.reuse_connection {
             self.kept = None;
-            return probe(config, addr, host).await;
+            return probe_on(timer, config, addr, host).await;
         }
         let addr = config.port.map_or(addr, |port| SocketAddr::new(addr.ip(), port));
         let start = Instant::now();
@@ -625,11 +664,11 @@ impl Session {
                 Attempt::Failed(fail) | Attempt::Stale(fail) => Err(fail),
             }
         };
-        let outcome = tokio::time::timeout_at(deadline, run).await;
+        let outcome = within(timer, deadline, run).await;
         let (failure, detail) = match outcome {
-            Ok(Ok(())) => (None, String::new()),
-            Ok(Err(Fail(failure, detail))) => (Some(failure), detail),
-            Err(_) => (Some(Failure::Timeout), seen.stage.timed_out(config.timeout)),
+            Some(Ok(())) => (None, String::new()),
+            Some(Err(Fail(failure, detail))) => (Some(failure), detail),
+            None => (Some(Failure::Timeout), seen.stage.timed_out(config.timeout)),
         };
         if failure.is_some() {
             self.kept = None;
