@@ -90,12 +90,12 @@ pub enum LoadError {
     #[error("cannot link host imports: {0}")]
     Link(String),
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why: said in the message, so not chained as its `source` too.
+        error: std::io::Error,
     },
     /// Not in the pack, or in it for another world.
     #[error("{0}")]
@@ -115,12 +115,12 @@ pub enum LoadError {
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     /// Instantiating or configuring it failed otherwise (trap, timeout, error).
-    #[error("{world} could not be configured: {source}")]
+    #[error("{world} could not be configured: {error}")]
     Configure {
         /// `balancer` or `affinity`.
         world: &'static str,
-        /// Why.
-        source: CallError,
+        /// Why (said in the message, not chained).
+        error: CallError,
     },
     /// The blocking task that loaded it failed.
     #[error("loading was interrupted: {0}")]
@@ -258,7 +258,7 @@ impl PluginRuntime {
                 .ok_or_else(|| LoadError::Pack(format!("no plugin `{name}` in the pack"))),
             PluginSource::File(path) => std::fs::read(path)
                 .map(std::borrow::Cow::Owned)
-                .map_err(|source| LoadError::Read { path: path.display().to_string(), source }),
+                .map_err(|error| LoadError::Read { path: path.display().to_string(), error }),
         }
     }
 
@@ -364,7 +364,7 @@ impl PluginRuntime {
         };
         plugin.instantiate(view).map_err(|e| match e {
             CallError::InvalidConfig(m) => LoadError::InvalidConfig(m),
-            source => LoadError::Configure { world: W::NAME, source },
+            error => LoadError::Configure { world: W::NAME, error },
         })?;
         Ok(plugin)
     }

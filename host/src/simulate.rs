@@ -40,8 +40,8 @@ impl SimBackend {
 /// Why a simulation could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// The plugin runtime could not start.
-    #[error("plugin runtime: {0}")]
+    /// The plugin runtime could not start, or the plugin could not be read.
+    #[error(transparent)]
     Runtime(#[from] LoadError),
     /// The plugin did not load or refused its config.
     #[error(transparent)]
