@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use weir::config::{Config, PluginSettings};
 use weir::plugin::PluginRuntime;
 
+mod cli;
+
 /// A load balancer whose routing decisions are WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "weir", version, about)]
+#[command(name = "weir", version = concat!(env!("CARGO_PKG_VERSION"), ", plugin pack ", env!("WEIR_PACK_VERSION"), ", WIT weir:plugin@0.1.0"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -63,6 +65,12 @@ enum PluginCommand {
     /// Run a balancer offline against a simulated pool: share per backend, max/mean load,
     /// keys remapped by a pool change, ns per decision.
     Simulate(SimulateArgs),
+    /// The conformance kit: run a plugin against the standard scenarios and print a
+    /// pass/fail table, ns/decision and memory per instance; exit 1 on any failure.
+    /// Limits: `[plugins]` of `--config`, else the defaults.
+    Test(cli::test::Args),
+    /// Make a plugin project that builds with one command and passes `weir plugin test`.
+    New(cli::new::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,7 +112,10 @@ struct SimulateArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The conformance kit reports a plugin's misbehaviour in its table: the warning the
+    // proxy logs for each one would bury it.
+    let kit = matches!(&cli.command, Some(Command::Plugin { command: PluginCommand::Test(_) }));
+    init_logging(cli.log_format, if kit { "error" } else { "info" });
     let result = match cli.command {
         None | Some(Command::Run) => config_path(cli.config).and_then(|path| {
             // Loaded before the runtime starts: `[runtime] worker_threads` sizes it.
@@ -113,7 +124,7 @@ fn main() -> ExitCode {
         }),
         Some(Command::Check) => config_path(cli.config).and_then(check),
         Some(Command::Demo { listen }) => block_on(None, demo(listen)),
-        Some(Command::Plugin { command }) => plugin(command),
+        Some(Command::Plugin { command }) => plugin(command, cli.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,9 +135,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Colour only on a terminal: a file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -151,6 +162,14 @@ fn report(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
+}
+
+/// The plugin limits of `--config`'s `[plugins]` table, else the defaults.
+fn plugin_settings(path: Option<PathBuf>) -> anyhow::Result<PluginSettings> {
+    Ok(match path {
+        Some(path) => Config::load(&path)?.plugins,
+        None => PluginSettings::default(),
+    })
 }
 
 fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -267,7 +286,7 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+fn plugin(command: PluginCommand, config: Option<PathBuf>) -> anyhow::Result<()> {
     match command {
         PluginCommand::Inspect { file, json } => {
             let source = weir::config::PluginSource::parse(&file, std::path::Path::new("."));
@@ -286,6 +305,8 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
                 println!("{name:<22} {role}");
             }
         }
+        PluginCommand::Test(args) => return cli::test::run(args, plugin_settings(config)?),
+        PluginCommand::New(args) => return cli::new::run(&args),
         PluginCommand::Simulate(a) => {
             use weir::simulate::{Scenario, SimBackend};
             let backends = if a.weights.is_empty() {

@@ -525,6 +525,12 @@ impl<W: World> Plugin<W> {
         }
     }
 
+    /// Bytes of linear memory of the calling thread's instance, if it has one.
+    fn instance_memory(&self) -> Option<usize> {
+        let slot = self.instances.get()?.try_borrow().ok()?;
+        slot.live.as_ref().map(|live| live.store.data().memory_bytes())
+    }
+
     /// Counts and logs a plugin's wrong answer.
     fn misbehaved(&self, what: &str, e: CallError) -> CallError {
         let info = &self.info;
@@ -607,6 +613,30 @@ impl Balancer {
             Err(e) => Err(e),
         };
         (req, outcome)
+    }
+}
+
+impl Balancer {
+    /// Bytes of linear memory of the calling thread's instance (`None` before its first
+    /// call, or after a trap dropped it): what one instance of this plugin holds.
+    pub fn instance_memory(&self) -> Option<usize> {
+        self.0.instance_memory()
+    }
+}
+
+impl Affinity {
+    /// As [`Balancer::instance_memory`].
+    pub fn instance_memory(&self) -> Option<usize> {
+        self.0.instance_memory()
+    }
+}
+
+impl Health {
+    /// Bytes of linear memory of the pool's instance (`None` before its first call, or
+    /// after a trap dropped it).
+    pub fn instance_memory(&self) -> Option<usize> {
+        let slot = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.live.as_ref().map(|live| live.store.data().memory_bytes())
     }
 }
 

@@ -16,7 +16,7 @@ use http::HeaderValue;
 
 use crate::config::{BackendConfig, Config, OnPluginError, PluginRef, PluginSettings, PluginSource, PoolConfig};
 use crate::core::Protocol;
-use crate::plugin::{LoadError, PickRequest, PluginRuntime, PluginStats};
+use crate::plugin::{CallError, LoadError, PickRequest, PluginRuntime, PluginStats};
 use crate::state::{BuildError, Placement, Pool, Snapshot};
 
 const POOL: &str = "sim";
@@ -151,6 +151,37 @@ impl Sim {
         PickRequest { protocol: Protocol::Http1, client, sni: None, alpn: None, client_subject: None, head }
     }
 
+    /// [`Sim::request`] with `headers` added; a `{key}` in a value becomes the key (or
+    /// is removed when there is none), so each key can carry its own header value.
+    pub fn request_with(key: Option<u64>, headers: &[(String, String)]) -> PickRequest {
+        let mut req = Self::request(key);
+        if let Some(head) = req.head.as_mut() {
+            let key = key.map(|k| k.to_string()).unwrap_or_default();
+            for (name, value) in headers {
+                let value = value.replace("{key}", &key);
+                if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(name.as_str()), HeaderValue::try_from(value)) {
+                    head.headers.append(n, v);
+                }
+            }
+        }
+        req
+    }
+
+    /// Asks the balancer directly, as the proxy does before its own policies (affinity,
+    /// `max_connections`, slow start, `on_plugin_error`): the plugin's answer, or why it
+    /// gave none. An id that is not eligible is an error ([`CallError::InvalidBackend`]).
+    /// Unlike [`Sim::place`], an empty pool is asked too.
+    pub fn ask(&self, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
+        let pool = self.pool();
+        pool.balancer.pick(pool.host(), req)
+    }
+
+    /// Bytes of linear memory of the balancer's instance on this thread (`None` before
+    /// the first decision, or after a trap dropped it).
+    pub fn instance_memory(&self) -> Option<usize> {
+        self.pool().balancer.instance_memory()
+    }
+
     /// Places one request for `key` (see [`Sim::request`]).
     pub fn pick(&self, key: Option<u64>) -> Placement {
         self.pool().place(Self::request(key), None).1
@@ -204,6 +235,37 @@ impl Sim {
         self.rebuild(|l| {
             l.remove(id as usize);
         })
+    }
+
+    /// Sets backend `id`'s weight (0: it is no longer eligible), as a reload would.
+    pub fn set_weight(&mut self, id: u32, weight: u32) -> Result<(), SimError> {
+        if id as usize >= self.len() {
+            return Err(SimError::NoSuchBackend(id));
+        }
+        self.rebuild(|l| l[id as usize].weight = weight)
+    }
+
+    /// Gives backend `id` a health verdict (unhealthy: it is no longer eligible), as the
+    /// health task would.
+    pub fn set_verdict(&mut self, id: u32, verdict: crate::core::Verdict) -> Result<(), SimError> {
+        let live = self.live(id).ok_or(SimError::NoSuchBackend(id))?;
+        live.set_verdict(verdict, "simulated");
+        // A pool nothing judges resets its verdicts when rebuilt: it is judged now (the
+        // evaluator is named, never run: the simulation has no health task).
+        if let Some(pool) = self.config.pools.get_mut(POOL)
+            && pool.health.plugins.is_empty()
+        {
+            pool.health.plugins.push(PluginRef::pack("threshold"));
+        }
+        self.rebuild(|_| {})
+    }
+
+    /// Sets backend `id`'s labels (what `pool.members` answers), as a reload would.
+    pub fn set_labels(&mut self, id: u32, labels: Vec<(String, String)>) -> Result<(), SimError> {
+        if id as usize >= self.len() {
+            return Err(SimError::NoSuchBackend(id));
+        }
+        self.rebuild(|l| l[id as usize].labels = labels)
     }
 
     /// Adds a backend at the end, with a new address.

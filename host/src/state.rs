@@ -53,6 +53,12 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The pool's view as the plugin layer takes it (for tools that call a plugin
+    /// directly, `weir plugin test`).
+    pub fn host(&self) -> &Arc<dyn PoolHost> {
+        &self.host
+    }
+
     /// Places a request: asks the affinity plugin for a pinned backend, then (when there
     /// is none, or it is not eligible or full) the balancer, and applies
     /// `on_plugin_error` when the balancer fails. `avoid` is a backend that just failed to

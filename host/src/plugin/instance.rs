@@ -55,19 +55,24 @@ pub trait PoolHost: std::fmt::Debug + Send + Sync + 'static {
     fn stick_set(&self, table: u32, key: u64, id: u32) -> bool;
 }
 
-/// Enforces the per-instance memory limit and remembers that it did.
+/// Enforces the per-instance memory limit and remembers that it did; counts the bytes of
+/// linear memory the instance has (what `weir plugin test` reports per instance).
 #[derive(Debug)]
 struct MemoryLimiter {
     limit: usize,
     exceeded: bool,
+    /// The sizes of the instance's linear memories, summed (each memory's creation is a
+    /// growth from 0).
+    bytes: usize,
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.exceeded = true;
             return Err(wasmtime::Error::msg(format!("memory limit of {} bytes exceeded", self.limit)));
         }
+        self.bytes = self.bytes.saturating_add(desired.saturating_sub(current));
         Ok(true)
     }
 
@@ -121,6 +126,11 @@ impl InstanceState {
         self.limiter.exceeded
     }
 
+    /// Bytes of linear memory the instance has now.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.limiter.bytes
+    }
+
     pub(super) fn view(&self) -> Option<&dyn PoolHost> {
         self.view.as_deref()
     }
@@ -150,7 +160,7 @@ impl<W: World> Live<W> {
         let state = InstanceState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_limit, exceeded: false },
+            limiter: MemoryLimiter { limit: memory_limit, exceeded: false, bytes: 0 },
             plugin,
             pool,
             view: None,
