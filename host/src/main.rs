@@ -105,9 +105,29 @@ struct SimulateArgs {
     /// Add this many backends after the run and report the keys remapped.
     #[arg(long, default_value_t = 0)]
     add: u32,
+    /// A label on a backend, `ID:KEY=VALUE` (repeatable), e.g. `0:zone=a`.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(u32, String, String)>,
+    /// A header on every request, `NAME: VALUE` (repeatable); `{key}` in the value becomes
+    /// the request's key.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_label(s: &str) -> Result<(u32, String, String), String> {
+    let (id, kv) = s.split_once(':').ok_or("want ID:KEY=VALUE")?;
+    let (k, v) = kv.split_once('=').ok_or("want ID:KEY=VALUE")?;
+    let id = id.trim().parse().map_err(|e| format!("backend id `{id}`: {e}"))?;
+    Ok((id, k.trim().to_owned(), v.trim().to_owned()))
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once(':').ok_or("want NAME: VALUE")?;
+    http::HeaderName::try_from(name.trim()).map_err(|e| format!("header name `{}`: {e}", name.trim()))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
 fn main() -> ExitCode {
@@ -324,6 +344,10 @@ fn plugin(command: PluginCommand, config: Option<PathBuf>) -> anyhow::Result<()>
                 latency_us: a.latency_us,
                 remove: a.remove,
                 add: a.add,
+                labels: a.labels,
+                headers: a.headers,
+                // Limits from `--config` when given (the proxy's), else generous ones.
+                settings: config.map(|p| Config::load(&p).map(|c| c.plugins)).transpose()?,
             };
             let report = scenario.run()?;
             if a.json {

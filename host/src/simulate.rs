@@ -325,6 +325,13 @@ pub struct Scenario {
     pub remove: u32,
     /// Backends to add after the run.
     pub add: u32,
+    /// Labels `(backend id, key, value)` the plugin reads in `pool.members`.
+    pub labels: Vec<(u32, String, String)>,
+    /// Headers every request carries (a `{key}` in a value becomes the request's key).
+    pub headers: Vec<(String, String)>,
+    /// The plugin limits (a config file's `[plugins]`); `None`: generous offline
+    /// deadlines ([`Sim::new`]).
+    pub settings: Option<PluginSettings>,
 }
 
 /// One backend's row of the report.
@@ -357,26 +364,54 @@ pub struct Report {
     pub max_over_mean: f64,
     /// Fraction of keys mapped to another backend after the pool change, if there was one.
     pub remapped: Option<f64>,
-    /// Mean time of one placement through the runtime, ns (timed around each call).
+    /// Mean time of one placement through the runtime, ns (timed around each call). Calls
+    /// that built an instance (the first, and each after a trap) are left out: their
+    /// cost is `instantiations`'.
     pub ns_per_decision: f64,
-    /// Traps during the run.
+    /// Traps during the run (each dropped the instance; the next call built another).
     pub traps: u64,
+    /// Instances built during the run, and their mean cost (instantiation, `configure`,
+    /// `pool-changed` and that call's decision), µs.
+    pub instantiations: u64,
+    /// See `instantiations`.
+    pub instantiation_us: f64,
 }
 
 impl Scenario {
     /// Runs the scenario.
     pub fn run(&self) -> Result<Report, SimError> {
-        let mut sim = Sim::new(&self.plugin, &self.config_json, &self.backends)?;
+        let mut sim = match &self.settings {
+            Some(settings) => Sim::with_settings(&self.plugin, &self.config_json, &self.backends, settings.clone())?,
+            None => Sim::new(&self.plugin, &self.config_json, &self.backends)?,
+        };
+        let mut labels: BTreeMap<u32, Vec<(String, String)>> = BTreeMap::new();
+        for (id, k, v) in &self.labels {
+            labels.entry(*id).or_default().push((k.clone(), v.clone()));
+        }
+        for (id, l) in labels {
+            sim.set_labels(id, l)?;
+        }
         for (id, &us) in self.latency_us.iter().enumerate() {
             sim.set_latency_us(id as u32, us);
         }
         let mut picks = vec![0u64; sim.len()];
-        let (mut unplaced, mut nanos) = (0u64, 0u128);
+        let (mut unplaced, mut nanos, mut timed) = (0u64, 0u128, 0u64);
+        let (mut built, mut build_nanos) = (0u64, 0u128);
+        let instantiations = || sim.stats().instantiations.load(std::sync::atomic::Ordering::Relaxed);
+        let traps_before = sim.stats().traps.load(std::sync::atomic::Ordering::Relaxed);
         for i in 0..self.requests {
-            let req = Sim::request((self.keys > 0).then(|| i % self.keys));
+            let req = Sim::request_with((self.keys > 0).then(|| i % self.keys), &self.headers);
+            let before = instantiations();
             let started = std::time::Instant::now();
             let (_, placement) = sim.place(req);
-            nanos += started.elapsed().as_nanos();
+            let took = started.elapsed().as_nanos();
+            if instantiations() == before {
+                nanos += took;
+                timed += 1;
+            } else {
+                built += 1;
+                build_nanos += took;
+            }
             match placement {
                 Placement::Backend(id) => {
                     picks[id as usize] += 1;
@@ -432,8 +467,10 @@ impl Scenario {
             unplaced,
             max_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
             remapped,
-            ns_per_decision: if self.requests == 0 { 0.0 } else { nanos as f64 / self.requests as f64 },
-            traps: sim.stats().traps.load(std::sync::atomic::Ordering::Relaxed),
+            ns_per_decision: if timed == 0 { 0.0 } else { nanos as f64 / timed as f64 },
+            traps: sim.stats().traps.load(std::sync::atomic::Ordering::Relaxed) - traps_before,
+            instantiations: built,
+            instantiation_us: if built == 0 { 0.0 } else { build_nanos as f64 / built as f64 / 1e3 },
         })
     }
 }
@@ -450,8 +487,13 @@ impl std::fmt::Display for Report {
             writeln!(f, "keys remapped   {r:.4} ({:.1}%)", r * 100.0)?;
         }
         writeln!(f, "ns/decision     {:.0}", self.ns_per_decision)?;
+        writeln!(
+            f,
+            "instances built {} ({:.0} µs each, not in ns/decision)",
+            self.instantiations, self.instantiation_us
+        )?;
         if self.traps > 0 {
-            writeln!(f, "traps           {}", self.traps)?;
+            writeln!(f, "traps           {} (each dropped its instance)", self.traps)?;
         }
         Ok(())
     }

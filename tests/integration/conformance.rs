@@ -160,3 +160,35 @@ fn a_rust_scaffold_builds_and_passes_the_kit() {
     assert!(ok, "{rows:#?} {stderr}");
     assert!(rows.iter().all(|(_, r, _)| r == "pass"), "{rows:#?}");
 }
+
+/// `weir plugin simulate` gives requests any header, and runs under the limits of
+/// `--config`: a plugin cut by the deadline there is reported as traps, not as slow
+/// decisions.
+#[test]
+fn simulate_takes_headers_and_the_limits_of_a_config() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["plugin", "simulate", "--plugin", "consistent-hash", "--plugin-config", r#"{"key": "header:x-user"}"#])
+        .args(["--header", "x-user: alice", "--backends", "4", "--requests", "400", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let picks: Vec<u64> = report["backends"].as_array().unwrap().iter().map(|b| b["picks"].as_u64().unwrap()).collect();
+    assert_eq!(picks.iter().filter(|&&p| p == 400).count(), 1, "one user, one backend: {picks:?}");
+    assert_eq!(report["traps"], 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, "[plugins]\ncall_timeout_ms = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--config")
+        .arg(&config)
+        .args(["plugin", "simulate", "--requests", "3", "--json", "--plugin"])
+        .arg(support::fixture("spin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["traps"], 3, "{report}");
+    assert_eq!(report["unplaced"], 3, "{report}");
+}
