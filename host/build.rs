@@ -29,4 +29,22 @@ fn main() {
     }
     code.push_str("];\n");
     std::fs::write(out_dir.join("pack.rs"), code).expect("write pack.rs");
+
+    // `weir --version` names the embedded pack: its version (plugins/Cargo.toml), how many
+    // plugins, and a digest of their bytes (FNV-1a, no build dependency needed) that tells
+    // two builds of the same version apart.
+    let manifest = std::fs::read_to_string(root.join("plugins/Cargo.toml")).expect("read plugins/Cargo.toml");
+    let version = manifest
+        .split("[workspace.package]")
+        .nth(1)
+        .and_then(|t| t.lines().find_map(|l| l.trim().strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("plugins/Cargo.toml has [workspace.package] version");
+    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, path) in &pack {
+        for byte in name.bytes().chain(std::fs::read(path).expect("read a built plugin")) {
+            digest = (digest ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    println!("cargo:rustc-env=WEIR_PACK_VERSION={version} ({} plugins, digest {:08x})", pack.len(), digest >> 32);
 }

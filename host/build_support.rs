@@ -7,17 +7,60 @@ use std::process::Command;
 
 pub(crate) const TARGET: &str = "wasm32-wasip2";
 
-/// Fails with one line naming the fix when the wasm target is not installed.
+/// Makes sure the wasm target is installed: when it is not and rustup is there, adds it
+/// (saying so in one line); when it cannot, fails with one line naming the fix.
 pub(crate) fn check_target() {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().ok().filter(|o| o.status.success());
-    let installed = sysroot
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib").join(TARGET))
-        .is_some_and(|p| p.exists());
-    if !installed {
-        eprintln!("error: the {TARGET} target is not installed; run `rustup target add {TARGET}`");
-        std::process::exit(1);
+    match ensure_target(Path::new(&rustc), Path::new("rustup")) {
+        Ok(Target::Installed) => {}
+        Ok(Target::Added) => {
+            println!("cargo:warning=the {TARGET} target was missing: added it with `rustup target add {TARGET}`")
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
     }
+}
+
+/// What [`ensure_target`] found or did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The toolchain of `rustc` had it.
+    Installed,
+    /// `rustup target add` added it.
+    Added,
+}
+
+/// The check behind [`check_target`], with the programs given (a test runs it with a
+/// fake toolchain and a fake rustup, without the network): is the target in `rustc`'s
+/// sysroot; if not, `rustup target add` it (rustup picks the toolchain as cargo did:
+/// `RUSTUP_TOOLCHAIN`, which cargo run by rustup sets, or `rust-toolchain.toml`) and look
+/// again. The error is one line that names the fix.
+pub(crate) fn ensure_target(rustc: &Path, rustup: &Path) -> Result<Target, String> {
+    if installed(rustc) {
+        return Ok(Target::Installed);
+    }
+    let fix = format!("run `rustup target add {TARGET}` (or install the {TARGET} standard library for this toolchain)");
+    let added = Command::new(rustup).args(["target", "add", TARGET]).output();
+    match added {
+        Err(_) => Err(format!("the {TARGET} target is not installed and there is no rustup to add it: {fix}")),
+        Ok(out) if !out.status.success() => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("it failed").trim();
+            Err(format!("the {TARGET} target is not installed and `rustup target add {TARGET}` failed ({why}): {fix}"))
+        }
+        Ok(_) if installed(rustc) => Ok(Target::Added),
+        Ok(_) => Err(format!("`rustup target add {TARGET}` ran but {} still lacks the target: {fix}", rustc.display())),
+    }
+}
+
+/// Whether `rustc`'s sysroot has the target's standard library.
+fn installed(rustc: &Path) -> bool {
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).output().ok().filter(|o| o.status.success());
+    sysroot
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("lib/rustlib").join(TARGET))
+        .is_some_and(|p| p.exists())
 }
 
 /// Builds every cdylib of the guest workspace at `dir`; returns `(dir name, .wasm path)`.

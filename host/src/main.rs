@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use weir::config::{Config, PluginSettings};
 use weir::plugin::PluginRuntime;
 
+mod cli;
+
 /// A load balancer whose routing decisions are WebAssembly components.
 #[derive(Debug, Parser)]
-#[command(name = "weir", version, about)]
+#[command(name = "weir", version = concat!(env!("CARGO_PKG_VERSION"), ", plugin pack ", env!("WEIR_PACK_VERSION"), ", WIT weir:plugin@0.1.0"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -63,6 +65,12 @@ enum PluginCommand {
     /// Run a balancer offline against a simulated pool: share per backend, max/mean load,
     /// keys remapped by a pool change, ns per decision.
     Simulate(SimulateArgs),
+    /// The conformance kit: run a plugin against the standard scenarios and print a
+    /// pass/fail table, ns/decision and memory per instance; exit 1 on any failure.
+    /// Limits: `[plugins]` of `--config`, else the defaults.
+    Test(cli::test::Args),
+    /// Make a plugin project that builds with one command and passes `weir plugin test`.
+    New(cli::new::Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,14 +105,37 @@ struct SimulateArgs {
     /// Add this many backends after the run and report the keys remapped.
     #[arg(long, default_value_t = 0)]
     add: u32,
+    /// A label on a backend, `ID:KEY=VALUE` (repeatable), e.g. `0:zone=a`.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(u32, String, String)>,
+    /// A header on every request, `NAME: VALUE` (repeatable); `{key}` in the value becomes
+    /// the request's key.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
+fn parse_label(s: &str) -> Result<(u32, String, String), String> {
+    let (id, kv) = s.split_once(':').ok_or("want ID:KEY=VALUE")?;
+    let (k, v) = kv.split_once('=').ok_or("want ID:KEY=VALUE")?;
+    let id = id.trim().parse().map_err(|e| format!("backend id `{id}`: {e}"))?;
+    Ok((id, k.trim().to_owned(), v.trim().to_owned()))
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once(':').ok_or("want NAME: VALUE")?;
+    http::HeaderName::try_from(name.trim()).map_err(|e| format!("header name `{}`: {e}", name.trim()))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The conformance kit reports a plugin's misbehaviour in its table: the warning the
+    // proxy logs for each one would bury it.
+    let kit = matches!(&cli.command, Some(Command::Plugin { command: PluginCommand::Test(_) }));
+    init_logging(cli.log_format, if kit { "error" } else { "info" });
     let result = match cli.command {
         None | Some(Command::Run) => config_path(cli.config).and_then(|path| {
             // Loaded before the runtime starts: `[runtime] worker_threads` sizes it.
@@ -113,7 +144,7 @@ fn main() -> ExitCode {
         }),
         Some(Command::Check) => config_path(cli.config).and_then(check),
         Some(Command::Demo { listen }) => block_on(None, demo(listen)),
-        Some(Command::Plugin { command }) => plugin(command),
+        Some(Command::Plugin { command }) => plugin(command, cli.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,9 +155,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // Colour only on a terminal: a file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
@@ -151,6 +182,14 @@ fn report(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
+}
+
+/// The plugin limits of `--config`'s `[plugins]` table, else the defaults.
+fn plugin_settings(path: Option<PathBuf>) -> anyhow::Result<PluginSettings> {
+    Ok(match path {
+        Some(path) => Config::load(&path)?.plugins,
+        None => PluginSettings::default(),
+    })
 }
 
 fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
@@ -267,7 +306,7 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plugin(command: PluginCommand) -> anyhow::Result<()> {
+fn plugin(command: PluginCommand, config: Option<PathBuf>) -> anyhow::Result<()> {
     match command {
         PluginCommand::Inspect { file, json } => {
             let source = weir::config::PluginSource::parse(&file, std::path::Path::new("."));
@@ -286,6 +325,8 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
                 println!("{name:<22} {role}");
             }
         }
+        PluginCommand::Test(args) => return cli::test::run(args, plugin_settings(config)?),
+        PluginCommand::New(args) => return cli::new::run(&args),
         PluginCommand::Simulate(a) => {
             use weir::simulate::{Scenario, SimBackend};
             let backends = if a.weights.is_empty() {
@@ -303,6 +344,10 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
                 latency_us: a.latency_us,
                 remove: a.remove,
                 add: a.add,
+                labels: a.labels,
+                headers: a.headers,
+                // Limits from `--config` when given (the proxy's), else generous ones.
+                settings: config.map(|p| Config::load(&p).map(|c| c.plugins)).transpose()?,
             };
             let report = scenario.run()?;
             if a.json {

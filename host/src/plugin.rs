@@ -90,12 +90,12 @@ pub enum LoadError {
     #[error("cannot link host imports: {0}")]
     Link(String),
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why: said in the message, so not chained as its `source` too.
+        error: std::io::Error,
     },
     /// Not in the pack, or in it for another world.
     #[error("{0}")]
@@ -125,12 +125,12 @@ pub enum LoadError {
         message: String,
     },
     /// Its `configure` failed otherwise (trap, timeout, error).
-    #[error("{world} could not be configured: {source}")]
+    #[error("{world} could not be configured: {error}")]
     Configure {
         /// `balancer` or `affinity`.
         world: &'static str,
-        /// Why.
-        source: CallError,
+        /// Why (said in the message, not chained).
+        error: CallError,
     },
     /// The blocking task that loaded it failed.
     #[error("loading was interrupted: {0}")]
@@ -269,7 +269,7 @@ impl PluginRuntime {
                 .ok_or_else(|| LoadError::Pack(format!("no plugin `{name}` in the pack"))),
             PluginSource::File(path) => std::fs::read(path)
                 .map(std::borrow::Cow::Owned)
-                .map_err(|source| LoadError::Read { path: path.display().to_string(), source }),
+                .map_err(|error| LoadError::Read { path: path.display().to_string(), error }),
         }
     }
 
@@ -387,7 +387,7 @@ impl PluginRuntime {
                 ),
             },
             (Phase::Instantiate, source) => LoadError::Instantiate { world: W::NAME, message: source.to_string() },
-            (Phase::Configure, source) => LoadError::Configure { world: W::NAME, source },
+            (Phase::Configure, error) => LoadError::Configure { world: W::NAME, error },
         })?;
         Ok(plugin)
     }
@@ -559,6 +559,12 @@ impl<W: World> Plugin<W> {
         }
     }
 
+    /// Bytes of linear memory of the calling thread's instance, if it has one.
+    fn instance_memory(&self) -> Option<usize> {
+        let slot = self.instances.get()?.try_borrow().ok()?;
+        slot.live.as_ref().map(|live| live.store.data().memory_bytes())
+    }
+
     /// Counts and logs a plugin's wrong answer.
     fn misbehaved(&self, what: &str, e: CallError) -> CallError {
         let info = &self.info;
@@ -655,6 +661,30 @@ impl Balancer {
             Err(e) => Err(e),
         };
         (req, outcome)
+    }
+}
+
+impl Balancer {
+    /// Bytes of linear memory of the calling thread's instance (`None` before its first
+    /// call, or after a trap dropped it): what one instance of this plugin holds.
+    pub fn instance_memory(&self) -> Option<usize> {
+        self.0.instance_memory()
+    }
+}
+
+impl Affinity {
+    /// As [`Balancer::instance_memory`].
+    pub fn instance_memory(&self) -> Option<usize> {
+        self.0.instance_memory()
+    }
+}
+
+impl Health {
+    /// Bytes of linear memory of the pool's instance (`None` before its first call, or
+    /// after a trap dropped it).
+    pub fn instance_memory(&self) -> Option<usize> {
+        let slot = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.live.as_ref().map(|live| live.store.data().memory_bytes())
     }
 }
 

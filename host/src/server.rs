@@ -23,8 +23,9 @@ use crate::state::Snapshot;
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The plugin runtime could not be created.
-    #[error("plugin runtime: {0}")]
+    /// The plugin runtime could not be created. (Transparent: a message that said its
+    /// cause and chained it too would say it twice in a renderer of the chain.)
+    #[error(transparent)]
     Runtime(#[from] LoadError),
     /// A pool could not be built or a listener not bound.
     #[error(transparent)]

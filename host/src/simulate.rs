@@ -18,7 +18,7 @@ use crate::config::{
     BackendConfig, Config, OnPluginError, PluginLimits, PluginRef, PluginSettings, PluginSource, PoolConfig,
 };
 use crate::core::Protocol;
-use crate::plugin::{LoadError, PickRequest, PluginRuntime, PluginStats};
+use crate::plugin::{CallError, LoadError, PickRequest, PluginRuntime, PluginStats};
 use crate::state::{BuildError, Placement, Pool, Snapshot};
 
 const POOL: &str = "sim";
@@ -42,8 +42,8 @@ impl SimBackend {
 /// Why a simulation could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// The plugin runtime could not start.
-    #[error("plugin runtime: {0}")]
+    /// The plugin runtime could not start, or the plugin could not be read.
+    #[error(transparent)]
     Runtime(#[from] LoadError),
     /// The plugin did not load or refused its config.
     #[error(transparent)]
@@ -159,6 +159,37 @@ impl Sim {
         PickRequest { protocol: Protocol::Http1, client, sni: None, alpn: None, client_subject: None, head }
     }
 
+    /// [`Sim::request`] with `headers` added; a `{key}` in a value becomes the key (or
+    /// is removed when there is none), so each key can carry its own header value.
+    pub fn request_with(key: Option<u64>, headers: &[(String, String)]) -> PickRequest {
+        let mut req = Self::request(key);
+        if let Some(head) = req.head.as_mut() {
+            let key = key.map(|k| k.to_string()).unwrap_or_default();
+            for (name, value) in headers {
+                let value = value.replace("{key}", &key);
+                if let (Ok(n), Ok(v)) = (http::HeaderName::try_from(name.as_str()), HeaderValue::try_from(value)) {
+                    head.headers.append(n, v);
+                }
+            }
+        }
+        req
+    }
+
+    /// Asks the balancer directly, as the proxy does before its own policies (affinity,
+    /// `max_connections`, slow start, `on_plugin_error`): the plugin's answer, or why it
+    /// gave none. An id that is not eligible is an error ([`CallError::InvalidBackend`]).
+    /// Unlike [`Sim::place`], an empty pool is asked too.
+    pub fn ask(&self, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
+        let pool = self.pool();
+        pool.balancer.pick(pool.host(), req)
+    }
+
+    /// Bytes of linear memory of the balancer's instance on this thread (`None` before
+    /// the first decision, or after a trap dropped it).
+    pub fn instance_memory(&self) -> Option<usize> {
+        self.pool().balancer.instance_memory()
+    }
+
     /// Places one request for `key` (see [`Sim::request`]).
     pub fn pick(&self, key: Option<u64>) -> Placement {
         self.pool().place(Self::request(key), None).1
@@ -212,6 +243,37 @@ impl Sim {
         self.rebuild(|l| {
             l.remove(id as usize);
         })
+    }
+
+    /// Sets backend `id`'s weight (0: it is no longer eligible), as a reload would.
+    pub fn set_weight(&mut self, id: u32, weight: u32) -> Result<(), SimError> {
+        if id as usize >= self.len() {
+            return Err(SimError::NoSuchBackend(id));
+        }
+        self.rebuild(|l| l[id as usize].weight = weight)
+    }
+
+    /// Gives backend `id` a health verdict (unhealthy: it is no longer eligible), as the
+    /// health task would.
+    pub fn set_verdict(&mut self, id: u32, verdict: crate::core::Verdict) -> Result<(), SimError> {
+        let live = self.live(id).ok_or(SimError::NoSuchBackend(id))?;
+        live.set_verdict(verdict, "simulated");
+        // A pool nothing judges resets its verdicts when rebuilt: it is judged now (the
+        // evaluator is named, never run: the simulation has no health task).
+        if let Some(pool) = self.config.pools.get_mut(POOL)
+            && pool.health.plugins.is_empty()
+        {
+            pool.health.plugins.push(PluginRef::pack("threshold"));
+        }
+        self.rebuild(|_| {})
+    }
+
+    /// Sets backend `id`'s labels (what `pool.members` answers), as a reload would.
+    pub fn set_labels(&mut self, id: u32, labels: Vec<(String, String)>) -> Result<(), SimError> {
+        if id as usize >= self.len() {
+            return Err(SimError::NoSuchBackend(id));
+        }
+        self.rebuild(|l| l[id as usize].labels = labels)
     }
 
     /// Adds a backend at the end, with a new address.
@@ -271,6 +333,13 @@ pub struct Scenario {
     pub remove: u32,
     /// Backends to add after the run.
     pub add: u32,
+    /// Labels `(backend id, key, value)` the plugin reads in `pool.members`.
+    pub labels: Vec<(u32, String, String)>,
+    /// Headers every request carries (a `{key}` in a value becomes the request's key).
+    pub headers: Vec<(String, String)>,
+    /// The plugin limits (a config file's `[plugins]`); `None`: generous offline
+    /// deadlines ([`Sim::new`]).
+    pub settings: Option<PluginSettings>,
 }
 
 /// One backend's row of the report.
@@ -303,26 +372,54 @@ pub struct Report {
     pub max_over_mean: f64,
     /// Fraction of keys mapped to another backend after the pool change, if there was one.
     pub remapped: Option<f64>,
-    /// Mean time of one placement through the runtime, ns (timed around each call).
+    /// Mean time of one placement through the runtime, ns (timed around each call). Calls
+    /// that built an instance (the first, and each after a trap) are left out: their
+    /// cost is `instantiations`'.
     pub ns_per_decision: f64,
-    /// Traps during the run.
+    /// Traps during the run (each dropped the instance; the next call built another).
     pub traps: u64,
+    /// Instances built during the run, and their mean cost (instantiation, `configure`,
+    /// `pool-changed` and that call's decision), µs.
+    pub instantiations: u64,
+    /// See `instantiations`.
+    pub instantiation_us: f64,
 }
 
 impl Scenario {
     /// Runs the scenario.
     pub fn run(&self) -> Result<Report, SimError> {
-        let mut sim = Sim::new(&self.plugin, &self.config_json, &self.backends)?;
+        let mut sim = match &self.settings {
+            Some(settings) => Sim::with_settings(&self.plugin, &self.config_json, &self.backends, settings.clone())?,
+            None => Sim::new(&self.plugin, &self.config_json, &self.backends)?,
+        };
+        let mut labels: BTreeMap<u32, Vec<(String, String)>> = BTreeMap::new();
+        for (id, k, v) in &self.labels {
+            labels.entry(*id).or_default().push((k.clone(), v.clone()));
+        }
+        for (id, l) in labels {
+            sim.set_labels(id, l)?;
+        }
         for (id, &us) in self.latency_us.iter().enumerate() {
             sim.set_latency_us(id as u32, us);
         }
         let mut picks = vec![0u64; sim.len()];
-        let (mut unplaced, mut nanos) = (0u64, 0u128);
+        let (mut unplaced, mut nanos, mut timed) = (0u64, 0u128, 0u64);
+        let (mut built, mut build_nanos) = (0u64, 0u128);
+        let instantiations = || sim.stats().instantiations.load(std::sync::atomic::Ordering::Relaxed);
+        let traps_before = sim.stats().traps.load(std::sync::atomic::Ordering::Relaxed);
         for i in 0..self.requests {
-            let req = Sim::request((self.keys > 0).then(|| i % self.keys));
+            let req = Sim::request_with((self.keys > 0).then(|| i % self.keys), &self.headers);
+            let before = instantiations();
             let started = std::time::Instant::now();
             let (_, placement) = sim.place(req);
-            nanos += started.elapsed().as_nanos();
+            let took = started.elapsed().as_nanos();
+            if instantiations() == before {
+                nanos += took;
+                timed += 1;
+            } else {
+                built += 1;
+                build_nanos += took;
+            }
             match placement {
                 Placement::Backend(id) => {
                     picks[id as usize] += 1;
@@ -378,8 +475,10 @@ impl Scenario {
             unplaced,
             max_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
             remapped,
-            ns_per_decision: if self.requests == 0 { 0.0 } else { nanos as f64 / self.requests as f64 },
-            traps: sim.stats().traps.load(std::sync::atomic::Ordering::Relaxed),
+            ns_per_decision: if timed == 0 { 0.0 } else { nanos as f64 / timed as f64 },
+            traps: sim.stats().traps.load(std::sync::atomic::Ordering::Relaxed) - traps_before,
+            instantiations: built,
+            instantiation_us: if built == 0 { 0.0 } else { build_nanos as f64 / built as f64 / 1e3 },
         })
     }
 }
@@ -396,8 +495,13 @@ impl std::fmt::Display for Report {
             writeln!(f, "keys remapped   {r:.4} ({:.1}%)", r * 100.0)?;
         }
         writeln!(f, "ns/decision     {:.0}", self.ns_per_decision)?;
+        writeln!(
+            f,
+            "instances built {} ({:.0} µs each, not in ns/decision)",
+            self.instantiations, self.instantiation_us
+        )?;
         if self.traps > 0 {
-            writeln!(f, "traps           {}", self.traps)?;
+            writeln!(f, "traps           {} (each dropped its instance)", self.traps)?;
         }
         Ok(())
     }

@@ -53,6 +53,12 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The pool's view as the plugin layer takes it (for tools that call a plugin
+    /// directly, `weir plugin test`).
+    pub fn host(&self) -> &Arc<dyn PoolHost> {
+        &self.host
+    }
+
     /// Places a request: asks the affinity plugin for a pinned backend, then (when there
     /// is none, or it is not eligible or full) the balancer, and applies
     /// `on_plugin_error` when the balancer fails. `avoid` is a backend that just failed to
@@ -219,13 +225,13 @@ impl Pool {
         let failed = |role: &'static str, plugin: &PluginRef| {
             let (pool, at, config_at) = (name.to_string(), plugin.at.clone(), plugin.config_at.clone());
             let plugin = plugin.source.to_string();
-            move |source: LoadError| {
+            move |error: LoadError| {
                 // A refused config is blamed on the `config` the file writes (if it does).
-                let at = match &source {
+                let at = match &error {
                     LoadError::InvalidConfig(_) | LoadError::Configure { .. } => config_at.or(at),
                     _ => at,
                 };
-                BuildError::Plugin { pool, role, plugin, at: at.map(Box::new), source }
+                BuildError::Plugin { pool, role, plugin, at: at.map(Box::new), error }
             }
         };
         let balancer = match old {
@@ -282,7 +288,7 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// A plugin did not load or refused its config.
-    #[error("{}pool `{pool}`: {role} `{plugin}`: {source}", at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default())]
+    #[error("{}pool `{pool}`: {role} `{plugin}`: {error}", at.as_ref().map(|a| format!("{a}: ")).unwrap_or_default())]
     Plugin {
         /// Pool.
         pool: String,
@@ -292,8 +298,9 @@ pub enum BuildError {
         plugin: String,
         /// Where the config names it.
         at: Option<Box<crate::config::Location>>,
-        /// Why.
-        source: LoadError,
+        /// Why: said in the message, so not chained as its `source` too (a renderer that
+        /// prints the chain, `{:#}` of anyhow, would say it twice).
+        error: LoadError,
     },
 }
 

@@ -75,7 +75,7 @@ fn make_example_files(example: &std::path::Path) -> Option<tempfile::TempDir> {
 fn inspect_reports_the_world_of_a_pack_plugin() {
     let (ok, stdout, stderr) = weir(&["plugin", "inspect", "round-robin"]);
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("world:   balancer-plugin"), "{stdout}");
+    assert!(stdout.contains("world:     balancer-plugin"), "{stdout}");
     assert!(stdout.contains("weir:plugin/pool@0.1.0"), "{stdout}");
 }
 

@@ -5,8 +5,10 @@
 mod affinity;
 mod bounds;
 mod cli;
+mod conformance;
 mod control;
 mod drain;
+mod first_run;
 mod h2;
 mod hardening;
 mod health;

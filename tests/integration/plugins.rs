@@ -120,6 +120,35 @@ async fn a_component_of_another_world_is_a_load_error_naming_the_world() {
     assert!(!err.contains("balancer component"), "{err}");
 }
 
+/// A load error says each cause once, however it is rendered: its own text, the whole
+/// chain (anyhow's `{:#}`, what a caller that reports causes prints), or the CLI's line.
+#[tokio::test]
+async fn a_load_error_says_each_cause_once_even_with_its_chain() {
+    let up = Upstream::start("a").await;
+    // A health plugin given as a balancer; a refused config; a file that is not there.
+    let wrong_world = format!("balancer = {{ plugin = {:?} }}", support::fixture("teapot").display().to_string());
+    let refused = "balancer = { plugin = \"round-robin\", config = { speed = 3 } }".to_owned();
+    let missing = "balancer = { plugin = \"/nonexistent/x.wasm\" }".to_owned();
+    for (extra, phrase) in [
+        (wrong_world, "not a usable balancer component"),
+        (refused, "unknown field `speed`"),
+        (missing, "No such file"),
+    ] {
+        let config = weir::config::Config::parse(&support::config_text(&[up.addr], &extra), None).unwrap();
+        let err = anyhow::Error::from(weir::Server::start(config).await.unwrap_err());
+        let chain = format!("{err:#}");
+        assert_eq!(chain.matches(phrase).count(), 1, "{chain}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["plugin", "simulate", "--plugin"])
+        .arg(support::fixture("teapot"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("not a usable balancer component").count(), 1, "{stderr}");
+}
+
 #[test]
 fn compiled_plugins_are_cached_on_disk_across_restarts() {
     use weir::config::{PluginSettings, PluginSource};

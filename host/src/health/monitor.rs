@@ -64,8 +64,8 @@ pub fn load(config: &PoolConfig, plugins: &PluginRuntime, pool: &Pool) -> Result
     let host: Arc<dyn PoolHost> = pool.view.clone();
     let mut loaded = Vec::with_capacity(config.health.plugins.len());
     for p in &config.health.plugins {
-        let evaluator = plugins.load_health(&config.name, p, &host).map_err(|source| {
-            let at = match &source {
+        let evaluator = plugins.load_health(&config.name, p, &host).map_err(|error| {
+            let at = match &error {
                 LoadError::InvalidConfig(_) | LoadError::Configure { .. } => p.config_at.clone().or(p.at.clone()),
                 _ => p.at.clone(),
             };
@@ -74,7 +74,7 @@ pub fn load(config: &PoolConfig, plugins: &PluginRuntime, pool: &Pool) -> Result
                 role: "health",
                 plugin: p.source.to_string(),
                 at: at.map(Box::new),
-                source,
+                error,
             }
         })?;
         loaded.push(evaluator);

@@ -173,6 +173,11 @@ impl InstanceState {
         self.limiter.exceeded
     }
 
+    /// Bytes of linear memory the instance has now.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.limiter.used
+    }
+
     pub(super) fn view(&self) -> Option<&dyn PoolHost> {
         self.view.as_deref()
     }

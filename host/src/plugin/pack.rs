@@ -3,6 +3,9 @@
 
 include!(concat!(env!("OUT_DIR"), "/pack.rs"));
 
+/// The embedded pack's version, plugin count and digest (what `weir --version` names).
+pub const VERSION: &str = env!("WEIR_PACK_VERSION");
+
 /// Other names users know an algorithm by: `(alias, pack name)`.
 pub const ALIASES: &[(&str, &str)] = &[("least-request", "p2c")];
 

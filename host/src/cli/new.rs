@@ -1,0 +1,79 @@
+//! `weir plugin new --lang L NAME`: writes a plugin project that builds with one command
+//! and passes `weir plugin test` as made. The templates (`host/templates/`) and the WIT
+//! contract are embedded in the binary, so it works from an installed `weir` with no
+//! source tree.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// `weir plugin new` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The language of the project.
+    #[arg(long, value_enum)]
+    lang: Lang,
+    /// The plugin's name (letters, digits, `-`, `_`): the project's directory, made in the
+    /// current directory (or under `--dir`).
+    name: String,
+    /// Where to make the project's directory.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
+/// A language a project can be made in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Lang {
+    /// Rust with wit-bindgen (`cargo build --release`).
+    Rust,
+}
+
+/// The WIT contract, as this binary speaks it.
+const WIT: &str = include_str!("../../../wit/weir.wit");
+
+/// `(path in the project, text)`: `{{name}}` becomes the plugin's name and `{{file}}` its
+/// name as a file stem (`-` → `_`, as cargo names the `.wasm`).
+const RUST: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml")),
+    (".cargo/config.toml", include_str!("../../templates/rust/.cargo/config.toml")),
+    (".gitignore", include_str!("../../templates/rust/.gitignore")),
+    ("README.md", include_str!("../../templates/rust/README.md")),
+    ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs")),
+    ("wit/weir.wit", WIT),
+];
+
+/// Makes the project; prints where and how to build it.
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let name = args.name.as_str();
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid {
+        anyhow::bail!("`{name}` is not a plugin name: use letters, digits, `-` and `_`, starting with a letter");
+    }
+    let dir = args.dir.join(name);
+    if dir.exists() {
+        anyhow::bail!("{} already exists; nothing written", dir.display());
+    }
+    let file = name.replace('-', "_");
+    let files = match args.lang {
+        Lang::Rust => RUST,
+    };
+    for (path, text) in files {
+        let text = text.replace("{{name}}", name).replace("{{file}}", &file);
+        write(&dir.join(path), &text)?;
+    }
+    let (build, wasm) = match args.lang {
+        Lang::Rust => ("cargo build --release", format!("target/wasm32-wasip2/release/{file}.wasm")),
+    };
+    println!("made {} ({:?} balancer plugin)", dir.display(), args.lang);
+    println!("  cd {} && {build}", dir.display());
+    println!("  weir plugin test {wasm}");
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot make {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
