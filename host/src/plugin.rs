@@ -169,6 +169,9 @@ pub struct PluginStats {
     pub memory_limits: AtomicU64,
     /// `failed` answers and ineligible picks.
     pub errors: AtomicU64,
+    /// Decisions this plugin failed that the pool's built-in round robin made instead
+    /// (`on_plugin_error = "fallback"`).
+    pub fallbacks: AtomicU64,
     /// Instances created.
     pub instantiations: AtomicU64,
 }

@@ -77,7 +77,10 @@ impl Pool {
             Err(CallError::NoBackend) => Placement::NoBackend,
             Err(_) => match self.config.on_plugin_error {
                 OnPluginError::Reject => Placement::Rejected,
-                OnPluginError::Fallback => self.fallback(avoid),
+                OnPluginError::Fallback => {
+                    self.balancer.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    self.fallback(avoid)
+                }
             },
         };
         let placement = match placement {
