@@ -6,7 +6,7 @@
 //! here writes the snapshot (DESIGN convention 1). Every request is routed by one
 //! function, [`server::route`]; each endpoint is a handler
 //! `async fn(&Admin, Request<Incoming>, ..) -> Reply` in the module that owns it
-//! ([`status`]). Mutating calls need the bearer token when one is
+//! ([`status`], [`plugins`], [`drain`]). Mutating calls need the bearer token when one is
 //! configured (a wrong or missing one is answered 401, counted, and changes nothing);
 //! bodies are limited to [`MAX_BODY`] bytes; every error is JSON, `{"error": "..."}`.
 
@@ -21,6 +21,8 @@ use hyper::body::Incoming;
 
 use crate::control::Control;
 
+pub(crate) mod drain;
+pub mod plugins;
 pub mod server;
 pub(crate) mod status;
 

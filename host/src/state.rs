@@ -245,6 +245,34 @@ impl Pool {
 }
 
 impl Pool {
+    /// The same pool (same view, same generation) with another balancer: a swap.
+    pub fn with_balancer(&self, balancer: Arc<Balancer>) -> Self {
+        Pool {
+            config: self.config.clone(),
+            view: self.view.clone(),
+            host: self.host.clone(),
+            balancer,
+            affinity: self.affinity.clone(),
+        }
+    }
+
+    /// The same pool with another affinity plugin (or none): a swap.
+    pub fn with_affinity(&self, affinity: Option<Arc<Affinity>>) -> Self {
+        Pool {
+            config: self.config.clone(),
+            view: self.view.clone(),
+            host: self.host.clone(),
+            balancer: self.balancer.clone(),
+            affinity,
+        }
+    }
+
+    /// The pool's view as the plugin layer takes it (for loading and dry-running a
+    /// candidate plugin against the live pool).
+    pub fn host(&self) -> &Arc<dyn PoolHost> {
+        &self.host
+    }
+
     /// The same pool with a new view of its members, for verdicts the one writer just
     /// applied to their live state: the eligible set, panic and slow start follow them,
     /// and the generation changes, so plugins hear of it in `pool-changed`. O(backends).

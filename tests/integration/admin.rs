@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
 use crate::support::{self, Body, Upstream};
@@ -182,4 +184,267 @@ fn a_non_loopback_admin_address_without_a_token_refuses_to_start() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `PUT /api/v1/pools/{pool}/{kind}` with a JSON body naming a plugin.
+async fn swap_json(admin: SocketAddr, pool: &str, kind: &str, body: Value) -> (StatusCode, Value) {
+    call(admin, Method::PUT, &format!("/api/v1/pools/{pool}/{kind}"), None, full(body.to_string())).await
+}
+
+/// `PUT /api/v1/pools/{pool}/balancer` with a component as the body.
+async fn swap_upload(admin: SocketAddr, pool: &str, wasm: &std::path::Path, query: &str) -> (StatusCode, Value) {
+    let bytes = std::fs::read(wasm).unwrap();
+    call(admin, Method::PUT, &format!("/api/v1/pools/{pool}/balancer{query}"), None, full(bytes)).await
+}
+
+/// The backends that answer `n` GETs of `url`, in order.
+async fn names(client: &Client<HttpConnector, Body>, url: &str, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (status, body) = support::get(client, url).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        out.push(support::name_of(&body).to_owned());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_that_fails_any_step_is_refused_and_the_old_plugin_keeps_serving() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let server = support::start(&format!("{}{}", admin_table(""), support::config_text(&[a.addr, b.addr], ""))).await;
+    let admin = server.admin_addr().unwrap();
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+    let serving = |when: &'static str| {
+        let (client, url, server) = (&client, &url, &server);
+        async move {
+            let mut seen = names(client, url, 4).await;
+            seen.sort();
+            assert_eq!(seen, ["a", "a", "b", "b"], "round robin still serves after {when}");
+            assert_eq!(&*server.snapshot().pools["p"].balancer.name, "round-robin", "{when}");
+        }
+    };
+    serving("start").await;
+
+    // Not a component: bytes that start like one, then garbage.
+    let (status, body) =
+        call(admin, Method::PUT, "/api/v1/pools/p/balancer", None, full(&b"\0asm\x0d\0\x01\0garbage"[..])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("not a valid component"), "{body}");
+    serving("a bad component").await;
+
+    // A component of another world (a health plugin).
+    let (status, body) = swap_upload(admin, "p", &support::fixture("teapot"), "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("not a usable balancer component"), "{body}");
+    serving("a wrong world").await;
+
+    // A pack plugin of another role.
+    let (status, body) = swap_json(admin, "p", "balancer", serde_json::json!({ "plugin": "cookie" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("`cookie` is for `affinity`"), "{body}");
+
+    // `configure` refuses its config.
+    let bad_config = serde_json::json!({ "plugin": "consistent-hash", "config": { "key": "bogus" } });
+    let (status, body) = swap_json(admin, "p", "balancer", bad_config).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("invalid config: key: `bogus`"), "{body}");
+    serving("a failing configure").await;
+
+    // Loads and configures, but answers ids that are not eligible in the dry run.
+    let (status, body) = swap_upload(admin, "p", &support::fixture("bad-pick"), "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("dry run against pool `p`: picked backend"), "{body}");
+    serving("a dry run answering ineligible ids").await;
+
+    // Malformed requests and unknown pools.
+    let (status, _) = swap_json(admin, "p", "balancer", serde_json::json!({ "plugn": "first" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = swap_json(admin, "nope", "balancer", serde_json::json!({ "plugin": "first" })).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(admin, Method::POST, "/api/v1/pools/p/balancer/rollback", None, support::empty()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "nothing was swapped: nothing to roll back to");
+    serving("refused calls").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_switches_at_once_and_a_rollback_goes_back() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let server = support::start(&format!("{}{}", admin_table(""), support::config_text(&[a.addr, b.addr], ""))).await;
+    let admin = server.admin_addr().unwrap();
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+
+    let (status, body) = swap_json(admin, "p", "balancer", serde_json::json!({ "plugin": "first" })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["plugin"]["name"], "first");
+    for key in ["load_ms", "dry_run_ms", "switch_ms"] {
+        assert!(body[key].as_f64().unwrap() >= 0.0, "{key}: {body}");
+    }
+    assert_eq!(names(&client, &url, 4).await, ["a", "a", "a", "a"], "`first` places every request");
+    let (_, s) = call(admin, Method::GET, "/api/v1/status", None, support::empty()).await;
+    assert_eq!(s["pools"][0]["balancer"]["name"], "first");
+
+    let (status, body) = call(admin, Method::POST, "/api/v1/pools/p/balancer/rollback", None, support::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["plugin"]["name"], "round-robin");
+    let mut seen = names(&client, &url, 4).await;
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b"], "round robin again");
+
+    // A second rollback goes back to what the first one left.
+    let (status, body) = call(admin, Method::POST, "/api/v1/pools/p/balancer/rollback", None, support::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(names(&client, &url, 3).await, ["a", "a", "a"]);
+}
+
+#[tokio::test]
+async fn state_exported_by_the_old_version_is_imported_by_the_new_one() {
+    // One thread (this test's runtime): one instance of each version, so the count is
+    // the whole plugin's.
+    let (a, b, c) = (Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await);
+    let counter = support::fixture("counter");
+    let pool = format!("balancer = {{ plugin = {:?} }}", counter.display().to_string());
+    let server =
+        support::start(&format!("{}{}", admin_table(""), support::config_text(&[a.addr, b.addr, c.addr], &pool))).await;
+    let admin = server.admin_addr().unwrap();
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+    assert_eq!(names(&client, &url, 4).await, ["a", "b", "c", "a"], "count 0..4");
+
+    // The same component again, uploaded: a new version, which continues at 4.
+    let (status, body) = swap_upload(admin, "p", &counter, "?name=counter-v2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["plugin"]["name"], "counter-v2");
+    assert_eq!(names(&client, &url, 3).await, ["b", "c", "a"], "count 4..7, carried from the old version");
+
+    // A version without the state interface in between starts fresh, and so does the
+    // one after it (it has nothing to import).
+    let (status, _) = swap_json(admin, "p", "balancer", serde_json::json!({ "plugin": "first" })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(names(&client, &url, 2).await, ["a", "a"]);
+    let (status, _) = swap_upload(admin, "p", &counter, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(names(&client, &url, 2).await, ["a", "b"], "fresh: count 0..2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_swaps_under_load_lose_no_request_and_close_no_tunnel() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let server = support::start(&format!("{}{}", admin_table(""), support::config_text(&[a.addr, b.addr], ""))).await;
+    let admin = server.admin_addr().unwrap();
+    let proxy = server.addr("main").unwrap();
+    let url = format!("http://{proxy}/");
+
+    let mut sockets = Vec::with_capacity(50);
+    for _ in 0..50 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/chat")).await.unwrap();
+        sockets.push(ws);
+    }
+
+    // Keep-alive clients sending requests back to back through every swap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+            tokio::spawn(async move {
+                let client = support::client();
+                while !stop.load(Ordering::Relaxed) {
+                    let res = client.request(Request::get(&url).body(support::empty()).unwrap()).await;
+                    match res {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            support::body_text(r).await;
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            eprintln!("failed: {other:?}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let counter = support::fixture("counter").display().to_string();
+    let client = support::client();
+    for i in 0..100 {
+        let (plugin, expect) = if i % 2 == 0 {
+            (serde_json::json!({ "plugin": "first" }), "a")
+        } else {
+            (serde_json::json!({ "plugin": counter, "config": { "fixed": 1 } }), "b")
+        };
+        let (status, body) = swap_json(admin, "p", "balancer", plugin).await;
+        assert_eq!(status, StatusCode::OK, "swap {i}: {body}");
+        assert_eq!(names(&client, &url, 2).await, [expect, expect], "swap {i}: placed by the new plugin at once");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    assert!(ok.load(Ordering::Relaxed) >= 100, "the clients kept sending: {}", ok.load(Ordering::Relaxed));
+
+    // Every tunnel is still open and still echoes.
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        ws.send(Message::text(format!("still here {i}"))).await.unwrap();
+        let echo = ws.next().await.unwrap().unwrap().into_text().unwrap();
+        assert!(echo.ends_with(&format!(": still here {i}")), "{echo}");
+    }
+    let (_, s) = call(admin, Method::GET, "/api/v1/status", None, support::empty()).await;
+    let tunnels: u64 =
+        s["pools"][0]["backends"].as_array().unwrap().iter().map(|b| b["tunnels"].as_u64().unwrap()).sum();
+    assert_eq!(tunnels, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_backend_takes_no_new_work_and_its_websockets_close() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let pool = "drain_spread_ms = 0\ndrain_deadline_ms = 2000";
+    let server = support::start(&format!("{}{}", admin_table(""), support::config_text(&[a.addr, b.addr], pool))).await;
+    let admin = server.admin_addr().unwrap();
+    let proxy = server.addr("main").unwrap();
+    let url = format!("http://{proxy}/");
+    let client = support::client();
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        sockets.push(tokio_tungstenite::connect_async(format!("ws://{proxy}/chat")).await.unwrap().0);
+    }
+
+    let path = format!("/api/v1/pools/p/backends/{}/drain", a.addr);
+    let (status, body) = call(admin, Method::POST, &path, None, support::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tunnels_drained"], 1, "{body}");
+    assert_eq!(names(&client, &url, 4).await, ["b", "b", "b", "b"]);
+    // One of the two sockets went to `a` (round robin): it gets a close frame.
+    let mut closed = 0;
+    for ws in &mut sockets {
+        if let Ok(Some(Ok(Message::Close(_)))) =
+            tokio::time::timeout(std::time::Duration::from_millis(500), ws.next()).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1);
+    let (_, s) = call(admin, Method::GET, "/api/v1/status", None, support::empty()).await;
+    assert_eq!(s["pools"][0]["backends"][0]["drained"], true);
+
+    let (status, _) = call(admin, Method::POST, &path.replace("/drain", "/undrain"), None, support::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut seen = names(&client, &url, 4).await;
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b"]);
+
+    let (status, body) =
+        call(admin, Method::POST, "/api/v1/pools/p/backends/127.0.0.1:1/drain", None, support::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }

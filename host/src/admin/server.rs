@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{Admin, Reply, error, status};
+use super::{Admin, Reply, drain, error, plugins, status};
 use crate::config::AdminConfig;
 use crate::net::listen::{self, Acceptor, Stop};
 
@@ -82,7 +82,7 @@ async fn serve(admin: Arc<Admin>, mut acceptor: Acceptor, mut stop: watch::Recei
 
 /// Percent-decodes one path segment (`%5B%3A%3A1%5D%3A80` is `[::1]:80`); `None` when the
 /// result is not UTF-8 or an escape is malformed.
-fn decode(segment: &str) -> Option<String> {
+pub(crate) fn decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -126,6 +126,15 @@ pub(crate) async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
     match (&method, path.as_slice()) {
         (&Method::GET, ["api", "v1", "status"]) => status::get(admin, req).await,
         (&Method::POST, ["api", "v1", "reload"]) => status::reload(admin, req).await,
+        (&Method::PUT, ["api", "v1", "pools", pool, kind @ ("balancer" | "affinity")]) => {
+            plugins::swap(admin, req, pool, kind).await
+        }
+        (&Method::POST, ["api", "v1", "pools", pool, kind @ ("balancer" | "affinity"), "rollback"]) => {
+            plugins::rollback(admin, req, pool, kind).await
+        }
+        (&Method::POST, ["api", "v1", "pools", pool, "backends", backend, action @ ("drain" | "undrain")]) => {
+            drain::post(admin, req, pool, backend, *action == "undrain").await
+        }
         (_, p) if known(p) => {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not served at {}", req.uri().path()))
         }

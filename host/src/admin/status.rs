@@ -72,6 +72,7 @@ fn pool(admin: &Admin, pool: &Pool) -> Value {
                 "address": m.config.address,
                 "weight": m.config.weight,
                 "eligible": view.is_eligible(id as u32),
+                "drained": live.is_drained(),
                 "health": {
                     "verdict": health.verdict.as_str(),
                     "reason": health.reason,
