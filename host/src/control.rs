@@ -528,7 +528,7 @@ impl Control {
                         return Err(ControlError::NoSuchBackend { pool: name.clone(), backend: backend.clone() });
                     };
                     let was = member.live.set_drained(!*undrain);
-                    if was != !*undrain {
+                    if was == *undrain {
                         tracing::info!(pool = %name, %backend, drained = !*undrain, "backend {}", if *undrain { "undrained" } else { "drained" });
                         if !*undrain {
                             drains.push((member.live.key(), pool.config.drain_spread, pool.config.drain_deadline));

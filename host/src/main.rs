@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use weir::config::{Config, PluginSettings};
 use weir::plugin::PluginRuntime;
 
+mod cli;
+
 /// A load balancer whose routing decisions are WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about)]
@@ -45,6 +47,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// What a running weir's admin API reports, as tables.
+    Status {
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+        /// Print the JSON the admin API answered.
+        #[arg(long)]
+        json: bool,
+    },
     /// Plugin tooling.
     Plugin {
         #[command(subcommand)]
@@ -67,6 +77,36 @@ enum PluginCommand {
     /// Run a balancer offline against a simulated pool: share per backend, max/mean load,
     /// keys remapped by a pool change, ns per decision.
     Simulate(SimulateArgs),
+    /// Swap a running pool's balancer or affinity plugin through the admin API (compiled,
+    /// configured and dry-run before it serves; on any error the old one keeps serving).
+    /// Here `--config` is the plugin's config as JSON, e.g. `--config '{"key": "path"}'`.
+    Swap {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// The new balancer: a pack name or a `.wasm` file (uploaded).
+        #[arg(long, conflicts_with = "affinity", required_unless_present = "affinity")]
+        balancer: Option<String>,
+        /// The new affinity plugin: a pack name or a `.wasm` file (uploaded).
+        #[arg(long)]
+        affinity: Option<String>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Roll a pool's balancer or affinity plugin back to the version the last swap replaced.
+    Rollback {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// Roll back the balancer.
+        #[arg(long, conflicts_with = "affinity", required_unless_present = "affinity")]
+        balancer: bool,
+        /// Roll back the affinity plugin.
+        #[arg(long)]
+        affinity: bool,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +157,22 @@ fn main() -> ExitCode {
         }),
         Some(Command::Check) => config_path(cli.config).and_then(check),
         Some(Command::Demo { listen, admin }) => block_on(None, demo(listen, admin)),
+        Some(Command::Status { admin, json }) => block_on(Some(1), async move { cli::status::run(&admin, json).await }),
+        Some(Command::Plugin { command: PluginCommand::Swap { pool, balancer, affinity, admin } }) => {
+            // `--config` is global (the config file elsewhere); for a swap it is the
+            // plugin's config, as JSON.
+            let config = cli.config.map(|c| c.to_string_lossy().into_owned());
+            let (kind, plugin) = match (balancer, affinity) {
+                (Some(b), _) => ("balancer", b),
+                (None, Some(a)) => ("affinity", a),
+                (None, None) => unreachable_args(),
+            };
+            block_on(Some(1), async move { cli::swap::swap(&admin, &pool, kind, &plugin, config.as_deref()).await })
+        }
+        Some(Command::Plugin { command: PluginCommand::Rollback { pool, balancer, admin, .. } }) => {
+            let kind = if balancer { "balancer" } else { "affinity" };
+            block_on(Some(1), async move { cli::swap::rollback(&admin, &pool, kind).await })
+        }
         Some(Command::Plugin { command }) => plugin(command),
     };
     match result {
@@ -126,6 +182,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap enforces `required_unless_present`: this is never reached.
+fn unreachable_args() -> ! {
+    eprintln!("error: give --balancer or --affinity");
+    std::process::exit(2)
 }
 
 fn init_logging(format: LogFormat) {
@@ -273,6 +335,11 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         );
     }
     println!("  curl -s http://{admin}/api/v1/status            # pools, backends, plugins, counters");
+    println!("  weir status --admin http://{admin}");
+    println!(
+        "  weir plugin swap --admin http://{admin} --pool demo --balancer least-connections   # hot swap, nothing dropped"
+    );
+    println!("  weir plugin rollback --admin http://{admin} --pool demo --balancer");
     println!();
     println!("Config in use:{text}");
     println!("Ctrl-C to stop.");
@@ -298,6 +365,9 @@ fn plugin(command: PluginCommand) -> anyhow::Result<()> {
                 let role = weir::plugin::pack::role(name).map(|r| r.to_string()).unwrap_or_default();
                 println!("{name:<22} {role}");
             }
+        }
+        PluginCommand::Swap { .. } | PluginCommand::Rollback { .. } => {
+            anyhow::bail!("swap and rollback talk to the admin API (dispatched in main)")
         }
         PluginCommand::Simulate(a) => {
             use weir::simulate::{Scenario, SimBackend};

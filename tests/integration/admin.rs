@@ -448,3 +448,91 @@ async fn a_drained_backend_takes_no_new_work_and_its_websockets_close() {
         call(admin, Method::POST, "/api/v1/pools/p/backends/127.0.0.1:1/drain", None, support::empty()).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_swapped_plugin_until_the_file_changes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let config = dir.path().join("weir.toml");
+    let write = |pool_extra: &str| {
+        let text = format!("{}{}", admin_table(""), support::config_text(&[a.addr, b.addr], pool_extra));
+        std::fs::write(&config, text).unwrap();
+    };
+    write("");
+    let server = weir::Server::start(weir::config::Config::load(&config).unwrap()).await.unwrap();
+    let admin = server.admin_addr().unwrap();
+    let (status, _) = swap_json(admin, "p", "balancer", serde_json::json!({ "plugin": "first" })).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The pool's entry changes, but not its balancer: the swapped one stays.
+    write("connect_timeout_ms = 2500");
+    let (status, body) = call(admin, Method::POST, "/api/v1/reload", None, support::empty()).await;
+    assert_eq!((status, &body["pools_changed"]), (StatusCode::OK, &serde_json::json!(1)), "{body}");
+    assert_eq!(&*server.snapshot().pools["p"].balancer.name, "first");
+    let client = support::client();
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    assert_eq!(names(&client, &url, 3).await, ["a", "a", "a"]);
+
+    // The file names another balancer: the file wins, and there is nothing to roll back.
+    write("connect_timeout_ms = 2500\nbalancer = { plugin = \"weighted-round-robin\" }");
+    let (status, _) = call(admin, Method::POST, "/api/v1/reload", None, support::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&*server.snapshot().pools["p"].balancer.name, "weighted-round-robin");
+    let (status, _) = call(admin, Method::POST, "/api/v1/pools/p/balancer/rollback", None, support::empty()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+/// Runs the weir binary with `args`; returns whether it succeeded, and its stdout and stderr.
+async fn weir(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weir")).args(args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_status_swaps_and_rolls_back_through_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "cli-token\n").unwrap();
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let table = admin_table(&format!("token_file = {:?}", token.display().to_string()));
+    let server = support::start(&format!("{table}{}", support::config_text(&[a.addr, b.addr], ""))).await;
+    let url = format!("http://{}", server.admin_addr().unwrap());
+    let token = token.display().to_string();
+    let proxy = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+
+    let (ok, out, err) = weir(&["status", "--admin", &url]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("pool p: 2 eligible"), "{out}");
+    assert!(out.contains("balancer  round-robin"), "{out}");
+    assert!(out.contains(&a.addr.to_string()) && out.contains(&b.addr.to_string()), "{out}");
+
+    // Without the token a swap is refused with the API's reason.
+    let (ok, _, err) = weir(&["plugin", "swap", "--admin", &url, "--pool", "p", "--balancer", "first"]).await;
+    assert!(!ok);
+    assert!(err.contains("401") && err.contains("Bearer"), "{err}");
+
+    let (ok, out, err) =
+        weir(&["plugin", "swap", "--admin", &url, "--token-file", &token, "--pool", "p", "--balancer", "first"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("swapped: pool p balancer is now first"), "{out}");
+    assert_eq!(names(&client, &proxy, 2).await, ["a", "a"]);
+
+    // A file is uploaded, with its config.
+    let counter = support::fixture("counter").display().to_string();
+    let args = ["plugin", "swap", "--admin", &url, "--token-file", &token, "--pool", "p", "--balancer", &counter];
+    let (ok, out, err) = weir(&[&args[..], &["--config", r#"{"fixed": 1}"#]].concat()).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("is now counter.wasm"), "{out}");
+    assert_eq!(names(&client, &proxy, 2).await, ["b", "b"]);
+
+    let (ok, out, err) =
+        weir(&["plugin", "rollback", "--admin", &url, "--token-file", &token, "--pool", "p", "--balancer"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("rolled back: pool p balancer is now first"), "{out}");
+    assert_eq!(names(&client, &proxy, 2).await, ["a", "a"]);
+}

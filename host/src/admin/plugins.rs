@@ -110,8 +110,9 @@ fn query(req: &http::request::Parts, name: &str) -> Option<String> {
 
 /// Reads what a swap request asks for: a JSON body `{"plugin": NAME, "config": {..}}`,
 /// or a component (`\0asm`) with its config in `?config=` and its name in `?name=`.
-fn wanted(parts: &http::request::Parts, body: Bytes, base: &std::path::Path) -> Result<Wanted, Reply> {
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, m);
+/// The error is the reason for a 400.
+fn wanted(parts: &http::request::Parts, body: Bytes, base: &std::path::Path) -> Result<Wanted, String> {
+    let bad = |m: String| m;
     if body.starts_with(b"\0asm") {
         let config = query(parts, "config").unwrap_or_else(|| "{}".into());
         let config_json = object(&config).map_err(|e| bad(format!("?config: {e}")))?;
@@ -249,7 +250,7 @@ pub(crate) async fn swap(admin: &Admin, req: Request<Incoming>, pool: &str, whic
     let base = admin.control.config_file_now().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
     let wanted = match wanted(&parts, body, base.as_deref().unwrap_or(std::path::Path::new("."))) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
     let name = wanted.name.clone();
     match swap_in(admin, pool, kind, wanted).await {
