@@ -242,6 +242,10 @@ struct FilePlugins {
     rebuild_timeout_ms: Option<Spanned<FileDuration>>,
     /// Linear-memory limit for one plugin instance, in MiB. Default 16. Range 1 to 1024.
     memory_limit_mib: Option<Spanned<u32>>,
+    /// Swap a balancer or affinity plugin named by a path when its file changes (the
+    /// admin API's safe swap). Default false. Read at start.
+    #[serde(default)]
+    watch: bool,
 }
 
 /// `[admin]`.
@@ -545,6 +549,8 @@ pub struct PluginSettings {
     pub rebuild_timeout: Duration,
     /// Linear-memory limit per instance, in bytes.
     pub memory_limit: usize,
+    /// Swap plugins named by path when their file changes.
+    pub watch: bool,
 }
 
 /// The admin API, `[admin]`. Read at start.
@@ -579,6 +585,7 @@ impl Default for PluginSettings {
             call_timeout: Duration::from_millis(2),
             rebuild_timeout: Duration::from_millis(250),
             memory_limit: 16 << 20,
+            watch: false,
         }
     }
 }
@@ -1045,6 +1052,7 @@ impl Cx<'_> {
             memory_limit: self
                 .number(p.memory_limit_mib.as_ref(), || "plugins.memory_limit_mib".into(), bounds::MEMORY_LIMIT_MIB)?
                 .map_or(defaults.memory_limit, |m| (m as usize) << 20),
+            watch: p.watch,
         };
         let admin = file.admin.as_ref().map(|a| self.admin(a, base)).transpose()?;
 

@@ -82,7 +82,7 @@ pub enum Command {
 }
 
 /// Which plugin of a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PluginKind {
     /// The balancer.
     Balancer,

@@ -58,7 +58,11 @@ impl Server {
         let (stop, stop_rx) = watch::channel(Stop::Serve);
         let control = Control::new(ctx, plugins, stop_rx.clone());
         let admin_config = config.admin.clone();
+        let watch = config.plugins.watch;
         control.load(config).await?;
+        if watch {
+            tokio::spawn(admin::plugins::watch(Arc::downgrade(&control), stop_rx.clone()));
+        }
         let admin = match admin_config {
             Some(a) => {
                 let state = Arc::new(Admin::new(control.clone(), a.token.clone()));

@@ -536,3 +536,35 @@ async fn the_cli_shows_status_swaps_and_rolls_back_through_the_admin_api() {
     assert!(out.contains("rolled back: pool p balancer is now first"), "{out}");
     assert_eq!(names(&client, &proxy, 2).await, ["a", "a"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_plugin_file_that_changes_is_swapped_and_a_bad_one_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let plugin = dir.path().join("balancer.wasm");
+    std::fs::copy(support::fixture("first-backend"), &plugin).unwrap();
+    let pool = format!("balancer = {{ plugin = {:?}, config = {{ fixed = 1 }} }}", plugin.display().to_string());
+    let text = support::config_text(&[a.addr, b.addr], &pool).replace("[plugins]\n", "[plugins]\nwatch = true\n");
+    let server = support::start(&text).await;
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+    assert_eq!(names(&client, &url, 2).await, ["a", "a"], "first-backend answers backend 0");
+
+    // A file that is not a component is logged and ignored.
+    std::fs::write(&plugin, b"not wasm").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(names(&client, &url, 2).await, ["a", "a"], "the bad file changed nothing");
+
+    // The counter fixture with `fixed = 1` (from the config) answers backend 1.
+    let bytes = std::fs::read(support::fixture("counter")).unwrap();
+    std::fs::write(&plugin, bytes).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        seen = names(&client, &url, 2).await;
+        if seen == ["b", "b"] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, ["b", "b"], "the changed file was swapped in");
+}

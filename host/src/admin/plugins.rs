@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::{Admin, Reply, error, json as reply, status};
 use crate::config::PluginSource;
-use crate::control::{ControlError, PluginKind, Swapped};
+use crate::control::{Control, ControlError, PluginKind, Swapped};
 use crate::plugin::{LoadError, PluginRuntime, PoolHost, pack};
 
 /// Picks (or lookups) made by a dry run.
@@ -153,22 +153,22 @@ fn object(text: &str) -> Result<String, String> {
 /// Loads and dry-runs `wanted` as `kind` for `pool` (on a blocking thread), then has the
 /// one writer switch to it. Returns the new version and the timings.
 pub(crate) async fn swap_in(
-    admin: &Admin,
+    control: &Control,
     pool: &str,
     kind: PluginKind,
     wanted: Wanted,
 ) -> Result<(Swapped, Timings), SwapError> {
-    let snapshot = admin.control.ctx.snapshot.load_full();
+    let snapshot = control.ctx.snapshot.load_full();
     let live = snapshot.pools.get(pool).ok_or_else(|| SwapError::NoPool(pool.to_owned()))?;
     let view = live.host().clone();
-    let runtime = admin.control.plugins().clone();
+    let runtime = control.plugins().clone();
     let pool_name = pool.to_owned();
     let (plugin, load, dry_run, code) =
         tokio::task::spawn_blocking(move || load(&runtime, &pool_name, kind, &wanted, &view))
             .await
             .map_err(|e| LoadError::Interrupted(e.to_string()))??;
     let started = Instant::now();
-    admin.control.swap(pool, plugin.clone()).await?;
+    control.swap(pool, plugin.clone()).await?;
     Ok((plugin, Timings { load, dry_run, switch: started.elapsed(), code }))
 }
 
@@ -253,7 +253,7 @@ pub(crate) async fn swap(admin: &Admin, req: Request<Incoming>, pool: &str, whic
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
     let name = wanted.name.clone();
-    match swap_in(admin, pool, kind, wanted).await {
+    match swap_in(&admin.control, pool, kind, wanted).await {
         Ok((plugin, t)) => reply(StatusCode::OK, &swapped(pool, &plugin, &t)),
         Err(e) => {
             tracing::warn!(%pool, kind = kind.as_str(), plugin = %name, error = %e, "swap refused; the current plugin keeps serving");
@@ -309,4 +309,68 @@ async fn roll_back(admin: &Admin, pool: &str, kind: PluginKind) -> Result<(Swapp
     let switching = Instant::now();
     admin.control.swap(pool, fresh.clone()).await?;
     Ok((fresh, Timings { load: Duration::ZERO, dry_run, switch: switching.elapsed(), code: "in memory" }))
+}
+
+/// How often the plugin file watch looks at the files.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// `[plugins] watch`: swaps a pool's balancer or affinity plugin that the config names by
+/// a path when that file changes, through the same safe path as the admin API's swap (a
+/// file that does not compile, is of the wrong world, refuses its config or fails the dry
+/// run is logged and ignored; the plugin in place keeps serving). Debounced: a changed
+/// file is swapped in once it has stayed the same (size and modification time) for one
+/// more look, half a second, so a file being written is not read half-way. The files are
+/// the config's, asked again at each look, so a reload that names another file is
+/// followed. Ends when the server stops serving.
+pub(crate) async fn watch(
+    control: std::sync::Weak<Control>,
+    mut stop: tokio::sync::watch::Receiver<crate::net::listen::Stop>,
+) {
+    use std::collections::HashMap;
+    type Seen = Option<(std::time::SystemTime, u64)>;
+    let look = |path: &std::path::Path| -> Seen {
+        let m = std::fs::metadata(path).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    // Per file: what it looked like, and whether a change waits to settle.
+    let mut seen: HashMap<(String, PluginKind, std::path::PathBuf), (Seen, bool)> = HashMap::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+            () = crate::net::listen::stop_serving(&mut stop) => return,
+        }
+        let Some(control) = control.upgrade() else { return };
+        let snapshot = control.ctx.snapshot.load_full();
+        let mut now = HashMap::with_capacity(seen.len());
+        for (name, pool) in &snapshot.pools {
+            let named = std::iter::once((PluginKind::Balancer, Some(&pool.config.balancer)))
+                .chain(std::iter::once((PluginKind::Affinity, pool.config.affinity.as_ref())));
+            for (kind, plugin) in named {
+                let Some(plugin) = plugin else { continue };
+                let PluginSource::File(path) = &plugin.source else { continue };
+                let key = (name.clone(), kind, path.clone());
+                let state = look(path);
+                let (before, pending) = seen.get(&key).copied().unwrap_or((state, false));
+                let settled = pending && before == state;
+                if settled && state.is_some() {
+                    let wanted = Wanted {
+                        name: plugin.source.to_string(),
+                        source: Some(plugin.source.clone()),
+                        bytes: None,
+                        config_json: plugin.config_json.clone(),
+                    };
+                    match swap_in(&control, name, kind, wanted).await {
+                        Ok((_, t)) => {
+                            tracing::info!(pool = %name, kind = kind.as_str(), file = %path.display(), load_ms = t.load.as_secs_f64() * 1e3, "plugin file changed: swapped")
+                        }
+                        Err(e) => {
+                            tracing::error!(pool = %name, kind = kind.as_str(), file = %path.display(), error = %e, "plugin file changed but not swapped; the plugin in place keeps serving")
+                        }
+                    }
+                }
+                now.insert(key, (state, !settled && (pending || before != state)));
+            }
+        }
+        seen = now;
+    }
 }
