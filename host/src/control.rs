@@ -19,13 +19,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ListenerConfig, OnUnhealthy, PoolConfig};
+use crate::config::{Config, ListenerConfig, OnUnhealthy, PluginRef, PoolConfig};
 use crate::core::Verdict;
 use crate::health;
 use crate::http;
 use crate::net::listen::{self, Acceptor, ListenerStats, Slots, Stop};
 use crate::net::tls::{self, Terminator};
-use crate::plugin::PluginRuntime;
+use crate::plugin::{Affinity, Balancer, PluginRuntime};
 use crate::state::{BuildError, Pool, Snapshot};
 use crate::tcp;
 
@@ -55,6 +55,86 @@ pub enum Command {
     /// reload, a file changed on disk): new handshakes use what loads; a listener whose
     /// files do not load keeps its certificates, and the error names the file.
     ReloadCertificates,
+    /// Put a plugin version in place in a pool (an admin swap or rollback, the plugin
+    /// file watch): already compiled, configured and dry-run off the data path, so this
+    /// only switches. The version it replaces is kept for a rollback, and hands its
+    /// per-thread state to the new one (WIT `state`). `file_entry` is what the config
+    /// file said for this plugin when the swap was made: the swapped version stays
+    /// through reloads until the file's entry changes.
+    SwapPlugin {
+        /// The pool.
+        pool: String,
+        /// The new version.
+        plugin: Swapped,
+        /// The config file's entry for this plugin at the time of the swap.
+        file_entry: Option<PluginRef>,
+    },
+    /// Drain a backend (it takes no new work; its WebSockets get close frames over the
+    /// pool's `drain_spread_ms`; its idle connections close) or undrain it.
+    Drain {
+        /// The pool.
+        pool: String,
+        /// The backend's address as the config writes it.
+        backend: String,
+        /// Undo a drain.
+        undrain: bool,
+    },
+}
+
+/// Which plugin of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PluginKind {
+    /// The balancer.
+    Balancer,
+    /// The affinity plugin.
+    Affinity,
+}
+
+impl PluginKind {
+    /// As the API and the config name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Balancer => "balancer",
+            PluginKind::Affinity => "affinity",
+        }
+    }
+}
+
+/// A plugin version to put in place.
+#[derive(Debug, Clone)]
+pub enum Swapped {
+    /// A balancer.
+    Balancer(Arc<Balancer>),
+    /// An affinity plugin, or none (a rollback to a pool without one).
+    Affinity(Option<Arc<Affinity>>),
+}
+
+impl Swapped {
+    /// Which plugin it is.
+    pub fn kind(&self) -> PluginKind {
+        match self {
+            Swapped::Balancer(_) => PluginKind::Balancer,
+            Swapped::Affinity(_) => PluginKind::Affinity,
+        }
+    }
+
+    /// Its name (`none` for no affinity plugin).
+    pub fn name(&self) -> String {
+        match self {
+            Swapped::Balancer(b) => b.name.to_string(),
+            Swapped::Affinity(Some(a)) => a.name.to_string(),
+            Swapped::Affinity(None) => "none".into(),
+        }
+    }
+}
+
+/// What a swap left behind for a rollback.
+#[derive(Debug)]
+struct SwapRecord {
+    /// The config file's entry when the swap was made.
+    file_entry: Option<PluginRef>,
+    /// The version the swap replaced.
+    previous: Swapped,
 }
 
 /// The commands that turn `old` into `new`: only what changed.
@@ -125,6 +205,25 @@ pub enum ControlError {
     /// The blocking task building the pools failed.
     #[error("building the snapshot was interrupted: {0}")]
     Interrupted(String),
+    /// A command names a pool that does not exist.
+    #[error("no pool named `{0}`")]
+    NoSuchPool(String),
+    /// A command names a backend its pool does not have.
+    #[error("pool `{pool}` has no backend `{backend}`")]
+    NoSuchBackend {
+        /// The pool.
+        pool: String,
+        /// The address asked for.
+        backend: String,
+    },
+    /// A rollback with nothing to roll back to.
+    #[error("pool `{pool}`: no previous {kind} to roll back to (nothing was swapped since the config last set it)")]
+    NothingToRollBack {
+        /// The pool.
+        pool: String,
+        /// `balancer` or `affinity`.
+        kind: &'static str,
+    },
 }
 
 /// What [`Control::apply`] changed.
@@ -148,6 +247,10 @@ pub struct Applied {
     pub idle_closed: usize,
     /// Backends whose health verdict changed.
     pub verdicts: usize,
+    /// Plugins swapped in.
+    pub swaps: usize,
+    /// Backends drained or undrained.
+    pub drains: usize,
     /// TLS listeners whose certificates were read again.
     pub tls_reloaded: usize,
     /// TLS listeners whose files did not load (they kept their certificates).
@@ -169,11 +272,30 @@ struct Running {
 #[derive(Debug)]
 struct Writer {
     listeners: BTreeMap<String, Running>,
+    /// The swaps in force, by pool and plugin.
+    swaps: BTreeMap<(String, PluginKind), SwapRecord>,
+}
+
+/// Why a reload did not happen. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The server was not started from a file.
+    #[error("the server was not started from a config file: there is nothing to read again")]
+    NoFile,
+    /// The file did not load.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Its changes could not be applied.
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// The one writer of a server's snapshot.
 #[derive(Debug)]
 pub struct Control {
+    /// The config the snapshot was last built from (held across a reload, so two reloads
+    /// never interleave).
+    config: Mutex<Config>,
     pub(crate) ctx: Arc<http::Context>,
     plugins: Arc<PluginRuntime>,
     /// The pools' health tasks; their verdicts come back as [`Command::Verdicts`].
@@ -200,7 +322,8 @@ impl Control {
             ctx,
             plugins,
             stop,
-            writer: Mutex::new(Writer { listeners: BTreeMap::new() }),
+            writer: Mutex::new(Writer { listeners: BTreeMap::new(), swaps: BTreeMap::new() }),
+            config: Mutex::new(Config::empty()),
             addrs: std::sync::RwLock::default(),
             stats: std::sync::RwLock::default(),
         });
@@ -236,6 +359,59 @@ impl Control {
             }
         });
         control
+    }
+
+    /// Applies `config` to a server that has applied nothing yet (at start).
+    pub(crate) async fn load(&self, config: Config) -> Result<Applied, ControlError> {
+        let mut current = self.config.lock().await;
+        let applied = self.apply(diff(&current, &config)).await?;
+        *current = config;
+        Ok(applied)
+    }
+
+    /// Applies a new config to the running server: the difference from the current one
+    /// becomes commands (see [`crate::Server::reload`] for what changes and what does
+    /// not). Every TLS listener reads its certificate files again. On any error nothing
+    /// changes.
+    pub async fn reload(&self, config: Config) -> Result<Applied, ControlError> {
+        let mut current = self.config.lock().await;
+        if current.plugins != config.plugins {
+            tracing::warn!("reload: [plugins] is read at start only; restart weir to apply its changes");
+        }
+        if current.runtime != config.runtime {
+            tracing::warn!("reload: [runtime] is read at start only; restart weir to apply its changes");
+        }
+        if current.admin != config.admin {
+            tracing::warn!("reload: [admin] is read at start only; restart weir to apply its changes");
+        }
+        // Certificate files are read again even where their names did not change.
+        let mut commands = diff(&current, &config);
+        commands.push(Command::ReloadCertificates);
+        let applied = self.apply(commands).await?;
+        *current = config;
+        Ok(applied)
+    }
+
+    /// Reads the config file the server runs from again and applies it ([`Self::reload`]):
+    /// what SIGHUP and `POST /api/v1/reload` do. Reading it (which resolves host names)
+    /// happens on a blocking thread.
+    pub async fn reload_file(&self) -> Result<Applied, ReloadError> {
+        let Some(path) = self.config.lock().await.source.clone() else { return Err(ReloadError::NoFile) };
+        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| ControlError::Interrupted(e.to_string()))??;
+        Ok(self.reload(config).await?)
+    }
+
+    /// The file the server's config came from, if any (`None` too while a reload holds
+    /// the config: this never waits).
+    pub fn config_file_now(&self) -> Option<std::path::PathBuf> {
+        self.config.try_lock().ok().and_then(|c| c.source.clone())
+    }
+
+    /// The plugin runtime (for loading a swap's candidate).
+    pub(crate) fn plugins(&self) -> &Arc<PluginRuntime> {
+        &self.plugins
     }
 
     /// The health plugins watching `pool`, with their counters (calls, traps, timeouts).
@@ -293,8 +469,13 @@ impl Control {
         .map_err(|e| ControlError::Interrupted(e.to_string()))??;
 
         let mut pools = current.pools.clone();
-        for pool in built {
-            pools.insert(pool.config.name.clone(), pool);
+        for mut pool in built {
+            let name = pool.config.name.clone();
+            // A swapped plugin stays until the file's entry for it changes.
+            if let Some(was) = current.pools.get(&name) {
+                pool = Self::keep_swaps(&mut writer, was, pool);
+            }
+            pools.insert(name, pool);
             applied.pools += 1;
         }
         for (name, pool) in &pools {
@@ -303,6 +484,10 @@ impl Control {
                 log_panic(&pool.config, was, pool.view.panic);
             }
         }
+        // Backends drained (key, spread, deadline): their tunnels and idle connections are
+        // closed once the snapshot without them is out. Swaps to record, likewise.
+        let mut drains: Vec<(u64, std::time::Duration, std::time::Duration)> = Vec::new();
+        let mut records: Vec<((String, PluginKind), SwapRecord)> = Vec::new();
         for c in &commands {
             match c {
                 Command::Verdicts(v) if self.health.current(&v.pool, v.task) => {
@@ -317,6 +502,42 @@ impl Control {
                         pools.insert(name.clone(), pool);
                     }
                 }
+                Command::SwapPlugin { pool: name, plugin, file_entry } => {
+                    let pool = pools.get(name).ok_or_else(|| ControlError::NoSuchPool(name.clone()))?;
+                    let (next, previous) = match plugin {
+                        Swapped::Balancer(b) => {
+                            b.succeed(&pool.balancer);
+                            (pool.with_balancer(b.clone()), Swapped::Balancer(pool.balancer.clone()))
+                        }
+                        Swapped::Affinity(a) => {
+                            if let (Some(new), Some(old)) = (a, &pool.affinity) {
+                                new.succeed(old);
+                            }
+                            (pool.with_affinity(a.clone()), Swapped::Affinity(pool.affinity.clone()))
+                        }
+                    };
+                    tracing::info!(pool = %name, kind = plugin.kind().as_str(), from = %previous.name(), to = %plugin.name(), "plugin swapped");
+                    let record = SwapRecord { file_entry: file_entry.clone(), previous };
+                    records.push(((name.clone(), plugin.kind()), record));
+                    pools.insert(name.clone(), Arc::new(next));
+                    applied.swaps += 1;
+                }
+                Command::Drain { pool: name, backend, undrain } => {
+                    let pool = pools.get(name).ok_or_else(|| ControlError::NoSuchPool(name.clone()))?;
+                    let Some(member) = pool.view.members.iter().find(|m| m.config.address == *backend) else {
+                        return Err(ControlError::NoSuchBackend { pool: name.clone(), backend: backend.clone() });
+                    };
+                    let was = member.live.set_drained(!*undrain);
+                    if was == *undrain {
+                        tracing::info!(pool = %name, %backend, drained = !*undrain, "backend {}", if *undrain { "undrained" } else { "drained" });
+                        if !*undrain {
+                            drains.push((member.live.key(), pool.config.drain_spread, pool.config.drain_deadline));
+                        }
+                        let next = Arc::new(pool.with_new_verdicts());
+                        pools.insert(name.clone(), next);
+                        applied.drains += 1;
+                    }
+                }
                 _ => {}
             }
         }
@@ -329,8 +550,11 @@ impl Control {
                 Command::UpsertPool(_)
                 | Command::Verdicts(_)
                 | Command::RampsEnded(_)
-                | Command::ReloadCertificates => {}
+                | Command::ReloadCertificates
+                | Command::SwapPlugin { .. }
+                | Command::Drain { .. } => {}
                 Command::RemovePool(name) => {
+                    writer.swaps.retain(|(pool, _), _| pool != name);
                     if pools.remove(name).is_some() {
                         applied.pools_removed += 1;
                     }
@@ -392,6 +616,11 @@ impl Control {
             }
         }
         self.ctx.snapshot.store(next.clone());
+        writer.swaps.extend(records);
+        for (key, spread, deadline) in drains {
+            applied.idle_closed += self.ctx.idle.forget(key);
+            applied.tunnels_drained += self.ctx.tunnels.drain(key, spread, deadline);
+        }
         for (terminator, acceptor) in tls_changes {
             if acceptor.is_none() {
                 terminator.set(None);
@@ -605,6 +834,63 @@ impl Control {
                 tracing::info!(pool = %name, backend = %member.config.address, tunnels, idle, "backend removed; draining its tunnels");
             }
         }
+    }
+
+    /// `built`, a pool a reload rebuilt from the file, with the plugins swapped into `was`
+    /// (its version before) kept where the file's entry for them did not change since the
+    /// swap; swaps whose entry changed end (the file's plugin serves, and the rollback
+    /// record goes).
+    fn keep_swaps(writer: &mut Writer, was: &Arc<Pool>, built: Arc<Pool>) -> Arc<Pool> {
+        let name = built.config.name.clone();
+        let mut pool = built;
+        if let Some(record) = writer.swaps.get(&(name.clone(), PluginKind::Balancer)) {
+            if record.file_entry.as_ref() == Some(&pool.config.balancer) {
+                if !Arc::ptr_eq(&pool.balancer, &was.balancer) {
+                    pool = Arc::new(pool.with_balancer(was.balancer.clone()));
+                }
+            } else {
+                tracing::info!(pool = %name, balancer = %pool.config.balancer.source, "the config file changed the balancer: it replaces the swapped one");
+                writer.swaps.remove(&(name.clone(), PluginKind::Balancer));
+            }
+        }
+        if let Some(record) = writer.swaps.get(&(name.clone(), PluginKind::Affinity)) {
+            if record.file_entry == pool.config.affinity {
+                pool = Arc::new(pool.with_affinity(was.affinity.clone()));
+            } else {
+                tracing::info!(pool = %name, "the config file changed the affinity plugin: it replaces the swapped one");
+                writer.swaps.remove(&(name, PluginKind::Affinity));
+            }
+        }
+        pool
+    }
+
+    /// Puts `plugin` in place in `pool` (already loaded, configured and dry-run): a swap
+    /// through the one writer, recorded against the config file's current entry for it.
+    pub async fn swap(&self, pool: &str, plugin: Swapped) -> Result<Applied, ControlError> {
+        // Held so a reload cannot come between reading the file's entry and the swap.
+        let config = self.config.lock().await;
+        let file = config.pools.get(pool);
+        let file_entry = match plugin.kind() {
+            PluginKind::Balancer => file.map(|p| p.balancer.clone()),
+            PluginKind::Affinity => file.and_then(|p| p.affinity.clone()),
+        };
+        self.apply(vec![Command::SwapPlugin { pool: pool.to_owned(), plugin, file_entry }]).await
+    }
+
+    /// The version a rollback of `pool`'s `kind` goes back to: the one the last swap
+    /// replaced.
+    pub async fn previous(&self, pool: &str, kind: PluginKind) -> Result<Swapped, ControlError> {
+        let writer = self.writer.lock().await;
+        writer
+            .swaps
+            .get(&(pool.to_owned(), kind))
+            .map(|r| r.previous.clone())
+            .ok_or_else(|| ControlError::NothingToRollBack { pool: pool.to_owned(), kind: kind.as_str() })
+    }
+
+    /// Drains (or undrains) the backend at `backend` in `pool`.
+    pub async fn drain(&self, pool: &str, backend: &str, undrain: bool) -> Result<Applied, ControlError> {
+        self.apply(vec![Command::Drain { pool: pool.to_owned(), backend: backend.to_owned(), undrain }]).await
     }
 
     /// Stops accepting on every listener (open connections are left to the caller).

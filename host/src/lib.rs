@@ -4,11 +4,12 @@
 //! The host (this crate) does the I/O; plugins implementing the `weir:plugin` WIT worlds
 //! decide. Its modules are layered, each using only those above it in this list
 //! (DESIGN.md, "Host layout"): [`core`] → [`config`] → [`plugin`] → [`state`] → [`net`] →
-//! [`health`] → `http` → `tcp` → [`control`] → [`server`]; [`demo`] and [`simulate`] are tools on top.
+//! [`health`] → `http` → `tcp` → [`control`] → [`admin`] → [`server`]; [`demo`] and [`simulate`] are tools on top.
 //! [`Server::start`] binds the listeners of a [`config::Config`] and serves them from one
 //! [`state::Snapshot`] published behind an `ArcSwap` by the one writer
 //! ([`control::Control`]).
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -42,6 +42,18 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the admin API listens (loopback, no token). When it is taken the demo
+        /// stops and says so: the documented address is the one to find it at.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// What a running weir's admin API reports, as tables.
+    Status {
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+        /// Print the JSON the admin API answered.
+        #[arg(long)]
+        json: bool,
     },
     /// Plugin tooling.
     Plugin {
@@ -71,6 +83,36 @@ enum PluginCommand {
     Test(cli::test::Args),
     /// Make a plugin project that builds with one command and passes `weir plugin test`.
     New(cli::new::Args),
+    /// Swap a running pool's balancer or affinity plugin through the admin API (compiled,
+    /// configured and dry-run before it serves; on any error the old one keeps serving).
+    /// Here `--config` is the plugin's config as JSON, e.g. `--config '{"key": "path"}'`.
+    Swap {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// The new balancer: a pack name or a `.wasm` file (uploaded).
+        #[arg(long, conflicts_with = "affinity", required_unless_present = "affinity")]
+        balancer: Option<String>,
+        /// The new affinity plugin: a pack name or a `.wasm` file (uploaded).
+        #[arg(long)]
+        affinity: Option<String>,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
+    /// Roll a pool's balancer or affinity plugin back to the version the last swap replaced.
+    Rollback {
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// Roll back the balancer.
+        #[arg(long, conflicts_with = "affinity", required_unless_present = "affinity")]
+        balancer: bool,
+        /// Roll back the affinity plugin.
+        #[arg(long)]
+        affinity: bool,
+        #[command(flatten)]
+        admin: cli::AdminArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,7 +185,23 @@ fn main() -> ExitCode {
             block_on(Some(config.runtime.worker_threads), run(path, config))
         }),
         Some(Command::Check) => config_path(cli.config).and_then(check),
-        Some(Command::Demo { listen }) => block_on(None, demo(listen)),
+        Some(Command::Demo { listen, admin }) => block_on(None, demo(listen, admin)),
+        Some(Command::Status { admin, json }) => block_on(Some(1), async move { cli::status::run(&admin, json).await }),
+        Some(Command::Plugin { command: PluginCommand::Swap { pool, balancer, affinity, admin } }) => {
+            // `--config` is global (the config file elsewhere); for a swap it is the
+            // plugin's config, as JSON.
+            let config = cli.config.map(|c| c.to_string_lossy().into_owned());
+            let (kind, plugin) = match (balancer, affinity) {
+                (Some(b), _) => ("balancer", b),
+                (None, Some(a)) => ("affinity", a),
+                (None, None) => unreachable_args(),
+            };
+            block_on(Some(1), async move { cli::swap::swap(&admin, &pool, kind, &plugin, config.as_deref()).await })
+        }
+        Some(Command::Plugin { command: PluginCommand::Rollback { pool, balancer, admin, .. } }) => {
+            let kind = if balancer { "balancer" } else { "affinity" };
+            block_on(Some(1), async move { cli::swap::rollback(&admin, &pool, kind).await })
+        }
         Some(Command::Plugin { command }) => plugin(command, cli.config),
     };
     match result {
@@ -153,6 +211,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap enforces `required_unless_present`: this is never reached.
+fn unreachable_args() -> ! {
+    eprintln!("error: give --balancer or --affinity");
+    std::process::exit(2)
 }
 
 fn init_logging(format: LogFormat, level: &str) {
@@ -276,13 +340,21 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let text = weir::demo::config(listen).await.context("cannot start the demo backends")?;
-    let config = Config::parse(&text, None)?;
+    let mut config = Config::parse(&text, None)?;
+    if !admin.ip().is_loopback() {
+        anyhow::bail!("--admin {admin}: the demo's admin API has no token, so it only listens on a loopback address");
+    }
+    config.admin = Some(weir::config::AdminConfig { listen: admin, token: None });
     let backends: Vec<String> = config.pools["demo"].backends.iter().map(|b| b.address.clone()).collect();
-    let server = weir::Server::start(config).await?;
+    let server = weir::Server::start(config)
+        .await
+        .context("cannot start the demo (is another weir demo running? try --listen and --admin)")?;
     let addr = server.addr("demo").unwrap_or(listen);
+    let admin = server.admin_addr().unwrap_or(admin);
     println!("weir demo: proxy on http://{addr}, round-robin over 3 backends ({})", backends.join(", "));
+    println!("admin API on http://{admin} (docs/admin.md)");
     println!();
     println!("Try:");
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done    # cycles demo-1, demo-2, demo-3");
@@ -299,6 +371,12 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
             "  curl -s 'http://{first}/healthz/set?status=200'   # back after 2 passing probes, its share ramping up over 5 s"
         );
     }
+    println!("  curl -s http://{admin}/api/v1/status            # pools, backends, plugins, counters");
+    println!("  weir status --admin http://{admin}");
+    println!(
+        "  weir plugin swap --admin http://{admin} --pool demo --balancer least-connections   # hot swap, nothing dropped"
+    );
+    println!("  weir plugin rollback --admin http://{admin} --pool demo --balancer");
     println!();
     println!("Config in use:{text}");
     println!("Ctrl-C to stop.");
@@ -327,6 +405,9 @@ fn plugin(command: PluginCommand, config: Option<PathBuf>) -> anyhow::Result<()>
         }
         PluginCommand::Test(args) => return cli::test::run(args, plugin_settings(config)?),
         PluginCommand::New(args) => return cli::new::run(&args),
+        PluginCommand::Swap { .. } | PluginCommand::Rollback { .. } => {
+            anyhow::bail!("swap and rollback talk to the admin API (dispatched in main)")
+        }
         PluginCommand::Simulate(a) => {
             use weir::simulate::{Scenario, SimBackend};
             let backends = if a.weights.is_empty() {

@@ -179,6 +179,9 @@ pub struct PluginStats {
     pub memory_limits: AtomicU64,
     /// `failed` answers and ineligible picks.
     pub errors: AtomicU64,
+    /// Decisions this plugin failed that the pool's built-in round robin made instead
+    /// (`on_plugin_error = "fallback"`).
+    pub fallbacks: AtomicU64,
     /// Instances created.
     pub instantiations: AtomicU64,
 }
@@ -351,14 +354,28 @@ impl PluginRuntime {
     ) -> Result<Plugin<W>, LoadError> {
         pack::check(&plugin.source, role).map_err(LoadError::Pack)?;
         let bytes = Self::bytes(&plugin.source)?;
-        let (component, sha256) = self.compile(&bytes)?;
+        self.load_bytes(pool, plugin.source.to_string().into(), &bytes, &plugin.config_json, plugin.limits, view)
+    }
+
+    /// Compiles `bytes` (or finds them compiled), checks the world, and creates and
+    /// configures a scratch instance.
+    fn load_bytes<W: World>(
+        &self,
+        pool: &str,
+        name: Arc<str>,
+        bytes: &[u8],
+        config_json: &str,
+        limits: crate::config::PluginLimits,
+        view: &Arc<dyn PoolHost>,
+    ) -> Result<Plugin<W>, LoadError> {
+        let (component, sha256) = self.compile(bytes)?;
         let unusable = |e: wasmtime::Error| LoadError::WrongWorld { world: W::NAME, message: format!("{e:#}") };
         let pre = W::pre(self.linker.instantiate_pre(&component).map_err(unusable)?).map_err(unusable)?;
-        let call_timeout = plugin.limits.call_timeout.unwrap_or(self.settings.call_timeout);
+        let call_timeout = limits.call_timeout.unwrap_or(self.settings.call_timeout);
         let plugin = Plugin {
             _component: component,
             info: PluginInfo {
-                name: plugin.source.to_string().into(),
+                name,
                 pool: pool.into(),
                 sha256,
                 size: bytes.len(),
@@ -366,13 +383,14 @@ impl PluginRuntime {
                 stats: PluginStats::default(),
             },
             pre,
-            config_json: plugin.config_json.clone(),
+            config_json: config_json.to_owned(),
             call_timeout,
             call_ticks: engine::ticks(call_timeout),
             rebuild_timeout: self.settings.rebuild_timeout,
             rebuild_ticks: engine::ticks(self.settings.rebuild_timeout),
-            memory_limit: plugin.limits.memory_limit.unwrap_or(self.settings.memory_limit),
+            memory_limit: limits.memory_limit.unwrap_or(self.settings.memory_limit),
             instances: thread_local::ThreadLocal::new(),
+            predecessor: std::sync::Mutex::new(None),
         };
         plugin.instantiate(view).map_err(|(phase, e)| match (phase, e) {
             (_, CallError::InvalidConfig(m)) => LoadError::InvalidConfig(m),
@@ -390,6 +408,36 @@ impl PluginRuntime {
             (Phase::Configure, error) => LoadError::Configure { world: W::NAME, error },
         })?;
         Ok(plugin)
+    }
+
+    /// Loads a candidate balancer for a swap: `bytes` named `name` (a pack name, a path
+    /// or an upload's name), validated as [`Self::load_balancer`] does. Call it off the
+    /// threads that serve traffic.
+    pub fn candidate_balancer(
+        &self,
+        pool: &str,
+        name: &str,
+        bytes: &[u8],
+        config_json: &str,
+        limits: crate::config::PluginLimits,
+        view: &Arc<dyn PoolHost>,
+    ) -> Result<Arc<Balancer>, LoadError> {
+        self.load_bytes::<BalancerWorld>(pool, name.into(), bytes, config_json, limits, view)
+            .map(|p| Arc::new(Balancer(p)))
+    }
+
+    /// Loads a candidate affinity plugin for a swap, as [`Self::candidate_balancer`].
+    pub fn candidate_affinity(
+        &self,
+        pool: &str,
+        name: &str,
+        bytes: &[u8],
+        config_json: &str,
+        limits: crate::config::PluginLimits,
+        view: &Arc<dyn PoolHost>,
+    ) -> Result<Arc<Affinity>, LoadError> {
+        self.load_bytes::<AffinityWorld>(pool, name.into(), bytes, config_json, limits, view)
+            .map(|p| Arc::new(Affinity(p)))
     }
 }
 
@@ -426,18 +474,31 @@ struct Plugin<W: World> {
     rebuild_ticks: u64,
     memory_limit: usize,
     instances: thread_local::ThreadLocal<std::cell::RefCell<Slot<W>>>,
+    /// The version this one replaced in a swap, whose instance on each thread hands its
+    /// state (WIT `state`) to this version's first instance on that thread. Read once per
+    /// thread, when that instance is created, never per call.
+    predecessor: std::sync::Mutex<Option<Arc<dyn StateSource>>>,
 }
 
-/// One thread's instance of a plugin, and the last generation in which `pool-changed`
-/// failed on this thread.
+/// A plugin version whose instances can hand their state to the next version.
+trait StateSource: Send + Sync {
+    /// The state of this thread's instance (WIT `state.export-state`), if there is one and
+    /// it exports state.
+    fn export_here(&self) -> Option<Vec<u8>>;
+}
+
+/// One thread's instance of a plugin, the last generation in which `pool-changed`
+/// failed on this thread, and whether this thread's first instance was offered its
+/// predecessor's state.
 struct Slot<W: World> {
     live: Option<Live<W>>,
     failed_rebuild: u64,
+    inherited: bool,
 }
 
 impl<W: World> Default for Slot<W> {
     fn default() -> Self {
-        Self { live: None, failed_rebuild: 0 }
+        Self { live: None, failed_rebuild: 0, inherited: false }
     }
 }
 
@@ -473,6 +534,85 @@ impl<W: World> Plugin<W> {
         Ok(live)
     }
 
+    /// Offers this thread's new instance the state of the predecessor's instance on this
+    /// thread (WIT `state`), when both versions have the interface. A refused import is
+    /// logged and the instance starts fresh; a trap drops it.
+    fn inherit(&self, live: &mut Live<W>) -> Result<(), CallError> {
+        let predecessor = self.predecessor.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some(predecessor) = predecessor else { return Ok(()) };
+        if live.exports.as_ref().and_then(W::state).is_none() {
+            return Ok(());
+        }
+        let Some(bytes) = predecessor.export_here() else { return Ok(()) };
+        live.arm(self.rebuild_ticks, self.rebuild_timeout);
+        let Some(state) = live.exports.as_ref().and_then(W::state) else { return Ok(()) };
+        let info = &self.info;
+        match state.call_import_state(&mut live.store, &bytes) {
+            Ok(Ok(())) => {
+                tracing::debug!(plugin = %info.name, pool = %info.pool, bytes = bytes.len(), "state carried from the previous version");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(plugin = %info.name, pool = %info.pool, error = ?e, "the previous version's state was refused; starting fresh");
+                Ok(())
+            }
+            Err(e) => Err(self.classify(live, e, false)),
+        }
+    }
+
+    /// This thread's instance's state, if it has an instance that exports state. A trap
+    /// drops the instance.
+    fn export_here(&self) -> Option<Vec<u8>> {
+        let cell = self.instances.get()?;
+        let mut slot = cell.try_borrow_mut().ok()?;
+        let live = slot.live.as_mut()?;
+        live.arm(self.rebuild_ticks, self.rebuild_timeout);
+        let state = W::state(live.exports.as_ref()?)?;
+        match state.call_export_state(&mut live.store) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.classify(live, e, false);
+                slot.live = None;
+                None
+            }
+        }
+    }
+
+    /// A new version of the same component and config, with no instance yet (for a
+    /// rollback: the version rolled back to gets fresh instances, which take the state of
+    /// the version they replace).
+    fn fresh(&self) -> Self {
+        let info = &self.info;
+        Plugin {
+            _component: self._component.clone(),
+            info: PluginInfo {
+                name: info.name.clone(),
+                pool: info.pool.clone(),
+                sha256: info.sha256,
+                size: info.size,
+                loaded_at: SystemTime::now(),
+                stats: PluginStats::default(),
+            },
+            pre: self.pre.clone(),
+            config_json: self.config_json.clone(),
+            call_timeout: self.call_timeout,
+            call_ticks: self.call_ticks,
+            rebuild_timeout: self.rebuild_timeout,
+            rebuild_ticks: self.rebuild_ticks,
+            memory_limit: self.memory_limit,
+            instances: thread_local::ThreadLocal::new(),
+            predecessor: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Makes this version the successor of `old`: each of its instances takes the state
+    /// of `old`'s instance on the same thread. `old` forgets its own predecessor, so
+    /// versions are never chained.
+    fn succeed(&self, old: Arc<dyn StateSource>, old_plugin: &Self) {
+        *old_plugin.predecessor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.predecessor.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(old);
+    }
+
     /// Runs one data-path call on this thread's instance, with `req` readable through the
     /// `request` import: creates the instance if needed, tells it first of a pool change,
     /// and drops it if the call traps. Never panics and never leaves a poisoned instance
@@ -505,7 +645,14 @@ impl<W: World> Plugin<W> {
         info.stats.calls.add();
         if slot.live.is_none() {
             match self.instantiate(view) {
-                Ok(live) => slot.live = Some(live),
+                Ok(mut live) => {
+                    if !std::mem::replace(&mut slot.inherited, true)
+                        && let Err(e) = self.inherit(&mut live)
+                    {
+                        return (req, Err(e));
+                    }
+                    slot.live = Some(live);
+                }
                 Err((_, e)) => {
                     tracing::warn!(plugin = %info.name, pool = %info.pool, world = W::NAME, error = %e, "plugin instance could not be created");
                     return (req, Err(e));
@@ -645,7 +792,71 @@ plugin_newtype!(Balancer);
 plugin_newtype!(Affinity);
 plugin_newtype!(Health);
 
+impl StateSource for Balancer {
+    fn export_here(&self) -> Option<Vec<u8>> {
+        self.0.export_here()
+    }
+}
+
+impl StateSource for Affinity {
+    fn export_here(&self) -> Option<Vec<u8>> {
+        self.0.export_here()
+    }
+}
+
+/// The requests of a dry run: HTTP/1.1 GETs from different clients, paths, query keys,
+/// headers and cookies, so a hashing plugin sees varied keys.
+fn dry_run_requests(n: u32) -> impl Iterator<Item = PickRequest> {
+    (0..n).map(|i| {
+        let head = http::Request::get(format!("/dry-run/{i}?key={i}"))
+            .header(http::header::HOST, "dry-run.weir")
+            .header("x-key", i.to_string())
+            .header(http::header::COOKIE, format!("key={i}"))
+            .body(())
+            .map(|r| Box::new(r.into_parts().0))
+            .ok();
+        PickRequest {
+            protocol: Protocol::Http1,
+            client: SocketAddr::from(([192, 0, 2, (i % 250) as u8 + 1], 40_000 + (i % 1000) as u16)),
+            head,
+            ..PickRequest::default()
+        }
+    })
+}
+
 impl Balancer {
+    /// The same component and config as a new version with no instances (a rollback's).
+    pub fn fresh(&self) -> Arc<Balancer> {
+        Arc::new(Balancer(self.0.fresh()))
+    }
+
+    /// Makes this version `old`'s successor: its first instance on each thread takes the
+    /// state of `old`'s instance there (WIT `state`), when both have the interface.
+    pub fn succeed(&self, old: &Arc<Balancer>) {
+        self.0.succeed(old.clone(), &old.0);
+    }
+
+    /// A dry run of `n` picks against `view` on a scratch instance (not one that serves):
+    /// `pool-changed`, then every answer must be an eligible backend (or `no-backend`).
+    /// Off the data path: picks run under the rebuild deadline.
+    pub fn dry_run(&self, view: &Arc<dyn PoolHost>, n: u32) -> Result<(), CallError> {
+        if view.eligible().is_empty() {
+            return Ok(());
+        }
+        let mut slot = Slot { inherited: true, ..Slot::default() };
+        for req in dry_run_requests(n) {
+            let (_, result) =
+                self.0.call_in(&mut slot, view, req, true, |x, store| x.weir_plugin_balancer().call_pick(store));
+            match result? {
+                Ok(id) if view.is_eligible(id) => {}
+                Ok(id) => return Err(CallError::InvalidBackend(id)),
+                Err(PickError::NoBackend) => {}
+                Err(PickError::Failed) => return Err(CallError::Plugin("pick failed".into())),
+            }
+        }
+        Ok(())
+    }
+
     /// Asks the plugin which backend should take `req`.
     pub fn pick(&self, view: &Arc<dyn PoolHost>, req: PickRequest) -> (PickRequest, Result<u32, CallError>) {
         let (req, result) = self.0.call(view, req, |x, store| x.weir_plugin_balancer().call_pick(store));
@@ -698,6 +909,37 @@ pub struct Bound {
 }
 
 impl Affinity {
+    /// The same component and config as a new version with no instances (a rollback's).
+    pub fn fresh(&self) -> Arc<Affinity> {
+        Arc::new(Affinity(self.0.fresh()))
+    }
+
+    /// Makes this version `old`'s successor, as [`Balancer::succeed`].
+    pub fn succeed(&self, old: &Arc<Affinity>) {
+        self.0.succeed(old.clone(), &old.0);
+    }
+
+    /// A dry run of `n` lookups and binds against `view` on a scratch instance: every
+    /// backend it names must exist. Off the data path, under the rebuild deadline.
+    pub fn dry_run(&self, view: &Arc<dyn PoolHost>, n: u32) -> Result<(), CallError> {
+        let Some(&chosen) = view.eligible().first() else { return Ok(()) };
+        let mut slot = Slot { inherited: true, ..Slot::default() };
+        let members = view.members().len();
+        for req in dry_run_requests(n) {
+            let (req, pinned) =
+                self.0.call_in(&mut slot, view, req, true, |x, store| x.weir_plugin_affinity().call_pinned(store));
+            match pinned? {
+                Some(id) if id as usize >= members => return Err(CallError::InvalidBackend(id)),
+                _ => {}
+            }
+            let (_, bound) = self
+                .0
+                .call_in(&mut slot, view, req, true, |x, store| x.weir_plugin_affinity().call_bind(store, chosen));
+            bound?;
+        }
+        Ok(())
+    }
+
     /// The backend `req`'s client is pinned to, if the plugin names one that exists.
     pub fn lookup(&self, view: &Arc<dyn PoolHost>, req: PickRequest) -> (PickRequest, Option<u32>) {
         let (req, result) = self.0.call(view, req, |x, store| x.weir_plugin_affinity().call_pinned(store));

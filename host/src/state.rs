@@ -53,12 +53,6 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The pool's view as the plugin layer takes it (for tools that call a plugin
-    /// directly, `weir plugin test`).
-    pub fn host(&self) -> &Arc<dyn PoolHost> {
-        &self.host
-    }
-
     /// Places a request: asks the affinity plugin for a pinned backend, then (when there
     /// is none, or it is not eligible or full) the balancer, and applies
     /// `on_plugin_error` when the balancer fails. `avoid` is a backend that just failed to
@@ -83,7 +77,10 @@ impl Pool {
             Err(CallError::NoBackend) => Placement::NoBackend,
             Err(_) => match self.config.on_plugin_error {
                 OnPluginError::Reject => Placement::Rejected,
-                OnPluginError::Fallback => self.fallback(avoid),
+                OnPluginError::Fallback => {
+                    self.balancer.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    self.fallback(avoid)
+                }
             },
         };
         let placement = match placement {
@@ -248,6 +245,35 @@ impl Pool {
 }
 
 impl Pool {
+    /// The same pool (same view, same generation) with another balancer: a swap.
+    pub fn with_balancer(&self, balancer: Arc<Balancer>) -> Self {
+        Pool {
+            config: self.config.clone(),
+            view: self.view.clone(),
+            host: self.host.clone(),
+            balancer,
+            affinity: self.affinity.clone(),
+        }
+    }
+
+    /// The same pool with another affinity plugin (or none): a swap.
+    pub fn with_affinity(&self, affinity: Option<Arc<Affinity>>) -> Self {
+        Pool {
+            config: self.config.clone(),
+            view: self.view.clone(),
+            host: self.host.clone(),
+            balancer: self.balancer.clone(),
+            affinity,
+        }
+    }
+
+    /// The pool's view as the plugin layer takes it (for loading and dry-running a
+    /// candidate plugin against the live pool, and for tools that call a plugin directly,
+    /// `weir plugin test`).
+    pub fn host(&self) -> &Arc<dyn PoolHost> {
+        &self.host
+    }
+
     /// The same pool with a new view of its members, for verdicts the one writer just
     /// applied to their live state: the eligible set, panic and slow start follow them,
     /// and the generation changes, so plugins hear of it in `pool-changed`. O(backends).

@@ -21,6 +21,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("server", 10),
     ("demo", 11),
     ("simulate", 11),
+    // The binary's subcommands (main.rs + cli/), on top of everything.
+    ("cli", 12),
 ];
 
 fn layer(module: &str) -> Option<u8> {

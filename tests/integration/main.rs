@@ -2,6 +2,7 @@
 //! upstreams started in-process, real plugins compiled to WebAssembly, real clients.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_debug_implementations)]
 
+mod admin;
 mod affinity;
 mod bounds;
 mod cli;

@@ -9,7 +9,8 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::bindings::{
-    AffinityPlugin, AffinityPluginPre, BalancerPlugin, BalancerPluginPre, PluginError, wit_health, wit_health_batch,
+    AffinityPlugin, AffinityPluginIndices, BalancerPlugin, BalancerPluginIndices, PluginError, wit_health,
+    wit_health_batch, wit_state,
 };
 use super::instance::InstanceState;
 
@@ -17,8 +18,8 @@ use super::instance::InstanceState;
 pub(crate) trait World: 'static {
     /// The world's role, for logs and errors (`balancer`, `affinity`).
     const NAME: &'static str;
-    /// The component linked for this world (one per plugin version).
-    type Pre: Send + Sync;
+    /// The component linked for this world (one per plugin version; a rollback copies it).
+    type Pre: Send + Sync + Clone;
     /// One instance's exports.
     type Exports: Send;
 
@@ -36,6 +37,55 @@ pub(crate) trait World: 'static {
     ) -> wasmtime::Result<Result<(), PluginError>>;
     /// `pool-changed()`.
     fn pool_changed(exports: &Self::Exports, store: &mut Store<InstanceState>) -> wasmtime::Result<()>;
+    /// The instance's `state` export, if the component has one.
+    fn state(_exports: &Self::Exports) -> Option<&wit_state::Guest> {
+        None
+    }
+}
+
+/// A component linked for a world whose exports are `I`'s, with its optional `state`
+/// export found at link time.
+#[derive(Clone)]
+pub(crate) struct Linked<I> {
+    linked: InstancePre<InstanceState>,
+    indices: I,
+    state: Option<wit_state::GuestIndices>,
+}
+
+impl<I> Linked<I> {
+    fn new(
+        linked: InstancePre<InstanceState>,
+        indices: impl FnOnce(&InstancePre<InstanceState>) -> wasmtime::Result<I>,
+    ) -> wasmtime::Result<Self> {
+        let indices = indices(&linked)?;
+        // Optional: a component without it keeps no state across a swap.
+        let state = wit_state::GuestIndices::new(&linked).ok();
+        Ok(Self { linked, indices, state })
+    }
+
+    fn instantiate<X>(
+        &self,
+        store: &mut Store<InstanceState>,
+        load: impl FnOnce(&I, &mut Store<InstanceState>, &wasmtime::component::Instance) -> wasmtime::Result<X>,
+    ) -> wasmtime::Result<WithState<X>> {
+        let instance = self.linked.instantiate(&mut *store)?;
+        let plugin = load(&self.indices, &mut *store, &instance)?;
+        let state = self.state.as_ref().map(|s| s.load(&mut *store, &instance)).transpose()?;
+        Ok(WithState { plugin, state })
+    }
+}
+
+/// One instance's exports `X`, and its `state` export if it has one. Derefs to `X`.
+pub(crate) struct WithState<X> {
+    plugin: X,
+    state: Option<wit_state::Guest>,
+}
+
+impl<X> std::ops::Deref for WithState<X> {
+    type Target = X;
+    fn deref(&self) -> &X {
+        &self.plugin
+    }
 }
 
 /// World `balancer-plugin`.
@@ -44,19 +94,23 @@ pub(crate) enum BalancerWorld {}
 
 impl World for BalancerWorld {
     const NAME: &'static str = "balancer";
-    type Pre = BalancerPluginPre<InstanceState>;
-    type Exports = BalancerPlugin;
+    type Pre = Linked<BalancerPluginIndices>;
+    type Exports = WithState<BalancerPlugin>;
 
     fn pre(linked: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
-        BalancerPluginPre::new(linked)
+        Linked::new(linked, BalancerPluginIndices::new)
     }
 
     fn engine(pre: &Self::Pre) -> &Engine {
-        pre.engine()
+        pre.linked.engine()
     }
 
     fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> wasmtime::Result<Self::Exports> {
-        pre.instantiate(store)
+        pre.instantiate(store, |i, store, instance| i.load(store, instance))
+    }
+
+    fn state(exports: &Self::Exports) -> Option<&wit_state::Guest> {
+        exports.state.as_ref()
     }
 
     fn configure(
@@ -78,19 +132,23 @@ pub(crate) enum AffinityWorld {}
 
 impl World for AffinityWorld {
     const NAME: &'static str = "affinity";
-    type Pre = AffinityPluginPre<InstanceState>;
-    type Exports = AffinityPlugin;
+    type Pre = Linked<AffinityPluginIndices>;
+    type Exports = WithState<AffinityPlugin>;
 
     fn pre(linked: InstancePre<InstanceState>) -> wasmtime::Result<Self::Pre> {
-        AffinityPluginPre::new(linked)
+        Linked::new(linked, AffinityPluginIndices::new)
     }
 
     fn engine(pre: &Self::Pre) -> &Engine {
-        pre.engine()
+        pre.linked.engine()
     }
 
     fn instantiate(pre: &Self::Pre, store: &mut Store<InstanceState>) -> wasmtime::Result<Self::Exports> {
-        pre.instantiate(store)
+        pre.instantiate(store, |i, store, instance| i.load(store, instance))
+    }
+
+    fn state(exports: &Self::Exports) -> Option<&wit_state::Guest> {
+        exports.state.as_ref()
     }
 
     fn configure(
@@ -114,6 +172,7 @@ pub(crate) enum HealthWorld {}
 
 /// A linked health component: where its `health` functions are, and its `health-batch`
 /// ones if it has them.
+#[derive(Clone)]
 pub(crate) struct HealthPre {
     linked: InstancePre<InstanceState>,
     health: wit_health::GuestIndices,

@@ -50,6 +50,10 @@ pub struct BackendLive {
     tunnels: AtomicU32,
     /// Set when the backend left its pool: nothing new is kept for it (idle connections).
     retired: AtomicBool,
+    /// Set by an operator's drain (admin API): the backend takes no new work until
+    /// undrained. Read when a pool view is built, never per request; kept across reloads
+    /// with the rest of the backend's live state.
+    drained: AtomicBool,
     /// The [`Verdict`] the one writer applied (its discriminant). Read when a pool view is
     /// built, never per request.
     verdict: AtomicU8,
@@ -95,6 +99,7 @@ impl BackendLive {
             connect_failures: AtomicU64::new(0),
             tunnels: AtomicU32::new(0),
             retired: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
             verdict: AtomicU8::new(Verdict::Healthy as u8),
             usable_since_ms: AtomicU64::new(clock::NEVER),
             passive: Passive::default(),
@@ -179,6 +184,17 @@ impl BackendLive {
     /// Marks the backend as gone from its pool (a reload removed it).
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Drains (`true`) or undrains the backend; returns whether it was drained. The one
+    /// writer calls this, then publishes a new view.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        self.drained.swap(drained, Ordering::Relaxed)
+    }
+
+    /// Whether an operator drained the backend.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
     }
 
     /// Whether the backend left its pool.

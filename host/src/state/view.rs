@@ -60,7 +60,8 @@ pub struct PoolView {
 impl PoolView {
     /// A view of `members` (config order) with a new generation. Eligible: the healthy
     /// backends of weight > 0; if there is none, the degraded ones; and every backend of
-    /// weight > 0 when fewer than `health.panic_threshold_percent` of them are usable.
+    /// weight > 0 when fewer than `health.panic_threshold_percent` of them are usable. A
+    /// backend an operator drained is never eligible, not even in panic mode.
     pub(super) fn new(
         name: Arc<str>,
         generation: u64,
@@ -68,7 +69,7 @@ impl PoolView {
         live: Arc<PoolLive>,
         health: &HealthConfig,
     ) -> Self {
-        let weighted = || members.iter().enumerate().filter(|(_, b)| b.config.weight > 0);
+        let weighted = || members.iter().enumerate().filter(|(_, b)| b.config.weight > 0 && !b.live.is_drained());
         let with = |v: Verdict| weighted().filter(move |(_, b)| b.live.verdict() == v).map(|(i, _)| i as u32);
         let total = weighted().count();
         let healthy: Vec<u32> = with(Verdict::Healthy).collect();
