@@ -19,15 +19,20 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ListenerConfig, OnUnhealthy, PoolConfig};
+use crate::config::{CandidateConfig, Config, ListenerConfig, OnUnhealthy, PoolConfig};
 use crate::core::Verdict;
 use crate::health;
 use crate::http;
+use crate::metrics::Metrics;
 use crate::net::listen::{self, Acceptor, ListenerStats, Slots, Stop};
 use crate::net::tls::{self, Terminator};
 use crate::plugin::PluginRuntime;
-use crate::state::{BuildError, Pool, Snapshot};
+use crate::state::{BuildError, CandidateKind, Pool, Snapshot};
 use crate::tcp;
+
+mod metrics;
+
+pub use metrics::{ControlStats, Event, HISTORY};
 
 /// One change to a running server.
 #[derive(Debug, Clone)]
@@ -55,6 +60,25 @@ pub enum Command {
     /// reload, a file changed on disk): new handshakes use what loads; a listener whose
     /// files do not load keeps its certificates, and the error names the file.
     ReloadCertificates,
+    /// Set (or, with `None`, remove) a pool's shadow or canary balancer: the pool is
+    /// rebuilt with it, as [`Command::UpsertPool`] would (everything else carries over).
+    SetCandidate {
+        /// The pool.
+        pool: String,
+        /// Shadow or canary.
+        kind: CandidateKind,
+        /// The candidate, or none.
+        candidate: Option<CandidateConfig>,
+    },
+    /// Make a pool's shadow or canary its live balancer (and no longer a candidate): the
+    /// candidate's plugin is loaded for the live pool (its compiled code is reused) and
+    /// the pool switches to it atomically, as a reload that changed `balancer` would.
+    Promote {
+        /// The pool.
+        pool: String,
+        /// Shadow or canary.
+        kind: CandidateKind,
+    },
 }
 
 /// The commands that turn `old` into `new`: only what changed.
@@ -125,6 +149,17 @@ pub enum ControlError {
     /// The blocking task building the pools failed.
     #[error("building the snapshot was interrupted: {0}")]
     Interrupted(String),
+    /// A command names a pool that does not exist.
+    #[error("no pool named `{0}`")]
+    NoSuchPool(String),
+    /// A promotion names a candidate the pool does not have.
+    #[error("pool `{pool}` has no {kind} to promote")]
+    NoCandidate {
+        /// The pool.
+        pool: String,
+        /// Shadow or canary.
+        kind: CandidateKind,
+    },
 }
 
 /// What [`Control::apply`] changed.
@@ -186,12 +221,21 @@ pub struct Control {
     addrs: std::sync::RwLock<Vec<(String, SocketAddr)>>,
     /// Each listener's counters, by name (kept across a rebind to another address).
     stats: std::sync::RwLock<BTreeMap<String, Arc<ListenerStats>>>,
+    /// What the writer did, counted, and its recent history.
+    counters: ControlStats,
+    /// The server's metrics registry.
+    metrics: Arc<Metrics>,
 }
 
 impl Control {
     /// A writer for `ctx`'s snapshot (empty at first: apply commands to fill it), with
     /// the task that applies the health tasks' verdicts (it ends with the writer).
-    pub(crate) fn new(ctx: Arc<http::Context>, plugins: Arc<PluginRuntime>, stop: watch::Receiver<Stop>) -> Arc<Self> {
+    pub(crate) fn new(
+        ctx: Arc<http::Context>,
+        plugins: Arc<PluginRuntime>,
+        stop: watch::Receiver<Stop>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let (verdicts, mut incoming) = tokio::sync::mpsc::unbounded_channel();
         let (later, mut due) = tokio::sync::mpsc::unbounded_channel();
         let control = Arc::new(Self {
@@ -203,7 +247,10 @@ impl Control {
             writer: Mutex::new(Writer { listeners: BTreeMap::new() }),
             addrs: std::sync::RwLock::default(),
             stats: std::sync::RwLock::default(),
+            counters: ControlStats::default(),
+            metrics,
         });
+        metrics::register(&control.metrics, Arc::downgrade(&control));
         // Certificate files changed on disk are read again (DESIGN convention 5: the
         // watcher ends when the server stops serving).
         let files = {
@@ -238,6 +285,17 @@ impl Control {
         control
     }
 
+    /// What the writer did, counted (the admin API bumps the counters of its calls), and
+    /// the recent history of changes.
+    pub fn counters(&self) -> &ControlStats {
+        &self.counters
+    }
+
+    /// The server's metrics registry (each subsystem registers its own metrics in it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The health plugins watching `pool`, with their counters (calls, traps, timeouts).
     pub fn health_plugins(&self, pool: &str) -> Vec<Arc<crate::plugin::Health>> {
         self.health.evaluators(pool)
@@ -259,6 +317,7 @@ impl Control {
         let started = Instant::now();
         let current = self.ctx.snapshot.load_full();
         let mut applied = Applied::default();
+        let (commands, promotions) = candidates_as_upserts(commands, &current)?;
 
         // Build the changed pools off the serving threads.
         let upserts: Vec<(PoolConfig, Option<Arc<Pool>>)> = commands
@@ -327,6 +386,8 @@ impl Control {
         for c in &commands {
             match c {
                 Command::UpsertPool(_)
+                | Command::SetCandidate { .. }
+                | Command::Promote { .. }
                 | Command::Verdicts(_)
                 | Command::RampsEnded(_)
                 | Command::ReloadCertificates => {}
@@ -451,6 +512,10 @@ impl Control {
             }
         }
         self.retire_removed(&current, &next, &mut applied);
+        for (pool, detail) in promotions {
+            self.counters.promotions.inc();
+            self.counters.record("promote", &pool, detail, true);
+        }
         tracing::debug!(?applied, took_ms = started.elapsed().as_millis() as u64, "snapshot published");
         Ok(applied)
     }
@@ -623,6 +688,42 @@ impl Control {
             }
         }
     }
+}
+
+/// Promotions made by a list of commands: `(pool, what)`.
+type Promotions = Vec<(String, String)>;
+
+/// Turns the candidate commands into the pool upserts they amount to, from the pools of
+/// `current`; also returns each promotion's `(pool, what)`.
+fn candidates_as_upserts(
+    mut commands: Vec<Command>,
+    current: &Snapshot,
+) -> Result<(Vec<Command>, Promotions), ControlError> {
+    let mut promotions = Vec::new();
+    for c in &mut commands {
+        let (pool, kind) = match c {
+            Command::SetCandidate { pool, kind, .. } | Command::Promote { pool, kind } => (pool.clone(), *kind),
+            _ => continue,
+        };
+        let Some(live) = current.pools.get(&pool) else { return Err(ControlError::NoSuchPool(pool)) };
+        let mut config = live.config.clone();
+        let slot = match kind {
+            CandidateKind::Shadow => &mut config.shadow,
+            CandidateKind::Canary => &mut config.canary,
+        };
+        match c {
+            Command::SetCandidate { candidate, .. } => *slot = candidate.clone(),
+            _ => {
+                let Some(candidate) = slot.take() else { return Err(ControlError::NoCandidate { pool, kind }) };
+                let detail = format!("{kind} {} -> balancer (was {})", candidate.plugin.source, config.balancer.source);
+                tracing::info!(%pool, %kind, plugin = %candidate.plugin.source, "candidate promoted to live balancer");
+                config.balancer = candidate.plugin;
+                promotions.push((pool, detail));
+            }
+        }
+        *c = Command::UpsertPool(config);
+    }
+    Ok((commands, promotions))
 }
 
 /// Logs a pool entering or leaving panic mode.

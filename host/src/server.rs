@@ -16,9 +16,10 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::control::{self, Applied, Control, ControlError};
 use crate::http;
+use crate::metrics::Metrics;
 use crate::net::listen::{Connections, Stop};
 use crate::plugin::{LoadError, PluginRuntime};
-use crate::state::Snapshot;
+use crate::state::{Snapshot, SnapshotMetrics};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,9 @@ impl Server {
             connections: Arc::new(Connections::default()),
         });
         let (stop, stop_rx) = watch::channel(Stop::Serve);
-        let control = Control::new(ctx, plugins, stop_rx);
+        let metrics = Arc::new(Metrics::default());
+        SnapshotMetrics::register(&metrics, ctx.snapshot.clone());
+        let control = Control::new(ctx, plugins, stop_rx, metrics);
         control.apply(control::diff(&Config::empty(), &config)).await?;
         Ok(Self { control, config: std::sync::Mutex::new(config), stop })
     }
@@ -98,7 +101,22 @@ impl Server {
         // Certificate files are read again even where their names did not change.
         let mut commands = control::diff(&current, &config);
         commands.push(control::Command::ReloadCertificates);
-        let applied = self.control.apply(commands).await?;
+        let counters = self.control.counters();
+        let applied = match self.control.apply(commands).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                counters.reload_failures.inc();
+                counters.record("reload", "", e.to_string(), false);
+                return Err(e);
+            }
+        };
+        counters.reloads.inc();
+        counters.record(
+            "reload",
+            "",
+            format!("{} pools changed, {} removed", applied.pools, applied.pools_removed),
+            true,
+        );
         *self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
         Ok(applied)
     }

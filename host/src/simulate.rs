@@ -97,6 +97,8 @@ impl Sim {
             balancer: PluginRef { source, config_json: value.to_string(), at: None, config_at: None },
             affinity: None,
             on_plugin_error: OnPluginError::Reject,
+            shadow: None,
+            canary: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),

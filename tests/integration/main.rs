@@ -14,6 +14,7 @@ mod l4;
 mod l4_tls;
 mod layers;
 mod many_pools;
+mod metrics;
 mod pack;
 mod pack_hashing;
 mod pack_load;
