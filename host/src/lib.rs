@@ -9,6 +9,7 @@
 //! [`state::Snapshot`] published behind an `ArcSwap` by the one writer
 //! ([`control::Control`]).
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -1271,7 +1271,10 @@ fn bad_shadow_and_canary_shares_are_located() {
     assert_eq!((line, key.as_str()), (16, "pool.web.shadow.sample_percent"), "the line of the value");
     assert_eq!(message, "0 is out of range (above 0, at most 100)");
     let (_, _, key, message) = invalid(&with("canary = { plugin = \"p2c\", percent = 101 }"));
-    assert_eq!((key.as_str(), message.as_str()), ("pool.web.canary.percent", "101 is out of range (above 0, at most 100)"));
+    assert_eq!(
+        (key.as_str(), message.as_str()),
+        ("pool.web.canary.percent", "101 is out of range (above 0, at most 100)")
+    );
     let (line, _, key, message) = invalid(&with("canary = { plugin = \"p2c\" }"));
     assert_eq!((line, key.as_str()), (16, "pool.web.canary"), "the line of the table");
     assert!(message.contains("needs `percent`"), "{message}");
