@@ -207,6 +207,8 @@ struct FileConfig {
     /// Plugin runtime limits. Not reloadable.
     #[serde(default)]
     plugins: FilePlugins,
+    /// The admin API. Not reloadable.
+    admin: Option<Spanned<FileAdmin>>,
     /// Listeners, `[[listener]]`. Reloadable: added ones are bound, removed ones closed.
     #[serde(default, rename = "listener")]
     listeners: Vec<FileListener>,
@@ -240,6 +242,19 @@ struct FilePlugins {
     rebuild_timeout_ms: Option<Spanned<FileDuration>>,
     /// Linear-memory limit for one plugin instance, in MiB. Default 16. Range 1 to 1024.
     memory_limit_mib: Option<Spanned<u32>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    /// Where the admin API listens. Default `127.0.0.1:9901`. A non-loopback address
+    /// needs `token_file`. Read at start; not reloadable.
+    listen: Option<Spanned<String>>,
+    /// A file holding the bearer token mutating calls must present (trailing whitespace
+    /// trimmed; relative to the config file). Default none: on a loopback address,
+    /// mutating calls need no token. Read at start.
+    token_file: Option<Spanned<PathBuf>>,
 }
 
 /// `[[listener]]`.
@@ -522,6 +537,8 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// Plugin runtime settings.
     pub plugins: PluginSettings,
+    /// The admin API, when the file has an `[admin]` table.
+    pub admin: Option<AdminConfig>,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Pools by name.
@@ -561,6 +578,31 @@ pub struct PluginSettings {
     pub rebuild_timeout: Duration,
     /// Linear-memory limit per instance, in bytes.
     pub memory_limit: usize,
+}
+
+/// The admin API, `[admin]`. Read at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// The bearer token mutating calls must present, if any (read from `token_file`).
+    pub token: Option<Arc<str>>,
+}
+
+/// The token is a secret: never printed.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl AdminConfig {
+    /// The default address of the admin API.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9901));
 }
 
 impl Default for PluginSettings {
@@ -940,6 +982,7 @@ impl Config {
             source: None,
             runtime: RuntimeSettings::default(),
             plugins: PluginSettings::default(),
+            admin: None,
             listeners: Vec::new(),
             pools: BTreeMap::new(),
         }
@@ -1062,6 +1105,7 @@ impl Cx<'_> {
                 .number(p.memory_limit_mib.as_ref(), || "plugins.memory_limit_mib".into(), bounds::MEMORY_LIMIT_MIB)?
                 .map_or(defaults.memory_limit, |m| (m as usize) << 20),
         };
+        let admin = file.admin.as_ref().map(|a| self.admin(a, base)).transpose()?;
 
         let mut pools = BTreeMap::new();
         for (name, pool) in file.pools {
@@ -1317,7 +1361,7 @@ impl Cx<'_> {
                 http2,
             });
         }
-        Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, listeners, pools })
+        Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, admin, listeners, pools })
     }
 
     /// A route's conditions must be ones its listener can see: host and path on http,
@@ -1627,6 +1671,47 @@ impl Cx<'_> {
             return Err(self.spanned(v, key, format!("{p} is out of range (above 0, at most 100)")));
         }
         Ok(Some(p))
+    }
+
+    /// `[admin]`: the address, and the token read from its file. A non-loopback address
+    /// without a token is refused: anyone who can reach it could swap the plugins.
+    fn admin(&self, a: &Spanned<FileAdmin>, base: &Path) -> Result<AdminConfig, ConfigError> {
+        let listen =
+            match &a.get_ref().listen {
+                None => AdminConfig::DEFAULT_LISTEN,
+                Some(l) => l.get_ref().trim().parse::<SocketAddr>().map_err(|e| {
+                    self.spanned(l, "admin.listen", format!("`{}` is not an ip:port: {e}", l.get_ref()))
+                })?,
+            };
+        let token = match &a.get_ref().token_file {
+            None => None,
+            Some(f) => {
+                let path = base.join(f.get_ref());
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| self.spanned(f, "admin.token_file", format!("cannot read {}: {e}", path.display())))?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(self.spanned(f, "admin.token_file", format!("{} is empty", path.display())));
+                }
+                if token.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return Err(self.spanned(
+                        f,
+                        "admin.token_file",
+                        format!("{}: the token must be one word of printable ASCII", path.display()),
+                    ));
+                }
+                Some(Arc::from(token))
+            }
+        };
+        if token.is_none() && !listen.ip().is_loopback() {
+            let at = a.get_ref().listen.as_ref().map_or(a.span(), Spanned::span);
+            return Err(self.at(
+                Some(at),
+                "admin.listen".into(),
+                format!("{listen} is not a loopback address: set admin.token_file, or anyone who can reach it can swap plugins"),
+            ));
+        }
+        Ok(AdminConfig { listen, token })
     }
 
     fn plugin_ref(&self, p: FilePluginRef, base: &Path, key: &str) -> Result<PluginRef, ConfigError> {

@@ -206,9 +206,26 @@ struct Writer {
     listeners: BTreeMap<String, Running>,
 }
 
+/// Why a reload did not happen. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The server was not started from a file.
+    #[error("the server was not started from a config file: there is nothing to read again")]
+    NoFile,
+    /// The file did not load.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Its changes could not be applied.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
 /// The one writer of a server's snapshot.
 #[derive(Debug)]
 pub struct Control {
+    /// The config the snapshot was last built from (held across a reload, so two reloads
+    /// never interleave).
+    config: Mutex<Config>,
     pub(crate) ctx: Arc<http::Context>,
     plugins: Arc<PluginRuntime>,
     /// The pools' health tasks; their verdicts come back as [`Command::Verdicts`].
@@ -245,6 +262,7 @@ impl Control {
             plugins,
             stop,
             writer: Mutex::new(Writer { listeners: BTreeMap::new() }),
+            config: Mutex::new(Config::empty()),
             addrs: std::sync::RwLock::default(),
             stats: std::sync::RwLock::default(),
             counters: ControlStats::default(),
@@ -294,6 +312,64 @@ impl Control {
     /// The server's metrics registry (each subsystem registers its own metrics in it).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Applies `config` to a server that has applied nothing yet (at start).
+    pub(crate) async fn load(&self, config: Config) -> Result<Applied, ControlError> {
+        let mut current = self.config.lock().await;
+        let applied = self.apply(diff(&current, &config)).await?;
+        *current = config;
+        Ok(applied)
+    }
+
+    /// Applies a new config to the running server: the difference from the current one
+    /// becomes commands (see [`crate::Server::reload`] for what changes and what does
+    /// not). Every TLS listener reads its certificate files again. On any error nothing
+    /// changes.
+    pub async fn reload(&self, config: Config) -> Result<Applied, ControlError> {
+        let mut current = self.config.lock().await;
+        if current.plugins != config.plugins {
+            tracing::warn!("reload: [plugins] is read at start only; restart weir to apply its changes");
+        }
+        if current.runtime != config.runtime {
+            tracing::warn!("reload: [runtime] is read at start only; restart weir to apply its changes");
+        }
+        if current.admin != config.admin {
+            tracing::warn!("reload: [admin] is read at start only; restart weir to apply its changes");
+        }
+        // Certificate files are read again even where their names did not change.
+        let mut commands = diff(&current, &config);
+        commands.push(Command::ReloadCertificates);
+        let applied = match self.apply(commands).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.counters.reload_failures.inc();
+                self.counters.record("reload", "", e.to_string(), false);
+                return Err(e);
+            }
+        };
+        self.counters.reloads.inc();
+        let detail = format!("{} pools changed, {} removed", applied.pools, applied.pools_removed);
+        self.counters.record("reload", "", detail, true);
+        *current = config;
+        Ok(applied)
+    }
+
+    /// Reads the config file the server runs from again and applies it ([`Self::reload`]):
+    /// what SIGHUP and `POST /api/v1/reload` do. Reading it (which resolves host names)
+    /// happens on a blocking thread.
+    pub async fn reload_file(&self) -> Result<Applied, ReloadError> {
+        let Some(path) = self.config.lock().await.source.clone() else { return Err(ReloadError::NoFile) };
+        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| ControlError::Interrupted(e.to_string()))??;
+        Ok(self.reload(config).await?)
+    }
+
+    /// The file the server's config came from, if any (`None` too while a reload holds
+    /// the config: this never waits).
+    pub fn config_file_now(&self) -> Option<std::path::PathBuf> {
+        self.config.try_lock().ok().and_then(|c| c.source.clone())
     }
 
     /// The health plugins watching `pool`, with their counters (calls, traps, timeouts).

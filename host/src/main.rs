@@ -40,6 +40,10 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the admin API listens (loopback, no token). When it is taken the demo
+        /// stops and says so: the documented address is the one to find it at.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
     },
     /// Plugin tooling.
     Plugin {
@@ -112,7 +116,7 @@ fn main() -> ExitCode {
             block_on(Some(config.runtime.worker_threads), run(path, config))
         }),
         Some(Command::Check) => config_path(cli.config).and_then(check),
-        Some(Command::Demo { listen }) => block_on(None, demo(listen)),
+        Some(Command::Demo { listen, admin }) => block_on(None, demo(listen, admin)),
         Some(Command::Plugin { command }) => plugin(command),
     };
     match result {
@@ -237,13 +241,21 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let text = weir::demo::config(listen).await.context("cannot start the demo backends")?;
-    let config = Config::parse(&text, None)?;
+    let mut config = Config::parse(&text, None)?;
+    if !admin.ip().is_loopback() {
+        anyhow::bail!("--admin {admin}: the demo's admin API has no token, so it only listens on a loopback address");
+    }
+    config.admin = Some(weir::config::AdminConfig { listen: admin, token: None });
     let backends: Vec<String> = config.pools["demo"].backends.iter().map(|b| b.address.clone()).collect();
-    let server = weir::Server::start(config).await?;
+    let server = weir::Server::start(config)
+        .await
+        .context("cannot start the demo (is another weir demo running? try --listen and --admin)")?;
     let addr = server.addr("demo").unwrap_or(listen);
+    let admin = server.admin_addr().unwrap_or(admin);
     println!("weir demo: proxy on http://{addr}, round-robin over 3 backends ({})", backends.join(", "));
+    println!("admin API on http://{admin} (docs/admin.md)");
     println!();
     println!("Try:");
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done    # cycles demo-1, demo-2, demo-3");
@@ -260,6 +272,7 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
             "  curl -s 'http://{first}/healthz/set?status=200'   # back after 2 passing probes, its share ramping up over 5 s"
         );
     }
+    println!("  curl -s http://{admin}/api/v1/status            # pools, backends, plugins, counters");
     println!();
     println!("Config in use:{text}");
     println!("Ctrl-C to stop.");

@@ -170,11 +170,11 @@ pub struct PluginStats {
     pub memory_limits: AtomicU64,
     /// `failed` answers and ineligible picks.
     pub errors: AtomicU64,
-    /// Instances created.
-    pub instantiations: AtomicU64,
-    /// Requests the built-in round robin placed because this balancer failed
+    /// Decisions this plugin failed that the pool's built-in round robin made instead
     /// (`on_plugin_error = "fallback"`).
     pub fallbacks: AtomicU64,
+    /// Instances created.
+    pub instantiations: AtomicU64,
     /// Time one call took, ns, sampled: one call in [`DECISION_SAMPLE`] on each thread
     /// is timed, so the others pay nothing for it.
     pub decision_ns: Histogram<8>,

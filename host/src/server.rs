@@ -13,8 +13,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::admin::{self, Admin, server::AdminError};
 use crate::config::Config;
-use crate::control::{self, Applied, Control, ControlError};
+use crate::control::{Applied, Control, ControlError};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::net::listen::{Connections, Stop};
@@ -30,6 +31,9 @@ pub enum StartError {
     /// A pool could not be built or a listener not bound.
     #[error(transparent)]
     Control(#[from] ControlError),
+    /// The admin API could not start.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// A running proxy. Dropping it stops accepting and closes every connection and tunnel
@@ -37,8 +41,9 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Server {
     control: Arc<Control>,
-    config: std::sync::Mutex<Config>,
     stop: watch::Sender<Stop>,
+    /// Where the admin API listens, when the config has `[admin]`.
+    admin: Option<SocketAddr>,
 }
 
 impl Server {
@@ -54,9 +59,22 @@ impl Server {
         let (stop, stop_rx) = watch::channel(Stop::Serve);
         let metrics = Arc::new(Metrics::default());
         SnapshotMetrics::register(&metrics, ctx.snapshot.clone());
-        let control = Control::new(ctx, plugins, stop_rx, metrics);
-        control.apply(control::diff(&Config::empty(), &config)).await?;
-        Ok(Self { control, config: std::sync::Mutex::new(config), stop })
+        let control = Control::new(ctx, plugins, stop_rx.clone(), metrics);
+        let admin_config = config.admin.clone();
+        control.load(config).await?;
+        let admin = match admin_config {
+            Some(a) => {
+                let state = Arc::new(Admin::new(control.clone(), a.token.clone()));
+                Some(admin::server::start(state, &a, stop_rx).await?)
+            }
+            None => None,
+        };
+        Ok(Self { control, stop, admin })
+    }
+
+    /// Where the admin API listens, if the config has `[admin]`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The bound address of each listener, by name.
@@ -91,34 +109,7 @@ impl Server {
     /// `drain_deadline_ms`). `[plugins]` and `[runtime]` are read at start only (a
     /// warning says so). On any error nothing changes.
     pub async fn reload(&self, config: Config) -> Result<Applied, ControlError> {
-        let current = self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        if current.plugins != config.plugins {
-            tracing::warn!("reload: [plugins] is read at start only; restart weir to apply its changes");
-        }
-        if current.runtime != config.runtime {
-            tracing::warn!("reload: [runtime] is read at start only; restart weir to apply its changes");
-        }
-        // Certificate files are read again even where their names did not change.
-        let mut commands = control::diff(&current, &config);
-        commands.push(control::Command::ReloadCertificates);
-        let counters = self.control.counters();
-        let applied = match self.control.apply(commands).await {
-            Ok(applied) => applied,
-            Err(e) => {
-                counters.reload_failures.inc();
-                counters.record("reload", "", e.to_string(), false);
-                return Err(e);
-            }
-        };
-        counters.reloads.inc();
-        counters.record(
-            "reload",
-            "",
-            format!("{} pools changed, {} removed", applied.pools, applied.pools_removed),
-            true,
-        );
-        *self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = config;
-        Ok(applied)
+        self.control.reload(config).await
     }
 
     /// Graceful shutdown: stops accepting, lets every request in flight finish and

@@ -2,10 +2,12 @@
 //! upstreams started in-process, real plugins compiled to WebAssembly, real clients.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, missing_debug_implementations)]
 
+mod admin;
 mod affinity;
 mod bounds;
 mod cli;
 mod control;
+mod dashboard;
 mod drain;
 mod h2;
 mod hardening;

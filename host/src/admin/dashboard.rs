@@ -13,23 +13,27 @@ use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::{Admin, Reply};
 use crate::control::Control;
 use crate::plugin::PluginInfo;
 use crate::state::{Candidate, Pool};
 
 /// The page.
-pub const PAGE: &str = include_str!("dashboard.html");
+pub(crate) const PAGE: &str = include_str!("dashboard.html");
 
-/// The `GET /` response.
-pub fn page() -> http::Response<Bytes> {
-    let mut res = http::Response::new(Bytes::from_static(PAGE.as_bytes()));
+/// `GET /`: the page.
+pub(crate) async fn page(_admin: &Admin, _req: Request<Incoming>) -> Reply {
+    let mut res = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
     let h = res.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
     // Only this page's own script and style, and requests to this origin.
     h.insert(
-        http::header::CONTENT_SECURITY_POLICY,
+        header::CONTENT_SECURITY_POLICY,
         http::HeaderValue::from_static(
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
         ),
@@ -37,15 +41,13 @@ pub fn page() -> http::Response<Bytes> {
     res
 }
 
-/// The `GET /api/v1/dashboard` response.
-pub fn response(control: &Control) -> http::Response<Bytes> {
-    let mut res = http::Response::new(Bytes::from(json(control).to_string()));
-    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    res
+/// `GET /api/v1/dashboard`: what the page plots, now.
+pub(crate) async fn get(admin: &Admin, _req: Request<Incoming>) -> Reply {
+    super::json(StatusCode::OK, &json(&admin.control))
 }
 
 /// What the page plots, now.
-pub fn json(control: &Control) -> Value {
+pub(crate) fn json(control: &Control) -> Value {
     let snapshot = control.ctx.snapshot.load();
     let pools: Vec<Value> = snapshot.pools.values().map(|p| pool(control, p)).collect();
     let history: Vec<Value> = control

@@ -3,13 +3,16 @@
 //! changes nothing and takes no lock the data path takes.
 
 use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
 
-use crate::control::Control;
+use super::{Admin, Reply};
 use crate::metrics::CONTENT_TYPE;
 
-/// The `GET /metrics` response.
-pub fn response(control: &Control) -> http::Response<Bytes> {
-    let mut res = http::Response::new(Bytes::from(control.metrics().render()));
-    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE));
+/// `GET /metrics`.
+pub(crate) async fn get(admin: &Admin, _req: Request<Incoming>) -> Reply {
+    let mut res = Response::new(Full::new(Bytes::from(admin.control.metrics().render())));
+    res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE));
     res
 }
