@@ -10,8 +10,7 @@ use std::hint::black_box;
 fn main() {
     let n: u32 = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let metrics = std::env::var("MODE").map_or(true, |m| m != "baseline");
-    let config =
-        weir::config::Config::parse("[pool.p]\nbackends = [{ address = \"127.0.0.1:1\" }]\n", None).unwrap();
+    let config = weir::config::Config::parse("[pool.p]\nbackends = [{ address = \"127.0.0.1:1\" }]\n", None).unwrap();
     let plugins = weir::plugin::PluginRuntime::new(config.plugins.clone()).unwrap();
     let snapshot = weir::state::Snapshot::build(&config, &plugins, None).unwrap();
     let live = &snapshot.pools["p"].view.members[0].live;

@@ -6,6 +6,10 @@
 //! ([`BackendLive`], [`PoolLive`]), shared by address with the next snapshot so a rebuild
 //! keeps them (STYLE rule 3). Plugins read the pool through [`PoolView`], pinned for the
 //! duration of one call so `members`, `eligible` and `generation` always agree.
+//!
+//! A pool may hold candidate balancers beside its live one ([`Candidate`]: a shadow
+//! asked on a sample of decisions that never acts, a canary that places a share), and
+//! its metrics are read from all of this at scrape time ([`SnapshotMetrics`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -105,8 +109,11 @@ impl Pool {
         if let Some(c) = canary {
             self.canary_placed(c, picked, placement);
         }
+        // A retry after a failed connect (`avoid`) is not a new decision for the shadow.
         match (&self.shadow, placement) {
-            (Some(s), Placement::Backend(went)) if s.sampled() => (self.shadow_pick(s, req, went), placement),
+            (Some(s), Placement::Backend(went)) if avoid.is_none() && s.sampled() => {
+                (self.shadow_pick(s, req, went), placement)
+            }
             _ => (req, placement),
         }
     }

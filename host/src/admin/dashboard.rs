@@ -129,7 +129,9 @@ fn plugin(role: &str, info: &PluginInfo) -> Value {
     })
 }
 
-fn candidate(p: &Pool, c: &Candidate) -> Value {
+/// A pool's candidate as JSON (also for the status API): plugin, share, counts, picks
+/// by backend id.
+pub(crate) fn candidate(p: &Pool, c: &Candidate) -> Value {
     let s = &c.stats;
     let picks: Vec<u64> = p
         .view
