@@ -6,7 +6,9 @@
 //! here writes the snapshot (DESIGN convention 1). Every request is routed by one
 //! function, [`server::route`]; each endpoint is a handler
 //! `async fn(&Admin, Request<Incoming>, ..) -> Reply` in the module that owns it
-//! ([`status`], [`plugins`], [`drain`]). Mutating calls need the bearer token when one is
+//! ([`status`], [`plugins`], [`drain`]; [`metrics`] renders what the subsystems registered,
+//! [`dashboard`] serves the live page and the JSON it polls, [`candidates`] sets and
+//! promotes shadow and canary balancers). Mutating calls need the bearer token when one is
 //! configured (a wrong or missing one is answered 401, counted, and changes nothing);
 //! bodies are limited to [`MAX_BODY`] bytes; every error is JSON, `{"error": "..."}`.
 
@@ -21,7 +23,10 @@ use hyper::body::Incoming;
 
 use crate::control::Control;
 
+pub(crate) mod candidates;
+pub(crate) mod dashboard;
 pub(crate) mod drain;
+pub(crate) mod metrics;
 pub mod plugins;
 pub mod server;
 pub(crate) mod status;

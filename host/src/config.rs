@@ -378,6 +378,13 @@ struct FilePool {
     /// `"fallback"` or `"reject"`. Default `"fallback"`. Reloadable.
     #[serde(default)]
     on_plugin_error: OnPluginError,
+    /// A candidate balancer run beside the live one on `sample_percent` of the
+    /// decisions, which never acts: where it would have placed them is counted (its
+    /// agreement with the live pick, its distribution). Default none. Reloadable.
+    shadow: Option<Spanned<FileShadow>>,
+    /// A candidate balancer that places `percent` of the decisions for real. Default
+    /// none. Reloadable.
+    canary: Option<Spanned<FileCanary>>,
     /// TCP connect timeout to a backend. Default 3 s. Range 1 ms to 7 days. Reloadable.
     connect_timeout_ms: Option<Spanned<FileDuration>>,
     /// Longest wait for a backend's response head. Default 60 s. Range 1 ms to 7 days.
@@ -500,6 +507,32 @@ struct FilePluginRef {
     /// plugins only: a health plugin's calls run under `rebuild_timeout_ms`. A reload
     /// that changes it loads the plugin anew.
     call_timeout_ms: Option<Spanned<FileDuration>>,
+}
+
+/// `shadow = { plugin = "...", config = { ... }, sample_percent = 10 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShadow {
+    /// A pack balancer name or a path to a `.wasm` balancer. Required.
+    plugin: Spanned<String>,
+    /// Its options, as a balancer's. Default `{}`.
+    config: Option<Spanned<PluginTable>>,
+    /// The share of decisions the candidate is also asked about, in percent (above 0,
+    /// at most 100; fractions allowed). Default 10.
+    sample_percent: Option<Spanned<f64>>,
+}
+
+/// `canary = { plugin = "...", config = { ... }, percent = 5 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCanary {
+    /// A pack balancer name or a path to a `.wasm` balancer. Required.
+    plugin: Spanned<String>,
+    /// Its options, as a balancer's. Default `{}`.
+    config: Option<Spanned<PluginTable>>,
+    /// The share of decisions the candidate makes instead of the live balancer, in
+    /// percent (above 0, at most 100; fractions allowed). Required.
+    percent: Option<Spanned<f64>>,
 }
 
 /// A plugin's `config` table, with the place of each key and value for errors.
@@ -746,6 +779,10 @@ pub struct PoolConfig {
     pub affinity: Option<PluginRef>,
     /// Policy when the balancer fails.
     pub on_plugin_error: OnPluginError,
+    /// A candidate balancer asked beside the live one, never acting (`shadow`).
+    pub shadow: Option<CandidateConfig>,
+    /// A candidate balancer placing a share of the decisions (`canary`).
+    pub canary: Option<CandidateConfig>,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Upstream response-head timeout.
@@ -764,6 +801,28 @@ pub struct PoolConfig {
     pub send_proxy: Option<ProxyVersion>,
     /// The protocol (and TLS) spoken to the backends.
     pub upstream: UpstreamConfig,
+}
+
+/// A candidate balancer of a pool (`shadow` or `canary`): which plugin, and on what
+/// share of the decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateConfig {
+    /// The balancer plugin.
+    pub plugin: PluginRef,
+    /// The share of decisions, in millionths (1 to 1,000,000).
+    pub per_million: u32,
+}
+
+impl CandidateConfig {
+    /// A candidate on `percent` (0 to 100) of the decisions.
+    pub fn new(plugin: PluginRef, percent: f64) -> Self {
+        Self { plugin, per_million: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32 }
+    }
+
+    /// The share, in percent.
+    pub fn percent(&self) -> f64 {
+        f64::from(self.per_million) / 10_000.0
+    }
 }
 
 /// What an http pool speaks to its backends (`upstream`).
@@ -1156,6 +1215,52 @@ impl Cx<'_> {
                 Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"), true)?),
                 None => None,
             };
+            let shadow = match pool.shadow {
+                Some(c) => {
+                    let c = c.into_inner();
+                    let percent = self.percent(c.sample_percent.as_ref(), &format!("{key}.shadow.sample_percent"))?;
+                    let plugin = self.plugin_ref(
+                        FilePluginRef {
+                            plugin: c.plugin,
+                            config: c.config,
+                            memory_limit_mib: None,
+                            call_timeout_ms: None,
+                        },
+                        base,
+                        &format!("{key}.shadow"),
+                        true,
+                    )?;
+                    Some(CandidateConfig::new(plugin, percent.unwrap_or(10.0)))
+                }
+                None => None,
+            };
+            let canary = match pool.canary {
+                Some(c) => {
+                    let span = c.span();
+                    let c = c.into_inner();
+                    let percent =
+                        self.percent(c.percent.as_ref(), &format!("{key}.canary.percent"))?.ok_or_else(|| {
+                            self.at(
+                                Some(span),
+                                format!("{key}.canary"),
+                                "needs `percent`, the share of decisions the candidate makes".into(),
+                            )
+                        })?;
+                    let plugin = self.plugin_ref(
+                        FilePluginRef {
+                            plugin: c.plugin,
+                            config: c.config,
+                            memory_limit_mib: None,
+                            call_timeout_ms: None,
+                        },
+                        base,
+                        &format!("{key}.canary"),
+                        true,
+                    )?;
+                    Some(CandidateConfig::new(plugin, percent))
+                }
+                None => None,
+            };
             let health = self.health(
                 health::FilePoolHealth {
                     health: pool.health,
@@ -1177,6 +1282,8 @@ impl Cx<'_> {
                     balancer,
                     affinity,
                     on_plugin_error: pool.on_plugin_error,
+                    shadow,
+                    canary,
                     connect_timeout,
                     response_timeout,
                     idle_timeout,
@@ -1602,6 +1709,16 @@ impl Cx<'_> {
             }
         };
         Ok(UpstreamTls { roots, server_name, client_auth, verify, at, client: OnceLock::new() })
+    }
+
+    /// A share in percent: above 0, at most 100.
+    fn percent(&self, value: Option<&Spanned<f64>>, key: &str) -> Result<Option<f64>, ConfigError> {
+        let Some(v) = value else { return Ok(None) };
+        let p = *v.get_ref();
+        if !(p > 0.0 && p <= 100.0) {
+            return Err(self.spanned(v, key, format!("{p} is out of range (above 0, at most 100)")));
+        }
+        Ok(Some(p))
     }
 
     /// `[admin]`: the address, and the token read from its file. A non-loopback address

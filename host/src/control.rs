@@ -19,15 +19,20 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ListenerConfig, OnUnhealthy, PluginRef, PoolConfig};
+use crate::config::{CandidateConfig, Config, ListenerConfig, OnUnhealthy, PluginRef, PoolConfig};
 use crate::core::Verdict;
 use crate::health;
 use crate::http;
+use crate::metrics::Metrics;
 use crate::net::listen::{self, Acceptor, ListenerStats, Slots, Stop};
 use crate::net::tls::{self, Terminator};
 use crate::plugin::{Affinity, Balancer, PluginRuntime};
-use crate::state::{BuildError, Pool, Snapshot};
+use crate::state::{BuildError, CandidateKind, Pool, Snapshot};
 use crate::tcp;
+
+mod metrics;
+
+pub use metrics::{ControlStats, Event, HISTORY};
 
 /// One change to a running server.
 #[derive(Debug, Clone)]
@@ -78,6 +83,25 @@ pub enum Command {
         backend: String,
         /// Undo a drain.
         undrain: bool,
+    },
+    /// Set (or, with `None`, remove) a pool's shadow or canary balancer: the pool is
+    /// rebuilt with it, as [`Command::UpsertPool`] would (everything else carries over).
+    SetCandidate {
+        /// The pool.
+        pool: String,
+        /// Shadow or canary.
+        kind: CandidateKind,
+        /// The candidate, or none.
+        candidate: Option<CandidateConfig>,
+    },
+    /// Make a pool's shadow or canary its live balancer (and no longer a candidate): the
+    /// candidate's plugin is loaded for the live pool (its compiled code is reused) and
+    /// the pool switches to it atomically, as a reload that changed `balancer` would.
+    Promote {
+        /// The pool.
+        pool: String,
+        /// Shadow or canary.
+        kind: CandidateKind,
     },
 }
 
@@ -224,6 +248,14 @@ pub enum ControlError {
         /// `balancer` or `affinity`.
         kind: &'static str,
     },
+    /// A promotion names a candidate the pool does not have.
+    #[error("pool `{pool}` has no {kind} to promote")]
+    NoCandidate {
+        /// The pool.
+        pool: String,
+        /// Shadow or canary.
+        kind: CandidateKind,
+    },
 }
 
 /// What [`Control::apply`] changed.
@@ -308,12 +340,21 @@ pub struct Control {
     addrs: std::sync::RwLock<Vec<(String, SocketAddr)>>,
     /// Each listener's counters, by name (kept across a rebind to another address).
     stats: std::sync::RwLock<BTreeMap<String, Arc<ListenerStats>>>,
+    /// What the writer did, counted, and its recent history.
+    counters: ControlStats,
+    /// The server's metrics registry.
+    metrics: Arc<Metrics>,
 }
 
 impl Control {
     /// A writer for `ctx`'s snapshot (empty at first: apply commands to fill it), with
     /// the task that applies the health tasks' verdicts (it ends with the writer).
-    pub(crate) fn new(ctx: Arc<http::Context>, plugins: Arc<PluginRuntime>, stop: watch::Receiver<Stop>) -> Arc<Self> {
+    pub(crate) fn new(
+        ctx: Arc<http::Context>,
+        plugins: Arc<PluginRuntime>,
+        stop: watch::Receiver<Stop>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let (verdicts, mut incoming) = tokio::sync::mpsc::unbounded_channel();
         let (later, mut due) = tokio::sync::mpsc::unbounded_channel();
         let control = Arc::new(Self {
@@ -326,7 +367,10 @@ impl Control {
             config: Mutex::new(Config::empty()),
             addrs: std::sync::RwLock::default(),
             stats: std::sync::RwLock::default(),
+            counters: ControlStats::default(),
+            metrics,
         });
+        metrics::register(&control.metrics, Arc::downgrade(&control));
         // Certificate files changed on disk are read again (DESIGN convention 5: the
         // watcher ends when the server stops serving).
         let files = {
@@ -361,6 +405,17 @@ impl Control {
         control
     }
 
+    /// What the writer did, counted (the admin API bumps the counters of its calls), and
+    /// the recent history of changes.
+    pub fn counters(&self) -> &ControlStats {
+        &self.counters
+    }
+
+    /// The server's metrics registry (each subsystem registers its own metrics in it).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Applies `config` to a server that has applied nothing yet (at start).
     pub(crate) async fn load(&self, config: Config) -> Result<Applied, ControlError> {
         let mut current = self.config.lock().await;
@@ -387,7 +442,17 @@ impl Control {
         // Certificate files are read again even where their names did not change.
         let mut commands = diff(&current, &config);
         commands.push(Command::ReloadCertificates);
-        let applied = self.apply(commands).await?;
+        let applied = match self.apply(commands).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.counters.reload_failures.inc();
+                self.counters.record("reload", "", e.to_string(), false);
+                return Err(e);
+            }
+        };
+        self.counters.reloads.inc();
+        let detail = format!("{} pools changed, {} removed", applied.pools, applied.pools_removed);
+        self.counters.record("reload", "", detail, true);
         *current = config;
         Ok(applied)
     }
@@ -435,6 +500,7 @@ impl Control {
         let started = Instant::now();
         let current = self.ctx.snapshot.load_full();
         let mut applied = Applied::default();
+        let (commands, promotions) = candidates_as_upserts(commands, &current)?;
 
         // Build the changed pools off the serving threads.
         let upserts: Vec<(PoolConfig, Option<Arc<Pool>>)> = commands
@@ -548,6 +614,8 @@ impl Control {
         for c in &commands {
             match c {
                 Command::UpsertPool(_)
+                | Command::SetCandidate { .. }
+                | Command::Promote { .. }
                 | Command::Verdicts(_)
                 | Command::RampsEnded(_)
                 | Command::ReloadCertificates
@@ -680,6 +748,10 @@ impl Control {
             }
         }
         self.retire_removed(&current, &next, &mut applied);
+        for (pool, detail) in promotions {
+            self.counters.promotions.inc();
+            self.counters.record("promote", &pool, detail, true);
+        }
         tracing::debug!(?applied, took_ms = started.elapsed().as_millis() as u64, "snapshot published");
         Ok(applied)
     }
@@ -890,7 +962,15 @@ impl Control {
 
     /// Drains (or undrains) the backend at `backend` in `pool`.
     pub async fn drain(&self, pool: &str, backend: &str, undrain: bool) -> Result<Applied, ControlError> {
-        self.apply(vec![Command::Drain { pool: pool.to_owned(), backend: backend.to_owned(), undrain }]).await
+        let applied =
+            self.apply(vec![Command::Drain { pool: pool.to_owned(), backend: backend.to_owned(), undrain }]).await;
+        let (kind, counter) =
+            if undrain { ("undrain", &self.counters.undrains) } else { ("drain", &self.counters.drains) };
+        if applied.is_ok() {
+            counter.inc();
+        }
+        self.counters.record(kind, pool, backend, applied.is_ok());
+        applied
     }
 
     /// Stops accepting on every listener (open connections are left to the caller).
@@ -909,6 +989,42 @@ impl Control {
             }
         }
     }
+}
+
+/// Promotions made by a list of commands: `(pool, what)`.
+type Promotions = Vec<(String, String)>;
+
+/// Turns the candidate commands into the pool upserts they amount to, from the pools of
+/// `current`; also returns each promotion's `(pool, what)`.
+fn candidates_as_upserts(
+    mut commands: Vec<Command>,
+    current: &Snapshot,
+) -> Result<(Vec<Command>, Promotions), ControlError> {
+    let mut promotions = Vec::new();
+    for c in &mut commands {
+        let (pool, kind) = match c {
+            Command::SetCandidate { pool, kind, .. } | Command::Promote { pool, kind } => (pool.clone(), *kind),
+            _ => continue,
+        };
+        let Some(live) = current.pools.get(&pool) else { return Err(ControlError::NoSuchPool(pool)) };
+        let mut config = live.config.clone();
+        let slot = match kind {
+            CandidateKind::Shadow => &mut config.shadow,
+            CandidateKind::Canary => &mut config.canary,
+        };
+        match c {
+            Command::SetCandidate { candidate, .. } => *slot = candidate.clone(),
+            _ => {
+                let Some(candidate) = slot.take() else { return Err(ControlError::NoCandidate { pool, kind }) };
+                let detail = format!("{kind} {} -> balancer (was {})", candidate.plugin.source, config.balancer.source);
+                tracing::info!(%pool, %kind, plugin = %candidate.plugin.source, "candidate promoted to live balancer");
+                config.balancer = candidate.plugin;
+                promotions.push((pool, detail));
+            }
+        }
+        *c = Command::UpsertPool(config);
+    }
+    Ok((commands, promotions))
 }
 
 /// Logs a pool entering or leaving panic mode.

@@ -42,6 +42,9 @@ balancer = { plugin = "round-robin" }
 probe = { kind = "http", path = "/healthz", interval_ms = 500, timeout_ms = 250 }
 health = [{ plugin = "threshold", config = { rise = 2, fall = 3 } }]
 slow_start_ms = 5000
+# A candidate tried beside round-robin on half of the decisions: it never acts; the
+# dashboard shows how often it agrees (promote it through the admin API).
+shadow = { plugin = "p2c", sample_percent = 50 }
 
 # The same backends, but a returning client (a WebSocket reconnect included) is pinned to
 # its backend by a signed cookie.

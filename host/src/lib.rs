@@ -3,7 +3,7 @@
 //!
 //! The host (this crate) does the I/O; plugins implementing the `weir:plugin` WIT worlds
 //! decide. Its modules are layered, each using only those above it in this list
-//! (DESIGN.md, "Host layout"): [`core`] → [`config`] → [`plugin`] → [`state`] → [`net`] →
+//! (DESIGN.md, "Host layout"): [`core`] → [`metrics`] → [`config`] → [`plugin`] → [`state`] → [`net`] →
 //! [`health`] → `http` → `tcp` → [`control`] → [`admin`] → [`server`]; [`demo`] and [`simulate`] are tools on top.
 //! [`Server::start`] binds the listeners of a [`config::Config`] and serves them from one
 //! [`state::Snapshot`] published behind an `ArcSwap` by the one writer
@@ -16,6 +16,7 @@ pub mod core;
 pub mod demo;
 pub mod health;
 pub(crate) mod http;
+pub mod metrics;
 pub mod net;
 pub mod plugin;
 pub mod server;

@@ -354,7 +354,7 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
     let addr = server.addr("demo").unwrap_or(listen);
     let admin = server.admin_addr().unwrap_or(admin);
     println!("weir demo: proxy on http://{addr}, round-robin over 3 backends ({})", backends.join(", "));
-    println!("admin API on http://{admin} (docs/admin.md)");
+    println!("admin API on http://{admin} (docs/admin.md); live dashboard: open http://{admin}/ (docs/dashboard.md)");
     println!();
     println!("Try:");
     println!("  for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done    # cycles demo-1, demo-2, demo-3");
@@ -377,6 +377,8 @@ async fn demo(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
         "  weir plugin swap --admin http://{admin} --pool demo --balancer least-connections   # hot swap, nothing dropped"
     );
     println!("  weir plugin rollback --admin http://{admin} --pool demo --balancer");
+    println!("  curl -s http://{admin}/metrics | grep candidate  # the p2c shadow's agreement with round-robin");
+    println!("  curl -s -X POST http://{admin}/api/v1/pools/demo/shadow/promote   # p2c becomes the live balancer");
     println!();
     println!("Config in use:{text}");
     println!("Ctrl-C to stop.");

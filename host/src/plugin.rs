@@ -27,6 +27,7 @@ use wasmtime::component::{Component, Linker};
 
 use crate::config::{PluginRef, PluginSettings, PluginSource};
 use crate::core::{Failure, Protocol, Verdict};
+use crate::metrics::Histogram;
 
 mod bindings;
 mod cache;
@@ -184,7 +185,13 @@ pub struct PluginStats {
     pub fallbacks: AtomicU64,
     /// Instances created.
     pub instantiations: AtomicU64,
+    /// Time one call took, ns, sampled: one call in [`DECISION_SAMPLE`] on each thread
+    /// is timed, so the others pay nothing for it.
+    pub decision_ns: Histogram<8>,
 }
+
+/// One call in this many is timed for [`PluginStats::decision_ns`] (a power of two).
+pub const DECISION_SAMPLE: u64 = 64;
 
 /// A count that every thread adds to on the hot path without sharing a cache line with
 /// another thread: each thread has its own cell, and reading sums them. (One shared
@@ -194,11 +201,13 @@ pub struct PluginStats {
 pub struct PerThreadCounter(thread_local::ThreadLocal<AtomicU64>);
 
 impl PerThreadCounter {
-    /// Adds one on the calling thread.
-    pub fn add(&self) {
+    /// Adds one on the calling thread; returns this thread's count.
+    pub fn add(&self) -> u64 {
         let cell = self.0.get_or_default();
         // Only this thread writes its cell, so a plain load and store is enough.
-        cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let n = cell.load(Ordering::Relaxed) + 1;
+        cell.store(n, Ordering::Relaxed);
+        n
     }
 
     /// The sum over every thread.
@@ -642,7 +651,24 @@ impl<W: World> Plugin<W> {
     ) -> (PickRequest, Result<R, CallError>) {
         let _running = engine::Running::start();
         let info = &self.info;
-        info.stats.calls.add();
+        let timed = (info.stats.calls.add() & (DECISION_SAMPLE - 1) == 0).then(std::time::Instant::now);
+        let (req, result) = self.call_inner(slot, view, req, long, f);
+        if let Some(started) = timed {
+            info.stats.decision_ns.observe(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        (req, result)
+    }
+
+    /// [`Self::call_in`] past its counting and timing.
+    fn call_inner<R>(
+        &self,
+        slot: &mut Slot<W>,
+        view: &Arc<dyn PoolHost>,
+        req: PickRequest,
+        long: bool,
+        f: impl FnOnce(&W::Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
+    ) -> (PickRequest, Result<R, CallError>) {
+        let info = &self.info;
         if slot.live.is_none() {
             match self.instantiate(view) {
                 Ok(mut live) => {

@@ -17,9 +17,10 @@ use crate::admin::{self, Admin, server::AdminError};
 use crate::config::Config;
 use crate::control::{Applied, Control, ControlError};
 use crate::http;
+use crate::metrics::Metrics;
 use crate::net::listen::{Connections, Stop};
 use crate::plugin::{LoadError, PluginRuntime};
-use crate::state::Snapshot;
+use crate::state::{Snapshot, SnapshotMetrics};
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,9 @@ impl Server {
             connections: Arc::new(Connections::default()),
         });
         let (stop, stop_rx) = watch::channel(Stop::Serve);
-        let control = Control::new(ctx, plugins, stop_rx.clone());
+        let metrics = Arc::new(Metrics::default());
+        SnapshotMetrics::register(&metrics, ctx.snapshot.clone());
+        let control = Control::new(ctx, plugins, stop_rx.clone(), metrics);
         let admin_config = config.admin.clone();
         let watch = config.plugins.watch;
         control.load(config).await?;

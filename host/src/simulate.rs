@@ -105,6 +105,8 @@ impl Sim {
             },
             affinity: None,
             on_plugin_error: OnPluginError::Reject,
+            shadow: None,
+            canary: None,
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),

@@ -6,6 +6,10 @@
 //! ([`BackendLive`], [`PoolLive`]), shared by address with the next snapshot so a rebuild
 //! keeps them (STYLE rule 3). Plugins read the pool through [`PoolView`], pinned for the
 //! duration of one call so `members`, `eligible` and `generation` always agree.
+//!
+//! A pool may hold candidate balancers beside its live one ([`Candidate`]: a shadow
+//! asked on a sample of decisions that never acts, a canary that places a share), and
+//! its metrics are read from all of this at scrape time ([`SnapshotMetrics`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,11 +19,15 @@ use std::time::Instant;
 use crate::config::{Config, ListenerConfig, OnPluginError, PluginRef, PluginSource, PoolConfig};
 use crate::plugin::{Affinity, Balancer, CallError, LoadError, PickRequest, PluginRuntime, PoolHost};
 
+mod candidate;
 mod live;
+mod metrics;
 mod stick;
 mod view;
 
+pub use candidate::{Candidate, CandidateKind, CandidateStats};
 pub use live::{ActiveGuard, BackendLive, HealthStatus, MAX_NAMES, PoolLive, Report, Reporter};
+pub use metrics::{SnapshotMetrics, encode_plugins};
 pub use stick::{StickHold, StickTable};
 pub use view::{Backend, PoolView};
 
@@ -50,6 +58,10 @@ pub struct Pool {
     pub balancer: Arc<Balancer>,
     /// The affinity plugin, if the pool has one.
     pub affinity: Option<Arc<Affinity>>,
+    /// A candidate asked beside the balancer on a sample of decisions, never acting.
+    pub shadow: Option<Candidate>,
+    /// A candidate placing a share of the decisions instead of the balancer.
+    pub canary: Option<Candidate>,
 }
 
 impl Pool {
@@ -70,7 +82,13 @@ impl Pool {
             },
             _ => req,
         };
-        let (req, outcome) = self.balancer.pick(&self.host, req);
+        let canary = self.canary.as_ref().filter(|c| c.sampled());
+        let (balancer, host) = match canary {
+            Some(c) => (&c.balancer, &c.host),
+            None => (&self.balancer, &self.host),
+        };
+        let (req, outcome) = balancer.pick(host, req);
+        let picked = outcome.as_ref().ok().copied();
         let placement = match outcome {
             Ok(id) if Some(id) == avoid => self.next_after(id),
             Ok(id) => Placement::Backend(id),
@@ -78,7 +96,7 @@ impl Pool {
             Err(_) => match self.config.on_plugin_error {
                 OnPluginError::Reject => Placement::Rejected,
                 OnPluginError::Fallback => {
-                    self.balancer.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    balancer.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
                     self.fallback(avoid)
                 }
             },
@@ -88,7 +106,61 @@ impl Pool {
             Placement::Backend(id) if view.ramping() && !admitted(view.ramp(id)) => self.instead_of_ramping(id),
             other => other,
         };
-        (req, placement)
+        if let Some(c) = canary {
+            self.canary_placed(c, picked, placement);
+        }
+        // A retry after a failed connect (`avoid`) is not a new decision for the shadow.
+        match (&self.shadow, placement) {
+            (Some(s), Placement::Backend(went)) if avoid.is_none() && s.sampled() => {
+                (self.shadow_pick(s, req, went), placement)
+            }
+            _ => (req, placement),
+        }
+    }
+
+    /// Counts a decision the canary was given: `picked` is its answer, `placement` where
+    /// the request goes.
+    fn canary_placed(&self, c: &Candidate, picked: Option<u32>, placement: Placement) {
+        c.stats.asked.fetch_add(1, Ordering::Relaxed);
+        let Some(id) = picked else {
+            c.stats.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if let Some(live) = self.view.live(id) {
+            live.canary_picks.fetch_add(1, Ordering::Relaxed);
+        }
+        if placement == Placement::Backend(id) {
+            c.stats.agreed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the shadow where it would have sent a request that goes to `went`, and
+    /// counts its answer; nothing else follows from it.
+    fn shadow_pick(&self, s: &Candidate, req: PickRequest, went: u32) -> PickRequest {
+        s.stats.asked.fetch_add(1, Ordering::Relaxed);
+        let (req, outcome) = s.balancer.pick(&s.host, req);
+        match outcome {
+            Ok(id) => {
+                if id == went {
+                    s.stats.agreed.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(live) = self.view.live(id) {
+                    live.shadow_picks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                s.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        req
+    }
+
+    /// The pool's candidate of `kind`, if it has one.
+    pub fn candidate(&self, kind: CandidateKind) -> Option<&Candidate> {
+        match kind {
+            CandidateKind::Shadow => self.shadow.as_ref(),
+            CandidateKind::Canary => self.canary.as_ref(),
+        }
     }
 
     /// Another backend for work the slow-starting backend `id` declined: the built-in
@@ -148,23 +220,29 @@ impl Pool {
     }
 }
 
-/// Whether a backend that may take `share`/1024 of its work takes this one: a draw from a
-/// per-thread generator (splitmix64), only made for backends in slow start.
+/// Whether a backend that may take `share`/1024 of its work takes this one: a draw,
+/// only made for backends in slow start.
 fn admitted(share: u32) -> bool {
-    use std::cell::Cell;
-    static SEEDS: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
-    thread_local!(static STATE: Cell<u64> = Cell::new(SEEDS.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)));
     if share >= 1024 {
         return true;
     }
-    let draw = STATE.with(|s| {
+    ((draw() >> 54) as u32) < share
+}
+
+/// A draw from a per-thread generator (splitmix64): slow start's admissions, candidates'
+/// samples.
+#[inline]
+fn draw() -> u64 {
+    use std::cell::Cell;
+    static SEEDS: AtomicU64 = AtomicU64::new(0x2545_f491_4f6c_dd1d);
+    thread_local!(static STATE: Cell<u64> = Cell::new(SEEDS.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)));
+    STATE.with(|s| {
         let mut z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
         s.set(z);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
-    });
-    ((draw >> 54) as u32) < share
+    })
 }
 
 /// What an affinity plugin's `bind` leaves for the response and the connection.
@@ -240,7 +318,19 @@ impl Pool {
             (Some(a), Some(o)) if o.config.affinity.as_ref().is_some_and(|was| reusable(was, a)) => o.affinity.clone(),
             (Some(a), _) => Some(plugins.load_affinity(&name, a, &host).map_err(failed("affinity", a))?),
         };
-        Ok(Pool { config: config.clone(), view, host, balancer, affinity })
+        let candidate = |kind: CandidateKind, wanted: &Option<crate::config::CandidateConfig>| {
+            let Some(c) = wanted else { return Ok(None) };
+            let was = old.and_then(|o| o.candidate(kind));
+            if let Some(was) = was.filter(|w| &w.config == c && matches!(c.plugin.source, PluginSource::Pack(_))) {
+                return Ok(Some(was.over(&view)));
+            }
+            let (host, objects) = Candidate::fresh_host(&view);
+            let balancer = plugins.load_balancer(&name, &c.plugin, &host).map_err(failed(kind.as_str(), &c.plugin))?;
+            Ok::<_, BuildError>(Some(Candidate::new(kind, c.clone(), balancer, host, objects)))
+        };
+        let shadow = candidate(CandidateKind::Shadow, &config.shadow)?;
+        let canary = candidate(CandidateKind::Canary, &config.canary)?;
+        Ok(Pool { config: config.clone(), view, host, balancer, affinity, shadow, canary })
     }
 }
 
@@ -253,6 +343,8 @@ impl Pool {
             host: self.host.clone(),
             balancer,
             affinity: self.affinity.clone(),
+            shadow: self.shadow.as_ref().map(|c| c.over(&self.view)),
+            canary: self.canary.as_ref().map(|c| c.over(&self.view)),
         }
     }
 
@@ -264,6 +356,8 @@ impl Pool {
             host: self.host.clone(),
             balancer: self.balancer.clone(),
             affinity,
+            shadow: self.shadow.as_ref().map(|c| c.over(&self.view)),
+            canary: self.canary.as_ref().map(|c| c.over(&self.view)),
         }
     }
 
@@ -291,6 +385,8 @@ impl Pool {
         let host: Arc<dyn PoolHost> = view.clone();
         Pool {
             config: self.config.clone(),
+            shadow: self.shadow.as_ref().map(|c| c.over(&view)),
+            canary: self.canary.as_ref().map(|c| c.over(&view)),
             view,
             host,
             balancer: self.balancer.clone(),
@@ -318,7 +414,7 @@ pub enum BuildError {
     Plugin {
         /// Pool.
         pool: String,
-        /// `balancer` or `affinity`.
+        /// `balancer`, `affinity`, `shadow` or `canary`.
         role: &'static str,
         /// Plugin source.
         plugin: String,

@@ -161,6 +161,23 @@ pub(crate) async fn swap_in(
     kind: PluginKind,
     wanted: Wanted,
 ) -> Result<(Swapped, Timings), SwapError> {
+    let detail = format!("{} {}", kind.as_str(), wanted.name);
+    let swapped = load_and_swap(control, pool, kind, wanted).await;
+    let counters = control.counters();
+    match &swapped {
+        Ok(_) => counters.swaps.inc(),
+        Err(_) => counters.swap_failures.inc(),
+    };
+    counters.record("swap", pool, detail, swapped.is_ok());
+    swapped
+}
+
+async fn load_and_swap(
+    control: &Control,
+    pool: &str,
+    kind: PluginKind,
+    wanted: Wanted,
+) -> Result<(Swapped, Timings), SwapError> {
     let snapshot = control.ctx.snapshot.load_full();
     let live = snapshot.pools.get(pool).ok_or_else(|| SwapError::NoPool(pool.to_owned()))?;
     let view = live.host().clone();
@@ -275,7 +292,13 @@ pub(crate) async fn rollback(admin: &Admin, req: Request<Incoming>, pool: &str, 
     if let Err(r) = super::body(req).await {
         return r;
     }
-    match roll_back(admin, pool, kind).await {
+    let rolled = roll_back(admin, pool, kind).await;
+    let counters = admin.control.counters();
+    if rolled.is_ok() {
+        counters.rollbacks.inc();
+    }
+    counters.record("rollback", pool, kind.as_str(), rolled.is_ok());
+    match rolled {
         Ok((plugin, t)) => reply(StatusCode::OK, &swapped(pool, &plugin, &t)),
         Err(e) => {
             tracing::warn!(%pool, kind = kind.as_str(), error = %e, "rollback refused");

@@ -15,9 +15,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{Admin, Reply, drain, error, plugins, status};
+use super::{Admin, Reply, candidates, dashboard, drain, error, metrics, plugins, status};
 use crate::config::AdminConfig;
 use crate::net::listen::{self, Acceptor, Stop};
+use crate::state::CandidateKind;
 
 /// Why the admin listener could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +107,24 @@ fn mutating(method: &Method) -> bool {
 
 /// Whether some method is served at `path` (for 405 rather than 404).
 fn known(path: &[&str]) -> bool {
-    matches!(path, ["api", "v1", "status"] | ["api", "v1", "reload"])
+    matches!(
+        path,
+        ["api", "v1", "status"]
+            | ["api", "v1", "reload"]
+            | []
+            | ["metrics"]
+            | ["api", "v1", "dashboard"]
+            | ["api", "v1", "pools", _, "shadow" | "canary"]
+            | ["api", "v1", "pools", _, "shadow" | "canary", "promote"]
+            | ["api", "v1", "pools", _, "balancer" | "affinity"]
+            | ["api", "v1", "pools", _, "balancer" | "affinity", "rollback"]
+            | ["api", "v1", "pools", _, "backends", _, "drain" | "undrain"]
+    )
+}
+
+/// The candidate kind a path segment names (`shadow` or `canary`, matched by the route).
+fn candidate(segment: &str) -> CandidateKind {
+    CandidateKind::parse(segment).unwrap_or(CandidateKind::Shadow)
 }
 
 /// Every admin request, routed by method and path segments.
@@ -134,6 +152,19 @@ pub(crate) async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
         }
         (&Method::POST, ["api", "v1", "pools", pool, "backends", backend, action @ ("drain" | "undrain")]) => {
             drain::post(admin, req, pool, backend, *action == "undrain").await
+        }
+        (&Method::GET, []) => dashboard::page(admin, req).await,
+        (&Method::GET, ["metrics"]) => metrics::get(admin, req).await,
+        (&Method::GET, ["api", "v1", "dashboard"]) => dashboard::get(admin, req).await,
+        (&Method::PUT, ["api", "v1", "pools", pool, kind @ ("shadow" | "canary")]) => {
+            let (pool, kind) = (pool.to_string(), candidate(kind));
+            candidates::set(admin, req, &pool, kind).await
+        }
+        (&Method::DELETE, ["api", "v1", "pools", pool, kind @ ("shadow" | "canary")]) => {
+            candidates::remove(admin, pool, candidate(kind)).await
+        }
+        (&Method::POST, ["api", "v1", "pools", pool, kind @ ("shadow" | "canary"), "promote"]) => {
+            candidates::promote(admin, pool, candidate(kind)).await
         }
         (_, p) if known(p) => {
             error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not served at {}", req.uri().path()))

@@ -99,6 +99,8 @@ fn pool(admin: &Admin, pool: &Pool) -> Value {
         "balancer": plugin(&pool.balancer, "balancer"),
         "affinity": pool.affinity.as_ref().map(|a| plugin(a, "affinity")),
         "health": health,
+        "shadow": pool.shadow.as_ref().map(|c| super::dashboard::candidate(pool, c)),
+        "canary": pool.canary.as_ref().map(|c| super::dashboard::candidate(pool, c)),
     })
 }
 

@@ -1279,3 +1279,43 @@ fn bad_plugin_limits_are_located() {
     assert_eq!(key, "pool.web.health[0].call_timeout_ms");
     assert!(message.contains("rebuild_timeout_ms"), "{message}");
 }
+
+#[test]
+fn shadow_and_canary_are_read_with_their_shares() {
+    let text = GOOD.replace(
+        "balancer = { plugin = \"round-robin\" }",
+        "balancer = { plugin = \"round-robin\" }\nshadow = { plugin = \"p2c\" }\ncanary = { plugin = \"first\", percent = 2.5 }",
+    );
+    let c = Config::parse(&text, None).unwrap();
+    let web = &c.pools["web"];
+    let shadow = web.shadow.as_ref().unwrap();
+    assert_eq!(shadow.plugin.source, PluginSource::Pack("p2c".into()));
+    assert_eq!(shadow.percent(), 10.0, "the default sample");
+    let canary = web.canary.as_ref().unwrap();
+    assert_eq!((canary.per_million, canary.percent()), (25_000, 2.5));
+    assert!(c.pools["api"].shadow.is_none() && c.pools["api"].canary.is_none());
+    let sampled = GOOD.replace(
+        "balancer = { plugin = \"round-robin\" }",
+        "shadow = { plugin = \"x.wasm\", config = { k = 1 }, sample_percent = 100 }",
+    );
+    let shadow = Config::parse(&sampled, None).unwrap().pools["web"].shadow.clone().unwrap();
+    assert_eq!((shadow.per_million, shadow.plugin.config_json.as_str()), (1_000_000, "{\"k\":1}"));
+}
+
+#[test]
+fn bad_shadow_and_canary_shares_are_located() {
+    let with = |line: &str| GOOD.replace("balancer = { plugin = \"round-robin\" }", line);
+    let (line, _, key, message) = invalid(&with("shadow = { plugin = \"p2c\", sample_percent = 0 }"));
+    assert_eq!((line, key.as_str()), (16, "pool.web.shadow.sample_percent"), "the line of the value");
+    assert_eq!(message, "0 is out of range (above 0, at most 100)");
+    let (_, _, key, message) = invalid(&with("canary = { plugin = \"p2c\", percent = 101 }"));
+    assert_eq!(
+        (key.as_str(), message.as_str()),
+        ("pool.web.canary.percent", "101 is out of range (above 0, at most 100)")
+    );
+    let (line, _, key, message) = invalid(&with("canary = { plugin = \"p2c\" }"));
+    assert_eq!((line, key.as_str()), (16, "pool.web.canary"), "the line of the table");
+    assert!(message.contains("needs `percent`"), "{message}");
+    let (_, _, _, message) = invalid(&with("shadow = { plugin = \"p2c\", percent = 5 }"));
+    assert!(message.contains("unknown field `percent`"), "{message}");
+}

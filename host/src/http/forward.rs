@@ -158,6 +158,7 @@ pub(crate) async fn forward(
     let latency_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
     live.observe_latency(latency_us);
     let status = res.status().as_u16();
+    live.answered(status, latency_us);
     if cfg.health.passive_failure_statuses.contains(status) {
         live.exchange_failed(HealthFailure::Status, Some(status), latency_us);
     } else {

@@ -96,12 +96,14 @@ pub(crate) async fn connection(
     };
     match tls.accept(stream).await {
         Ok((stream, info)) => {
+            stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
             let h2 = info.alpn.as_deref() == Some(b"h2".as_slice());
             let client = Accepted { peer, local, tls: Some(Arc::new(info)), slot: Arc::new(slot), config, ctx, stop };
             if h2 { serve_h2(stream, client).await } else { serve(stream, client).await }
         }
         Err(e) => {
             stats.refused.fetch_add(1, Ordering::Relaxed);
+            stats.tls_failures.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(listener = %config.name, %peer, error = %e, "TLS handshake failed");
         }
     }

@@ -106,6 +106,10 @@ pub struct ListenerStats {
     /// tcp and tls-passthrough connections closed because no backend could take them (no
     /// eligible backend, the balancer rejected, every connect failed).
     pub unserved: std::sync::atomic::AtomicU64,
+    /// TLS handshakes completed (TLS listeners).
+    pub tls_handshakes: std::sync::atomic::AtomicU64,
+    /// TLS handshakes that failed or timed out (also counted in `refused`).
+    pub tls_failures: std::sync::atomic::AtomicU64,
 }
 
 /// What a server tells its connection tasks.

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use super::stick::StickTable;
 use crate::core::{Failure, Verdict, clock};
+use crate::metrics::Histogram;
 use crate::plugin::Observation;
 
 /// An observation of live traffic about one backend (by [`BackendLive::key`]), on its way
@@ -46,6 +47,14 @@ pub struct BackendLive {
     pub requests: AtomicU64,
     /// Connect failures.
     pub connect_failures: AtomicU64,
+    /// Responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]` (for metrics).
+    pub responses: [AtomicU64; 5],
+    /// Time to the response head, µs (for metrics).
+    pub latency: Histogram<6>,
+    /// Decisions a pool's shadow balancer would have sent here.
+    pub shadow_picks: AtomicU64,
+    /// Decisions a pool's canary balancer sent here.
+    pub canary_picks: AtomicU64,
     /// Open tunnels (WebSockets).
     tunnels: AtomicU32,
     /// Set when the backend left its pool: nothing new is kept for it (idle connections).
@@ -97,6 +106,10 @@ impl BackendLive {
             latency_ewma_us: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            responses: Default::default(),
+            latency: Histogram::default(),
+            shadow_picks: AtomicU64::new(0),
+            canary_picks: AtomicU64::new(0),
             tunnels: AtomicU32::new(0),
             retired: AtomicBool::new(false),
             drained: AtomicBool::new(false),
@@ -249,6 +262,15 @@ impl BackendLive {
     /// A tunnel counted by [`BackendLive::tunnel_opened`] closed.
     pub fn tunnel_closed(&self) {
         self.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The backend answered `status` after `latency_us` (to its response head): counted
+    /// in its status class and latency histogram, three relaxed adds.
+    #[inline]
+    pub fn answered(&self, status: u16, latency_us: u32) {
+        let class = (usize::from(status / 100)).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.latency.observe(u64::from(latency_us));
     }
 
     /// Folds one latency sample into the EWMA (weight 1/8 for the new sample).

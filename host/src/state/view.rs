@@ -149,6 +149,19 @@ impl PoolView {
         (elapsed.saturating_mul(1024) / self.slow_start_ms.max(1)).clamp(51, 1024) as u32
     }
 
+    /// The member a stick entry of `objects`' table points to, if it is still a member.
+    pub(super) fn stick_get_in(&self, objects: &PoolLive, table: u32, key: u64) -> Option<u32> {
+        let backend = objects.with_stick_table(table, |t| t.get(key))??;
+        self.by_address.get(&backend).copied()
+    }
+
+    /// Points a stick entry of `objects`' table at member `id`; whether it was set.
+    pub(super) fn stick_set_in(&self, objects: &PoolLive, table: u32, key: u64, id: u32) -> bool {
+        let Some(b) = self.members.get(id as usize) else { return false };
+        let backend = stick::address_key(&b.config.address);
+        objects.with_stick_table(table, |t| t.set(key, backend)).is_some()
+    }
+
     /// Whether any backend is in slow start.
     pub fn ramping(&self) -> bool {
         !self.ramps.is_empty()
@@ -209,13 +222,10 @@ impl PoolHost for PoolView {
     }
 
     fn stick_get(&self, table: u32, key: u64) -> Option<u32> {
-        let backend = self.live.with_stick_table(table, |t| t.get(key))??;
-        self.by_address.get(&backend).copied()
+        self.stick_get_in(&self.live, table, key)
     }
 
     fn stick_set(&self, table: u32, key: u64, id: u32) -> bool {
-        let Some(b) = self.members.get(id as usize) else { return false };
-        let backend = stick::address_key(&b.config.address);
-        self.live.with_stick_table(table, |t| t.set(key, backend)).is_some()
+        self.stick_set_in(&self.live, table, key, id)
     }
 }
