@@ -46,7 +46,10 @@ venv() {
     local stamp=$tools/venv/.pins
     local want
     want=$(cat "$src/requirements.txt" "$sdk/python/requirements.txt" "$sdk/c/requirements.txt" | sha256sum)
-    if [ -x "$tools/venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    # (A venv is not relocatable: one whose scripts no longer run, e.g. moved with its
+    # target directory, is made again.)
+    if [ -x "$tools/venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+        && "$tools/venv/bin/componentize-py" --version >/dev/null 2>&1; then
         return
     fi
     say "installing the PyPI toolchains into target/toolchains/venv"
