@@ -266,3 +266,30 @@ async fn every_language_refuses_a_bad_config_naming_the_key() {
         }
     }
 }
+
+/// `weir plugin test` (the conformance kit) on a built example, under limits a runtime
+/// with a garbage collector needs; passes `--ignores-weights`: the examples' power of two
+/// choices compares loads and draws its two candidates uniformly, as the policy
+/// says. Returns whether every scenario passed, and the table.
+fn conformance(name: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    std::fs::write(&config, "[plugins]\nmemory_limit_mib = 64\ncall_timeout_ms = 100\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("--config")
+        .arg(&config)
+        .args(["plugin", "test", "--ignores-weights", "--decisions", "20000"])
+        .arg(example(name))
+        .output()
+        .unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn the_rust_python_and_c_examples_pass_the_conformance_kit() {
+    for name in ["zone-rust", "zone-python", "zone-c"] {
+        let (passed, table) = conformance(name);
+        assert!(passed, "{name}:\n{table}");
+        assert!(table.contains("0 failed"), "{name}:\n{table}");
+    }
+}
