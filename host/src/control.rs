@@ -112,6 +112,8 @@ pub enum PluginKind {
     Balancer,
     /// The affinity plugin.
     Affinity,
+    /// The health plugins (the pool's evaluators, all together).
+    Health,
 }
 
 impl PluginKind {
@@ -120,6 +122,7 @@ impl PluginKind {
         match self {
             PluginKind::Balancer => "balancer",
             PluginKind::Affinity => "affinity",
+            PluginKind::Health => "health",
         }
     }
 }
@@ -131,6 +134,9 @@ pub enum Swapped {
     Balancer(Arc<Balancer>),
     /// An affinity plugin, or none (a rollback to a pool without one).
     Affinity(Option<Arc<Affinity>>),
+    /// A pool's whole list of health plugins (its evaluators), which replace those of
+    /// its running health task.
+    Health(health::Evaluators),
 }
 
 impl Swapped {
@@ -139,6 +145,7 @@ impl Swapped {
         match self {
             Swapped::Balancer(_) => PluginKind::Balancer,
             Swapped::Affinity(_) => PluginKind::Affinity,
+            Swapped::Health(_) => PluginKind::Health,
         }
     }
 
@@ -148,6 +155,7 @@ impl Swapped {
             Swapped::Balancer(b) => b.name.to_string(),
             Swapped::Affinity(Some(a)) => a.name.to_string(),
             Swapped::Affinity(None) => "none".into(),
+            Swapped::Health(h) => h.names(),
         }
     }
 }
@@ -248,6 +256,11 @@ pub enum ControlError {
         /// `balancer` or `affinity`.
         kind: &'static str,
     },
+    /// A health plugin swap on a pool that no health task watches.
+    #[error(
+        "pool `{0}` has no health checks (no `probe` and no `health` plugins in the config file): a swap replaces the plugins of a running health task; set `probe` or `health` in the file and reload"
+    )]
+    NoHealthChecks(String),
     /// A promotion names a candidate the pool does not have.
     #[error("pool `{pool}` has no {kind} to promote")]
     NoCandidate {
@@ -479,6 +492,11 @@ impl Control {
         &self.plugins
     }
 
+    /// Whether a health task watches `pool` (a health plugin swap needs one).
+    pub fn watches_health(&self, pool: &str) -> bool {
+        self.health.watches(pool)
+    }
+
     /// The health plugins watching `pool`, with their counters (calls, traps, timeouts).
     pub fn health_plugins(&self, pool: &str) -> Vec<Arc<crate::plugin::Health>> {
         self.health.evaluators(pool)
@@ -554,6 +572,8 @@ impl Control {
         // closed once the snapshot without them is out. Swaps to record, likewise.
         let mut drains: Vec<(u64, std::time::Duration, std::time::Duration)> = Vec::new();
         let mut records: Vec<((String, PluginKind), SwapRecord)> = Vec::new();
+        // Health plugin swaps: the pool's health task takes them once the rest is out.
+        let mut health_swaps: Vec<(String, health::Evaluators)> = Vec::new();
         for c in &commands {
             match c {
                 Command::Verdicts(v) if self.health.current(&v.pool, v.task) => {
@@ -568,6 +588,16 @@ impl Control {
                         pools.insert(name.clone(), pool);
                     }
                 }
+                Command::SwapPlugin { pool: name, plugin: Swapped::Health(evaluators), .. } => {
+                    if !pools.contains_key(name) {
+                        return Err(ControlError::NoSuchPool(name.clone()));
+                    }
+                    if !self.health.watches(name) {
+                        return Err(ControlError::NoHealthChecks(name.clone()));
+                    }
+                    health_swaps.push((name.clone(), evaluators.clone()));
+                    applied.swaps += 1;
+                }
                 Command::SwapPlugin { pool: name, plugin, file_entry } => {
                     let pool = pools.get(name).ok_or_else(|| ControlError::NoSuchPool(name.clone()))?;
                     let (next, previous) = match plugin {
@@ -581,6 +611,8 @@ impl Control {
                             }
                             (pool.with_affinity(a.clone()), Swapped::Affinity(pool.affinity.clone()))
                         }
+                        // Matched by the arm above.
+                        Swapped::Health(_) => continue,
                     };
                     tracing::info!(pool = %name, kind = plugin.kind().as_str(), from = %previous.name(), to = %plugin.name(), "plugin swapped");
                     let record = SwapRecord { file_entry: file_entry.clone(), previous };
@@ -735,6 +767,11 @@ impl Control {
             writer.listeners.iter().map(|(n, r)| (n.clone(), r.addr)).collect();
 
         self.health.sync(&current, &next, evaluators);
+        for (pool, evaluators) in health_swaps {
+            if !self.health.swap(&pool, evaluators) {
+                tracing::error!(%pool, "the pool's health task ended before its plugins could be swapped");
+            }
+        }
         // A pool whose new view has backends in slow start gets a view without them when
         // the window has passed, so placement stops checking (and a later start is seen).
         for (name, pool) in &next.pools {
@@ -945,6 +982,8 @@ impl Control {
         let file_entry = match plugin.kind() {
             PluginKind::Balancer => file.map(|p| p.balancer.clone()),
             PluginKind::Affinity => file.and_then(|p| p.affinity.clone()),
+            // The health task itself remembers the file's evaluators.
+            PluginKind::Health => None,
         };
         self.apply(vec![Command::SwapPlugin { pool: pool.to_owned(), plugin, file_entry }]).await
     }
@@ -953,6 +992,13 @@ impl Control {
     /// replaced.
     pub async fn previous(&self, pool: &str, kind: PluginKind) -> Result<Swapped, ControlError> {
         let writer = self.writer.lock().await;
+        if kind == PluginKind::Health {
+            return self
+                .health
+                .previous(pool)
+                .map(Swapped::Health)
+                .ok_or(ControlError::NothingToRollBack { pool: pool.to_owned(), kind: kind.as_str() });
+        }
         writer
             .swaps
             .get(&(pool.to_owned(), kind))

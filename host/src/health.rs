@@ -9,6 +9,6 @@
 mod monitor;
 pub mod probe;
 
-pub use monitor::{Change, Evaluators, Monitor, Verdicts, load};
+pub use monitor::{Change, Evaluators, HOLD_ROUNDS, Monitor, Verdicts, load};
 
 pub use crate::core::Failure;

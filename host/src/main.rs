@@ -83,33 +83,46 @@ enum PluginCommand {
     Test(cli::test::Args),
     /// Make a plugin project that builds with one command and passes `weir plugin test`.
     New(cli::new::Args),
-    /// Swap a running pool's balancer or affinity plugin through the admin API (compiled,
-    /// configured and dry-run before it serves; on any error the old one keeps serving).
-    /// Here `--config` is the plugin's config as JSON, e.g. `--config '{"key": "path"}'`.
+    /// Swap a running pool's balancer, affinity or health plugin through the admin API
+    /// (compiled, configured and dry-run before it serves; on any error the old one keeps
+    /// serving). The plugin's config is JSON: `--plugin-config '{"key": "path"}'`, or
+    /// `--config` with the same JSON (or a `.json` file holding it): the server's config
+    /// file is not needed, the swap goes through the admin API.
     Swap {
         /// The pool.
         #[arg(long)]
         pool: String,
         /// The new balancer: a pack name or a `.wasm` file (uploaded).
-        #[arg(long, conflicts_with = "affinity", required_unless_present = "affinity")]
+        #[arg(long, group = "which", required_unless_present_any = ["affinity", "health"])]
         balancer: Option<String>,
         /// The new affinity plugin: a pack name or a `.wasm` file (uploaded).
-        #[arg(long)]
+        #[arg(long, group = "which")]
         affinity: Option<String>,
+        /// The new health plugin (it replaces the pool's whole list): a pack name or a
+        /// `.wasm` file (uploaded), or the list as JSON (`[{"plugin": "threshold"}, ...]`).
+        #[arg(long, group = "which")]
+        health: Option<String>,
+        /// The plugin's config as JSON (the same as `--config JSON`).
+        #[arg(long)]
+        plugin_config: Option<String>,
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
-    /// Roll a pool's balancer or affinity plugin back to the version the last swap replaced.
+    /// Roll a pool's balancer, affinity or health plugins back to the version the last swap
+    /// replaced.
     Rollback {
         /// The pool.
         #[arg(long)]
         pool: String,
         /// Roll back the balancer.
-        #[arg(long, conflicts_with = "affinity", required_unless_present = "affinity")]
+        #[arg(long, group = "which", required_unless_present_any = ["affinity", "health"])]
         balancer: bool,
         /// Roll back the affinity plugin.
-        #[arg(long)]
+        #[arg(long, group = "which")]
         affinity: bool,
+        /// Roll back the health plugins.
+        #[arg(long, group = "which")]
+        health: bool,
         #[command(flatten)]
         admin: cli::AdminArgs,
     },
@@ -187,19 +200,27 @@ fn main() -> ExitCode {
         Some(Command::Check) => config_path(cli.config).and_then(check),
         Some(Command::Demo { listen, admin }) => block_on(None, demo(listen, admin)),
         Some(Command::Status { admin, json }) => block_on(Some(1), async move { cli::status::run(&admin, json).await }),
-        Some(Command::Plugin { command: PluginCommand::Swap { pool, balancer, affinity, admin } }) => {
+        Some(Command::Plugin {
+            command: PluginCommand::Swap { pool, balancer, affinity, health, plugin_config, admin },
+        }) => {
             // `--config` is global (the config file elsewhere); for a swap it is the
-            // plugin's config, as JSON.
-            let config = cli.config.map(|c| c.to_string_lossy().into_owned());
-            let (kind, plugin) = match (balancer, affinity) {
-                (Some(b), _) => ("balancer", b),
-                (None, Some(a)) => ("affinity", a),
-                (None, None) => unreachable_args(),
+            // plugin's config, as `--plugin-config` is.
+            let (kind, plugin) = match (balancer, affinity, health) {
+                (Some(b), _, _) => ("balancer", b),
+                (None, Some(a), _) => ("affinity", a),
+                (None, None, Some(h)) => ("health", h),
+                (None, None, None) => unreachable_args(),
             };
-            block_on(Some(1), async move { cli::swap::swap(&admin, &pool, kind, &plugin, config.as_deref()).await })
+            cli::swap::plugin_config(plugin_config, cli.config).and_then(|config| {
+                block_on(Some(1), async move { cli::swap::swap(&admin, &pool, kind, &plugin, config.as_deref()).await })
+            })
         }
-        Some(Command::Plugin { command: PluginCommand::Rollback { pool, balancer, admin, .. } }) => {
-            let kind = if balancer { "balancer" } else { "affinity" };
+        Some(Command::Plugin { command: PluginCommand::Rollback { pool, balancer, health, admin, .. } }) => {
+            let kind = match (balancer, health) {
+                (true, _) => "balancer",
+                (false, true) => "health",
+                (false, false) => "affinity",
+            };
             block_on(Some(1), async move { cli::swap::rollback(&admin, &pool, kind).await })
         }
         Some(Command::Plugin { command }) => plugin(command, cli.config),
@@ -215,7 +236,7 @@ fn main() -> ExitCode {
 
 /// clap enforces `required_unless_present`: this is never reached.
 fn unreachable_args() -> ! {
-    eprintln!("error: give --balancer or --affinity");
+    eprintln!("error: give --balancer, --affinity or --health");
     std::process::exit(2)
 }
 

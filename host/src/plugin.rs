@@ -450,6 +450,23 @@ impl PluginRuntime {
     }
 }
 
+impl PluginRuntime {
+    /// Loads a candidate health plugin for a swap, as [`Self::candidate_balancer`]: world
+    /// `health-plugin` or `health-batch-plugin`.
+    pub fn candidate_health(
+        &self,
+        pool: &str,
+        name: &str,
+        bytes: &[u8],
+        config_json: &str,
+        limits: crate::config::PluginLimits,
+        view: &Arc<dyn PoolHost>,
+    ) -> Result<Arc<Health>, LoadError> {
+        self.load_bytes::<HealthWorld>(pool, name.into(), bytes, config_json, limits, view)
+            .map(|p| Arc::new(Health(p, std::sync::Mutex::default())))
+    }
+}
+
 /// What every loaded plugin is, whatever its world: its identity and its counters.
 #[derive(Debug)]
 pub struct PluginInfo {
@@ -850,6 +867,72 @@ fn dry_run_requests(n: u32) -> impl Iterator<Item = PickRequest> {
     })
 }
 
+/// The pool as a dry run sees it: the live view for everything the plugin reads, but
+/// counters of its own (a dry run of `round-robin` must not move the live rotation) and no
+/// stick entries (it neither pins a client nor refreshes a live pin).
+#[derive(Debug)]
+struct DryRunView {
+    live: Arc<dyn PoolHost>,
+    counters: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
+}
+
+impl DryRunView {
+    fn wrap(live: &Arc<dyn PoolHost>) -> Arc<dyn PoolHost> {
+        Arc::new(Self { live: live.clone(), counters: std::sync::Mutex::default() })
+    }
+}
+
+impl PoolHost for DryRunView {
+    fn generation(&self) -> u64 {
+        self.live.generation()
+    }
+    fn members(&self) -> &[crate::config::BackendConfig] {
+        self.live.members()
+    }
+    fn eligible(&self) -> &[u32] {
+        self.live.eligible()
+    }
+    fn is_eligible(&self, id: u32) -> bool {
+        self.live.is_eligible(id)
+    }
+    fn active(&self, id: u32) -> u32 {
+        self.live.active(id)
+    }
+    fn in_flight(&self, id: u32) -> u32 {
+        self.live.in_flight(id)
+    }
+    fn load(&self, id: u32) -> u64 {
+        self.live.load(id)
+    }
+    fn latency_ewma_us(&self, id: u32) -> u32 {
+        self.live.latency_ewma_us(id)
+    }
+    fn total_load(&self) -> u64 {
+        self.live.total_load()
+    }
+    fn counter(&self, name: &str) -> Option<u32> {
+        self.live.counter(name)
+    }
+    fn counter_next(&self, id: u32) -> u64 {
+        let mut counters = self.counters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = counters.entry(id).or_insert(0);
+        *n += 1;
+        *n - 1
+    }
+    fn secret(&self, name: &str) -> Option<[u8; 32]> {
+        self.live.secret(name)
+    }
+    fn stick_table(&self, name: &str, ttl: std::time::Duration) -> Option<u32> {
+        self.live.stick_table(name, ttl)
+    }
+    fn stick_get(&self, _table: u32, _key: u64) -> Option<u32> {
+        None
+    }
+    fn stick_set(&self, _table: u32, _key: u64, _id: u32) -> bool {
+        false
+    }
+}
+
 impl Balancer {
     /// The same component and config as a new version with no instances (a rollback's).
     pub fn fresh(&self) -> Arc<Balancer> {
@@ -864,15 +947,18 @@ impl Balancer {
 
     /// A dry run of `n` picks against `view` on a scratch instance (not one that serves):
     /// `pool-changed`, then every answer must be an eligible backend (or `no-backend`).
-    /// Off the data path: picks run under the rebuild deadline.
+    /// Off the data path: picks run under the rebuild deadline. They are not counted as
+    /// the plugin's calls, and the pool's counters and stick tables are not touched
+    /// ([`DryRunView`]).
     pub fn dry_run(&self, view: &Arc<dyn PoolHost>, n: u32) -> Result<(), CallError> {
         if view.eligible().is_empty() {
             return Ok(());
         }
+        let view = &DryRunView::wrap(view);
         let mut slot = Slot { inherited: true, ..Slot::default() };
         for req in dry_run_requests(n) {
             let (_, result) =
-                self.0.call_in(&mut slot, view, req, true, |x, store| x.weir_plugin_balancer().call_pick(store));
+                self.0.call_inner(&mut slot, view, req, true, |x, store| x.weir_plugin_balancer().call_pick(store));
             match result? {
                 Ok(id) if view.is_eligible(id) => {}
                 Ok(id) => return Err(CallError::InvalidBackend(id)),
@@ -946,21 +1032,23 @@ impl Affinity {
     }
 
     /// A dry run of `n` lookups and binds against `view` on a scratch instance: every
-    /// backend it names must exist. Off the data path, under the rebuild deadline.
+    /// backend it names must exist. Off the data path, under the rebuild deadline; not
+    /// counted as calls, and no stick entry is read or set ([`DryRunView`]).
     pub fn dry_run(&self, view: &Arc<dyn PoolHost>, n: u32) -> Result<(), CallError> {
         let Some(&chosen) = view.eligible().first() else { return Ok(()) };
+        let view = &DryRunView::wrap(view);
         let mut slot = Slot { inherited: true, ..Slot::default() };
         let members = view.members().len();
         for req in dry_run_requests(n) {
             let (req, pinned) =
-                self.0.call_in(&mut slot, view, req, true, |x, store| x.weir_plugin_affinity().call_pinned(store));
+                self.0.call_inner(&mut slot, view, req, true, |x, store| x.weir_plugin_affinity().call_pinned(store));
             match pinned? {
                 Some(id) if id as usize >= members => return Err(CallError::InvalidBackend(id)),
                 _ => {}
             }
             let (_, bound) = self
                 .0
-                .call_in(&mut slot, view, req, true, |x, store| x.weir_plugin_affinity().call_bind(store, chosen));
+                .call_inner(&mut slot, view, req, true, |x, store| x.weir_plugin_affinity().call_bind(store, chosen));
             bound?;
         }
         Ok(())
@@ -1065,7 +1153,77 @@ pub struct Assessment {
     pub reason: String,
 }
 
+/// One call into a health instance that answers assessments (a dry run's step).
+type HealthCall<'a> = dyn Fn(&HealthExports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<Vec<bindings::wit_health::Assessment>>
+    + 'a;
+
+/// Backends a health dry run tells the plugin about (the first ones of the pool).
+const DRY_RUN_BACKENDS: usize = 64;
+
 impl Health {
+    /// The same component and config as a new version with no instance (a rollback's).
+    pub fn fresh(&self) -> Arc<Health> {
+        Arc::new(Health(self.0.fresh(), std::sync::Mutex::default()))
+    }
+
+    /// The world it was loaded as: `health-batch-plugin` or `health-plugin`.
+    pub fn world(&self) -> &'static str {
+        if self.batches() { "health-batch-plugin" } else { "health-plugin" }
+    }
+
+    /// A dry run against `view` on a scratch instance (not the one the health task calls,
+    /// which stays unmade): `pool-changed`, a `tick` with every member's window (no
+    /// exchanges, the live latency), then, for up to [`DRY_RUN_BACKENDS`] members, a
+    /// passing and a failing probe result (through `observe-batch` too when the plugin
+    /// takes batches). Every answer must name a member of the pool. Not counted as the
+    /// plugin's calls; the pool's counters are the dry run's own ([`DryRunView`]).
+    pub fn dry_run(&self, view: &Arc<dyn PoolHost>) -> Result<(), CallError> {
+        use bindings::wit_health::{Failure as F, Observation as O, Window as W};
+        let view = &DryRunView::wrap(view);
+        let members = view.members().len();
+        let mut slot = Slot { inherited: true, ..Slot::default() };
+        let check =
+            |answers: Vec<bindings::wit_health::Assessment>| match answers.iter().find(|a| a.id as usize >= members) {
+                Some(a) => Err(CallError::InvalidBackend(a.id)),
+                None => Ok(()),
+            };
+        let now = crate::core::clock::now_ms();
+        let windows: Vec<W> = (0..members as u32)
+            .map(|id| W { successes: 0, failures: 0, latency_ewma_us: view.latency_ewma_us(id) })
+            .collect();
+        let run = |slot: &mut Slot<HealthWorld>, f: &HealthCall<'_>| {
+            self.0.call_inner(slot, view, PickRequest::default(), true, |x, store| f(x, store)).1
+        };
+        check(run(&mut slot, &|x, store| x.health.call_tick(store, now, &windows))?)?;
+        let probe = |id: u32, ok: bool| {
+            (
+                id,
+                O {
+                    active_probe: true,
+                    failure: if ok { None } else { Some(F::Connect) },
+                    status: ok.then_some(200),
+                    latency_us: if ok { 1000 } else { 0 },
+                    at_ms: now,
+                },
+            )
+        };
+        let ids = (0..members.min(DRY_RUN_BACKENDS)) as std::ops::Range<usize>;
+        for id in ids.clone() {
+            for ok in [true, false] {
+                let (id, obs) = probe(id as u32, ok);
+                check(run(&mut slot, &|x, store| x.health.call_observe(store, id, obs))?)?;
+            }
+        }
+        if self.batches() {
+            let batch: Vec<_> = ids.flat_map(|id| [probe(id as u32, true), probe(id as u32, false)]).collect();
+            check(run(&mut slot, &|x, store| match &x.batch {
+                Some(b) => b.call_observe_batch(store, &batch),
+                None => Ok(Vec::new()),
+            })?)?;
+        }
+        Ok(())
+    }
+
     /// Tells the plugin of one observation about backend `id`; returns the verdicts it
     /// changed. Assessments of ids outside the pool are dropped and counted.
     pub fn observe(&self, view: &Arc<dyn PoolHost>, id: u32, obs: &Observation) -> Result<Vec<Assessment>, CallError> {

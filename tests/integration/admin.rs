@@ -568,3 +568,263 @@ async fn a_watched_plugin_file_that_changes_is_swapped_and_a_bad_one_ignored() {
     }
     assert_eq!(seen, ["b", "b"], "the changed file was swapped in");
 }
+
+/// A pool `p` over two demo backends probed every 50 ms on `/healthz` (200-399 pass), with
+/// the pool's default evaluator (`threshold`), and the admin API.
+async fn probed_pool() -> (Vec<weir::demo::Backend>, weir::Server) {
+    let b0 = weir::demo::Backend::start("b0").await.unwrap();
+    let b1 = weir::demo::Backend::start("b1").await.unwrap();
+    let probe = r#"probe = { kind = "http", path = "/healthz", interval_ms = 50, timeout_ms = 40 }"#;
+    let text = format!("{}{}", admin_table(""), support::config_text(&[b0.addr, b1.addr], probe))
+        .replace("call_timeout_ms = 50", "call_timeout_ms = 50\nrebuild_timeout_ms = 200");
+    let server = support::start(&text).await;
+    (vec![b0, b1], server)
+}
+
+fn verdict(server: &weir::Server, i: usize) -> weir::core::Verdict {
+    server.snapshot().pools["p"].view.members[i].live.verdict()
+}
+
+/// Polls `f` every 10 ms for up to `secs` seconds.
+async fn within(secs: u64, what: &str, f: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("not within {secs} s: {what}");
+}
+
+/// A health swap changes verdicts for real: a backend whose probe answers 500 is
+/// unhealthy under `threshold` (500 is outside 200-399), healthy under the `teapot`
+/// fixture (only 418 is unhealthy there), and unhealthy again after a rollback. The
+/// health task keeps its probers through both (the probe count goes on), and status
+/// shows the plugins in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_swap_changes_verdicts_and_a_rollback_restores_them() {
+    use weir::core::Verdict;
+    let (b, server) = probed_pool().await;
+    let admin = server.admin_addr().unwrap();
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+    b[0].set_health(500);
+    within(5, "b0 unhealthy under threshold", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    assert_eq!(names(&client, &url, 4).await, ["b1", "b1", "b1", "b1"]);
+
+    // The swap itself changes no verdict: b0 stays out until teapot judges it.
+    let (status, body) =
+        swap_json(admin, "p", "health", serde_json::json!({ "plugin": support::fixture("teapot") })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["kind"], "health");
+    assert!(body["plugin"][0]["name"].as_str().unwrap().ends_with("teapot.wasm"), "{body}");
+    assert_eq!(body["plugin"][0]["world"], "health-plugin");
+    for key in ["load_ms", "dry_run_ms", "switch_ms"] {
+        assert!(body[key].as_f64().unwrap() >= 0.0, "{key}: {body}");
+    }
+    within(5, "b0 healthy under teapot", || verdict(&server, 0) == Verdict::Healthy).await;
+    let reason = server.snapshot().pools["p"].view.members[0].live.health_status().reason;
+    assert!(reason.contains("the probe answered 500"), "teapot decided: {reason}");
+    let mut seen = names(&client, &url, 4).await;
+    seen.sort();
+    assert_eq!(seen, ["b0", "b0", "b1", "b1"]);
+    let (_, s) = call(admin, Method::GET, "/api/v1/status", None, support::empty()).await;
+    let health = s["pools"][0]["health"].as_array().unwrap();
+    assert_eq!(health.len(), 1, "{s}");
+    assert!(health[0]["name"].as_str().unwrap().ends_with("teapot.wasm"));
+    assert_eq!(health[0]["sha256"].as_str().unwrap().len(), 64);
+    assert!(health[0]["calls"].as_u64().unwrap() > 0, "the task calls the new plugin: {s}");
+    assert!(health[0]["loaded_at"].as_str().unwrap().ends_with('Z'));
+
+    // Back to threshold: a fresh instance, which finds b0's 500s again.
+    let (status, body) = call(admin, Method::POST, "/api/v1/pools/p/health/rollback", None, support::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["plugin"][0]["name"], "threshold");
+    assert_eq!(body["plugin"][0]["world"], "health-batch-plugin");
+    within(5, "b0 unhealthy under threshold again", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    let reason = server.snapshot().pools["p"].view.members[0].live.health_status().reason;
+    assert!(reason.contains("consecutive probe failures (last: status 500)"), "{reason}");
+    assert_eq!(verdict(&server, 1), Verdict::Healthy, "b1 was never out");
+    // A list replaces the pool's whole list of evaluators.
+    let list = serde_json::json!([{ "plugin": "threshold", "config": { "fall": 2 } }, { "plugin": "outlier" }]);
+    let (status, body) = swap_json(admin, "p", "health", list).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(server.control().health_plugins("p").len(), 2);
+    assert_eq!(verdict(&server, 0), Verdict::Unhealthy, "the swap kept b0's verdict");
+}
+
+/// A health swap that fails any step answers 4xx with the reason, and the evaluators in
+/// force keep judging: a backend they hold unhealthy stays so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_swap_that_fails_any_step_is_refused_and_the_old_plugins_keep_judging() {
+    use weir::core::Verdict;
+    let (b, server) = probed_pool().await;
+    let admin = server.admin_addr().unwrap();
+    b[0].set_health(500);
+    within(5, "b0 unhealthy under threshold", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    let still = |when: &'static str| {
+        let server = &server;
+        async move {
+            let plugins = server.control().health_plugins("p");
+            assert_eq!(plugins.len(), 1, "{when}");
+            assert_eq!(&*plugins[0].name, "threshold", "{when}");
+            assert_eq!(verdict(server, 0), Verdict::Unhealthy, "{when}");
+            // The probes go on and threshold still hears of them.
+            let calls = plugins[0].stats.calls.get();
+            within(5, when, || plugins[0].stats.calls.get() > calls).await;
+        }
+    };
+    let health = |body: Body| call(admin, Method::PUT, "/api/v1/pools/p/health", None, body);
+
+    let (status, body) = health(full(&b"\0asm\x0d\0\x01\0garbage"[..])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("not a valid component"), "{body}");
+    still("a bad component").await;
+
+    // A balancer component is no health plugin.
+    let (status, body) = health(full(std::fs::read(support::fixture("bad-pick")).unwrap())).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("not a usable health component"), "{body}");
+    still("a wrong world").await;
+
+    let (status, body) =
+        swap_json(admin, "p", "health", serde_json::json!({ "plugin": "threshold", "config": { "rise": 0 } })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("invalid config: rise"), "{body}");
+    still("a failing configure").await;
+
+    // Loads and configures, then judges a backend the pool does not have.
+    let stranger = serde_json::json!({ "plugin": support::fixture("health-broken"), "config": { "mode": "stranger" } });
+    let (status, body) = swap_json(admin, "p", "health", stranger).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("dry run of health plugin") && error.contains("backend 4000000"), "{body}");
+    still("a dry run naming a stranger").await;
+
+    // One that traps in its dry run, inside a list: the whole list is refused.
+    let list = serde_json::json!([{ "plugin": "outlier" }, { "plugin": support::fixture("health-broken") }]);
+    let (status, body) = swap_json(admin, "p", "health", list).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("trapped"), "{body}");
+    still("a dry run that traps").await;
+
+    // Malformed bodies, limits out of range, nothing to roll back to.
+    let (status, body) = swap_json(admin, "p", "health", serde_json::json!([])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let timeout = serde_json::json!({ "plugin": "threshold", "call_timeout_ms": 5 });
+    let (status, body) = swap_json(admin, "p", "health", timeout).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("rebuild_timeout_ms"), "{body}");
+    let memory = serde_json::json!({ "plugin": "threshold", "memory_limit_mib": 2048 });
+    let (status, body) = swap_json(admin, "p", "health", memory).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("memory_limit_mib: 2048 is out of range"), "{body}");
+    let (status, _) = call(admin, Method::POST, "/api/v1/pools/p/health/rollback", None, support::empty()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "nothing was swapped: nothing to roll back to");
+    still("refused calls").await;
+}
+
+/// A pool that no health task watches (no probe, no health plugins) refuses a health
+/// swap with 409 and says how to add checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_swap_on_a_pool_without_health_checks_is_refused() {
+    let a = Upstream::start("a").await;
+    let server = support::start(&format!("{}{}", admin_table(""), support::config_text(&[a.addr], ""))).await;
+    let admin = server.admin_addr().unwrap();
+    let (status, body) = swap_json(admin, "p", "health", serde_json::json!({ "plugin": "outlier" })).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("has no health checks"), "{body}");
+    assert!(server.control().health_plugins("p").is_empty());
+}
+
+/// An API swap takes the plugin's own limits, with the names and ranges of the file's
+/// plugin entries; the swapped version runs under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_swap_takes_its_own_limits() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let server = support::start(&format!("{}{}", admin_table(""), support::config_text(&[a.addr, b.addr], ""))).await;
+    let admin = server.admin_addr().unwrap();
+    let body = serde_json::json!({ "plugin": "first", "memory_limit_mib": 8, "call_timeout_ms": "7ms" });
+    let (status, answer) = swap_json(admin, "p", "balancer", body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let balancer = server.snapshot().pools["p"].balancer.clone();
+    assert_eq!(balancer.memory_limit(), 8 << 20);
+    assert_eq!(balancer.call_timeout(), std::time::Duration::from_millis(7));
+    let (status, answer) = swap_upload(admin, "p", &support::fixture("lenient"), "?memory_limit_mib=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let canary = serde_json::json!({ "plugin": "random", "percent": 10, "memory_limit_mib": 4, "call_timeout_ms": 3 });
+    let (status, answer) = call(admin, Method::PUT, "/api/v1/pools/p/canary", None, full(canary.to_string())).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let snapshot = server.snapshot();
+    let limits = snapshot.pools["p"].config.canary.as_ref().unwrap().plugin.limits;
+    assert_eq!(limits.memory_limit, Some(4 << 20));
+    assert_eq!(limits.call_timeout, Some(std::time::Duration::from_millis(3)));
+}
+
+/// A dry run uses instances of its own: its picks are not counted as the plugin's calls,
+/// and it does not move the pool's shared round-robin counter (the next live requests
+/// go on where the rotation was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_is_not_counted_and_does_not_move_the_rotation() {
+    let (a, b, c) = (Upstream::start("a").await, Upstream::start("b").await, Upstream::start("c").await);
+    let server =
+        support::start(&format!("{}{}", admin_table(""), support::config_text(&[a.addr, b.addr, c.addr], ""))).await;
+    let admin = server.admin_addr().unwrap();
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+    assert_eq!(names(&client, &url, 1).await, ["a"]);
+    // 64 dry-run picks of a fresh round-robin would move a shared rotation by 64 (1 mod 3).
+    let (status, body) = swap_json(admin, "p", "balancer", serde_json::json!({ "plugin": "round-robin" })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["plugin"]["calls"], 0, "{body}");
+    assert_eq!(names(&client, &url, 3).await, ["b", "c", "a"], "the rotation goes on where it was");
+    assert_eq!(server.snapshot().pools["p"].balancer.stats.calls.get(), 3);
+}
+
+/// The CLI swaps and rolls back health plugins; the plugin's config is `--plugin-config`
+/// or `--config` (JSON, or a `.json` file), and a config file given as `--config` is
+/// refused with a message that says what `--config` means here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_swaps_health_plugins_and_takes_the_plugin_config_as_json() {
+    use weir::core::Verdict;
+    let (b, server) = probed_pool().await;
+    let url = format!("http://{}", server.admin_addr().unwrap());
+    b[0].set_health(500);
+    within(5, "b0 unhealthy under threshold", || verdict(&server, 0) == Verdict::Unhealthy).await;
+
+    let teapot = support::fixture("teapot").display().to_string();
+    let (ok, out, err) = weir(&["plugin", "swap", "--admin", &url, "--pool", "p", "--health", &teapot]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("swapped: pool p health is now teapot.wasm"), "{out}");
+    within(5, "b0 healthy under teapot", || verdict(&server, 0) == Verdict::Healthy).await;
+
+    let (ok, out, err) = weir(&["plugin", "rollback", "--admin", &url, "--pool", "p", "--health"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("rolled back: pool p health is now threshold"), "{out}");
+    within(5, "b0 unhealthy again", || verdict(&server, 0) == Verdict::Unhealthy).await;
+
+    // The plugin's config three ways; a refused one shows the plugin's reason.
+    let swap = ["plugin", "swap", "--admin", &url, "--pool", "p", "--health", "threshold"];
+    let (ok, _, err) = weir(&[&swap[..], &["--plugin-config", r#"{"rise": 0}"#]].concat()).await;
+    assert!(!ok);
+    assert!(err.contains("invalid config: rise"), "{err}");
+    let (ok, out, err) = weir(&[&swap[..], &["--config", r#"{"rise": 3}"#]].concat()).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("health is now threshold"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("threshold.json");
+    std::fs::write(&json, r#"{"fall": 2}"#).unwrap();
+    let (ok, _, err) = weir(&[&swap[..], &["--config", &json.display().to_string()]].concat()).await;
+    assert!(ok, "{err}");
+    let toml = dir.path().join("weir.toml");
+    std::fs::write(&toml, "").unwrap();
+    let (ok, _, err) = weir(&[&swap[..], &["--config", &toml.display().to_string()]].concat()).await;
+    assert!(!ok);
+    assert!(err.contains("--config is the plugin's config as JSON"), "{err}");
+    let list = r#"[{"plugin": "threshold"}, {"plugin": "outlier"}]"#;
+    let (ok, out, err) = weir(&["plugin", "swap", "--admin", &url, "--pool", "p", "--health", list]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("health is now threshold, outlier"), "{out}");
+    assert_eq!(server.control().health_plugins("p").len(), 2);
+}

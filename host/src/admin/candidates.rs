@@ -1,6 +1,7 @@
 //! A pool's shadow and canary balancers through the API: `PUT
 //! /api/v1/pools/{pool}/{shadow,canary}` sets one (JSON `{plugin, config, percent}`;
-//! `percent` is the shadow's sample or the canary's share), `DELETE` removes it, `POST
+//! `percent` is the shadow's sample or the canary's share; `memory_limit_mib` and
+//! `call_timeout_ms` its own limits, as in the file), `DELETE` removes it, `POST
 //! .../promote` makes it the live balancer. Each is one Command to the one writer, so
 //! the candidate is compiled, instantiated and configured before anything changes, and
 //! a refusal answers 4xx with the reason while the pool keeps what it had.
@@ -25,6 +26,14 @@ struct Body {
     config: Option<serde_json::Map<String, serde_json::Value>>,
     /// The share of decisions, in percent (above 0, at most 100).
     percent: f64,
+    /// The candidate's memory limit per instance, MiB (as a plugin entry's; default
+    /// `[plugins] memory_limit_mib`).
+    #[serde(default)]
+    memory_limit_mib: Option<u64>,
+    /// The deadline of one of its decisions (as a plugin entry's; default `[plugins]
+    /// call_timeout_ms`).
+    #[serde(default)]
+    call_timeout_ms: Option<crate::config::FileDuration>,
 }
 
 /// `PUT /api/v1/pools/{pool}/{kind}`.
@@ -43,13 +52,17 @@ pub(crate) async fn set(admin: &Admin, req: Request<Incoming>, pool: &str, kind:
             format!("percent {} is out of range (above 0, at most 100)", body.percent),
         );
     }
+    let limits = match super::plugins::limits(body.memory_limit_mib, body.call_timeout_ms.map(|t| t.0), true) {
+        Ok(l) => l,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
     let config_json = serde_json::Value::Object(body.config.unwrap_or_default()).to_string();
     let plugin = PluginRef {
         source: PluginSource::parse(&body.plugin, std::path::Path::new(".")),
         config_json,
         at: None,
         config_at: None,
-        limits: Default::default(),
+        limits,
     };
     let candidate = CandidateConfig::new(plugin, body.percent);
     let detail = format!("{kind} {} on {}%", body.plugin, candidate.percent());

@@ -1,15 +1,17 @@
-//! Plugin swaps and rollbacks: `PUT /api/v1/pools/{pool}/{balancer|affinity}` and
+//! Plugin swaps and rollbacks: `PUT /api/v1/pools/{pool}/{balancer|affinity|health}` and
 //! `POST .../rollback`.
 //!
 //! A swap runs, in order and off the threads that serve traffic (a blocking thread):
 //! compile (or find compiled), check the world, instantiate and `configure` a scratch
 //! instance, then a dry run on another scratch instance against the live pool
-//! (`pool-changed`, then picks whose answers must be eligible). Only then does the one
+//! (`pool-changed`, then picks whose answers must be eligible; for a health plugin a
+//! `tick` and probe results whose verdicts must name members). Only then does the one
 //! writer switch the pool to it ([`crate::control::Command::SwapPlugin`]), which is a
-//! pointer swap. Any failure answers 4xx with the reason, and the old plugin keeps
-//! serving. Requests already placed finish where they were placed: a request is placed
-//! once, by the plugin of the snapshot it loaded, and tunnels and TCP sessions hold a
-//! backend, never a plugin.
+//! pointer swap (for health plugins, a hand-over to the pool's running health task).
+//! Any failure answers 4xx with the reason, and the old plugin keeps serving. Requests
+//! already placed finish where they were placed: a request is placed once, by the plugin
+//! of the snapshot it loaded, and tunnels and TCP sessions hold a backend, never a
+//! plugin.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,7 +23,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::{Admin, Reply, error, json as reply, status};
-use crate::config::PluginSource;
+use crate::config::{PluginLimits, PluginSource};
 use crate::control::{Control, ControlError, PluginKind, Swapped};
 use crate::plugin::{LoadError, PluginRuntime, PoolHost, pack};
 
@@ -75,6 +77,16 @@ pub(crate) enum SwapError {
         /// What the plugin did.
         source: crate::plugin::CallError,
     },
+    /// A health plugin's dry run failed.
+    #[error("dry run of health plugin `{plugin}` against pool `{pool}`: {source}")]
+    HealthDryRun {
+        /// The pool.
+        pool: String,
+        /// The plugin.
+        plugin: String,
+        /// What the plugin did.
+        source: crate::plugin::CallError,
+    },
     /// The writer refused it.
     #[error(transparent)]
     Control(#[from] ControlError),
@@ -84,7 +96,9 @@ impl SwapError {
     fn status(&self) -> StatusCode {
         match self {
             SwapError::NoPool(_) | SwapError::Control(ControlError::NoSuchPool(_)) => StatusCode::NOT_FOUND,
-            SwapError::Control(ControlError::NothingToRollBack { .. }) => StatusCode::CONFLICT,
+            SwapError::Control(ControlError::NothingToRollBack { .. } | ControlError::NoHealthChecks(_)) => {
+                StatusCode::CONFLICT
+            }
             SwapError::Load(LoadError::Interrupted(_)) | SwapError::Control(ControlError::Interrupted(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -93,13 +107,64 @@ impl SwapError {
     }
 }
 
-/// `balancer` or `affinity`.
+/// `balancer`, `affinity` or `health`.
 fn kind(kind: &str) -> Option<PluginKind> {
     match kind {
         "balancer" => Some(PluginKind::Balancer),
         "affinity" => Some(PluginKind::Affinity),
+        "health" => Some(PluginKind::Health),
         _ => None,
     }
+}
+
+/// A plugin's own limits as the API takes them (`memory_limit_mib`, `call_timeout_ms`:
+/// the names and ranges of a plugin entry in the config file). `decides`: a balancer or
+/// affinity plugin (a health plugin's calls run under `rebuild_timeout_ms`, so it takes
+/// no `call_timeout_ms`). The error is the reason for a 400.
+pub(crate) fn limits(
+    memory_limit_mib: Option<u64>,
+    call_timeout: Option<std::time::Duration>,
+    decides: bool,
+) -> Result<PluginLimits, String> {
+    use crate::config::bounds::{CALL_TIMEOUT, MEMORY_LIMIT_MIB};
+    let memory_limit = match memory_limit_mib {
+        None => None,
+        Some(m) if u32::try_from(m).is_ok_and(|m| MEMORY_LIMIT_MIB.contains(&m)) => Some((m as usize) << 20),
+        Some(m) => {
+            return Err(format!(
+                "memory_limit_mib: {m} is out of range ({} to {})",
+                MEMORY_LIMIT_MIB.start(),
+                MEMORY_LIMIT_MIB.end()
+            ));
+        }
+    };
+    match call_timeout {
+        Some(_) if !decides => Err(
+            "call_timeout_ms: a health plugin's calls run under [plugins] rebuild_timeout_ms; call_timeout_ms is for balancers and affinity plugins".into(),
+        ),
+        Some(t) if !CALL_TIMEOUT.contains(&t) => {
+            Err(format!("call_timeout_ms: {t:?} is out of range (1 ms to 10 s)"))
+        }
+        _ => Ok(PluginLimits { memory_limit, call_timeout }),
+    }
+}
+
+/// The limits written in a JSON object (`memory_limit_mib`, `call_timeout_ms` as a number
+/// of milliseconds or a string such as `"5ms"`).
+fn limits_in(obj: &serde_json::Map<String, serde_json::Value>, decides: bool) -> Result<PluginLimits, String> {
+    let memory = match obj.get("memory_limit_mib") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or("memory_limit_mib: must be a whole number of MiB")?),
+    };
+    let timeout = match obj.get("call_timeout_ms") {
+        None => None,
+        Some(v) => Some(
+            serde_json::from_value::<crate::config::FileDuration>(v.clone())
+                .map_err(|e| format!("call_timeout_ms: {e}"))?
+                .0,
+        ),
+    };
+    limits(memory, timeout, decides)
 }
 
 /// The value of query parameter `name`, percent-decoded.
@@ -111,37 +176,74 @@ fn query(req: &http::request::Parts, name: &str) -> Option<String> {
     })
 }
 
-/// Reads what a swap request asks for: a JSON body `{"plugin": NAME, "config": {..}}`,
-/// or a component (`\0asm`) with its config in `?config=` and its name in `?name=`.
-/// The error is the reason for a 400.
-fn wanted(parts: &http::request::Parts, body: Bytes, base: &std::path::Path) -> Result<Wanted, String> {
-    let bad = |m: String| m;
+/// Reads what a swap request asks for: a JSON body `{"plugin": NAME, "config": {..},
+/// "memory_limit_mib": N, "call_timeout_ms": N}`, or a component (`\0asm`) with its
+/// config in `?config=`, its name in `?name=` and its limits in `?memory_limit_mib=` and
+/// `?call_timeout_ms=`. For `health`, the JSON body may also be a list of such objects:
+/// the pool's whole list of evaluators. The error is the reason for a 400.
+fn wanted(
+    parts: &http::request::Parts,
+    body: Bytes,
+    base: &std::path::Path,
+    kind: PluginKind,
+) -> Result<Vec<Wanted>, String> {
+    let decides = kind != PluginKind::Health;
     if body.starts_with(b"\0asm") {
         let config = query(parts, "config").unwrap_or_else(|| "{}".into());
-        let config_json = object(&config).map_err(|e| bad(format!("?config: {e}")))?;
+        let config_json = object(&config).map_err(|e| format!("?config: {e}"))?;
         let name = query(parts, "name").unwrap_or_else(|| {
             let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&body).into();
             format!("upload:{}", &status::hex(&sha)[..12])
         });
-        return Ok(Wanted { source: None, name, bytes: Some(body), config_json, limits: Default::default() });
+        let memory = match query(parts, "memory_limit_mib") {
+            Some(m) => Some(m.parse::<u64>().map_err(|_| format!("?memory_limit_mib: `{m}` is not a whole number"))?),
+            None => None,
+        };
+        let timeout = match query(parts, "call_timeout_ms") {
+            Some(t) => Some(
+                t.parse::<u64>()
+                    .map(std::time::Duration::from_millis)
+                    .map_err(|_| format!("?call_timeout_ms: `{t}` is not a whole number of milliseconds"))?,
+            ),
+            None => None,
+        };
+        let limits = limits(memory, timeout, decides)?;
+        return Ok(vec![Wanted { source: None, name, bytes: Some(body), config_json, limits }]);
     }
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        bad(format!("the body is neither a wasm component nor JSON {{\"plugin\": NAME, \"config\": {{..}}}}: {e}"))
+        format!("the body is neither a wasm component nor JSON {{\"plugin\": NAME, \"config\": {{..}}}}: {e}")
     })?;
-    let Some(obj) = v.as_object() else { return Err(bad("expected a JSON object {\"plugin\": NAME}".into())) };
-    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "plugin" | "config")) {
-        return Err(bad(format!("unknown field `{k}`, expected `plugin` or `config`")));
+    match v {
+        serde_json::Value::Array(list) if kind == PluginKind::Health => {
+            if list.is_empty() {
+                return Err("the list of health plugins is empty (a pool keeps at least one evaluator)".into());
+            }
+            list.iter().enumerate().map(|(i, v)| one(v, base, decides).map_err(|e| format!("[{i}]: {e}"))).collect()
+        }
+        v => Ok(vec![one(&v, base, decides)?]),
+    }
+}
+
+/// One `{"plugin": NAME, "config": {..}, ..limits}` object.
+fn one(v: &serde_json::Value, base: &std::path::Path, decides: bool) -> Result<Wanted, String> {
+    let Some(obj) = v.as_object() else { return Err("expected a JSON object {\"plugin\": NAME}".into()) };
+    const FIELDS: &str = "`plugin`, `config`, `memory_limit_mib` or `call_timeout_ms`";
+    if let Some(k) =
+        obj.keys().find(|k| !matches!(k.as_str(), "plugin" | "config" | "memory_limit_mib" | "call_timeout_ms"))
+    {
+        return Err(format!("unknown field `{k}`, expected {FIELDS}"));
     }
     let Some(plugin) = obj.get("plugin").and_then(|p| p.as_str()) else {
-        return Err(bad("`plugin` (a pack name or a .wasm path) is required".into()));
+        return Err("`plugin` (a pack name or a .wasm path) is required".into());
     };
     let config_json = match obj.get("config") {
         None => "{}".to_owned(),
         Some(c @ serde_json::Value::Object(_)) => c.to_string(),
-        Some(_) => return Err(bad("`config` must be a JSON object".into())),
+        Some(_) => return Err("`config` must be a JSON object".into()),
     };
+    let limits = limits_in(obj, decides)?;
     let source = PluginSource::parse(plugin, base);
-    Ok(Wanted { name: source.to_string(), source: Some(source), bytes: None, config_json, limits: Default::default() })
+    Ok(Wanted { name: source.to_string(), source: Some(source), bytes: None, config_json, limits })
 }
 
 /// `text` if it is a JSON object, re-serialised.
@@ -154,14 +256,16 @@ fn object(text: &str) -> Result<String, String> {
 }
 
 /// Loads and dry-runs `wanted` as `kind` for `pool` (on a blocking thread), then has the
-/// one writer switch to it. Returns the new version and the timings.
+/// one writer switch to it. Returns the new version and the timings. `wanted` is one
+/// plugin, or for `health` the pool's whole list of evaluators.
 pub(crate) async fn swap_in(
     control: &Control,
     pool: &str,
     kind: PluginKind,
-    wanted: Wanted,
+    wanted: Vec<Wanted>,
 ) -> Result<(Swapped, Timings), SwapError> {
-    let detail = format!("{} {}", kind.as_str(), wanted.name);
+    let names: Vec<&str> = wanted.iter().map(|w| w.name.as_str()).collect();
+    let detail = format!("{} {}", kind.as_str(), names.join(", "));
     let swapped = load_and_swap(control, pool, kind, wanted).await;
     let counters = control.counters();
     match &swapped {
@@ -176,11 +280,20 @@ async fn load_and_swap(
     control: &Control,
     pool: &str,
     kind: PluginKind,
-    wanted: Wanted,
+    wanted: Vec<Wanted>,
 ) -> Result<(Swapped, Timings), SwapError> {
     let snapshot = control.ctx.snapshot.load_full();
     let live = snapshot.pools.get(pool).ok_or_else(|| SwapError::NoPool(pool.to_owned()))?;
-    let view = live.host().clone();
+    let view = match kind {
+        // Health plugins see the pool as its health task does: every member, by id.
+        PluginKind::Health => {
+            if !control.watches_health(pool) {
+                return Err(ControlError::NoHealthChecks(pool.to_owned()).into());
+            }
+            live.view.clone() as Arc<dyn PoolHost>
+        }
+        _ => live.host().clone(),
+    };
     let runtime = control.plugins().clone();
     let pool_name = pool.to_owned();
     let (plugin, load, dry_run, code) =
@@ -192,43 +305,70 @@ async fn load_and_swap(
     Ok((plugin, Timings { load, dry_run, switch: started.elapsed(), code }))
 }
 
+/// A wanted plugin's bytes: the upload's, or read from the pack or the file (a pack
+/// plugin of another role is refused here).
+fn bytes_of(wanted: &Wanted, kind: PluginKind) -> Result<std::borrow::Cow<'_, [u8]>, SwapError> {
+    match (&wanted.bytes, &wanted.source) {
+        (Some(b), _) => Ok(std::borrow::Cow::Borrowed(&b[..])),
+        (None, Some(source)) => {
+            let role = match kind {
+                PluginKind::Balancer => pack::Role::Balancer,
+                PluginKind::Affinity => pack::Role::Affinity,
+                PluginKind::Health => pack::Role::Health,
+            };
+            pack::check(source, role).map_err(LoadError::Pack)?;
+            Ok(PluginRuntime::bytes(source)?)
+        }
+        (None, None) => Err(LoadError::Pack("no plugin named".into()).into()),
+    }
+}
+
 /// The blocking part of a swap: load, then dry-run.
 fn load(
     runtime: &PluginRuntime,
     pool: &str,
     kind: PluginKind,
-    wanted: &Wanted,
+    wanted: &[Wanted],
     view: &Arc<dyn PoolHost>,
 ) -> Result<(Swapped, Duration, Duration, &'static str), SwapError> {
     let started = Instant::now();
     let before = (runtime.compiled.load(Ordering::Relaxed), runtime.cache_hits.load(Ordering::Relaxed));
-    let bytes = match (&wanted.bytes, &wanted.source) {
-        (Some(b), _) => std::borrow::Cow::Borrowed(&b[..]),
-        (None, Some(source)) => {
-            let role = match kind {
-                PluginKind::Balancer => pack::Role::Balancer,
-                PluginKind::Affinity => pack::Role::Affinity,
-            };
-            pack::check(source, role).map_err(LoadError::Pack)?;
-            PluginRuntime::bytes(source)?
-        }
-        (None, None) => return Err(LoadError::Pack("no plugin named".into()).into()),
-    };
-    let (name, config) = (&wanted.name, &wanted.config_json);
     let dry = |e| SwapError::DryRun { pool: pool.to_owned(), source: e };
-    let (plugin, loaded, dry_run) = match kind {
-        PluginKind::Balancer => {
+    let (plugin, loaded, dry_run) = match (kind, wanted) {
+        (PluginKind::Balancer, [wanted]) => {
+            let bytes = bytes_of(wanted, kind)?;
+            let (name, config) = (&wanted.name, &wanted.config_json);
             let b = runtime.candidate_balancer(pool, name, &bytes, config, wanted.limits, view)?;
             let loaded = started.elapsed();
             b.dry_run(view, DRY_RUN_CALLS).map_err(dry)?;
             (Swapped::Balancer(b), loaded, started.elapsed() - loaded)
         }
-        PluginKind::Affinity => {
+        (PluginKind::Affinity, [wanted]) => {
+            let bytes = bytes_of(wanted, kind)?;
+            let (name, config) = (&wanted.name, &wanted.config_json);
             let a = runtime.candidate_affinity(pool, name, &bytes, config, wanted.limits, view)?;
             let loaded = started.elapsed();
             a.dry_run(view, DRY_RUN_CALLS).map_err(dry)?;
             (Swapped::Affinity(Some(a)), loaded, started.elapsed() - loaded)
         }
+        (PluginKind::Health, list) if !list.is_empty() => {
+            let mut evaluators = Vec::with_capacity(list.len());
+            for wanted in list {
+                let bytes = bytes_of(wanted, kind)?;
+                let (name, config) = (&wanted.name, &wanted.config_json);
+                evaluators.push(runtime.candidate_health(pool, name, &bytes, config, wanted.limits, view)?);
+            }
+            let loaded = started.elapsed();
+            for h in &evaluators {
+                h.dry_run(view).map_err(|e| SwapError::HealthDryRun {
+                    pool: pool.to_owned(),
+                    plugin: h.name.to_string(),
+                    source: e,
+                })?;
+            }
+            (Swapped::Health(crate::health::Evaluators::new(evaluators)), loaded, started.elapsed() - loaded)
+        }
+        _ => return Err(LoadError::Pack(format!("a {} swap takes one plugin", kind.as_str())).into()),
     };
     let code = if runtime.compiled.load(Ordering::Relaxed) > before.0 {
         "compiled"
@@ -246,6 +386,7 @@ fn swapped(pool: &str, plugin: &Swapped, t: &Timings) -> serde_json::Value {
         Swapped::Balancer(b) => status::plugin(b, "balancer"),
         Swapped::Affinity(Some(a)) => status::plugin(a, "affinity"),
         Swapped::Affinity(None) => serde_json::Value::Null,
+        Swapped::Health(h) => h.iter().map(|h| status::plugin(h, h.world())).collect(),
     };
     json!({
         "pool": pool,
@@ -258,21 +399,24 @@ fn swapped(pool: &str, plugin: &Swapped, t: &Timings) -> serde_json::Value {
     })
 }
 
-/// `PUT /api/v1/pools/{pool}/{balancer|affinity}`: a safe swap.
+/// `PUT /api/v1/pools/{pool}/{balancer|affinity|health}`: a safe swap.
 pub(crate) async fn swap(admin: &Admin, req: Request<Incoming>, pool: &str, which: &str) -> Reply {
     let Some(kind) = kind(which) else {
-        return error(StatusCode::NOT_FOUND, format!("`{which}` cannot be swapped: `balancer` or `affinity`"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("`{which}` cannot be swapped: `balancer`, `affinity` or `health`"),
+        );
     };
     let (parts, body) = match super::body(req).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     let base = admin.control.config_file_now().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
-    let wanted = match wanted(&parts, body, base.as_deref().unwrap_or(std::path::Path::new("."))) {
+    let wanted = match wanted(&parts, body, base.as_deref().unwrap_or(std::path::Path::new(".")), kind) {
         Ok(w) => w,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
-    let name = wanted.name.clone();
+    let name = wanted.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ");
     match swap_in(&admin.control, pool, kind, wanted).await {
         Ok((plugin, t)) => reply(StatusCode::OK, &swapped(pool, &plugin, &t)),
         Err(e) => {
@@ -282,12 +426,15 @@ pub(crate) async fn swap(admin: &Admin, req: Request<Incoming>, pool: &str, whic
     }
 }
 
-/// `POST /api/v1/pools/{pool}/{balancer|affinity}/rollback`: back to the version the last
+/// `POST /api/v1/pools/{pool}/{balancer|affinity|health}/rollback`: back to the version the last
 /// swap replaced, as a fresh version of it (dry-run first, like any swap); the version
 /// rolled back from becomes the one a next rollback returns to.
 pub(crate) async fn rollback(admin: &Admin, req: Request<Incoming>, pool: &str, which: &str) -> Reply {
     let Some(kind) = kind(which) else {
-        return error(StatusCode::NOT_FOUND, format!("`{which}` cannot be rolled back: `balancer` or `affinity`"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("`{which}` cannot be rolled back: `balancer`, `affinity` or `health`"),
+        );
     };
     if let Err(r) = super::body(req).await {
         return r;
@@ -310,7 +457,8 @@ pub(crate) async fn rollback(admin: &Admin, req: Request<Incoming>, pool: &str, 
 async fn roll_back(admin: &Admin, pool: &str, kind: PluginKind) -> Result<(Swapped, Timings), SwapError> {
     let previous = admin.control.previous(pool, kind).await?;
     let snapshot = admin.control.ctx.snapshot.load_full();
-    let view = snapshot.pools.get(pool).ok_or_else(|| SwapError::NoPool(pool.to_owned()))?.host().clone();
+    let live = snapshot.pools.get(pool).ok_or_else(|| SwapError::NoPool(pool.to_owned()))?;
+    let view = if kind == PluginKind::Health { live.view.clone() as Arc<dyn PoolHost> } else { live.host().clone() };
     let pool_name = pool.to_owned();
     let started = Instant::now();
     let fresh = tokio::task::spawn_blocking(move || {
@@ -327,6 +475,17 @@ async fn roll_back(admin: &Admin, pool: &str, kind: PluginKind) -> Result<(Swapp
                 Ok(Swapped::Affinity(Some(a)))
             }
             Swapped::Affinity(None) => Ok::<_, SwapError>(Swapped::Affinity(None)),
+            Swapped::Health(list) => {
+                let fresh: Vec<_> = list.iter().map(|h| h.fresh()).collect();
+                for h in &fresh {
+                    h.dry_run(&view).map_err(|e| SwapError::HealthDryRun {
+                        pool: pool_name.clone(),
+                        plugin: h.name.to_string(),
+                        source: e,
+                    })?;
+                }
+                Ok(Swapped::Health(crate::health::Evaluators::new(fresh)))
+            }
         }
     })
     .await
@@ -386,7 +545,7 @@ pub(crate) async fn watch(
                         config_json: plugin.config_json.clone(),
                         limits: plugin.limits,
                     };
-                    match swap_in(&control, name, kind, wanted).await {
+                    match swap_in(&control, name, kind, vec![wanted]).await {
                         Ok((_, t)) => {
                             tracing::info!(pool = %name, kind = kind.as_str(), file = %path.display(), load_ms = t.load.as_secs_f64() * 1e3, "plugin file changed: swapped")
                         }

@@ -116,8 +116,8 @@ fn known(path: &[&str]) -> bool {
             | ["api", "v1", "dashboard"]
             | ["api", "v1", "pools", _, "shadow" | "canary"]
             | ["api", "v1", "pools", _, "shadow" | "canary", "promote"]
-            | ["api", "v1", "pools", _, "balancer" | "affinity"]
-            | ["api", "v1", "pools", _, "balancer" | "affinity", "rollback"]
+            | ["api", "v1", "pools", _, "balancer" | "affinity" | "health"]
+            | ["api", "v1", "pools", _, "balancer" | "affinity" | "health", "rollback"]
             | ["api", "v1", "pools", _, "backends", _, "drain" | "undrain"]
     )
 }
@@ -144,10 +144,10 @@ pub(crate) async fn route(admin: &Admin, req: Request<Incoming>) -> Reply {
     match (&method, path.as_slice()) {
         (&Method::GET, ["api", "v1", "status"]) => status::get(admin, req).await,
         (&Method::POST, ["api", "v1", "reload"]) => status::reload(admin, req).await,
-        (&Method::PUT, ["api", "v1", "pools", pool, kind @ ("balancer" | "affinity")]) => {
+        (&Method::PUT, ["api", "v1", "pools", pool, kind @ ("balancer" | "affinity" | "health")]) => {
             plugins::swap(admin, req, pool, kind).await
         }
-        (&Method::POST, ["api", "v1", "pools", pool, kind @ ("balancer" | "affinity"), "rollback"]) => {
+        (&Method::POST, ["api", "v1", "pools", pool, kind @ ("balancer" | "affinity" | "health"), "rollback"]) => {
             plugins::rollback(admin, req, pool, kind).await
         }
         (&Method::POST, ["api", "v1", "pools", pool, "backends", backend, action @ ("drain" | "undrain")]) => {

@@ -89,7 +89,7 @@ fn pool(admin: &Admin, pool: &Pool) -> Value {
         })
         .collect();
     let health: Vec<Value> =
-        admin.control.health_plugins(&pool.config.name).iter().map(|h| plugin(h, "health")).collect();
+        admin.control.health_plugins(&pool.config.name).iter().map(|h| plugin(h, h.world())).collect();
     json!({
         "name": pool.config.name,
         "generation": view.generation,

@@ -32,6 +32,13 @@ const QUEUE: usize = 4096;
 /// takes batches).
 const BATCH: usize = 256;
 
+/// After a health plugin swap, how long (in rounds of the larger of the probe interval and
+/// the tick) a verdict kept from the previous evaluators stands for a backend the new ones
+/// have not judged: long enough for a rise/fall rule to speak (threshold's default fall is
+/// 3 probes), short enough that a plugin which only reports changes (and so never repeats
+/// "healthy") does not leave a recovered backend out for good.
+pub const HOLD_ROUNDS: u32 = 5;
+
 /// Verdicts of one pool for the one writer to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdicts {
@@ -57,6 +64,23 @@ pub struct Change {
 /// A pool's loaded evaluators, in config order.
 #[derive(Debug, Clone)]
 pub struct Evaluators(Vec<Arc<plugin::Health>>);
+
+impl Evaluators {
+    /// These evaluators, already loaded (a health plugin swap's).
+    pub fn new(evaluators: Vec<Arc<plugin::Health>>) -> Self {
+        Self(evaluators)
+    }
+
+    /// Each evaluator.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<plugin::Health>> {
+        self.0.iter()
+    }
+
+    /// Their names, comma-separated.
+    pub fn names(&self) -> String {
+        self.0.iter().map(|h| &*h.name).collect::<Vec<_>>().join(", ")
+    }
+}
 
 /// Loads `config`'s evaluators for `pool`, validating each (a scratch instance is
 /// configured). Compiles: call it off the threads that serve traffic.
@@ -104,8 +128,14 @@ pub struct Monitor {
 struct PoolMonitor {
     /// Tells this task's verdicts from those of one it replaced.
     id: u64,
+    /// The config file's evaluators when the task started (a reload that leaves them so
+    /// keeps the task, and any evaluators swapped into it).
     plugins: Vec<PluginRef>,
     evaluators: Evaluators,
+    /// The evaluators the last swap replaced, for a rollback.
+    previous: Option<Evaluators>,
+    /// Hands the task the evaluators of a swap.
+    swaps: mpsc::UnboundedSender<Vec<Arc<plugin::Health>>>,
     settings: watch::Sender<HealthConfig>,
     members_changed: Arc<Notify>,
     task: JoinHandle<()>,
@@ -160,6 +190,31 @@ impl Monitor {
     /// The evaluators watching `pool` (for their counters).
     pub fn evaluators(&self, pool: &str) -> Vec<Arc<plugin::Health>> {
         self.pools().get(pool).map(|m| m.evaluators.0.clone()).unwrap_or_default()
+    }
+
+    /// Puts `evaluators` (loaded, configured and dry-run) in place of `pool`'s in its
+    /// running task, which keeps its probers, its queue and the verdicts in force (see
+    /// [`HOLD_ROUNDS`]). Returns false when no task watches `pool`.
+    pub fn swap(&self, pool: &str, evaluators: Evaluators) -> bool {
+        let mut pools = self.pools();
+        let Some(m) = pools.get_mut(pool) else { return false };
+        if m.swaps.send(evaluators.0.clone()).is_err() {
+            return false;
+        }
+        tracing::info!(%pool, from = %m.evaluators.names(), to = %evaluators.names(), "health plugins swapped");
+        m.previous = Some(std::mem::replace(&mut m.evaluators, evaluators));
+        true
+    }
+
+    /// Whether a health task watches `pool`.
+    pub fn watches(&self, pool: &str) -> bool {
+        self.pools().contains_key(pool)
+    }
+
+    /// The evaluators the last swap on `pool` replaced (a rollback's), if any since its
+    /// task started.
+    pub fn previous(&self, pool: &str) -> Option<Evaluators> {
+        self.pools().get(pool).and_then(|m| m.previous.clone())
     }
 
     /// Whether verdicts from task `task` of `pool` still stand: it is the pool's current
@@ -223,6 +278,7 @@ impl Monitor {
         let (settings, settings_rx) = watch::channel(pool.config.health.clone());
         let members_changed = Arc::new(Notify::new());
         let (probe_tx, probes) = mpsc::channel::<ProbeReport>(QUEUE);
+        let (swaps, swapped) = mpsc::unbounded_channel();
         let id = NEXT_TASK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let task = Task {
             id,
@@ -239,12 +295,15 @@ impl Monitor {
             strikes: vec![(0, 0); evaluators.0.len()],
             batch: Vec::new(),
             batch_keys: Vec::new(),
+            hold_until: None,
         };
-        let task = runtime.spawn(task.run(rx, probes, settings_rx, members_changed.clone()));
+        let task = runtime.spawn(task.run(rx, probes, swapped, settings_rx, members_changed.clone()));
         Some(PoolMonitor {
             id,
             plugins: pool.config.health.plugins.clone(),
             evaluators,
+            previous: None,
+            swaps,
             settings,
             members_changed,
             task,
@@ -293,6 +352,9 @@ impl Builtin {
 struct Book {
     /// Each evaluator's latest opinion and its reason.
     opinions: Vec<(Verdict, String)>,
+    /// Per evaluator: its opinion is a verdict kept from before a swap, which it has not
+    /// judged since (released at [`Task::hold_until`]).
+    held: Vec<bool>,
     builtin: Builtin,
     /// The last failed probe's detail, appended to a reason for going unhealthy.
     last_probe_failure: Option<String>,
@@ -335,6 +397,9 @@ struct Task {
     /// backends' keys (kept to reuse their memory).
     batch: Vec<(u32, Observation)>,
     batch_keys: Vec<u64>,
+    /// When verdicts kept across a swap of the evaluators stop standing in for the new
+    /// evaluators' silence (process clock, ms).
+    hold_until: Option<u64>,
 }
 
 /// The first pause after an evaluator fails; it doubles with each failure in a row.
@@ -347,6 +412,7 @@ impl Task {
         mut self,
         mut reports: mpsc::Receiver<Report>,
         mut probes: mpsc::Receiver<ProbeReport>,
+        mut swaps: mpsc::UnboundedReceiver<Vec<Arc<plugin::Health>>>,
         mut settings: watch::Receiver<HealthConfig>,
         members_changed: Arc<Notify>,
     ) {
@@ -368,6 +434,7 @@ impl Task {
                     }
                 }
                 _ = tick.tick() => self.tick(&mut changed),
+                Some(evaluators) = swaps.recv() => self.take_over(evaluators, &mut changed),
                 _ = members_changed.notified() => {
                     if self.refresh(false) {
                         changed.extend(self.backends.keys().copied());
@@ -440,6 +507,7 @@ impl Task {
             // evaluators changed starts their verdicts over.
             let book = self.backends.entry(key).or_insert_with(|| Book {
                 opinions: vec![(Verdict::Healthy, "health evaluators started".to_owned()); evaluators],
+                held: vec![false; evaluators],
                 builtin: Builtin::default(),
                 last_probe_failure: None,
                 prober: None,
@@ -533,8 +601,56 @@ impl Task {
         Some(view)
     }
 
+    /// A swap's evaluators take over from the current ones. The probers, the queues and
+    /// the backends' books stay; each new evaluator's opinion of a backend starts as the
+    /// verdict in force (or last asked for), so a swap changes no verdict by itself. A
+    /// kept verdict other than healthy stands until the evaluator judges that backend or,
+    /// failing that, for [`HOLD_ROUNDS`] rounds; then the evaluator's silence counts as
+    /// healthy, as it does for one that just started.
+    fn take_over(&mut self, evaluators: Vec<Arc<plugin::Health>>, changed: &mut Vec<u64>) {
+        let Some(view) = self.catch_up(changed) else { return };
+        let n = evaluators.len();
+        for m in &view.members {
+            let key = m.live.key();
+            let Some(book) = self.backends.get_mut(&key) else { continue };
+            let verdict = self.requested.get(&key).copied().unwrap_or_else(|| m.live.verdict());
+            let reason = book
+                .opinions
+                .iter()
+                .filter(|(v, _)| *v == verdict)
+                .map(|(_, r)| r.clone())
+                .next()
+                .unwrap_or_else(|| m.live.health_status().reason);
+            book.opinions = vec![(verdict, reason); n];
+            book.held = vec![verdict != Verdict::Healthy; n];
+        }
+        let round = self.config.tick.max(self.config.probe.as_ref().map_or(Duration::ZERO, |p| p.interval));
+        self.hold_until = Some(clock::now_ms() + (round * HOLD_ROUNDS).as_millis() as u64);
+        self.strikes = vec![(0, 0); n];
+        self.evaluators = evaluators;
+    }
+
+    /// Ends the verdicts kept across a swap that the new evaluators did not judge in time.
+    fn release_held(&mut self, now: u64, changed: &mut Vec<u64>) {
+        if self.hold_until.is_none_or(|until| now < until) {
+            return;
+        }
+        self.hold_until = None;
+        for (&key, book) in &mut self.backends {
+            for (i, held) in book.held.iter_mut().enumerate() {
+                if std::mem::take(held) {
+                    let name = self.evaluators.get(i).map_or("the health plugin", |e| &*e.name);
+                    book.opinions[i] =
+                        (Verdict::Healthy, format!("{name} found nothing wrong since it was swapped in"));
+                    changed.push(key);
+                }
+            }
+        }
+    }
+
     /// The evaluators' timer: every member's live-traffic window.
     fn tick(&mut self, changed: &mut Vec<u64>) {
+        self.release_held(clock::now_ms(), changed);
         let Some(view) = self.view() else { return };
         if view.generation != self.generation {
             // The writer's notice is on its way; the window waits for the next tick.
@@ -594,6 +710,7 @@ impl Task {
             let key = m.live.key();
             if let Some(book) = self.backends.get_mut(&key) {
                 book.opinions[evaluator] = (a.verdict, a.reason);
+                book.held[evaluator] = false;
                 changed.push(key);
             }
         }
@@ -605,6 +722,7 @@ impl Task {
     fn fall_back(&mut self, evaluator: usize, key: Option<u64>, changed: &mut Vec<u64>) {
         let mut fall_back = |k: u64, book: &mut Book| {
             book.opinions[evaluator] = (book.builtin.verdict, book.builtin.reason());
+            book.held[evaluator] = false;
             changed.push(k);
         };
         match key {
