@@ -36,6 +36,12 @@ lint:
 bench:
     cargo bench --bench decision --bench pick_loop --bench tunnel_memory --bench ws_echo --bench pool_scale --bench reload --bench probe --bench health_scale
 
+# Live plugin swaps: API call to the first request placed by the new plugin (code in
+# memory, in the disk cache, compiled), and request p50/p99 at a fixed rate (open loop)
+# with a swap every second vs none, alternately (host/benches/swap.rs; release build).
+bench-swap:
+    cargo bench --bench swap
+
 # Connection churn (one-request connections, keep-alive, WebSockets, bursts) through a
 # real weir for SOAK_S seconds (default 600): RSS and open fds at the start and the end.
 soak:
