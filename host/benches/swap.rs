@@ -17,7 +17,8 @@
 //!    (default 1,000) for `SECS` seconds (default 10) on keep-alive connections, each
 //!    request's latency counted from the time it was due (so a stall delays every request
 //!    behind it, not only the one it hit), once without swaps and once with a swap every
-//!    second (`round-robin` and `p2c` in turn), alternately, `PAIRS` times (default 3).
+//!    second (`round-robin` and `p2c` in turn; `OTHER=NAME` for another than `p2c`),
+//!    alternately, `PAIRS` times (default 3).
 //!    Reports p50, p99, p99.9 and max of each run. `SWAPS_FIRST=1` starts each pair with
 //!    the run with swaps.
 //!
@@ -232,13 +233,14 @@ async fn open_loop(run: &Running, rate: u64, secs: u64, swaps: bool) -> (Vec<u64
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = swaps.then(|| {
         let (client, admin, done) = (client.clone(), run.admin, done.clone());
+        let other: String = env_or("OTHER", "p2c".to_owned());
         tokio::spawn(async move {
             let mut n = 0u64;
             let mut every = tokio::time::interval(Duration::from_secs(1));
             every.tick().await;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 every.tick().await;
-                let plugin = if n % 2 == 0 { "p2c" } else { "round-robin" };
+                let plugin = if n % 2 == 0 { other.as_str() } else { "round-robin" };
                 swap(&client, admin, serde_json::json!({ "plugin": plugin })).await;
                 n += 1;
             }
@@ -279,7 +281,8 @@ async fn latency_under_swaps(backends: [SocketAddr; 2], rate: u64, secs: u64, pa
     let run = Running::start(backends, "round-robin", cache.path());
     // Both plugins compiled and in memory before the first measured run.
     let client: Http = Client::builder(TokioExecutor::new()).build_http();
-    swap(&client, run.admin, serde_json::json!({ "plugin": "p2c" })).await;
+    let other: String = env_or("OTHER", "p2c".to_owned());
+    swap(&client, run.admin, serde_json::json!({ "plugin": other })).await;
     swap(&client, run.admin, serde_json::json!({ "plugin": "round-robin" })).await;
     let order = if swaps_first { [true, false] } else { [false, true] };
     for pair in 0..pairs {

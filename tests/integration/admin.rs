@@ -828,3 +828,36 @@ async fn the_cli_swaps_health_plugins_and_takes_the_plugin_config_as_json() {
     assert!(out.contains("health is now threshold, outlier"), "{out}");
     assert_eq!(server.control().health_plugins("p").len(), 2);
 }
+
+/// A swap changes no verdict by itself: a backend the old evaluators hold unhealthy stays
+/// out until the new ones judge it, or, when they say nothing about it (`outlier` ignores
+/// probes), for `HOLD_ROUNDS` rounds of the larger of the tick and the probe interval;
+/// then their silence counts as healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_swap_keeps_verdicts_until_the_new_plugins_judge() {
+    use weir::core::Verdict;
+    let b0 = weir::demo::Backend::start("b0").await.unwrap();
+    let b1 = weir::demo::Backend::start("b1").await.unwrap();
+    let extra =
+        "probe = { kind = \"http\", path = \"/healthz\", interval_ms = 50, timeout_ms = 40 }\nhealth_tick_ms = 100";
+    let text = format!("{}{}", admin_table(""), support::config_text(&[b0.addr, b1.addr], extra));
+    let server = support::start(&text).await;
+    let admin = server.admin_addr().unwrap();
+    b0.set_health(500);
+    within(5, "b0 unhealthy under threshold", || verdict(&server, 0) == Verdict::Unhealthy).await;
+
+    let swapped = std::time::Instant::now();
+    let (status, body) = swap_json(admin, "p", "health", serde_json::json!({ "plugin": "outlier" })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Held for 5 rounds of 100 ms from when the task took the new plugin over.
+    let hold = std::time::Duration::from_millis(100) * weir::health::HOLD_ROUNDS;
+    while swapped.elapsed() < hold / 2 {
+        assert_eq!(verdict(&server, 0), Verdict::Unhealthy, "kept across the swap");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    within(5, "b0 healthy once the hold ends", || verdict(&server, 0) == Verdict::Healthy).await;
+    assert!(swapped.elapsed() >= hold, "not before the hold ended: {:?}", swapped.elapsed());
+    let reason = server.snapshot().pools["p"].view.members[0].live.health_status().reason;
+    assert!(reason.contains("outlier found nothing wrong since it was swapped in"), "{reason}");
+    assert_eq!(verdict(&server, 1), Verdict::Healthy);
+}
