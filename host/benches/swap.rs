@@ -240,7 +240,7 @@ async fn open_loop(run: &Running, rate: u64, secs: u64, swaps: bool) -> (Vec<u64
             every.tick().await;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 every.tick().await;
-                let plugin = if n % 2 == 0 { other.as_str() } else { "round-robin" };
+                let plugin = if n.is_multiple_of(2) { other.as_str() } else { "round-robin" };
                 swap(&client, admin, serde_json::json!({ "plugin": plugin })).await;
                 n += 1;
             }
