@@ -3,7 +3,9 @@
 //! a request carrying `x-zone` to a backend of that zone, and falls back to every backend
 //! without it; the Python affinity plugin pins a session. Per-plugin limits
 //! (`memory_limit_mib`, `call_timeout_ms`) are honoured, and an instance that cannot start
-//! names the phase that failed.
+//! names the phase that failed. Every example passes `weir plugin test`, and a project
+//! made by `weir plugin new` in each language builds with its own command, on the pinned
+//! toolchains found the way a user has them (`WEIR_TOOLCHAINS`), and passes it too.
 //!
 //! The components come from `examples/plugins/build.sh` (`just example-plugins`), which
 //! these tests run once: it rebuilds only what is out of date, and installs a missing
