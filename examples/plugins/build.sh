@@ -10,7 +10,7 @@
 # ~/.npm, pip's ~/.cache/pip, cargo's ~/.cargo), so a second run on the same machine,
 # even from a fresh clone, downloads nothing:
 #
-#   js      componentize-js         plugins/sdk/js/package.json + package-lock.json (npm ci)
+#   js      componentize-qjs        plugins/sdk/js/package.json + package-lock.json (npm ci)
 #   python  componentize-py         plugins/sdk/python/requirements.txt (pip, in a venv)
 #   c       zig cc, wasm-tools      plugins/sdk/c/requirements.txt (pip, same venv)
 #           wit-bindgen c           wit-bindgen-cli $WIT_BINDGEN_VERSION (cargo install)
@@ -58,16 +58,18 @@ venv() {
     printf '%s\n' "$want" >"$stamp"
 }
 
-# componentize-js, from the lock file.
+# componentize-qjs (QuickJS), from the lock file: its npm package carries a prebuilt
+# native binary per platform, so no Rust or Wizer build happens here.
 node_tools() {
     local stamp=$tools/js/.pins
     local want
     want=$(cat "$sdk/js/package.json" "$sdk/js/package-lock.json" | sha256sum)
-    if [ -x "$tools/js/node_modules/.bin/componentize-js" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    if [ -x "$tools/js/node_modules/.bin/componentize-qjs" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         return
     fi
     command -v npm >/dev/null || { say "npm is needed for the JavaScript example (Node.js 20 or later)"; exit 1; }
-    say "installing componentize-js into target/toolchains/js"
+    say "installing componentize-qjs into target/toolchains/js"
+    rm -rf "$tools/js/node_modules"
     mkdir -p "$tools/js"
     cp "$sdk/js/package.json" "$sdk/js/package-lock.json" "$tools/js/"
     (cd "$tools/js" && npm ci --no-audit --no-fund --loglevel=error >&2)
@@ -99,10 +101,9 @@ build_js() {
     stale "$wasm" "$src/js" "$sdk/js/weir.js" "$wit" || return 0
     node_tools
     say "js: zone-js.wasm"
-    # No `-d http fetch-event`: weir links wasi:http (every request denied), so the
-    # component StarlingMonkey builds with its default features loads as it is.
-    (cd "$root" && "$tools/js/node_modules/.bin/componentize-js" --wit wit -n balancer-plugin \
-        -o "$wasm.tmp" examples/plugins/js/zone.js >&2)
+    # `--sync`: weir calls plugins synchronously (no component-model async ABI).
+    (cd "$root" && "$tools/js/node_modules/.bin/componentize-qjs" --sync --wit wit -n balancer-plugin \
+        -j examples/plugins/js/zone.js -o "$wasm.tmp" >/dev/null)
     mv "$wasm.tmp" "$wasm"
 }
 

@@ -4,11 +4,10 @@
 // eligible backend is in that zone. The same policy as examples/plugins/{rust,python,c}.
 //
 // Build: `just example-plugins` (or `examples/plugins/build.sh js`), which runs
-//   componentize-js --wit wit -n balancer-plugin -o target/example-plugins/zone-js.wasm \
-//     target/example-plugins/zone-js.bundle.js
+//   componentize-qjs --sync --wit wit -n balancer-plugin -j examples/plugins/js/zone.js \
+//     -o target/example-plugins/zone-js.wasm
 // Load:  balancer = { plugin = "target/example-plugins/zone-js.wasm",
-//                     config = { header = "x-zone", label = "zone" },
-//                     memory_limit_mib = 32, call_timeout_ms = 10 }
+//                     config = { header = "x-zone", label = "zone" } }
 //
 // Config (both optional): `header`, the request header naming the client's zone (default
 // "x-zone"); `label`, the backend label holding a backend's zone (default "zone").
@@ -57,7 +56,7 @@ export const balancer = {
   pick() {
     if (pool.eligible.length === 0) throw noBackend();
     const zone = header(config.header);
-    const local = zone === undefined ? undefined : zones.get(zone);
+    const local = zone === null ? undefined : zones.get(zone);
     return p2c(local ?? pool.eligible);
   },
 };

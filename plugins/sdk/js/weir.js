@@ -1,9 +1,9 @@
 // weir.js: what a weir plugin written in JavaScript needs, the same things the Rust guest
 // library (`plugins/guest`) gives Rust plugins: a pool cache refreshed in `pool-changed`,
 // config parsing that turns a bad key into `invalid-config` instead of a trap, error
-// helpers, shared `u64` counters (BigInt) and logging through the host.
+// helpers, shared `u64` counters and logging through the host.
 //
-// Use it from a plugin module built with componentize-js (see docs/plugins.md):
+// Use it from a plugin module built with componentize-qjs (QuickJS; see docs/plugins.md):
 //
 //     import { PoolCache, parseConfig, noBackend } from './weir.js';
 //     const pool = new PoolCache();
@@ -13,43 +13,37 @@
 //       pick() { if (pool.eligible.length === 0) throw noBackend(); return pool.eligible[0]; },
 //     };
 //
-// How the component model maps onto JavaScript here (componentize-js 0.23): `u32` is a
-// Number, `u64` a BigInt, `option<T>` is the value or `undefined`, an exported function
-// returning `result<T, E>` returns T and throws for E (the thrown value's `payload`, when
-// it has one, is E), a `variant` is `{ tag, val }` and an `enum` a string.
+// How the component model maps onto JavaScript here (componentize-qjs 0.4): `u32` and
+// `u64` are Numbers (a `u64` above 2^53 loses precision), `option<T>` is the value or
+// `null`, an exported function returning `result<T, E>` returns T and throws E itself (a
+// `variant` as `{ tag, val }`, an `enum` as its case name: the helpers below make them),
+// and a record's fields are camelCase.
 
 import * as pool from 'weir:plugin/pool@0.1.0';
 import * as log from 'weir:plugin/log@0.1.0';
 
 // ---------------------------------------------------------------------------------------
-// Errors.
-
-/** An error a plugin function throws to return `err(payload)`. */
-export class PluginError extends Error {
-  constructor(payload, message) {
-    super(message ?? (typeof payload === 'string' ? payload : `${payload.tag}: ${payload.val ?? ''}`));
-    this.payload = payload;
-  }
-}
+// Errors: the values a function throws to return `err(E)` (`throw noBackend()`). They are
+// the WIT values themselves, not Error objects: an Error thrown out of an export traps.
 
 /** `configure` refused its config: the host refuses to load the plugin and shows `message`. */
 export function invalidConfig(message) {
-  return new PluginError({ tag: 'invalid-config', val: String(message) });
+  return { tag: 'invalid-config', val: String(message) };
 }
 
 /** Any other failure outside `pick`: the host logs `message` and counts a plugin error. */
 export function internal(message) {
-  return new PluginError({ tag: 'internal', val: String(message) });
+  return { tag: 'internal', val: String(message) };
 }
 
 /** `pick`: no backend can take this work (503); not a plugin failure. */
 export function noBackend() {
-  return new PluginError('no-backend');
+  return 'no-backend';
 }
 
 /** `pick`: the plugin could not decide; explain why with `log.write` first. */
 export function failed() {
-  return new PluginError('failed');
+  return 'failed';
 }
 
 // ---------------------------------------------------------------------------------------
@@ -116,7 +110,7 @@ export function noConfig(json) {
  * A per-instance copy of the pool, refreshed only when the host's generation changes. Call
  * `refresh()` from `poolChanged`; `pick` then reads `eligible` (ids, ascending) and
  * `members` (records: id, address, weight, maxConnections, labels as [key, value] pairs)
- * without crossing into the host. `generation` is a BigInt.
+ * without crossing into the host. `generation` is a Number.
  */
 export class PoolCache {
   constructor() {
@@ -153,16 +147,22 @@ export class PoolCache {
   }
 }
 
-/** `pool.load-pair(a, b)` unpacked: `[load of a, load of b]` as Numbers. */
+const TWO_32 = 4294967296;
+
+/**
+ * `pool.load-pair(a, b)` unpacked: `[load of a, load of b]` as Numbers. The packed `u64`
+ * arrives as a Number, exact while the load of `a` is below 2^21.
+ */
 export function loadPair(a, b) {
   const packed = pool.loadPair(a, b);
-  return [Number(packed >> 32n), Number(packed & 0xffffffffn)];
+  const high = Math.floor(packed / TWO_32);
+  return [high, packed - high * TWO_32];
 }
 
 /**
  * A counter shared by every instance of every plugin on the pool, on every thread (a
  * global sequence such as a round-robin position). Resolve it once, in `configure` or
- * `poolChanged`; `next()` returns a BigInt (a `u64`), starting at 0n.
+ * `poolChanged`; `next()` returns a Number (the `u64`, exact below 2^53), starting at 0.
  */
 export class Counter {
   constructor(name) {
