@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod control;
 mod dashboard;
+mod discover;
 mod drain;
 mod first_run;
 mod h2;
