@@ -4,6 +4,7 @@
 
 mod admin;
 mod affinity;
+mod agreement;
 mod bounds;
 mod cli;
 mod conformance;
