@@ -142,3 +142,68 @@ async fn a_cookie_issued_by_one_instance_is_honoured_by_the_others_that_share_it
     }
     assert_eq!(names.len(), 3, "not pinned by a cookie it cannot verify: {names:?}");
 }
+
+/// Where each of `users` goes through each instance, if every instance sends each user to
+/// the same backend: the set of backends used.
+async fn agreed(instances: &[Weir], users: u32) -> Option<std::collections::BTreeSet<String>> {
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..users {
+        let user = format!("user-{user}");
+        let mut answers = Vec::new();
+        for w in instances {
+            // Before its first lookup an instance has no backend (503): not agreed yet.
+            let req = Request::get(format!("http://{}/", w.addr)).header("x-user", &user);
+            let res = support::client().request(req.body(support::empty()).unwrap()).await.unwrap();
+            if res.status() != 200 {
+                return None;
+            }
+            answers.push(support::name_of(&support::body_text(res).await).to_owned());
+        }
+        if answers.iter().any(|a| *a != answers[0]) {
+            return None;
+        }
+        seen.insert(answers[0].clone());
+    }
+    Some(seen)
+}
+
+/// Polls until the instances agree on every user and use exactly `want`.
+async fn until_agreed(instances: &[Weir], want: &[&str]) {
+    let want: std::collections::BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    let mut last = None;
+    for _ in 0..100 {
+        last = agreed(instances, 40).await;
+        if last.as_ref() == Some(&want) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the instances never agreed on {want:?}: last {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_discovering_the_same_srv_records_place_keys_alike_through_a_change() {
+    use crate::discover::{Dns, host, srv};
+    let mut upstreams = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        upstreams.push(Upstream::start(name).await);
+    }
+    let port = |i: usize| upstreams[i].addr.port();
+    let hosts = || ["a", "b", "c", "d", "e"].map(|n| host(n, "127.0.0.1"));
+    let mut records: Vec<String> = (0..4).map(|i| srv(["a", "b", "c", "d"][i], port(i), 0, 1)).collect();
+    records.extend(hosts());
+    let mut dns = Dns::start(&records);
+    let extra = format!(
+        "discover = {{ dns = \"_http._tcp.web.internal\", resolver = \"{}\", refresh_ms = 200 }}\nbalancer = {{ plugin = \"maglev\", config = {{ key = \"header:x-user\" }} }}",
+        dns.resolver()
+    );
+    let instances: Vec<Weir> = (0..3).map(|_| Weir::run(&config(&[], &extra), &[])).collect();
+    until_agreed(&instances, &["a", "b", "c", "d"]).await;
+
+    // b leaves, e joins with weight 3: all three pick the change up and agree again.
+    let mut records =
+        vec![srv("a", port(0), 0, 1), srv("c", port(2), 0, 1), srv("d", port(3), 0, 1), srv("e", port(4), 0, 3)];
+    records.extend(hosts());
+    dns.restart(&records);
+    until_agreed(&instances, &["a", "c", "d", "e"]).await;
+}

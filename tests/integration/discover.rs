@@ -99,11 +99,11 @@ fn answers(port: u16) -> bool {
     matches!(socket.recv_from(&mut buf), Ok((n, _)) if n >= 12 && buf[..2] == [0, 1])
 }
 
-fn srv(name: &str, port: u16, priority: u16, weight: u16) -> String {
+pub(crate) fn srv(name: &str, port: u16, priority: u16, weight: u16) -> String {
     format!("--srv-host=_http._tcp.web.internal,{name}.internal,{port},{priority},{weight}")
 }
 
-fn host(name: &str, ip: &str) -> String {
+pub(crate) fn host(name: &str, ip: &str) -> String {
     format!("--host-record={name}.internal,{ip}")
 }
 
