@@ -21,10 +21,22 @@ impl Dns {
     /// Starts dnsmasq on a free port with `records` (dnsmasq options such as
     /// `--srv-host=...`, `--host-record=...`).
     pub fn start(records: &[String]) -> Self {
-        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut dns = Self { port, child: None };
-        dns.restart(records);
-        dns
+        let mut why = String::new();
+        for _ in 0..10 {
+            // Free for TCP and UDP both: dnsmasq listens on both.
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = tcp.local_addr().unwrap().port();
+            if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                continue;
+            }
+            drop(tcp);
+            let mut dns = Self { port, child: None };
+            match dns.spawn(records) {
+                Ok(()) => return dns,
+                Err(e) => why = e,
+            }
+        }
+        panic!("dnsmasq did not start: {why}");
     }
 
     /// Stops it (the resolver is then down: queries time out).
@@ -38,7 +50,20 @@ impl Dns {
     /// Stops it and starts it again on the same port with `records`.
     pub fn restart(&mut self, records: &[String]) {
         self.stop();
-        let child = Command::new("dnsmasq")
+        let mut why = String::new();
+        // The port was just freed; another socket may take it for a moment.
+        for _ in 0..20 {
+            match self.spawn(records) {
+                Ok(()) => return,
+                Err(e) => why = e,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("dnsmasq did not start again on port {}: {why}", self.port);
+    }
+
+    fn spawn(&mut self, records: &[String]) -> Result<(), String> {
+        let mut child = Command::new("dnsmasq")
             .args([
                 "--keep-in-foreground",
                 "--no-resolv",
@@ -59,15 +84,22 @@ impl Dns {
             .stderr(Stdio::piped())
             .spawn()
             .expect("dnsmasq (Debian's dnsmasq-base) must be installed");
-        self.child = Some(child);
         // Up when it answers: a query for a name it has no record of gets NXDOMAIN.
         for _ in 0..200 {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+                return Err(format!("dnsmasq exited ({status}): {err}"));
+            }
             if answers(self.port) {
-                return;
+                self.child = Some(child);
+                return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        panic!("dnsmasq did not answer on port {}", self.port);
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(format!("dnsmasq did not answer on port {}", self.port))
     }
 
     pub fn resolver(&self) -> String {
@@ -424,4 +456,19 @@ fn check_rejects_a_bad_discover_with_its_place_and_accepts_a_name_that_does_not_
     // Nothing is resolved by a check: a name no server knows passes.
     let (ok, stderr) = run(r#"{ dns = "_http._tcp.nowhere.invalid", resolver = "127.0.0.1:9", refresh_ms = "2s" }"#);
     assert!(ok, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_srv_records_an_answer_too_big_for_udp_all_become_backends() {
+    // 1,000 records do not fit a UDP answer: the resolver asks again over TCP. The
+    // backends need not listen: only the pool's members are read.
+    let mut records: Vec<String> = (0..1000).map(|i| srv("a", 20_000 + i, 0, 1 + i % 3)).collect();
+    records.push(host("a", "127.0.0.1"));
+    let dns = Dns::start(&records);
+    let server = support::start(&config("_http._tcp.web.internal", &dns.resolver(), "")).await;
+    let want: Vec<(String, u32)> =
+        (0..1000u16).map(|i| (format!("127.0.0.1:{}", 20_000 + i), u32::from(1 + i % 3))).collect();
+    until_members(&server, &want).await;
+    let status = server.control().discovery("p").unwrap();
+    assert_eq!((status.records, status.backends), (1000, 1000), "{status:?}");
 }

@@ -248,8 +248,7 @@ async fn run(
 
 /// How many backends `now` has that `was` had not, and the other way round.
 fn changes(was: Option<&[BackendConfig]>, now: &[BackendConfig]) -> (usize, usize) {
-    let was = was.unwrap_or_default();
-    let added = now.iter().filter(|b| !was.iter().any(|w| w.address == b.address)).count();
-    let removed = was.iter().filter(|w| !now.iter().any(|b| b.address == w.address)).count();
-    (added, removed)
+    let was: std::collections::HashSet<&str> = was.unwrap_or_default().iter().map(|b| b.address.as_str()).collect();
+    let kept = now.iter().filter(|b| was.contains(b.address.as_str())).count();
+    (now.len() - kept, was.len() - kept)
 }
