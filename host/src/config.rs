@@ -18,12 +18,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use toml::Spanned;
 
+mod discover;
 mod duration;
 mod health;
 #[cfg(test)]
 mod tests;
 mod tls;
 
+pub use discover::{DiscoverConfig, DnsName};
 pub use duration::FileDuration;
 pub(crate) use duration::human;
 pub use health::{HealthConfig, MAX_PROBE_BODY, OnUnhealthy, ProbeConfig, ProbeKind, StatusSet};
@@ -84,6 +86,8 @@ pub mod bounds {
     /// 65,535 (the protocol's initial window; a smaller one only slows uploads) to
     /// 2^31 - 1 (the largest window HTTP/2 can express, RFC 9113 §6.9.1).
     pub const H2_WINDOW: RangeInclusive<u32> = 65_535..=((1 << 31) - 1);
+    /// `discover.refresh_ms`: 100 ms to 1 day.
+    pub const DISCOVER_REFRESH: RangeInclusive<Duration> = Duration::from_millis(100)..=Duration::from_secs(86_400);
 }
 
 /// A config error, located in the file.
@@ -367,8 +371,13 @@ struct FileRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePool {
-    /// The backends. Reloadable: per-backend counters survive a reload.
+    /// The backends. Default none (then `discover` finds them). Reloadable: per-backend
+    /// counters survive a reload.
+    #[serde(default)]
     backends: Vec<FileBackend>,
+    /// Backends found by DNS, beside those of `backends`: `{ dns = "_http._tcp.web" |
+    /// "web:8080", resolver = "ip:port", refresh_ms = N }`. Default none. Reloadable.
+    discover: Option<Spanned<discover::FileDiscover>>,
     /// Balancer plugin. Default `{ plugin = "round-robin" }`. Reloadable.
     balancer: Option<FilePluginRef>,
     /// Session-affinity plugin (`cookie`, `header`, `source-ip`, or a `.wasm`): asked
@@ -801,6 +810,9 @@ pub struct PoolConfig {
     pub send_proxy: Option<ProxyVersion>,
     /// The protocol (and TLS) spoken to the backends.
     pub upstream: UpstreamConfig,
+    /// Backends found by DNS (`discover`), beside the file's: those found are in
+    /// `backends` too, marked [`BackendConfig::discovered`].
+    pub discover: Option<DiscoverConfig>,
 }
 
 /// A candidate balancer of a pool (`shadow` or `canary`): which plugin, and on what
@@ -908,6 +920,8 @@ pub struct BackendConfig {
     pub max_connections: u32,
     /// Labels.
     pub labels: Vec<(String, String)>,
+    /// Found by the pool's `discover` rather than written in `backends`.
+    pub discovered: bool,
 }
 
 /// Which plugin, with which options.
@@ -1160,8 +1174,10 @@ impl Cx<'_> {
                     weight: b.weight,
                     max_connections: b.max_connections,
                     labels: b.labels.into_iter().collect(),
+                    discovered: false,
                 });
             }
+            let discover = pool.discover.map(|d| self.discover(d, &key)).transpose()?;
             let balancer = match pool.balancer {
                 Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"), true)?,
                 None => PluginRef::pack("round-robin"),
@@ -1293,6 +1309,7 @@ impl Cx<'_> {
                     health,
                     send_proxy: pool.send_proxy,
                     upstream,
+                    discover,
                 },
             );
         }

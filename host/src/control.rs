@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{CandidateConfig, Config, ListenerConfig, OnUnhealthy, PluginRef, PoolConfig};
 use crate::core::Verdict;
+use crate::discover;
 use crate::health;
 use crate::http;
 use crate::metrics::Metrics;
@@ -94,6 +95,12 @@ pub enum Command {
         /// The candidate, or none.
         candidate: Option<CandidateConfig>,
     },
+    /// The backends a pool's discovery task found (its `discover`): the pool is rebuilt
+    /// with the file's backends plus these, as [`Command::UpsertPool`] would (a backend
+    /// found again keeps its state; one no longer found is retired). Sets of a task that
+    /// has since been replaced or stopped are dropped, and so is a set that changes
+    /// nothing.
+    Discovered(discover::Found),
     /// Make a pool's shadow or canary its live balancer (and no longer a candidate): the
     /// candidate's plugin is loaded for the live pool (its compiled code is reused) and
     /// the pool switches to it atomically, as a reload that changed `balancer` would.
@@ -345,6 +352,8 @@ pub struct Control {
     plugins: Arc<PluginRuntime>,
     /// The pools' health tasks; their verdicts come back as [`Command::Verdicts`].
     health: health::Monitor,
+    /// The pools' discovery tasks; what they find comes back as [`Command::Discovered`].
+    discover: discover::Monitor,
     /// Commands the writer gives itself for later (the end of a slow start).
     later: tokio::sync::mpsc::UnboundedSender<Command>,
     stop: watch::Receiver<Stop>,
@@ -370,8 +379,10 @@ impl Control {
     ) -> Arc<Self> {
         let (verdicts, mut incoming) = tokio::sync::mpsc::unbounded_channel();
         let (later, mut due) = tokio::sync::mpsc::unbounded_channel();
+        let (found, mut discovered) = tokio::sync::mpsc::unbounded_channel();
         let control = Arc::new(Self {
             health: health::Monitor::new(ctx.snapshot.clone(), verdicts),
+            discover: discover::Monitor::new(found),
             later,
             ctx,
             plugins,
@@ -402,6 +413,7 @@ impl Control {
                 let first = tokio::select! {
                     Some(v) = incoming.recv() => Command::Verdicts(v),
                     Some(c) = due.recv() => c,
+                    Some(f) = discovered.recv() => Command::Discovered(f),
                     else => return,
                 };
                 let Some(control) = writer.upgrade() else { return };
@@ -502,6 +514,51 @@ impl Control {
         self.health.evaluators(pool)
     }
 
+    /// What `pool`'s discovery (its `discover`) did last, if it discovers.
+    pub fn discovery(&self, pool: &str) -> Option<discover::Status> {
+        self.discover.status(pool)
+    }
+
+    /// Turns the backends found by discovery tasks into the pool upserts they amount to,
+    /// and gives a pool the file upserts (a reload) the backends its discovery found so
+    /// far, while its `dns` name stays the same (a changed name starts over: until its new
+    /// task answers, the pool has the file's backends only).
+    fn discovered_as_upserts(&self, commands: Vec<Command>, current: &Snapshot) -> Vec<Command> {
+        let mut out = Vec::with_capacity(commands.len());
+        for c in commands {
+            match c {
+                Command::Discovered(found) => {
+                    if !self.discover.current(&found.pool, found.task) {
+                        continue;
+                    }
+                    let Some(live) = current.pools.get(&found.pool) else { continue };
+                    let mut config = live.config.clone();
+                    with_discovered(&mut config, &found.backends);
+                    if config.backends == live.config.backends {
+                        continue;
+                    }
+                    let (now, was) = (config.backends.len(), live.config.backends.len());
+                    self.counters.record("discover", &found.pool, format!("{was} -> {now} backends"), true);
+                    out.push(Command::UpsertPool(config));
+                }
+                Command::UpsertPool(mut config)
+                    if config.discover.is_some() && !config.backends.iter().any(|b| b.discovered) =>
+                {
+                    let live = current.pools.get(&config.name).filter(|live| {
+                        live.config.discover.as_ref().map(|d| &d.dns) == config.discover.as_ref().map(|d| &d.dns)
+                    });
+                    if let Some(live) = live {
+                        let found: Vec<_> = live.config.backends.iter().filter(|b| b.discovered).cloned().collect();
+                        with_discovered(&mut config, &found);
+                    }
+                    out.push(Command::UpsertPool(config));
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+
     /// The counters of the named listener.
     pub fn listener_stats(&self, name: &str) -> Option<Arc<ListenerStats>> {
         self.stats.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
@@ -519,6 +576,7 @@ impl Control {
         let current = self.ctx.snapshot.load_full();
         let mut applied = Applied::default();
         let (commands, promotions) = candidates_as_upserts(commands, &current)?;
+        let commands = self.discovered_as_upserts(commands, &current);
 
         // Build the changed pools off the serving threads.
         let upserts: Vec<(PoolConfig, Option<Arc<Pool>>)> = commands
@@ -646,6 +704,7 @@ impl Control {
         for c in &commands {
             match c {
                 Command::UpsertPool(_)
+                | Command::Discovered(_)
                 | Command::SetCandidate { .. }
                 | Command::Promote { .. }
                 | Command::Verdicts(_)
@@ -772,6 +831,7 @@ impl Control {
                 tracing::error!(%pool, "the pool's health task ended before its plugins could be swapped");
             }
         }
+        self.discover.sync(&next);
         // A pool whose new view has backends in slow start gets a view without them when
         // the window has passed, so placement stops checking (and a later start is seen).
         for (name, pool) in &next.pools {
@@ -1073,7 +1133,17 @@ fn candidates_as_upserts(
     Ok((commands, promotions))
 }
 
-/// Logs a pool entering or leaving panic mode.
+/// Sets `config`'s backends to the file's (those not discovered) followed by `found`,
+/// less those the file already lists (the file's entry wins: its weight, its limits).
+fn with_discovered(config: &mut PoolConfig, found: &[crate::config::BackendConfig]) {
+    config.backends.retain(|b| !b.discovered);
+    let written: HashSet<String> = config.backends.iter().map(|b| b.address.clone()).collect();
+    let file_addrs: HashSet<SocketAddr> = config.backends.iter().map(|b| b.socket_addr).collect();
+    config.backends.extend(
+        found.iter().filter(|b| !written.contains(&b.address) && !file_addrs.contains(&b.socket_addr)).cloned(),
+    );
+}
+
 /// Builds a pool's upstream TLS settings now, so a refused key fails the load rather
 /// than every connection, and says loudly that a pool does not verify its backends.
 fn upstream_tls(config: &PoolConfig) -> Result<(), ControlError> {
@@ -1090,6 +1160,7 @@ fn upstream_tls(config: &PoolConfig) -> Result<(), ControlError> {
     Ok(())
 }
 
+/// Logs a pool entering or leaving panic mode.
 fn log_panic(config: &PoolConfig, was: bool, is: bool) {
     match (was, is) {
         (false, true) => tracing::error!(

@@ -4,7 +4,7 @@
 //! The host (this crate) does the I/O; plugins implementing the `weir:plugin` WIT worlds
 //! decide. Its modules are layered, each using only those above it in this list
 //! (DESIGN.md, "Host layout"): [`core`] → [`metrics`] → [`config`] → [`plugin`] → [`state`] → [`net`] →
-//! [`health`] → `http` → `tcp` → [`control`] → [`admin`] → [`server`]; [`demo`] and [`simulate`] are tools on top.
+//! [`health`] → [`discover`] → `http` → `tcp` → [`control`] → [`admin`] → [`server`]; [`demo`] and [`simulate`] are tools on top.
 //! [`Server::start`] binds the listeners of a [`config::Config`] and serves them from one
 //! [`state::Snapshot`] published behind an `ArcSwap` by the one writer
 //! ([`control::Control`]).
@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod demo;
+pub mod discover;
 pub mod health;
 pub(crate) mod http;
 pub mod metrics;

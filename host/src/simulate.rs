@@ -116,6 +116,7 @@ impl Sim {
             health: crate::config::HealthConfig::default(),
             send_proxy: None,
             upstream: Default::default(),
+            discover: None,
         };
         let config = Config { plugins: settings, pools: BTreeMap::from([(POOL.to_owned(), pool)]), ..Config::empty() };
         let snapshot = Snapshot::build(&config, &plugins, None)?;
@@ -311,6 +312,7 @@ fn fake_backend(next: &mut u32, b: SimBackend) -> BackendConfig {
         weight: b.weight,
         max_connections: b.max_connections,
         labels: Vec::new(),
+        discovered: false,
     }
 }
 

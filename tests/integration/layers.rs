@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("state", 3),
     ("net", 4),
     ("health", 5),
+    ("discover", 5),
     ("http", 6),
     ("tcp", 7),
     ("control", 8),

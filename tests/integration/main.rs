@@ -4,11 +4,13 @@
 
 mod admin;
 mod affinity;
+mod agreement;
 mod bounds;
 mod cli;
 mod conformance;
 mod control;
 mod dashboard;
+mod discover;
 mod drain;
 mod first_run;
 mod h2;

@@ -71,6 +71,7 @@ fn pool(admin: &Admin, pool: &Pool) -> Value {
                 "id": id,
                 "address": m.config.address,
                 "weight": m.config.weight,
+                "discovered": m.config.discovered,
                 "eligible": view.is_eligible(id as u32),
                 "drained": live.is_drained(),
                 "health": {
@@ -101,6 +102,7 @@ fn pool(admin: &Admin, pool: &Pool) -> Value {
         "health": health,
         "shadow": pool.shadow.as_ref().map(|c| super::dashboard::candidate(pool, c)),
         "canary": pool.canary.as_ref().map(|c| super::dashboard::candidate(pool, c)),
+        "discovery": admin.control.discovery(&pool.config.name),
     })
 }
 
