@@ -116,6 +116,7 @@ impl Sim {
             health: crate::config::HealthConfig::default(),
             send_proxy: None,
             upstream: Default::default(),
+            share_stick_tables: false,
         };
         let config = Config { plugins: settings, pools: BTreeMap::from([(POOL.to_owned(), pool)]), ..Config::empty() };
         let snapshot = Snapshot::build(&config, &plugins, None)?;

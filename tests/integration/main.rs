@@ -6,6 +6,7 @@ mod admin;
 mod affinity;
 mod bounds;
 mod cli;
+mod cluster;
 mod conformance;
 mod control;
 mod dashboard;
