@@ -41,6 +41,9 @@ for i in 1 2 3; do
     python3 "$here/backend.py" "backend-$i" "$((BACKEND_BASE + i))" &
     pids+=($!)
 done
+for i in 1 2 3; do
+    until curl -sf "http://127.0.0.1:$((BACKEND_BASE + i))/" >/dev/null; do sleep 0.2; done
+done
 
 names=(x a b c)
 for i in 1 2 3; do
@@ -53,12 +56,12 @@ for i in 1 2 3; do
     pids+=($!)
 done
 for i in 1 2 3; do
-    until curl -s "http://127.0.0.1:$((ADMIN_BASE + i))/api/v1/status" | grep -q '"connected":true'; do sleep 0.2; done
+    until curl -s "http://127.0.0.1:$((ADMIN_BASE + i))/api/v1/status" | grep -Eq '"connected": *true'; do sleep 0.2; done
 done
 echo "== weir a, b, c on 127.0.0.1:$((PORT_BASE + 1))-$((PORT_BASE + 3)), all connected to etcd"
 
 echo
-echo "== without a session, each instance's round robin goes its own way:"
+echo "== without a session, each instance's round robin is its own:"
 for i in 1 2 3; do printf '  via %s: %s\n' "${names[$i]}" "$(curl -s "http://127.0.0.1:$((PORT_BASE + i))/")"; done
 
 for who in alice bob carol; do
