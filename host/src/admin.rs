@@ -50,12 +50,18 @@ pub struct Admin {
     pub unauthorized: AtomicU64,
     /// When the server started.
     pub started_at: SystemTime,
+    /// The etcd cluster, when the server is in one.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Admin {
     /// The admin state of a server whose one writer is `control`.
-    pub(crate) fn new(control: Arc<Control>, token: Option<Arc<str>>) -> Self {
-        Self { control, token, unauthorized: AtomicU64::new(0), started_at: SystemTime::now() }
+    pub(crate) fn new(
+        control: Arc<Control>,
+        token: Option<Arc<str>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Self {
+        Self { control, token, unauthorized: AtomicU64::new(0), started_at: SystemTime::now(), cluster }
     }
 
     /// Whether `req` may make a mutating call: no token is configured, or it carries

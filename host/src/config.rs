@@ -19,6 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 mod discover;
+mod cluster;
 mod duration;
 mod health;
 #[cfg(test)]
@@ -26,6 +27,7 @@ mod tests;
 mod tls;
 
 pub use discover::{DiscoverConfig, DnsName};
+pub use cluster::{ClusterConfig, Pem};
 pub use duration::FileDuration;
 pub(crate) use duration::human;
 pub use health::{HealthConfig, MAX_PROBE_BODY, OnUnhealthy, ProbeConfig, ProbeKind, StatusSet};
@@ -213,6 +215,8 @@ struct FileConfig {
     plugins: FilePlugins,
     /// The admin API. Not reloadable.
     admin: Option<Spanned<FileAdmin>>,
+    /// Several instances as one through etcd. Not reloadable.
+    cluster: Option<Spanned<cluster::FileCluster>>,
     /// Listeners, `[[listener]]`. Reloadable: added ones are bound, removed ones closed.
     #[serde(default, rename = "listener")]
     listeners: Vec<FileListener>,
@@ -424,6 +428,11 @@ struct FilePool {
     health_tick_ms: Option<Spanned<FileDuration>>,
     /// Statuses of live traffic that count as failures. Default `"500-599"`. Reloadable.
     passive_failure_statuses: Option<Spanned<String>>,
+    /// Replicate this pool's stick tables (the `header` and `source-ip` affinity
+    /// plugins') through `[cluster]` etcd, so a client pinned through one instance is
+    /// served by the same backend through the others. Needs `[cluster]`. Default false.
+    /// Reloadable.
+    share_stick_tables: Option<Spanned<bool>>,
     /// Ramp of a recovered or added backend's share of new work. Default 0 (none). Range
     /// 0 to 1 day. Reloadable.
     slow_start_ms: Option<Spanned<FileDuration>>,
@@ -561,6 +570,8 @@ pub struct Config {
     pub plugins: PluginSettings,
     /// The admin API, when the file has an `[admin]` table.
     pub admin: Option<AdminConfig>,
+    /// The etcd cluster, when the file has a `[cluster]` table.
+    pub cluster: Option<ClusterConfig>,
     /// Listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
     /// Pools by name.
@@ -813,6 +824,8 @@ pub struct PoolConfig {
     /// Backends found by DNS (`discover`), beside the file's: those found are in
     /// `backends` too, marked [`BackendConfig::discovered`].
     pub discover: Option<DiscoverConfig>,
+    /// Stick tables replicated through the cluster (`share_stick_tables`).
+    pub share_stick_tables: bool,
 }
 
 /// A candidate balancer of a pool (`shadow` or `canary`): which plugin, and on what
@@ -1032,6 +1045,7 @@ impl Config {
             runtime: RuntimeSettings::default(),
             plugins: PluginSettings::default(),
             admin: None,
+            cluster: None,
             listeners: Vec::new(),
             pools: BTreeMap::new(),
         }
@@ -1156,6 +1170,7 @@ impl Cx<'_> {
             watch: p.watch,
         };
         let admin = file.admin.as_ref().map(|a| self.admin(a, base)).transpose()?;
+        let cluster = file.cluster.as_ref().map(|c| self.cluster(c, base)).transpose()?;
 
         let mut pools = BTreeMap::new();
         for (name, pool) in file.pools {
@@ -1290,6 +1305,17 @@ impl Cx<'_> {
                 base,
                 &key,
             )?;
+            let share_stick_tables = match &pool.share_stick_tables {
+                Some(s) if *s.get_ref() && cluster.is_none() => {
+                    return Err(self.spanned(
+                        s,
+                        format!("{key}.share_stick_tables"),
+                        "stick tables are shared through etcd: add a [cluster] table",
+                    ));
+                }
+                Some(s) => *s.get_ref(),
+                None => false,
+            };
             pools.insert(
                 name.clone(),
                 PoolConfig {
@@ -1310,6 +1336,7 @@ impl Cx<'_> {
                     send_proxy: pool.send_proxy,
                     upstream,
                     discover,
+                    share_stick_tables,
                 },
             );
         }
@@ -1426,7 +1453,7 @@ impl Cx<'_> {
                 http2,
             });
         }
-        Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, admin, listeners, pools })
+        Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, admin, cluster, listeners, pools })
     }
 
     /// A route's conditions must be ones its listener can see: host and path on http,

@@ -10,6 +10,7 @@
 //! ([`control::Control`]).
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod core;

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin, server::AdminError};
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::control::{Applied, Control, ControlError};
 use crate::http;
@@ -45,6 +46,8 @@ pub struct Server {
     stop: watch::Sender<Stop>,
     /// Where the admin API listens, when the config has `[admin]`.
     admin: Option<SocketAddr>,
+    /// This instance's membership of the etcd cluster, when the config has `[cluster]`.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Server {
@@ -62,24 +65,31 @@ impl Server {
         SnapshotMetrics::register(&metrics, ctx.snapshot.clone());
         let control = Control::new(ctx, plugins, stop_rx.clone(), metrics);
         let admin_config = config.admin.clone();
+        let cluster_config = config.cluster.clone();
         let watch = config.plugins.watch;
         control.load(config).await?;
         if watch {
             tokio::spawn(admin::plugins::watch(Arc::downgrade(&control), stop_rx.clone()));
         }
+        let cluster = cluster_config.map(|c| cluster::start(c, &control, stop_rx.clone()));
         let admin = match admin_config {
             Some(a) => {
-                let state = Arc::new(Admin::new(control.clone(), a.token.clone()));
+                let state = Arc::new(Admin::new(control.clone(), a.token.clone(), cluster.clone()));
                 Some(admin::server::start(state, &a, stop_rx).await?)
             }
             None => None,
         };
-        Ok(Self { control, stop, admin })
+        Ok(Self { control, stop, admin, cluster })
     }
 
     /// Where the admin API listens, if the config has `[admin]`.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// This instance's membership of the cluster, if the config has `[cluster]`.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// The bound address of each listener, by name.

@@ -117,6 +117,7 @@ impl Sim {
             send_proxy: None,
             upstream: Default::default(),
             discover: None,
+            share_stick_tables: false,
         };
         let config = Config { plugins: settings, pools: BTreeMap::from([(POOL.to_owned(), pool)]), ..Config::empty() };
         let snapshot = Snapshot::build(&config, &plugins, None)?;

@@ -28,7 +28,7 @@ mod view;
 pub use candidate::{Candidate, CandidateKind, CandidateStats};
 pub use live::{ActiveGuard, BackendLive, HealthStatus, MAX_NAMES, PoolLive, Report, Reporter};
 pub use metrics::{SnapshotMetrics, encode_plugins};
-pub use stick::{StickHold, StickTable};
+pub use stick::{StickChange, StickEvent, StickHold, StickSink, StickTable, TableShare, address_key};
 pub use view::{Backend, PoolView};
 
 /// Generations never repeat, across pools and rebuilds.

@@ -18,12 +18,15 @@ const LAYERS: &[(&str, u8)] = &[
     ("http", 6),
     ("tcp", 7),
     ("control", 8),
-    ("admin", 9),
-    ("server", 10),
-    ("demo", 11),
-    ("simulate", 11),
+    // Reads the snapshot the writer publishes (and sends it commands); admin renders its
+    // status.
+    ("cluster", 9),
+    ("admin", 10),
+    ("server", 11),
+    ("demo", 12),
+    ("simulate", 12),
     // The binary's subcommands (main.rs + cli/), on top of everything.
-    ("cli", 12),
+    ("cli", 13),
 ];
 
 fn layer(module: &str) -> Option<u8> {

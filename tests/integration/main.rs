@@ -7,6 +7,7 @@ mod affinity;
 mod agreement;
 mod bounds;
 mod cli;
+mod cluster;
 mod conformance;
 mod control;
 mod dashboard;

@@ -48,8 +48,32 @@ pub(crate) fn status(admin: &Admin) -> Value {
         "uptime_s": admin.started_at.elapsed().map_or(0, |d| d.as_secs()),
         "config_file": snapshot_source(admin),
         "admin": { "unauthorized": admin.unauthorized.load(Ordering::Relaxed) },
+        "cluster": admin.cluster.as_deref().map(cluster),
         "listeners": listeners,
         "pools": pools,
+    })
+}
+
+/// `cluster`: this instance's etcd session and what it replicated.
+fn cluster(c: &crate::cluster::Cluster) -> Value {
+    let session = c.session();
+    let s = &c.stats;
+    json!({
+        "node": c.config.node,
+        "etcd": c.config.etcd,
+        "prefix": c.config.prefix,
+        "connected": session.connected,
+        "since": session.since.map(rfc3339),
+        "last_error": session.last_error,
+        "reconnects": s.reconnects.get(),
+        "stick": {
+            "published": s.stick_published.get(),
+            "received": s.stick_received.get(),
+            "adopted": s.stick_adopted.get(),
+            "unpublished": s.stick_unpublished.get(),
+            "dropped": c.dropped(),
+            "leases": s.leases.get(),
+        },
     })
 }
 

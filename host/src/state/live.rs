@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use super::stick::StickTable;
+use super::stick::{StickSink, StickTable};
 use crate::core::{Failure, Verdict, clock};
 use crate::metrics::Histogram;
 use crate::plugin::Observation;
@@ -335,6 +335,13 @@ impl<T> Registry<T> {
         self.values.load().get(id as usize).map(f)
     }
 
+    /// Every object with its name.
+    fn all(&self) -> Vec<(Box<str>, Arc<T>)> {
+        let names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        let values = self.values.load();
+        names.iter().cloned().zip(values.iter().cloned()).collect()
+    }
+
     /// Objects held.
     fn len(&self) -> usize {
         self.values.load().len()
@@ -349,6 +356,8 @@ pub struct PoolLive {
     name: Arc<str>,
     counters: Registry<AtomicU64>,
     sticks: Registry<StickTable>,
+    /// Where the stick tables send their events when the pool shares them.
+    stick_sink: arc_swap::ArcSwapOption<StickSink>,
     secrets: Registry<[u8; 32]>,
     /// Position of the built-in fallback round robin.
     fallback: AtomicU64,
@@ -367,6 +376,7 @@ impl PoolLive {
             name,
             counters: Registry::new("counter"),
             sticks: Registry::new("stick table"),
+            stick_sink: arc_swap::ArcSwapOption::empty(),
             secrets: Registry::new("secret"),
             fallback: AtomicU64::new(0),
             total_load: AtomicU64::new(0),
@@ -404,8 +414,34 @@ impl PoolLive {
     /// The handle of the named stick table, created if new; its TTL becomes `ttl`.
     pub fn stick_table(&self, name: &str, ttl: Duration) -> Option<u32> {
         let id = self.sticks.resolve(&self.name, name, || StickTable::new(ttl))?;
-        self.sticks.with(id, |t| t.set_ttl(ttl));
+        let sink = self.stick_sink.load();
+        self.sticks.with(id, |t| {
+            t.set_ttl(ttl);
+            t.share(&self.name, name, sink.as_deref());
+        });
         Some(id)
+    }
+
+    /// Replicates every stick table of the pool, and those made later, through `sink`;
+    /// `None` stops. Cheap when nothing changes (the cluster calls it on every tick).
+    pub fn share_stick_tables(&self, sink: Option<&StickSink>) {
+        let current = self.stick_sink.load();
+        let same = match (&*current, sink) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.tx.same_channel(&b.tx),
+            _ => false,
+        };
+        if !same {
+            self.stick_sink.store(sink.cloned().map(Arc::new));
+        }
+        for (name, table) in self.sticks.all() {
+            table.share(&self.name, &name, sink);
+        }
+    }
+
+    /// Every stick table of the pool, with its name.
+    pub fn stick_tables(&self) -> Vec<(Box<str>, Arc<StickTable>)> {
+        self.sticks.all()
     }
 
     /// The stick table named `name` (as a plugin named it), if one was made.

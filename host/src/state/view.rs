@@ -162,6 +162,12 @@ impl PoolView {
         objects.with_stick_table(table, |t| t.set(key, backend)).is_some()
     }
 
+    /// The configured address of the member a stick entry names (by its address key).
+    pub fn address_of(&self, backend: u64) -> Option<&str> {
+        let id = *self.by_address.get(&backend)?;
+        self.members.get(id as usize).map(|m| m.config.address.as_str())
+    }
+
     /// Whether any backend is in slow start.
     pub fn ramping(&self) -> bool {
         !self.ramps.is_empty()
