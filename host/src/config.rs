@@ -18,16 +18,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use toml::Spanned;
 
-mod discover;
 mod cluster;
+mod discover;
 mod duration;
 mod health;
 #[cfg(test)]
 mod tests;
 mod tls;
 
-pub use discover::{DiscoverConfig, DnsName};
 pub use cluster::{ClusterConfig, Pem};
+pub use discover::{DiscoverConfig, DnsName};
 pub use duration::FileDuration;
 pub(crate) use duration::human;
 pub use health::{HealthConfig, MAX_PROBE_BODY, OnUnhealthy, ProbeConfig, ProbeKind, StatusSet};
