@@ -569,6 +569,36 @@ async fn a_watched_plugin_file_that_changes_is_swapped_and_a_bad_one_ignored() {
     assert_eq!(seen, ["b", "b"], "the changed file was swapped in");
 }
 
+/// The file watch follows health evaluators named by a path too: the pool's list is
+/// swapped when one of its files changes. `teapot` holds a backend answering 500 healthy;
+/// the pack's `threshold` written over the same file takes it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_health_plugin_file_that_changes_is_swapped() {
+    use weir::core::Verdict;
+    let dir = tempfile::tempdir().unwrap();
+    let b0 = weir::demo::Backend::start("b0").await.unwrap();
+    let b1 = weir::demo::Backend::start("b1").await.unwrap();
+    let plugin = dir.path().join("health.wasm");
+    std::fs::copy(support::fixture("teapot"), &plugin).unwrap();
+    let pool = format!(
+        "probe = {{ kind = \"http\", path = \"/healthz\", interval_ms = 50, timeout_ms = 40 }}\nhealth = [{{ plugin = {:?} }}]",
+        plugin.display().to_string()
+    );
+    let text = support::config_text(&[b0.addr, b1.addr], &pool).replace("[plugins]\n", "[plugins]\nwatch = true\n");
+    let server = support::start(&text).await;
+    b0.set_health(500);
+    // Under teapot only 418 is unhealthy: b0 keeps serving while its probes answer 500.
+    // A second is twenty probes, where threshold (fall 3) takes b0 out in three.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(verdict(&server, 0), Verdict::Healthy, "teapot keeps b0");
+
+    std::fs::write(&plugin, weir::plugin::pack::get("threshold").unwrap()).unwrap();
+    within(10, "b0 unhealthy once threshold is swapped in", || verdict(&server, 0) == Verdict::Unhealthy).await;
+    let names = server.control().health_plugins("p");
+    assert_eq!(names.len(), 1);
+    assert_eq!(verdict(&server, 1), Verdict::Healthy, "b1 was never out");
+}
+
 /// A pool `p` over two demo backends probed every 50 ms on `/healthz` (200-399 pass), with
 /// the pool's default evaluator (`threshold`), and the admin API.
 async fn probed_pool() -> (Vec<weir::demo::Backend>, weir::Server) {

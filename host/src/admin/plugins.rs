@@ -499,8 +499,9 @@ async fn roll_back(admin: &Admin, pool: &str, kind: PluginKind) -> Result<(Swapp
 /// How often the plugin file watch looks at the files.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
-/// `[plugins] watch`: swaps a pool's balancer or affinity plugin that the config names by
-/// a path when that file changes, through the same safe path as the admin API's swap (a
+/// `[plugins] watch`: swaps a pool's balancer, affinity or health plugins that the config
+/// names by a path when such a file changes (a health evaluator's file swaps the pool's
+/// whole list), through the same safe path as the admin API's swap (a
 /// file that does not compile, is of the wrong world, refuses its config or fails the dry
 /// run is logged and ignored; the plugin in place keeps serving). Debounced: a changed
 /// file is swapped in once it has stayed the same (size and modification time) for one
@@ -528,33 +529,46 @@ pub(crate) async fn watch(
         let snapshot = control.ctx.snapshot.load_full();
         let mut now = HashMap::with_capacity(seen.len());
         for (name, pool) in &snapshot.pools {
-            let named = std::iter::once((PluginKind::Balancer, Some(&pool.config.balancer)))
-                .chain(std::iter::once((PluginKind::Affinity, pool.config.affinity.as_ref())));
-            for (kind, plugin) in named {
-                let Some(plugin) = plugin else { continue };
-                let PluginSource::File(path) = &plugin.source else { continue };
-                let key = (name.clone(), kind, path.clone());
-                let state = look(path);
-                let (before, pending) = seen.get(&key).copied().unwrap_or((state, false));
-                let settled = pending && before == state;
-                if settled && state.is_some() {
-                    let wanted = Wanted {
+            // The plugins of each kind, as one swap would replace them: a balancer, an
+            // affinity, or the pool's whole list of health evaluators (any one file of the
+            // list changing swaps the list, the unchanged ones reloaded with it).
+            let groups: [(PluginKind, Vec<&crate::config::PluginRef>); 3] = [
+                (PluginKind::Balancer, vec![&pool.config.balancer]),
+                (PluginKind::Affinity, pool.config.affinity.iter().collect()),
+                (PluginKind::Health, pool.config.health.plugins.iter().collect()),
+            ];
+            for (kind, plugins) in groups {
+                let mut changed = None;
+                for plugin in &plugins {
+                    let PluginSource::File(path) = &plugin.source else { continue };
+                    let key = (name.clone(), kind, path.clone());
+                    let state = look(path);
+                    let (before, pending) = seen.get(&key).copied().unwrap_or((state, false));
+                    let settled = pending && before == state;
+                    if settled && state.is_some() {
+                        changed.get_or_insert(path.clone());
+                    }
+                    now.insert(key, (state, !settled && (pending || before != state)));
+                }
+                let Some(path) = changed else { continue };
+                let wanted = plugins
+                    .iter()
+                    .map(|plugin| Wanted {
                         name: plugin.source.to_string(),
                         source: Some(plugin.source.clone()),
                         bytes: None,
                         config_json: plugin.config_json.clone(),
                         limits: plugin.limits,
-                    };
-                    match swap_in(&control, name, kind, vec![wanted]).await {
-                        Ok((_, t)) => {
-                            tracing::info!(pool = %name, kind = kind.as_str(), file = %path.display(), load_ms = t.load.as_secs_f64() * 1e3, "plugin file changed: swapped")
-                        }
-                        Err(e) => {
-                            tracing::error!(pool = %name, kind = kind.as_str(), file = %path.display(), error = %e, "plugin file changed but not swapped; the plugin in place keeps serving")
-                        }
+                    })
+                    .collect();
+                match swap_in(&control, name, kind, wanted).await {
+                    Ok((_, t)) => {
+                        tracing::info!(pool = %name, kind = kind.as_str(), file = %path.display(), load_ms = t.load.as_secs_f64() * 1e3, "plugin file changed: swapped")
+                    }
+                    Err(e) => {
+                        tracing::error!(pool = %name, kind = kind.as_str(), file = %path.display(), error = %e, "plugin file changed but not swapped; the plugin in place keeps serving")
                     }
                 }
-                now.insert(key, (state, !settled && (pending || before != state)));
             }
         }
         seen = now;
