@@ -676,8 +676,43 @@ impl<W: World> Plugin<W> {
         (req, result)
     }
 
-    /// [`Self::call_in`] past its counting and timing.
+    /// [`Self::call_in`] past its counting and timing. A host function that panics under
+    /// the plugin is its trap, not the thread's: wasmtime-wasi's blocking calls
+    /// (`pollable.block`, `poll`, blocking stream writes, so `sleep` and `println!`) block
+    /// on the ambient tokio runtime, which panics on a runtime worker. wasmtime unwinds the
+    /// wasm frames and resumes the panic here; the instance is dropped like a trapped one,
+    /// and the call fails with a reason the plugin's author can act on.
     fn call_inner<R>(
+        &self,
+        slot: &mut Slot<W>,
+        view: &Arc<dyn PoolHost>,
+        req: PickRequest,
+        long: bool,
+        f: impl FnOnce(&W::Exports, &mut wasmtime::Store<InstanceState>) -> wasmtime::Result<R>,
+    ) -> (PickRequest, Result<R, CallError>) {
+        let run = std::panic::AssertUnwindSafe(|| self.call_unguarded(slot, view, req, long, f));
+        match std::panic::catch_unwind(run) {
+            Ok(done) => done,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let req = slot.live.take().and_then(|mut l| l.store.data_mut().request.take()).unwrap_or_default();
+                let info = &self.info;
+                info.stats.traps.fetch_add(1, Ordering::Relaxed);
+                let err = CallError::Trap(format!(
+                    "a host call made by the plugin failed (plugins may not block: no sleep, poll or blocking I/O such as printing to stdout; use log.write): {what}"
+                ));
+                tracing::warn!(plugin = %info.name, pool = %info.pool, world = W::NAME, error = %err, "plugin trapped; instance dropped");
+                (req, Err(err))
+            }
+        }
+    }
+
+    /// [`Self::call_inner`] without its guard against panics.
+    fn call_unguarded<R>(
         &self,
         slot: &mut Slot<W>,
         view: &Arc<dyn PoolHost>,

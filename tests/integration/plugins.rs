@@ -277,3 +277,45 @@ fn an_endless_loop_is_cut_on_a_saturated_machine() {
     assert!(placements.iter().all(|p| *p == Placement::Rejected), "{placements:?}");
     assert_eq!(sim.stats().timeouts.load(Ordering::Relaxed), 5);
 }
+
+/// A component that imports `wasi:http` (as componentize-js builds do) loads, and every
+/// outgoing request it makes is refused with `HTTP-request-denied`: the `http-caller`
+/// fixture sends one on each pick, waits for the answer, and picks backend 1 only when
+/// refused so. `weir plugin simulate` runs it on a plain thread, where the wait works:
+/// every pick is backend 1. The proxy runs it on its runtime's workers, where a blocking
+/// call cannot be allowed: each pick is a trap (the instance dropped, the fallback
+/// serving), and the proxy serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_importing_wasi_http_loads_its_requests_are_denied_and_blocking_traps() {
+    let bytes = std::fs::read(support::fixture("http-caller")).unwrap();
+    let runtime = weir::plugin::PluginRuntime::new(weir::config::PluginSettings {
+        cache_dir: Some(support::cache_dir()),
+        ..Default::default()
+    })
+    .unwrap();
+    let inspection = runtime.inspect(&bytes).unwrap();
+    assert!(inspection.imports.iter().any(|i| i.starts_with("wasi:http/outgoing-handler")), "{:?}", inspection.imports);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["plugin", "simulate", "--backends", "2", "--requests", "20", "--json", "--plugin"])
+        .arg(support::fixture("http-caller"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let picks: Vec<u64> = report["backends"].as_array().unwrap().iter().map(|b| b["picks"].as_u64().unwrap()).collect();
+    assert_eq!(picks, [0, 20], "every request refused as HTTP-request-denied: {report}");
+    assert_eq!(report["traps"], 0, "{report}");
+
+    let ups = [Upstream::start("a").await, Upstream::start("b").await];
+    let addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+    let extra = format!("balancer = {{ plugin = {:?} }}", support::fixture("http-caller").display().to_string());
+    let server = support::start(&support::config_text(&addrs, &extra)).await;
+    let url = format!("http://{}/", server.addr("main").unwrap());
+    let client = support::client();
+    for _ in 0..4 {
+        assert_eq!(support::get(&client, &url).await.0, StatusCode::OK);
+    }
+    let stats = &server.snapshot().pools["p"].balancer.stats;
+    assert!(stats.traps.load(Ordering::Relaxed) >= 4, "each blocking pick traps");
+}
