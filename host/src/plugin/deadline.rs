@@ -8,7 +8,8 @@
 //! Each later expiry traps only once the CPU time the thread used since that first
 //! reading reaches the call's budget, and extends the deadline by what is left otherwise.
 //! A runaway plugin is therefore cut after at most its budget of wall time plus its budget
-//! of CPU time (plus a tick); a preempted call is not cut. A call whose wall time since the
+//! of CPU time (plus a tick, and plus up to the ticker's lazy pace when it starts while the
+//! ticker is lazy: plugin::engine); a preempted call is not cut. A call whose wall time since the
 //! first expiry reaches [`WALL_CAP`] budgets is cut whatever it ran, so a thread that only
 //! ever gets slivers of a core still ends its call.
 //!

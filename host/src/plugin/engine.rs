@@ -28,30 +28,33 @@
 //!
 //! # The epoch ticker
 //!
-//! A thread advances the engine's epoch every [`EPOCH_TICK`], which is what lets a call's
-//! deadline pass. It is only needed while a call runs, so it parks as soon as a tick went
-//! by in which no call ran and none started, and the next call to start
-//! ([`Running::start`]) unparks it. Calls are counted by two monotonic counters, started
-//! and ended, each bumped once per call as the one running-count was before: the ticker
-//! tells "a call ran in this tick" from "calls ran long ago" by comparing the started
-//! count with the one it saw at the previous tick, with no more shared writes per call.
+//! A thread advances the engine's epoch, which is what lets a call's deadline pass. Ticks
+//! are only needed while a call runs long, and a decision runs for about a microsecond,
+//! so the ticker keeps one of three paces, chosen after each wake from two monotonic
+//! counters of calls, started and ended (each bumped once per call; the ticker tells "a
+//! call ran since I last looked" by comparing the started count with the one it saw):
 //!
-//! So an idle proxy, one moving only L4 bytes, or the health thread calling its
-//! evaluators a few dozen times a second (the results of a probe slot, every 50 ms with
-//! 1,000 backends probed every second) wakes the ticker about three times per burst of
-//! calls (unparked, a tick that saw the burst, a quiet tick), not 1,000 times a second:
-//! each wake costs about 33 µs of CPU in this VM (BENCHMARKS.md, health and L4; with
-//! 1,000 probes a second it now wakes 53-66 times a second instead of 470-630). Under
-//! traffic that calls a plugin at least once per tick (an HTTP or L4 load of more than a
-//! thousand decisions a second) it keeps ticking, as before: it never parks and is never
-//! unparked, so a decision never pays for a wake-up. In between (a call every few ticks)
-//! it parks and is unparked often, and the call that unparks it pays one `futex` wake
-//! (0.3-0.4 per connection at about 1,000 L4 connections a second, under strace), each
-//! saving the ticks it would have slept through. A call counts as running from its start
-//! until its [`Running`] drops, so a runaway call keeps the ticker going until its
-//! deadline cuts it; the deadline's precision is unchanged (the first tick after a call
-//! starts comes at most one tick, plus the ticker's wake-up latency when it was parked,
-//! after the start).
+//! - **tick** (every [`EPOCH_TICK`]) while a call is running when it looks: a long call's
+//!   deadline passes on time from then on;
+//! - **lazy** (every [`LAZY_TICK`]) when calls started since it last looked but none runs
+//!   now: the usual state under traffic, where a call is in flight about 1 % of the time;
+//! - **parked** when no call started since it last looked; the next call to start
+//!   ([`Running::start`]) unparks it with one `futex` wake.
+//!
+//! Before 2026-12-04 it ticked every millisecond whenever a call had started within the
+//! last tick, so under any load of more than a thousand decisions a second it woke 1,000
+//! times a second, each wake about 33-38 µs of CPU in this VM and a preemption of the
+//! worker when both share a core (3 % of the proxy's CPU under `wrk`, and 2.5-3.8 µs per
+//! health probe: BENCHMARKS.md). Lazy, it wakes 20 times a second under load.
+//!
+//! The price is a runaway call's precision: a call that starts while the ticker is lazy
+//! and never returns is first seen at the ticker's next wake, up to [`LAZY_TICK`] later,
+//! and its deadline counts from there (a call that starts while the ticker is parked
+//! unparks it and is seen at once; one that starts while it ticks is timed as before).
+//! So a runaway call is cut after at most `LAZY_TICK` + its budget of wall time + its
+//! budget of CPU time (plugin::deadline), 54 ms at the default 2 ms budget instead of 4
+//! ms, and only the first of a run of runaway calls pays it: while any runs, the ticker
+//! ticks.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -63,6 +66,9 @@ use super::LoadError;
 
 /// How often the epoch advances; call deadlines are whole ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How long the ticker sleeps when calls come and go but none was running when it looked.
+pub(crate) const LAZY_TICK: Duration = Duration::from_millis(50);
 
 /// Calls started, on any thread, since the process started (wrapping).
 static STARTED: AtomicUsize = AtomicUsize::new(0);
@@ -102,42 +108,61 @@ impl Drop for Running {
     }
 }
 
-/// What the ticker knows between two ticks: the started count it saw last.
+/// How long the ticker waits before it looks again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// A call runs: tick every [`EPOCH_TICK`].
+    Tick,
+    /// Calls came and went: look again after [`LAZY_TICK`].
+    Lazy,
+    /// No call since the last look: park until one starts.
+    Park,
+}
+
+/// What the ticker knows between two looks: the started count it saw last.
 #[derive(Debug)]
 struct Watch {
     seen: usize,
 }
 
 impl Watch {
-    /// After a tick, with the counts read now (`ended` read first): whether to keep
-    /// ticking, i.e. a call runs now or one started since the last tick.
-    fn busy(&mut self, started: usize, ended: usize) -> bool {
+    /// The pace after a look, with the counts read now (`ended` read first).
+    fn pace(&mut self, started: usize, ended: usize) -> Pace {
         let started_since = started != self.seen;
         self.seen = started;
-        started_since || started != ended
+        if started != ended {
+            Pace::Tick
+        } else if started_since {
+            Pace::Lazy
+        } else {
+            Pace::Park
+        }
     }
 }
 
-/// The ticker's loop: advance the epoch every tick while calls run or start, park after
-/// a tick with none.
+/// The ticker's loop: advance the epoch at each wake, then wait as [`Watch::pace`] says.
 fn tick(engine: &Engine) -> ! {
     let mut watch = Watch { seen: STARTED.load(Ordering::SeqCst) };
     loop {
-        std::thread::sleep(EPOCH_TICK);
         engine.increment_epoch();
         // Ended first: a call that starts and ends between the two reads still shows as
         // started (and the difference is never below the calls running at the first read).
         let ended = ENDED.load(Ordering::SeqCst);
-        if watch.busy(STARTED.load(Ordering::SeqCst), ended) {
-            continue;
-        }
-        PARKED.store(true, Ordering::SeqCst);
-        if STARTED.load(Ordering::SeqCst) != watch.seen {
-            PARKED.store(false, Ordering::SeqCst);
-            continue;
-        }
-        while PARKED.load(Ordering::SeqCst) {
-            std::thread::park();
+        match watch.pace(STARTED.load(Ordering::SeqCst), ended) {
+            Pace::Tick => std::thread::sleep(EPOCH_TICK),
+            Pace::Lazy => std::thread::sleep(LAZY_TICK),
+            Pace::Park => {
+                PARKED.store(true, Ordering::SeqCst);
+                // A call that started before the store saw the ticker awake and did not
+                // unpark it: look again at once.
+                if STARTED.load(Ordering::SeqCst) != watch.seen {
+                    PARKED.store(false, Ordering::SeqCst);
+                    continue;
+                }
+                while PARKED.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+            }
         }
     }
 }
@@ -188,23 +213,24 @@ mod tests {
     }
 
     #[test]
-    fn the_ticker_keeps_ticking_only_while_calls_run_or_start() {
+    fn the_ticker_ticks_only_while_a_call_runs_and_parks_when_none_started() {
         let mut watch = Watch { seen: 5 };
         // Nothing started, nothing running: park.
-        assert!(!watch.busy(5, 5));
-        // A call started and ended within the tick: one more tick.
-        assert!(watch.busy(6, 6));
-        assert!(!watch.busy(6, 6));
+        assert_eq!(watch.pace(5, 5), Pace::Park);
+        // A call started and ended since the last look: look again later.
+        assert_eq!(watch.pace(6, 6), Pace::Lazy);
+        assert_eq!(watch.pace(6, 6), Pace::Park);
         // A long call: ticks while it runs, whatever starts meanwhile.
-        assert!(watch.busy(7, 6));
-        assert!(watch.busy(7, 6));
-        assert!(watch.busy(9, 8));
-        // It ended: one quiet tick, then park.
-        assert!(!watch.busy(9, 9));
+        assert_eq!(watch.pace(7, 6), Pace::Tick);
+        assert_eq!(watch.pace(7, 6), Pace::Tick);
+        assert_eq!(watch.pace(9, 8), Pace::Tick);
+        // It ended: calls came and went, so lazy, then park.
+        assert_eq!(watch.pace(9, 9), Pace::Park);
+        assert_eq!(watch.pace(12, 12), Pace::Lazy);
         // Counts wrap without a false "quiet".
         let mut watch = Watch { seen: usize::MAX };
-        assert!(watch.busy(0, usize::MAX));
-        assert!(!watch.busy(0, 0));
+        assert_eq!(watch.pace(0, usize::MAX), Pace::Tick);
+        assert_eq!(watch.pace(0, 0), Pace::Park);
     }
 
     #[test]
