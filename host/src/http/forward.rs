@@ -89,10 +89,6 @@ pub(crate) async fn forward(
         to_h2(&mut head, cfg.upstream.tls.is_some(), &backend.config.address);
     }
     let mut request = Request::from_parts(*head, incoming);
-    if exchange.client_upgrade.is_some() {
-        // The connection completes the upgrade after this task has moved on.
-        conn.sender.detach();
-    }
 
     live.request_started();
     let started = Instant::now();
@@ -112,12 +108,7 @@ pub(crate) async fn forward(
                 Some(req) if conn.reused => {
                     request = req;
                     match upstream::reconnect(&ctx.idle, live, target, proxy.as_ref()).await {
-                        Ok(fresh) => {
-                            conn = Checkout { reused: false, ..fresh };
-                            if exchange.client_upgrade.is_some() {
-                                conn.sender.detach();
-                            }
-                        }
+                        Ok(fresh) => conn = Checkout { reused: false, ..fresh },
                         Err(e) => {
                             live.exchange_failed(e.failure(), None, 0);
                             live.request_finished();

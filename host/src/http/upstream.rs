@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http2};
+use hyper::client::conn::{TrySendError, http1, http2};
 
 use super::ClientBody;
 use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol};
@@ -143,9 +143,8 @@ impl ConnectError {
 /// HTTP/2 connection.
 #[derive(Debug)]
 pub(crate) enum Sender {
-    /// An HTTP/1.1 connection, the request's alone until its response is read, and
-    /// driven by it.
-    H1(h1::Conn),
+    /// An HTTP/1.1 connection, the request's alone until its response is read.
+    H1(http1::SendRequest<ClientBody>),
     /// A handle on a backend's shared HTTP/2 connection.
     H2(http2::SendRequest<ClientBody>),
 }
@@ -158,15 +157,8 @@ impl Sender {
         req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, TrySendError<Request<ClientBody>>> {
         match self {
-            Sender::H1(c) => c.try_send(req).await,
+            Sender::H1(s) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
-        }
-    }
-
-    /// Hands an HTTP/1.1 connection's driver to a task of its own (see [`h1::Conn::detach`]).
-    pub(crate) fn detach(&mut self) {
-        if let Sender::H1(c) = self {
-            c.detach();
         }
     }
 }
@@ -288,11 +280,11 @@ impl UpstreamBody {
 
     fn release(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        let Sender::H1(h1) = conn.sender else { return };
-        if self.max_idle == 0 || h1.is_closed() || self.active.live().is_retired() {
+        let Sender::H1(sender) = conn.sender else { return };
+        if self.max_idle == 0 || sender.is_closed() || self.active.live().is_retired() {
             return;
         }
-        self.pool.h1.put(self.active.live().key(), h1, self.max_idle);
+        self.pool.h1.put(self.active.live().key(), sender, self.max_idle);
     }
 }
 
@@ -301,15 +293,7 @@ impl Body for UpstreamBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
-        // An HTTP/1.1 connection driven here: asking for the body (above) told hyper to
-        // read it, which the driver does; then ask again.
-        if polled.is_pending()
-            && let Some(Checkout { sender: Sender::H1(h1), .. }) = self.conn.as_mut()
-        {
-            h1.drive(cx);
-            polled = Pin::new(&mut self.inner).poll_frame(cx);
-        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => {
                 self.finished = true;
