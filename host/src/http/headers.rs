@@ -7,7 +7,6 @@ use std::net::{Ipv6Addr, SocketAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::errors::HostError;
-use super::route::request_host;
 
 /// Checks a request's host as RFC 9112 §3.2 asks of a server: an HTTP/1.1 request has
 /// exactly one `Host`, an HTTP/1.0 one at most, and every `Host` value and absolute-form
@@ -140,43 +139,59 @@ pub(crate) fn connect_to_upgrade(head: &mut http::request::Parts) {
 /// `X-Forwarded-*` added (`X-Forwarded-Proto: https` when the client connected over
 /// `tls`).
 pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: SocketAddr, tls: bool) {
-    let host = request_host(head).and_then(|h| HeaderValue::from_str(h).ok());
-    if head.uri.authority().is_some() {
-        let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(uri) = pq.parse() {
-            head.uri = uri;
+    // The host routed by: an absolute-form target's authority (copied, and set as `Host`),
+    // else the `Host` header's value (shared, not copied).
+    let host = match head.uri.authority() {
+        Some(authority) => {
+            let host = HeaderValue::from_str(authority.as_str()).ok();
+            let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
+            if let Ok(uri) = pq.parse() {
+                head.uri = uri;
+            }
+            if let Some(host) = &host {
+                head.headers.insert(header::HOST, host.clone());
+            }
+            host
         }
-        if let Some(host) = &host {
-            head.headers.insert(header::HOST, host.clone());
-        }
-    }
+        None => head.headers.get(header::HOST).cloned(),
+    };
     head.version = http::Version::HTTP_11;
-    // `TE: trailers` says the client takes trailers; the backend is told so (gRPC servers
-    // ask for it), whatever else the hop-by-hop `TE` said.
-    let trailers = head
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
-    remove_hop_by_hop(&mut head.headers);
-    if trailers {
-        head.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if has_hop_by_hop(&head.headers) {
+        // `TE: trailers` says the client takes trailers; the backend is told so (gRPC
+        // servers ask for it), whatever else the hop-by-hop `TE` said.
+        let trailers = head
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        remove_named_hop_by_hop(&mut head.headers);
+        if trailers {
+            head.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 
-    // Every `X-Forwarded-For` line, in order, as one list, then the peer.
-    let mut xff = Vec::new();
-    for prior in head.headers.get_all(X_FORWARDED_FOR) {
-        let prior = prior.as_bytes().trim_ascii();
-        if !prior.is_empty() {
-            xff.extend_from_slice(prior);
-            xff.extend_from_slice(b", ");
+    let mut ip = [0u8; 64];
+    let ip = ip_text(peer.ip(), &mut ip);
+    let xff = match head.headers.get(X_FORWARDED_FOR) {
+        // Every `X-Forwarded-For` line, in order, as one list, then the peer.
+        Some(_) => {
+            let mut xff = Vec::new();
+            for prior in head.headers.get_all(X_FORWARDED_FOR) {
+                let prior = prior.as_bytes().trim_ascii();
+                if !prior.is_empty() {
+                    xff.extend_from_slice(prior);
+                    xff.extend_from_slice(b", ");
+                }
+            }
+            xff.extend_from_slice(ip);
+            HeaderValue::from_bytes(&xff)
         }
-    }
-    xff.extend_from_slice(peer.ip().to_string().as_bytes());
+        None => HeaderValue::from_bytes(ip),
+    };
     // Made of received header values (no CR, LF or NUL) and an address, so it is valid.
-    if let Ok(v) = HeaderValue::from_bytes(&xff) {
+    if let Ok(v) = xff {
         head.headers.insert(X_FORWARDED_FOR, v);
     }
     head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
@@ -185,32 +200,92 @@ pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: Socke
     }
 }
 
+/// An address as text, written into `buf` without the formatting machinery for IPv4
+/// (the common case, once per request).
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // At most 45 bytes (an IPv4-mapped address written out), so it fits.
+            let _ = write!(cursor, "{v6}");
+            let n = usize::try_from(cursor.position()).unwrap_or(0);
+            &buf[..n]
+        }
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is one of the hop-by-hop headers every message loses (RFC 9110
+/// §7.6.1), whatever `Connection` names.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// Whether any hop-by-hop header is present: one pass over the names, cheaper than a
+/// hashed lookup per name when (as for most requests) there is none.
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(is_hop_by_hop)
+}
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those named in `Connection`.
 /// `Trailer` is not one (RFC 9110 §6.6.2): it stays, so the trailers it announces pass
 /// through (hyper's HTTP/1.1 side writes only the trailer fields a message announces).
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if has_hop_by_hop(headers) {
+        remove_named_hop_by_hop(headers);
+    }
+}
+
+/// [`remove_hop_by_hop`] without the first look.
+fn remove_named_hop_by_hop(headers: &mut HeaderMap) {
+    // `keep-alive` and `upgrade`, the usual tokens, name headers removed anyway below, so
+    // the list stays empty and unallocated for them.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("upgrade"))
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    for name in
+        [header::CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRANSFER_ENCODING, header::UPGRADE]
+    {
         headers.remove(name);
     }
 }
@@ -261,6 +336,18 @@ mod tests {
                 h
             },
         )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_address_is_written_as_its_display_writes_it(v4 in proptest::prelude::any::<u32>(), v6 in proptest::prelude::any::<u128>()) {
+            for ip in [std::net::IpAddr::from(v4.to_be_bytes()), std::net::IpAddr::from(v6.to_be_bytes()),
+                       std::net::IpAddr::V6(std::net::Ipv4Addr::from(v4).to_ipv6_mapped())] {
+                let mut buf = [0u8; 64];
+                let text = ip.to_string();
+                proptest::prop_assert_eq!(ip_text(ip, &mut buf), text.as_bytes());
+            }
+        }
     }
 
     proptest::proptest! {
