@@ -58,8 +58,10 @@ bench-instructions:
 
 # weir, nginx and HAProxy (Debian's) side by side on one origin in one run: HTTP/1.1,
 # h2c, HTTPS, TLS handshakes, L4, p99 at a fixed rate, idle WebSocket memory, each with
-# its issue's target. ROUNDS=3 DURATION=10 PARTS=h1,h2c,... (host/benches/peers/run.sh
-# says what it needs and measures); the table is written under target/peers/.
+# its issue's target. ROUNDS=3 DURATION=10 PARTS=h1,h2c,... (host/benches/peers/peers.py
+# says what each part measures); the table is written under target/peers/. Needs
+# `apt-get install nginx haproxy wrk nghttp2-client iperf3 curl openssl strace
+# python3-websockets` (not installed by .ci/run) and builds weir and oha if missing.
 peers:
     host/benches/peers/run.sh
 
