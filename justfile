@@ -47,12 +47,23 @@ bench-swap:
 soak:
     cargo bench --bench soak
 
-# Instructions per decision for every pack balancer at 10 to 10,000 backends, and what
-# passive health adds to a successful request, counted by callgrind (stable where wall
-# clock is not; needs valgrind).
+# Instructions per decision for every pack balancer at 10 to 10,000 backends, what
+# passive health adds to a successful request, and instructions per proxied HTTP/1.1
+# request through the real server and client code (request_instructions), counted by
+# callgrind (stable where wall clock is not; needs valgrind).
 bench-instructions:
     host/benches/instructions.sh
     host/benches/passive.sh
+    cargo bench --bench request_instructions
+
+# weir, nginx and HAProxy (Debian's) side by side on one origin in one run: HTTP/1.1,
+# h2c, HTTPS, TLS handshakes, L4, p99 at a fixed rate, idle WebSocket memory, each with
+# its issue's target. ROUNDS=3 DURATION=10 PARTS=h1,h2c,... (host/benches/peers/peers.py
+# says what each part measures); the table is written under target/peers/. Needs
+# `apt-get install nginx haproxy wrk nghttp2-client iperf3 curl openssl strace
+# python3-websockets` (not installed by .ci/run) and builds weir and oha if missing.
+peers:
+    host/benches/peers/run.sh
 
 # Three demo backends behind the proxy on 127.0.0.1:8080.
 demo:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# weir, nginx and HAProxy side by side on one origin, in one run (`just peers`).
+#
+#   ROUNDS=3 DURATION=10 host/benches/peers/run.sh
+#   PARTS=h1,h2c host/benches/peers/run.sh     # only these: h1 h2c https handshakes l4 p99 ws
+#   WEIR=path/to/weir host/benches/peers/run.sh   # that binary instead of this tree's release build
+#
+# Needs (Debian; not installed by .ci/run, this is not a test):
+#   apt-get install nginx haproxy wrk nghttp2-client iperf3 curl openssl strace python3-websockets
+# and oha, which this script installs once from crates.io into target/tools/oha (a few
+# minutes of build; `cargo install oha --locked`). A part whose tool is missing is skipped
+# and says so. What it measures and how: host/benches/peers/peers.py. Everything it writes
+# goes under target/peers/ (OUT=DIR for another place); the table is in its peers.md.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+if [ -z "${WEIR:-}" ]; then
+    # Build (or find up to date) this tree's release binary: the commit the table names.
+    cargo build --release --bin weir
+    export WEIR=$PWD/target/release/weir
+fi
+if [ -z "${OHA:-}" ]; then
+    export OHA=$PWD/target/tools/oha/bin/oha
+    if [ ! -x "$OHA" ]; then
+        echo "installing oha into target/tools/oha (once)"
+        t0=$(date +%s)
+        cargo install oha --locked --root target/tools/oha
+        echo "oha installed in $(($(date +%s) - t0)) s"
+    fi
+fi
+exec /usr/bin/python3 host/benches/peers/peers.py
