@@ -60,11 +60,11 @@ enum Outcome {
 }
 
 /// `/` and `%` escaped, so a name is one key segment.
-fn escape(name: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn escape(name: &str) -> std::borrow::Cow<'_, str> {
     if name.contains(['/', '%']) { name.replace('%', "%25").replace('/', "%2F").into() } else { name.into() }
 }
 
-fn unescape(segment: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn unescape(segment: &str) -> std::borrow::Cow<'_, str> {
     if segment.contains('%') { segment.replace("%2F", "/").replace("%25", "%").into() } else { segment.into() }
 }
 
