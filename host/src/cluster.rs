@@ -49,6 +49,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often held entries are renewed and pools' sharing is brought up to date.
 const TICK: Duration = Duration::from_millis(250);
+/// Interval of the connection's keep-alive pings. etcd (gRPC) refuses pings more
+/// frequent than its `--grpc-keepalive-min-time`, 5 s by default: after a few it closes
+/// the connection (`GOAWAY too_many_pings`), which every instance then saw as a lost
+/// session every 8 s, each followed by a full resync.
+const KEEP_ALIVE: Duration = Duration::from_secs(6);
 /// Deadline of one etcd call (a dead etcd is noticed within it).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -290,7 +295,7 @@ async fn session(
                     return Ok(());
                 }
                 let Some(c) = control.upgrade() else { return Ok(()) };
-                let result = sticks.publish(cluster, &c, &client, batch.drain(..)).await;
+                let result = sticks.queued(cluster, &c, &client, batch.drain(..)).await;
                 result?;
             }
             _ = tick.tick() => {
@@ -308,7 +313,7 @@ async fn connect(config: &ClusterConfig) -> Result<etcd_client::Client, String> 
     let mut options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(CALL_TIMEOUT)
         .with_timeout(CALL_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(2), CALL_TIMEOUT)
+        .with_keep_alive(KEEP_ALIVE, CALL_TIMEOUT)
         .with_keep_alive_while_idle(true);
     if config.ca.is_some() || config.identity.is_some() {
         let mut tls = etcd_client::TlsOptions::new();

@@ -316,6 +316,14 @@ async fn cluster_a_session_pinned_through_one_instance_stays_on_its_backend_thro
     let kvs = etcd.get_prefix("/weir-test/stick/p/header:x-session/");
     assert_eq!(kvs.len(), 2 * 7, "{kvs:?}");
     assert!(kvs.iter().skip(1).step_by(2).all(|v| addrs.iter().any(|a| a.to_string() == *v)), "{kvs:?}");
+    // One write per new session, none for the requests that followed (a request's
+    // binding holds its entry while it is served: that costs no write).
+    assert_eq!(a.cluster().await["stick"]["published"], 6);
+    assert_eq!(b.cluster().await["stick"]["published"], 1);
+    assert_eq!(c.cluster().await["stick"]["published"], 0);
+    let res = client().request(Request::get(format!("{}/metrics", etcd.url())).body(empty()).unwrap()).await.unwrap();
+    let metrics = body_text(res).await;
+    assert!(metrics.lines().any(|l| l == "etcd_mvcc_put_total 7"), "etcd counts 7 puts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

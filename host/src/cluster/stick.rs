@@ -10,10 +10,15 @@
 //!   `create_revision` with 0); otherwise the transaction returns the entry, and a
 //!   different backend there is adopted locally: whoever wrote first wins, everywhere;
 //! - a changed pin (the plugin re-picked) overwrites;
-//! - a renewal (an entry used after half its TTL, or held by a tunnel) rewrites the entry
-//!   with a fresh lease if it still holds our backend, adopts the other one if not, and
-//!   creates it again if it expired meanwhile.
+//! - a renewal (an entry used after half its TTL, or held by a tunnel for half its TTL)
+//!   rewrites the entry with a fresh lease if it still holds our backend, adopts the
+//!   other one if not, and creates it again if it expired meanwhile;
+//! - a hold itself writes nothing: every request's binding holds its entry while it is
+//!   served, so writing on a hold cost one write per request (two per new session, as
+//!   measured before this was found); a hold still alive half a TTL later is renewed.
 //!
+//! So one new session costs one write (the create), and a session in use one renewal
+//! per half TTL, whichever instance it goes through.
 //! Leases: each write takes the lease of its TTL's current bucket. A bucket lasts `w` =
 //! a quarter of the TTL (1 s to 60 s) and its lease `TTL + w` (+1 s), so an entry
 //! outlives its last write by at least the TTL and at most `TTL + w + 1 s`, and a
@@ -191,6 +196,30 @@ impl Replicator {
         cluster.stats.leases.inc();
         self.leases.insert(ms, (resp.id(), granted));
         Ok(resp.id())
+    }
+
+    /// Takes the events the local tables queued: a hold is only remembered (the entry
+    /// was written when it was pinned or last renewed, at most half its TTL ago: a hold
+    /// that still lives half a TTL from now is renewed by [`Self::renew_held`]), so a
+    /// request, whose binding holds its entry only while it is served, costs no write;
+    /// the rest is written ([`Self::publish`]).
+    pub(super) async fn queued(
+        &mut self,
+        cluster: &Cluster,
+        control: &Control,
+        client: &Client,
+        events: impl Iterator<Item = StickEvent>,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let mut writes = Vec::new();
+        for ev in events {
+            if ev.change == StickChange::Held {
+                self.track(ev.table, ev.key, ev.backend, Some(now));
+            } else {
+                writes.push(ev);
+            }
+        }
+        self.publish(cluster, control, client, writes.into_iter()).await
     }
 
     /// Writes a batch of events to etcd (up to [`CONCURRENCY`] at once), adopting the
