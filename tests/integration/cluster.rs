@@ -437,6 +437,50 @@ async fn cluster_etcd_killed_mid_traffic_costs_no_request_and_the_instances_resy
     assert_eq!(b.serve("made-offline").await.unwrap(), offline);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_two_instances_pinning_the_same_keys_at_once_converge_on_one_backend() {
+    let (_ups, addrs) = backends().await;
+    let etcd = Etcd::start().await;
+    let url = etcd.url();
+    // `first` takes the first backend of the file's order: A and C pick b1, B picks b2,
+    // so every key pinned through A and B at once is a race.
+    let pool = |order: [usize; 3]| {
+        let list: Vec<String> = order.iter().map(|&i| format!("{{ address = \"{}\" }}", addrs[i])).collect();
+        format!("[pool.p]\nbackends = [{}]\nbalancer = {{ plugin = \"first\" }}\n{}", list.join(", "), sticky(600))
+    };
+    let (pa, pb) = (pool([0, 1, 2]), pool([1, 0, 2]));
+    let (a, b, c) = tokio::join!(
+        Weir::launch(&url, "a", "p", &pa),
+        Weir::launch(&url, "b", "p", &pb),
+        Weir::launch(&url, "c", "p", &pa)
+    );
+    for w in [&a, &b, &c] {
+        w.connected().await;
+    }
+    let keys: Vec<String> = (0..50).map(|i| format!("race-{i}")).collect();
+    // The first request of every key, through A and B at the same moment.
+    let first = futures_util::future::join_all(keys.iter().flat_map(|k| [a.serve(k), b.serve(k)])).await;
+    let first: Vec<String> = first.into_iter().map(Result::unwrap).collect();
+    assert!(first.chunks(2).any(|p| p[0] != p[1]), "A and B never picked differently: no race was run");
+    // Once the watch has settled, every instance sends each key to one backend.
+    for k in &keys {
+        let agreed = wait_for(&format!("{k} agrees on A, B and C"), Duration::from_secs(20), async || {
+            let (x, y, z) = (a.serve(k).await.ok()?, b.serve(k).await.ok()?, c.serve(k).await.ok()?);
+            (x == y && y == z).then_some(x)
+        })
+        .await;
+        for w in [&a, &b, &c, &b, &a] {
+            assert_eq!(w.serve(k).await.unwrap(), agreed, "{k} moved after agreeing");
+        }
+    }
+    // The losers adopted the winners' pins (the create-if-absent transaction's answer).
+    let adopted = a.cluster().await["stick"]["adopted"].as_u64().unwrap()
+        + b.cluster().await["stick"]["adopted"].as_u64().unwrap();
+    assert!(adopted > 0, "no pin was adopted");
+    let kvs = etcd.get_prefix("/weir-test/stick/p/header:x-session/");
+    assert_eq!(kvs.len(), 2 * keys.len(), "one entry per key");
+}
+
 /// Waits until every one of `instances` serves only from `want` (ten requests each).
 async fn all_serve_from(instances: &[&Weir], want: &[&str]) {
     for w in instances {
