@@ -229,10 +229,7 @@ async fn run(
             tokio::select! {
                 () = &mut wait => break,
                 ev = rx.recv() => match ev {
-                    Some(ev) => {
-                        cluster.stats.stick_unpublished.inc();
-                        sticks.offline(ev);
-                    }
+                    Some(_) => cluster.stats.stick_unpublished.inc(),
                     None => return,
                 },
                 () = crate::net::listen::stop_serving(&mut stop) => return,
@@ -295,7 +292,7 @@ async fn session(
                     return Ok(());
                 }
                 let Some(c) = control.upgrade() else { return Ok(()) };
-                let result = sticks.queued(cluster, &c, &client, batch.drain(..)).await;
+                let result = sticks.publish(cluster, &c, &client, batch.drain(..)).await;
                 result?;
             }
             _ = tick.tick() => {
