@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Three weir instances and an etcd with one command, showing a session staying put
-# across them:
+# across them, and a pool published once through etcd served by all three:
 #
 #   examples/cluster/run.sh          # runs the walk-through, then keeps everything up
 #                                    # until Ctrl-C (try the curl lines it prints)
@@ -76,6 +76,17 @@ for who in alice bob carol; do
         done
     done
 done
+
+echo
+echo "== a pool published through etcd: /api goes to pool \`api\`, which no file defines"
+printf '  before, via a: %s\n' "$(curl -s "http://127.0.0.1:$((PORT_BASE + 1))/api")"
+pool_toml="backends = [{ address = \"127.0.0.1:$((BACKEND_BASE + 3))\" }]"
+# etcd's JSON gateway takes base64 keys and values (etcdctl put does the same).
+curl -sf "http://127.0.0.1:$ETCD_PORT/v3/kv/put" \
+    -d "{\"key\": \"$(printf /weir-example/pools/api | base64 -w0)\", \"value\": \"$(printf '%s' "$pool_toml" | base64 -w0)\"}" >/dev/null
+echo "  put /weir-example/pools/api = $pool_toml"
+sleep 0.3   # every instance applies it through its watch (milliseconds; BENCHMARKS.md)
+for i in 1 2 3; do printf '  via %s: %s\n' "${names[$i]}" "$(curl -s "http://127.0.0.1:$((PORT_BASE + i))/api")"; done
 
 echo
 echo "== the shared entries in etcd (key -> backend address):"

@@ -2,7 +2,9 @@
 //! per instance holds the etcd session and replicates what the instances share; the
 //! request path never waits for it and never fails because of it.
 //!
-//! What is shared today is the stick tables of pools with `share_stick_tables`
+//! Shared are pools ([`pools`]: `<prefix>/pools/<name>`, TOML, applied like a reload
+//! through the one writer; a bad value is refused and the last good one kept) and the
+//! stick tables of pools with `share_stick_tables`
 //! ([`stick`]): entries live under `<prefix>/stick/<pool>/<table>/<key>`, each written
 //! with a lease that carries its TTL (one lease per TTL bucket, not one per entry), and
 //! every instance keeps its local copy current from a watch on that prefix. Two instances
@@ -32,7 +34,12 @@ use crate::metrics::{Collector, Counter, DescriptorEncoder, Family, MetricType, 
 use crate::net::listen::Stop;
 use crate::state::{StickEvent, StickSink};
 
+mod pools;
 mod stick;
+mod swaps;
+
+pub use pools::PoolState;
+pub use swaps::{CHUNK, Fetched, Publication, PublishedPlugin, SwapState, Swapper, sha256_hex};
 
 /// Events a shared stick table may queue before new ones are dropped (counted).
 const QUEUE: usize = 16 * 1024;
@@ -42,6 +49,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often held entries are renewed and pools' sharing is brought up to date.
 const TICK: Duration = Duration::from_millis(250);
+/// Interval of the connection's keep-alive pings. etcd (gRPC) refuses pings more
+/// frequent than its `--grpc-keepalive-min-time`, 5 s by default: after a few it closes
+/// the connection (`GOAWAY too_many_pings`), which every instance then saw as a lost
+/// session every 8 s, each followed by a full resync.
+const KEEP_ALIVE: Duration = Duration::from_secs(6);
 /// Deadline of one etcd call (a dead etcd is noticed within it).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -62,6 +74,14 @@ pub struct ClusterStats {
     pub leases: Counter,
     /// Events not published because etcd was down (the resync publishes them).
     pub stick_unpublished: Counter,
+    /// Shared pool values applied (or found unchanged).
+    pub pool_updates: Counter,
+    /// Shared pool values refused.
+    pub pool_refused: Counter,
+    /// Published swaps applied here.
+    pub swaps_applied: Counter,
+    /// Published swaps that failed here.
+    pub swaps_failed: Counter,
 }
 
 /// The state of the etcd session, for status.
@@ -86,12 +106,23 @@ pub struct Cluster {
     connected: AtomicBool,
     state: Mutex<SessionState>,
     sink: StickSink,
+    /// What became of each shared pool's key, by pool name.
+    pools: Mutex<std::collections::BTreeMap<String, PoolState>>,
+    /// What became of each published swap here, by `pool/kind`.
+    swaps: Mutex<std::collections::BTreeMap<String, SwapState>>,
+    /// The safe-swap path, wired in by the server.
+    swapper: Arc<dyn Swapper>,
 }
 
 impl Cluster {
     /// The session's state.
     pub fn session(&self) -> SessionState {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// What became of each pool shared through etcd, by pool name.
+    pub fn pools(&self) -> std::collections::BTreeMap<String, PoolState> {
+        pools::states(self)
     }
 
     /// Whether the session is up.
@@ -133,8 +164,14 @@ impl Cluster {
     }
 }
 
-/// Starts the cluster task of a server: it ends when the server stops serving.
-pub fn start(config: ClusterConfig, control: &Arc<Control>, stop: watch::Receiver<Stop>) -> Arc<Cluster> {
+/// Starts the cluster task of a server: it ends when the server stops serving. Published
+/// plugin swaps go through `swapper`.
+pub fn start(
+    config: ClusterConfig,
+    control: &Arc<Control>,
+    swapper: Arc<dyn Swapper>,
+    stop: watch::Receiver<Stop>,
+) -> Arc<Cluster> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let cluster = Arc::new(Cluster {
         config,
@@ -142,6 +179,9 @@ pub fn start(config: ClusterConfig, control: &Arc<Control>, stop: watch::Receive
         connected: AtomicBool::new(false),
         state: Mutex::new(SessionState { connected: false, since: None, last_error: None }),
         sink: StickSink { tx, dropped: Arc::default() },
+        pools: Mutex::default(),
+        swaps: Mutex::default(),
+        swapper,
     });
     cluster.share_pools(control);
     register(control.metrics(), Arc::downgrade(&cluster));
@@ -189,10 +229,7 @@ async fn run(
             tokio::select! {
                 () = &mut wait => break,
                 ev = rx.recv() => match ev {
-                    Some(ev) => {
-                        cluster.stats.stick_unpublished.inc();
-                        sticks.offline(ev);
-                    }
+                    Some(_) => cluster.stats.stick_unpublished.inc(),
                     None => return,
                 },
                 () = crate::net::listen::stop_serving(&mut stop) => return,
@@ -217,6 +254,8 @@ async fn session(
     cluster.share_pools(&c);
     drop(c);
     let mut watch = sticks.resync(cluster, control, &client).await?;
+    let mut pool_watch = pools::resync(cluster, control, &client).await?;
+    let mut swap_watch = swaps::resync(cluster, control, &client).await?;
     cluster.up();
     tracing::info!(node = %cluster.config.node, etcd = ?cluster.config.etcd, "cluster: etcd session up");
     let mut tick = tokio::time::interval(TICK);
@@ -231,6 +270,22 @@ async fn session(
                 }
                 let Some(c) = control.upgrade() else { return Ok(()) };
                 sticks.apply(cluster, &c, msg.events());
+            }
+            msg = pool_watch.message() => {
+                let msg = msg.map_err(|e| format!("watch: {e}"))?.ok_or("watch: etcd closed the stream")?;
+                if msg.canceled() {
+                    return Err(format!("watch canceled: {}", msg.cancel_reason()));
+                }
+                let Some(c) = control.upgrade() else { return Ok(()) };
+                pools::apply(cluster, &c, msg.events()).await;
+            }
+            msg = swap_watch.message() => {
+                let msg = msg.map_err(|e| format!("watch: {e}"))?.ok_or("watch: etcd closed the stream")?;
+                if msg.canceled() {
+                    return Err(format!("watch canceled: {}", msg.cancel_reason()));
+                }
+                let Some(c) = control.upgrade() else { return Ok(()) };
+                swaps::apply(cluster, &c, &client, msg.events()).await?;
             }
             n = rx.recv_many(&mut batch, 256) => {
                 if n == 0 {
@@ -255,7 +310,7 @@ async fn connect(config: &ClusterConfig) -> Result<etcd_client::Client, String> 
     let mut options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(CALL_TIMEOUT)
         .with_timeout(CALL_TIMEOUT)
-        .with_keep_alive(Duration::from_secs(2), CALL_TIMEOUT)
+        .with_keep_alive(KEEP_ALIVE, CALL_TIMEOUT)
         .with_keep_alive_while_idle(true);
     if config.ca.is_some() || config.identity.is_some() {
         let mut tls = etcd_client::TlsOptions::new();
@@ -290,7 +345,7 @@ impl Collector for Counters {
         Family::new(&mut encoder, "connected", "Whether the etcd session is up (1) or not (0).", MetricType::Gauge)?
             .gauge(&NO_LABELS, u64::from(cluster.connected()))?;
         let s = &cluster.stats;
-        let all: [(&str, &str, u64); 8] = [
+        let all: [(&str, &str, u64); 12] = [
             ("reconnects", "etcd sessions opened after the first.", s.reconnects.get()),
             ("errors", "Failed etcd calls and sessions.", s.errors.get()),
             ("stick_published", "Stick entries written to etcd.", s.stick_published.get()),
@@ -299,6 +354,10 @@ impl Collector for Counters {
             ("leases", "etcd leases granted for stick entries.", s.leases.get()),
             ("stick_unpublished", "Stick events not published while etcd was down.", s.stick_unpublished.get()),
             ("stick_dropped", "Stick events dropped because the queue was full.", cluster.dropped()),
+            ("pool_updates", "Shared pool values applied.", s.pool_updates.get()),
+            ("pool_refused", "Shared pool values refused (the last good one kept).", s.pool_refused.get()),
+            ("swaps_applied", "Published plugin swaps applied here.", s.swaps_applied.get()),
+            ("swaps_failed", "Published plugin swaps that failed here.", s.swaps_failed.get()),
         ];
         for (name, help, v) in all {
             Family::new(&mut encoder, name, help, MetricType::Counter)?.counter(&NO_LABELS, v)?;

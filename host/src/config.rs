@@ -1058,6 +1058,21 @@ impl Config {
         Self::parse(&text, Some(path))
     }
 
+    /// Validates one pool shared through etcd: `text` is the TOML body of a `[pool.NAME]`
+    /// table (the same keys), `source` names it in errors (the etcd key), relative plugin
+    /// paths are taken from `base` (the config file's directory). `share_stick_tables` is
+    /// allowed: an instance that reads etcd pools has `[cluster]`.
+    pub fn parse_pool(name: &str, text: &str, source: &str, base: &Path) -> Result<PoolConfig, ConfigError> {
+        let cx = Cx { text, file: source.to_owned() };
+        let de = toml::Deserializer::parse(text).map_err(|e| cx.toml_error(&e, format!("pool.{name}")))?;
+        let pool: FilePool = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let key = if path == "." { format!("pool.{name}") } else { format!("pool.{name}.{path}") };
+            cx.toml_error(e.inner(), key)
+        })?;
+        cx.pool(name.to_owned(), pool, base, true)
+    }
+
     /// Validates config text; `path` names it in errors and anchors relative plugin paths.
     pub fn parse(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
         let cx = Cx { text, file: path.map_or_else(|| "<inline>".to_owned(), |p| p.display().to_string()) };
@@ -1174,171 +1189,8 @@ impl Cx<'_> {
 
         let mut pools = BTreeMap::new();
         for (name, pool) in file.pools {
-            let key = format!("pool.{name}");
-            let mut backends: Vec<BackendConfig> = Vec::with_capacity(pool.backends.len());
-            for (i, b) in pool.backends.into_iter().enumerate() {
-                let bkey = format!("{key}.backends[{i}].address");
-                let address = b.address.get_ref().trim().to_owned();
-                if backends.iter().any(|o| o.address == address) {
-                    return Err(self.spanned(&b.address, bkey, format!("duplicate backend `{address}`")));
-                }
-                let socket_addr = resolve(&address).map_err(|m| self.spanned(&b.address, bkey, m))?;
-                backends.push(BackendConfig {
-                    address,
-                    socket_addr,
-                    weight: b.weight,
-                    max_connections: b.max_connections,
-                    labels: b.labels.into_iter().collect(),
-                    discovered: false,
-                });
-            }
-            let discover = pool.discover.map(|d| self.discover(d, &key)).transpose()?;
-            let balancer = match pool.balancer {
-                Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"), true)?,
-                None => PluginRef::pack("round-robin"),
-            };
-            let timeout = |value: &Option<Spanned<FileDuration>>, name: &str, default: Duration| {
-                Ok::<_, ConfigError>(
-                    self.duration(value.as_ref(), || format!("{key}.{name}"), bounds::TIMEOUT)?.unwrap_or(default),
-                )
-            };
-            let connect_timeout = timeout(&pool.connect_timeout_ms, "connect_timeout_ms", Duration::from_secs(3))?;
-            let response_timeout = timeout(&pool.response_timeout_ms, "response_timeout_ms", Duration::from_secs(60))?;
-            let idle_timeout = timeout(&pool.idle_timeout_ms, "idle_timeout_ms", Duration::from_secs(60))?;
-            let max_idle_per_backend = self
-                .number(
-                    pool.max_idle_per_backend.as_ref(),
-                    || format!("{key}.max_idle_per_backend"),
-                    bounds::MAX_IDLE_PER_BACKEND,
-                )?
-                .unwrap_or(64);
-            let drain_spread = self
-                .duration(pool.drain_spread_ms.as_ref(), || format!("{key}.drain_spread_ms"), bounds::DRAIN)?
-                .unwrap_or(Duration::from_secs(10));
-            let drain_deadline = self
-                .duration(pool.drain_deadline_ms.as_ref(), || format!("{key}.drain_deadline_ms"), bounds::DRAIN)?
-                .unwrap_or(Duration::from_secs(30));
-            // Blame the key written: the deadline when given, else the spread (then longer
-            // than the default deadline; the two defaults agree).
-            let (spread, deadline) = (duration::human(drain_spread), duration::human(drain_deadline));
-            match (&pool.drain_deadline_ms, &pool.drain_spread_ms) {
-                (Some(d), _) if drain_deadline < drain_spread => {
-                    return Err(self.spanned(
-                        d,
-                        format!("{key}.drain_deadline_ms"),
-                        format!("{deadline} is shorter than drain_spread_ms ({spread})"),
-                    ));
-                }
-                (None, Some(s)) if drain_deadline < drain_spread => {
-                    return Err(self.spanned(
-                        s,
-                        format!("{key}.drain_spread_ms"),
-                        format!("{spread} is longer than drain_deadline_ms ({deadline}, its default); set both"),
-                    ));
-                }
-                _ => {}
-            }
-            let upstream = match pool.upstream {
-                Some(u) => self.upstream(u, base, &format!("{key}.upstream"))?,
-                None => UpstreamConfig::default(),
-            };
-            let affinity = match pool.affinity {
-                Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"), true)?),
-                None => None,
-            };
-            let shadow = match pool.shadow {
-                Some(c) => {
-                    let c = c.into_inner();
-                    let percent = self.percent(c.sample_percent.as_ref(), &format!("{key}.shadow.sample_percent"))?;
-                    let plugin = self.plugin_ref(
-                        FilePluginRef {
-                            plugin: c.plugin,
-                            config: c.config,
-                            memory_limit_mib: None,
-                            call_timeout_ms: None,
-                        },
-                        base,
-                        &format!("{key}.shadow"),
-                        true,
-                    )?;
-                    Some(CandidateConfig::new(plugin, percent.unwrap_or(10.0)))
-                }
-                None => None,
-            };
-            let canary = match pool.canary {
-                Some(c) => {
-                    let span = c.span();
-                    let c = c.into_inner();
-                    let percent =
-                        self.percent(c.percent.as_ref(), &format!("{key}.canary.percent"))?.ok_or_else(|| {
-                            self.at(
-                                Some(span),
-                                format!("{key}.canary"),
-                                "needs `percent`, the share of decisions the candidate makes".into(),
-                            )
-                        })?;
-                    let plugin = self.plugin_ref(
-                        FilePluginRef {
-                            plugin: c.plugin,
-                            config: c.config,
-                            memory_limit_mib: None,
-                            call_timeout_ms: None,
-                        },
-                        base,
-                        &format!("{key}.canary"),
-                        true,
-                    )?;
-                    Some(CandidateConfig::new(plugin, percent))
-                }
-                None => None,
-            };
-            let health = self.health(
-                health::FilePoolHealth {
-                    health: pool.health,
-                    probe: pool.probe,
-                    health_tick_ms: pool.health_tick_ms,
-                    passive_failure_statuses: pool.passive_failure_statuses,
-                    slow_start_ms: pool.slow_start_ms,
-                    panic_threshold_percent: pool.panic_threshold_percent,
-                    on_unhealthy: pool.on_unhealthy,
-                },
-                base,
-                &key,
-            )?;
-            let share_stick_tables = match &pool.share_stick_tables {
-                Some(s) if *s.get_ref() && cluster.is_none() => {
-                    return Err(self.spanned(
-                        s,
-                        format!("{key}.share_stick_tables"),
-                        "stick tables are shared through etcd: add a [cluster] table",
-                    ));
-                }
-                Some(s) => *s.get_ref(),
-                None => false,
-            };
-            pools.insert(
-                name.clone(),
-                PoolConfig {
-                    name,
-                    backends,
-                    balancer,
-                    affinity,
-                    on_plugin_error: pool.on_plugin_error,
-                    shadow,
-                    canary,
-                    connect_timeout,
-                    response_timeout,
-                    idle_timeout,
-                    max_idle_per_backend,
-                    drain_spread,
-                    drain_deadline,
-                    health,
-                    send_proxy: pool.send_proxy,
-                    upstream,
-                    discover,
-                    share_stick_tables,
-                },
-            );
+            let config = self.pool(name.clone(), pool, base, cluster.is_some())?;
+            pools.insert(name, config);
         }
 
         let mut listeners = Vec::with_capacity(file.listeners.len());
@@ -1351,8 +1203,10 @@ impl Cx<'_> {
                     format!("`{}` is not ip:port: {e}", l.listen.get_ref()),
                 )
             })?;
+            // With `[cluster]`, a pool the file does not define may come from etcd
+            // (`<prefix>/pools/NAME`): requests answer 503 until it arrives.
             let pool_exists = |p: &Spanned<String>, k: String| {
-                if pools.contains_key(p.get_ref()) {
+                if pools.contains_key(p.get_ref()) || cluster.is_some() {
                     Ok(p.get_ref().clone())
                 } else {
                     Err(self.spanned(p, k, format!("no pool named `{}` (define [pool.{}])", p.get_ref(), p.get_ref())))
@@ -1454,6 +1308,162 @@ impl Cx<'_> {
             });
         }
         Ok(Config { source: source.map(Path::to_path_buf), runtime, plugins, admin, cluster, listeners, pools })
+    }
+
+    /// One `[pool.NAME]` table (from the file, or from etcd: `cluster` says whether
+    /// `[cluster]` is set, which `share_stick_tables` needs).
+    fn pool(&self, name: String, pool: FilePool, base: &Path, cluster: bool) -> Result<PoolConfig, ConfigError> {
+        let key = format!("pool.{name}");
+        let mut backends: Vec<BackendConfig> = Vec::with_capacity(pool.backends.len());
+        for (i, b) in pool.backends.into_iter().enumerate() {
+            let bkey = format!("{key}.backends[{i}].address");
+            let address = b.address.get_ref().trim().to_owned();
+            if backends.iter().any(|o| o.address == address) {
+                return Err(self.spanned(&b.address, bkey, format!("duplicate backend `{address}`")));
+            }
+            let socket_addr = resolve(&address).map_err(|m| self.spanned(&b.address, bkey, m))?;
+            backends.push(BackendConfig {
+                address,
+                socket_addr,
+                weight: b.weight,
+                max_connections: b.max_connections,
+                labels: b.labels.into_iter().collect(),
+                discovered: false,
+            });
+        }
+        let discover = pool.discover.map(|d| self.discover(d, &key)).transpose()?;
+        let balancer = match pool.balancer {
+            Some(p) => self.plugin_ref(p, base, &format!("{key}.balancer"), true)?,
+            None => PluginRef::pack("round-robin"),
+        };
+        let timeout = |value: &Option<Spanned<FileDuration>>, name: &str, default: Duration| {
+            Ok::<_, ConfigError>(
+                self.duration(value.as_ref(), || format!("{key}.{name}"), bounds::TIMEOUT)?.unwrap_or(default),
+            )
+        };
+        let connect_timeout = timeout(&pool.connect_timeout_ms, "connect_timeout_ms", Duration::from_secs(3))?;
+        let response_timeout = timeout(&pool.response_timeout_ms, "response_timeout_ms", Duration::from_secs(60))?;
+        let idle_timeout = timeout(&pool.idle_timeout_ms, "idle_timeout_ms", Duration::from_secs(60))?;
+        let max_idle_per_backend = self
+            .number(
+                pool.max_idle_per_backend.as_ref(),
+                || format!("{key}.max_idle_per_backend"),
+                bounds::MAX_IDLE_PER_BACKEND,
+            )?
+            .unwrap_or(64);
+        let drain_spread = self
+            .duration(pool.drain_spread_ms.as_ref(), || format!("{key}.drain_spread_ms"), bounds::DRAIN)?
+            .unwrap_or(Duration::from_secs(10));
+        let drain_deadline = self
+            .duration(pool.drain_deadline_ms.as_ref(), || format!("{key}.drain_deadline_ms"), bounds::DRAIN)?
+            .unwrap_or(Duration::from_secs(30));
+        // Blame the key written: the deadline when given, else the spread (then longer
+        // than the default deadline; the two defaults agree).
+        let (spread, deadline) = (duration::human(drain_spread), duration::human(drain_deadline));
+        match (&pool.drain_deadline_ms, &pool.drain_spread_ms) {
+            (Some(d), _) if drain_deadline < drain_spread => {
+                return Err(self.spanned(
+                    d,
+                    format!("{key}.drain_deadline_ms"),
+                    format!("{deadline} is shorter than drain_spread_ms ({spread})"),
+                ));
+            }
+            (None, Some(s)) if drain_deadline < drain_spread => {
+                return Err(self.spanned(
+                    s,
+                    format!("{key}.drain_spread_ms"),
+                    format!("{spread} is longer than drain_deadline_ms ({deadline}, its default); set both"),
+                ));
+            }
+            _ => {}
+        }
+        let upstream = match pool.upstream {
+            Some(u) => self.upstream(u, base, &format!("{key}.upstream"))?,
+            None => UpstreamConfig::default(),
+        };
+        let affinity = match pool.affinity {
+            Some(p) => Some(self.plugin_ref(p, base, &format!("{key}.affinity"), true)?),
+            None => None,
+        };
+        let shadow = match pool.shadow {
+            Some(c) => {
+                let c = c.into_inner();
+                let percent = self.percent(c.sample_percent.as_ref(), &format!("{key}.shadow.sample_percent"))?;
+                let plugin = self.plugin_ref(
+                    FilePluginRef { plugin: c.plugin, config: c.config, memory_limit_mib: None, call_timeout_ms: None },
+                    base,
+                    &format!("{key}.shadow"),
+                    true,
+                )?;
+                Some(CandidateConfig::new(plugin, percent.unwrap_or(10.0)))
+            }
+            None => None,
+        };
+        let canary = match pool.canary {
+            Some(c) => {
+                let span = c.span();
+                let c = c.into_inner();
+                let percent = self.percent(c.percent.as_ref(), &format!("{key}.canary.percent"))?.ok_or_else(|| {
+                    self.at(
+                        Some(span),
+                        format!("{key}.canary"),
+                        "needs `percent`, the share of decisions the candidate makes".into(),
+                    )
+                })?;
+                let plugin = self.plugin_ref(
+                    FilePluginRef { plugin: c.plugin, config: c.config, memory_limit_mib: None, call_timeout_ms: None },
+                    base,
+                    &format!("{key}.canary"),
+                    true,
+                )?;
+                Some(CandidateConfig::new(plugin, percent))
+            }
+            None => None,
+        };
+        let health = self.health(
+            health::FilePoolHealth {
+                health: pool.health,
+                probe: pool.probe,
+                health_tick_ms: pool.health_tick_ms,
+                passive_failure_statuses: pool.passive_failure_statuses,
+                slow_start_ms: pool.slow_start_ms,
+                panic_threshold_percent: pool.panic_threshold_percent,
+                on_unhealthy: pool.on_unhealthy,
+            },
+            base,
+            &key,
+        )?;
+        let share_stick_tables = match &pool.share_stick_tables {
+            Some(s) if *s.get_ref() && !cluster => {
+                return Err(self.spanned(
+                    s,
+                    format!("{key}.share_stick_tables"),
+                    "stick tables are shared through etcd: add a [cluster] table",
+                ));
+            }
+            Some(s) => *s.get_ref(),
+            None => false,
+        };
+        Ok(PoolConfig {
+            name,
+            backends,
+            balancer,
+            affinity,
+            on_plugin_error: pool.on_plugin_error,
+            shadow,
+            canary,
+            connect_timeout,
+            response_timeout,
+            idle_timeout,
+            max_idle_per_backend,
+            drain_spread,
+            drain_deadline,
+            health,
+            send_proxy: pool.send_proxy,
+            upstream,
+            discover,
+            share_stick_tables,
+        })
     }
 
     /// A route's conditions must be ones its listener can see: host and path on http,

@@ -342,12 +342,33 @@ pub enum ReloadError {
     Control(#[from] ControlError),
 }
 
+/// Why a pool shared through etcd was refused. Nothing changed: the pool's last good
+/// version (if any) still serves.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterPoolError {
+    /// Its TOML is not a valid pool table.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The config file defines a pool of that name: the file's wins.
+    #[error("the config file defines a pool `{0}`: the file's wins, this one is not applied")]
+    FileDefines(String),
+    /// It could not be built (an unknown plugin, a plugin refusing its config, ...).
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
 /// The one writer of a server's snapshot.
 #[derive(Debug)]
 pub struct Control {
     /// The config the snapshot was last built from (held across a reload, so two reloads
     /// never interleave).
     config: Mutex<Config>,
+    /// The pools shared through etcd (`<prefix>/pools/NAME`), as last applied; changed
+    /// only while `config` is held. They serve beside the file's, whose names win.
+    cluster_pools: std::sync::Mutex<BTreeMap<String, PoolConfig>>,
+    /// Whether listeners may name a pool no one defines yet (`[cluster]` is set: it may
+    /// come from etcd; until it does, its requests answer 503).
+    pools_may_come: std::sync::atomic::AtomicBool,
     pub(crate) ctx: Arc<http::Context>,
     plugins: Arc<PluginRuntime>,
     /// The pools' health tasks; their verdicts come back as [`Command::Verdicts`].
@@ -389,6 +410,8 @@ impl Control {
             stop,
             writer: Mutex::new(Writer { listeners: BTreeMap::new(), swaps: BTreeMap::new() }),
             config: Mutex::new(Config::empty()),
+            cluster_pools: std::sync::Mutex::default(),
+            pools_may_come: std::sync::atomic::AtomicBool::new(false),
             addrs: std::sync::RwLock::default(),
             stats: std::sync::RwLock::default(),
             counters: ControlStats::default(),
@@ -444,6 +467,16 @@ impl Control {
     /// Applies `config` to a server that has applied nothing yet (at start).
     pub(crate) async fn load(&self, config: Config) -> Result<Applied, ControlError> {
         let mut current = self.config.lock().await;
+        self.pools_may_come.store(config.cluster.is_some(), std::sync::atomic::Ordering::Relaxed);
+        if config.cluster.is_some() {
+            for l in &config.listeners {
+                for pool in std::iter::once(&l.pool).chain(l.routes.iter().map(|r| &r.pool)) {
+                    if !config.pools.contains_key(pool) {
+                        tracing::warn!(listener = %l.name, %pool, "no pool of that name in the config file: expected from the cluster (etcd); its requests answer 503 until it arrives");
+                    }
+                }
+            }
+        }
         let applied = self.apply(diff(&current, &config)).await?;
         *current = config;
         Ok(applied)
@@ -464,8 +497,9 @@ impl Control {
         if current.admin != config.admin {
             tracing::warn!("reload: [admin] is read at start only; restart weir to apply its changes");
         }
-        // Certificate files are read again even where their names did not change.
-        let mut commands = diff(&current, &config);
+        // Certificate files are read again even where their names did not change. The
+        // pools shared through etcd stay (where the file does not define their names).
+        let mut commands = diff(&self.with_cluster_pools(&current), &self.with_cluster_pools(&config));
         commands.push(Command::ReloadCertificates);
         let applied = match self.apply(commands).await {
             Ok(applied) => applied,
@@ -491,6 +525,77 @@ impl Control {
             .await
             .map_err(|e| ControlError::Interrupted(e.to_string()))??;
         Ok(self.reload(config).await?)
+    }
+
+    /// `config` with the pools shared through etcd beside the file's (a name the file
+    /// defines is the file's).
+    fn with_cluster_pools(&self, config: &Config) -> Config {
+        let shared = self.cluster_pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shared.is_empty() {
+            return config.clone();
+        }
+        let mut merged = config.clone();
+        for (name, pool) in shared.iter() {
+            merged.pools.entry(name.clone()).or_insert_with(|| pool.clone());
+        }
+        merged
+    }
+
+    /// Applies a pool shared through etcd: `text` is its TOML (the keys of a
+    /// `[pool.NAME]` table) read at etcd key `source`, or `None` when the key was
+    /// deleted (the pool leaves). Applied like a reload of that one pool, through the one
+    /// writer. On any error nothing changes: the last good version keeps serving.
+    /// Returns whether anything changed.
+    pub async fn set_cluster_pool(
+        &self,
+        name: &str,
+        text: Option<&str>,
+        source: &str,
+    ) -> Result<bool, ClusterPoolError> {
+        let config = self.config.lock().await;
+        let was = self.cluster_pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned();
+        let pool = match text {
+            Some(text) => {
+                let base =
+                    config.source.as_deref().and_then(std::path::Path::parent).unwrap_or(std::path::Path::new("."));
+                Some(Config::parse_pool(name, text, source, base)?)
+            }
+            None => None,
+        };
+        if pool.is_some() && config.pools.contains_key(name) {
+            return Err(ClusterPoolError::FileDefines(name.to_owned()));
+        }
+        let command = match (&pool, &was) {
+            (Some(p), Some(w)) if p == w => return Ok(false),
+            (Some(p), _) => Command::UpsertPool(p.clone()),
+            (None, Some(_)) if !config.pools.contains_key(name) => Command::RemovePool(name.to_owned()),
+            (None, Some(_)) => {
+                self.cluster_pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+                return Ok(false);
+            }
+            (None, None) => return Ok(false),
+        };
+        let what = if pool.is_some() { "set" } else { "removed" };
+        match self.apply(vec![command]).await {
+            Ok(_) => {
+                self.counters.record("cluster-pool", name, format!("{what} from {source}"), true);
+                let mut shared = self.cluster_pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match pool {
+                    Some(p) => shared.insert(name.to_owned(), p),
+                    None => shared.remove(name),
+                };
+                Ok(true)
+            }
+            Err(e) => {
+                self.counters.record("cluster-pool", name, e.to_string(), false);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The names of the pools shared through etcd that serve now.
+    pub fn cluster_pool_names(&self) -> Vec<String> {
+        self.cluster_pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
     }
 
     /// The file the server's config came from, if any (`None` too while a reload holds
@@ -738,7 +843,8 @@ impl Control {
                 }
             }
         }
-        for l in listeners.values() {
+        let pools_may_come = self.pools_may_come.load(std::sync::atomic::Ordering::Relaxed);
+        for l in listeners.values().filter(|_| !pools_may_come) {
             for pool in std::iter::once(&l.pool).chain(l.routes.iter().map(|r| &r.pool)) {
                 if !pools.contains_key(pool) {
                     return Err(ControlError::NoPool { listener: l.name.clone(), pool: pool.clone() });
@@ -1038,7 +1144,8 @@ impl Control {
     pub async fn swap(&self, pool: &str, plugin: Swapped) -> Result<Applied, ControlError> {
         // Held so a reload cannot come between reading the file's entry and the swap.
         let config = self.config.lock().await;
-        let file = config.pools.get(pool);
+        let shared = self.cluster_pools.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(pool).cloned();
+        let file = config.pools.get(pool).or(shared.as_ref());
         let file_entry = match plugin.kind() {
             PluginKind::Balancer => file.map(|p| p.balancer.clone()),
             PluginKind::Affinity => file.and_then(|p| p.affinity.clone()),

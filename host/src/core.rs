@@ -1,7 +1,8 @@
 //! What every layer of weir shares and nothing else owns: the kinds of traffic
 //! ([`Protocol`]), where a fault came from ([`Origin`]), a backend's health
-//! ([`Verdict`]) and what failed it ([`Failure`]), and the one process clock ([`clock`]) that stick tables, drain orders,
-//! tunnels and health read.
+//! ([`Verdict`]) and what failed it ([`Failure`]), the one process clock ([`clock`]) that
+//! stick tables, drain orders, tunnels and health read, and the thread with a runtime of
+//! its own that background services run on ([`side_runtime`]).
 
 use std::time::{Duration, Instant};
 
@@ -153,4 +154,33 @@ pub mod clock {
     pub fn instant(ms: u64) -> Option<Instant> {
         if ms == NEVER { None } else { base().checked_add(Duration::from_millis(ms)) }
     }
+}
+
+/// Starts a thread named `name` running a current-thread tokio runtime of its own, for
+/// background services that must never take a worker that serves traffic (health
+/// probes, DNS discovery): returns its handle, to spawn tasks on, and the sender whose
+/// drop ends the thread (and with its runtime every task on it). The error says why the
+/// thread or its runtime could not start.
+pub fn side_runtime(name: &str) -> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>), String> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(rt.handle().clone()));
+            // Until the sender is dropped; dropping the runtime then ends every task.
+            rt.block_on(async move {
+                let _ = stopped.await;
+            });
+        })
+        .map_err(|e| e.to_string())?;
+    let handle = rx.recv().map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    Ok((handle, stop))
 }

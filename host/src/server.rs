@@ -71,7 +71,9 @@ impl Server {
         if watch {
             tokio::spawn(admin::plugins::watch(Arc::downgrade(&control), stop_rx.clone()));
         }
-        let cluster = cluster_config.map(|c| cluster::start(c, &control, stop_rx.clone()));
+        // Published swaps take the admin API's safe path (admin is above cluster).
+        let cluster = cluster_config
+            .map(|c| cluster::start(c, &control, Arc::new(admin::plugins::ClusterSwaps), stop_rx.clone()));
         let admin = match admin_config {
             Some(a) => {
                 let state = Arc::new(Admin::new(control.clone(), a.token.clone(), cluster.clone()));

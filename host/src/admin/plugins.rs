@@ -417,8 +417,35 @@ pub(crate) async fn swap(admin: &Admin, req: Request<Incoming>, pool: &str, whic
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
     let name = wanted.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(", ");
+    let cluster = match cluster_wanted(admin, &parts) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    // Published: the components (a named file's too) go to etcd, pack names as names.
+    let published = match &cluster {
+        Some(_) => match wanted.iter().map(|w| to_publish(w, kind)).collect::<Result<Vec<_>, _>>() {
+            Ok(p) => Some(p),
+            Err(e) => return error(e.status(), e),
+        },
+        None => None,
+    };
     match swap_in(&admin.control, pool, kind, wanted).await {
-        Ok((plugin, t)) => reply(StatusCode::OK, &swapped(pool, &plugin, &t)),
+        Ok((plugin, t)) => {
+            let mut answer = swapped(pool, &plugin, &t);
+            if let (Some(cluster), Some(published)) = (cluster, published) {
+                match cluster.publish(pool, kind, Some(published)).await {
+                    Ok(p) => answer["published"] = publication(&p),
+                    Err(e) => {
+                        tracing::error!(%pool, kind = kind.as_str(), error = %e, "swapped here but not published to the cluster");
+                        return error(
+                            StatusCode::BAD_GATEWAY,
+                            format!("swapped on this instance, but not published to the cluster: {e}"),
+                        );
+                    }
+                }
+            }
+            reply(StatusCode::OK, &answer)
+        }
         Err(e) => {
             tracing::warn!(%pool, kind = kind.as_str(), plugin = %name, error = %e, "swap refused; the current plugin keeps serving");
             error(e.status(), e)
@@ -436,8 +463,31 @@ pub(crate) async fn rollback(admin: &Admin, req: Request<Incoming>, pool: &str, 
             format!("`{which}` cannot be rolled back: `balancer`, `affinity` or `health`"),
         );
     };
-    if let Err(r) = super::body(req).await {
-        return r;
+    let parts = match super::body(req).await {
+        Ok((parts, _)) => parts,
+        Err(r) => return r,
+    };
+    match cluster_wanted(admin, &parts) {
+        Err(r) => return r,
+        Ok(Some(cluster)) => {
+            // Every instance (this one too, through its watch) puts back what the
+            // publication replaced.
+            let published = cluster.publish(pool, kind, None).await;
+            admin.control.counters().record(
+                "rollback",
+                pool,
+                format!("{} (cluster)", kind.as_str()),
+                published.is_ok(),
+            );
+            return match published {
+                Ok(p) => reply(
+                    StatusCode::ACCEPTED,
+                    &json!({ "pool": pool, "kind": kind.as_str(), "published": publication(&p) }),
+                ),
+                Err(e) => error(StatusCode::CONFLICT, e),
+            };
+        }
+        Ok(None) => {}
     }
     let rolled = roll_back(admin, pool, kind).await;
     let counters = admin.control.counters();
@@ -494,6 +544,88 @@ async fn roll_back(admin: &Admin, pool: &str, kind: PluginKind) -> Result<(Swapp
     let switching = Instant::now();
     admin.control.swap(pool, fresh.clone()).await?;
     Ok((fresh, Timings { load: Duration::ZERO, dry_run, switch: switching.elapsed(), code: "in memory" }))
+}
+
+/// `?cluster=true`: the cluster to publish through (an error reply when the server is in
+/// none, or the value is not a boolean).
+// The error is the reply itself, built once per call off the data path.
+#[allow(clippy::result_large_err)]
+fn cluster_wanted<'a>(
+    admin: &'a Admin,
+    parts: &http::request::Parts,
+) -> Result<Option<&'a Arc<crate::cluster::Cluster>>, Reply> {
+    match query(parts, "cluster").as_deref() {
+        None | Some("false") => Ok(None),
+        Some("true") => admin.cluster.as_ref().map(Some).ok_or_else(|| {
+            error(StatusCode::BAD_REQUEST, "?cluster=true: this instance is in no cluster (no [cluster] in its config)")
+        }),
+        Some(v) => Err(error(StatusCode::BAD_REQUEST, format!("?cluster: `{v}` is not `true` or `false`"))),
+    }
+}
+
+/// What a publication says, as the API answers it.
+fn publication(p: &crate::cluster::Publication) -> serde_json::Value {
+    let plugins: Vec<_> = p
+        .plugins
+        .iter()
+        .map(|p| json!({ "name": p.name, "pack": p.pack, "sha256": p.sha256, "config": p.config }))
+        .collect();
+    json!({ "by": p.by, "plugins": plugins })
+}
+
+/// A wanted plugin as published: a pack name, or its component's bytes.
+fn to_publish(wanted: &Wanted, kind: PluginKind) -> Result<crate::cluster::Fetched, SwapError> {
+    let config = serde_json::from_str(&wanted.config_json).unwrap_or_else(|_| json!({}));
+    let (memory_limit_mib, call_timeout_ms) = (
+        wanted.limits.memory_limit.map(|m| (m >> 20) as u64),
+        wanted.limits.call_timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+    );
+    let (pack, bytes) = match (&wanted.source, &wanted.bytes) {
+        (Some(PluginSource::Pack(name)), None) => (Some(name.clone()), None),
+        _ => (None, Some(Bytes::from(bytes_of(wanted, kind)?.into_owned()))),
+    };
+    let plugin = crate::cluster::PublishedPlugin {
+        pack,
+        sha256: None,
+        name: wanted.name.clone(),
+        config,
+        memory_limit_mib,
+        call_timeout_ms,
+    };
+    Ok((plugin, bytes))
+}
+
+/// The safe-swap path for swaps published through the cluster (wired by the server).
+#[derive(Debug)]
+pub struct ClusterSwaps;
+
+impl crate::cluster::Swapper for ClusterSwaps {
+    fn swap(
+        &self,
+        control: Arc<Control>,
+        pool: String,
+        kind: PluginKind,
+        plugins: Vec<crate::cluster::Fetched>,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        Box::pin(async move {
+            let decides = kind != PluginKind::Health;
+            let mut wanted = Vec::with_capacity(plugins.len());
+            for (p, bytes) in plugins {
+                let limits = limits(p.memory_limit_mib, p.call_timeout_ms.map(Duration::from_millis), decides)?;
+                let config_json = match &p.config {
+                    c @ serde_json::Value::Object(_) => c.to_string(),
+                    _ => return Err(format!("{}: `config` must be a JSON object", p.name)),
+                };
+                let source = match (&p.pack, &bytes) {
+                    (_, Some(_)) => None,
+                    (Some(name), None) => Some(PluginSource::Pack(name.clone())),
+                    (None, None) => return Err(format!("{}: neither a pack name nor a component", p.name)),
+                };
+                wanted.push(Wanted { source, name: p.name, bytes, config_json, limits });
+            }
+            swap_in(&control, &pool, kind, wanted).await.map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// How often the plugin file watch looks at the files.

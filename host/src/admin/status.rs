@@ -74,6 +74,22 @@ fn cluster(c: &crate::cluster::Cluster) -> Value {
             "dropped": c.dropped(),
             "leases": s.leases.get(),
         },
+        "pools": c.pools().into_iter().map(|(name, p)| (name, json!({
+            "key": p.key,
+            "revision": p.revision,
+            "applied": p.applied,
+            "error": p.error,
+            "at": rfc3339(p.at),
+        }))).collect::<serde_json::Map<String, Value>>(),
+        "swaps": c.swaps().into_iter().map(|(name, w)| (name, json!({
+            "key": w.key,
+            "revision": w.revision,
+            "plugins": w.plugins,
+            "by": w.by,
+            "applied": w.applied,
+            "error": w.error,
+            "at": rfc3339(w.at),
+        }))).collect::<serde_json::Map<String, Value>>(),
     })
 }
 

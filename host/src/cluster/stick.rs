@@ -10,17 +10,22 @@
 //!   `create_revision` with 0); otherwise the transaction returns the entry, and a
 //!   different backend there is adopted locally: whoever wrote first wins, everywhere;
 //! - a changed pin (the plugin re-picked) overwrites;
-//! - a renewal (an entry used after half its TTL, or held by a tunnel) rewrites the entry
-//!   with a fresh lease if it still holds our backend, adopts the other one if not, and
-//!   creates it again if it expired meanwhile.
+//! - a renewal (an entry used after half its TTL, or held by a tunnel for half its TTL)
+//!   rewrites the entry with a fresh lease if it still holds our backend, adopts the
+//!   other one if not, and creates it again if it expired meanwhile;
+//! - a hold itself queues and writes nothing: every request's binding holds its entry
+//!   while it is served, so writing on a hold cost one write per request (two per new
+//!   session, as measured before this was found), and queueing it an event per request;
+//!   each tick scans the holds and renews those that kept their entry half a TTL.
 //!
+//! So one new session costs one write (the create), and a session in use one renewal
+//! per half TTL, whichever instance it goes through.
 //! Leases: each write takes the lease of its TTL's current bucket. A bucket lasts `w` =
 //! a quarter of the TTL (1 s to 60 s) and its lease `TTL + w` (+1 s), so an entry
 //! outlives its last write by at least the TTL and at most `TTL + w + 1 s`, and a
 //! thousand new pins a second cost one lease grant per bucket, not a thousand.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
@@ -30,26 +35,16 @@ use etcd_client::{
 
 use super::Cluster;
 use crate::control::Control;
-use crate::state::{Snapshot, StickChange, StickEvent, TableShare, address_key};
+use crate::state::{Snapshot, StickChange, StickEvent, address_key};
 
 /// Writes in flight at once in one batch.
 const CONCURRENCY: usize = 64;
 
-/// A tunnel-held entry being renewed.
-#[derive(Debug)]
-struct Held {
-    table: Arc<TableShare>,
-    backend: u64,
-    published: Option<Instant>,
-}
-
-/// The replication state that outlives a session: leases by TTL and held entries.
+/// The replication state that outlives a session: leases by TTL.
 #[derive(Debug, Default)]
 pub(super) struct Replicator {
     /// TTL in ms -> (lease id, when granted).
     leases: HashMap<u64, (i64, Instant)>,
-    /// (table, key) -> the hold being renewed.
-    held: HashMap<(usize, u64), Held>,
 }
 
 /// What one write came to.
@@ -60,11 +55,11 @@ enum Outcome {
 }
 
 /// `/` and `%` escaped, so a name is one key segment.
-fn escape(name: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn escape(name: &str) -> std::borrow::Cow<'_, str> {
     if name.contains(['/', '%']) { name.replace('%', "%25").replace('/', "%2F").into() } else { name.into() }
 }
 
-fn unescape(segment: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn unescape(segment: &str) -> std::borrow::Cow<'_, str> {
     if segment.contains('%') { segment.replace("%2F", "/").replace("%25", "%").into() } else { segment.into() }
 }
 
@@ -106,19 +101,6 @@ impl Replicator {
     /// A session ended: its leases may be gone with it.
     pub(super) fn session_lost(&mut self) {
         self.leases.clear();
-    }
-
-    /// An event while etcd is down: only holds are remembered (to renew once it is
-    /// back); the resync publishes the rest.
-    pub(super) fn offline(&mut self, ev: StickEvent) {
-        if ev.change == StickChange::Held {
-            self.track(ev.table, ev.key, ev.backend, None);
-        }
-    }
-
-    fn track(&mut self, table: Arc<TableShare>, key: u64, backend: u64, published: Option<Instant>) {
-        let id = Arc::as_ptr(&table) as usize;
-        self.held.insert((id, key), Held { table, backend, published });
     }
 
     /// Reads every shared entry (the cluster's value wins over a local one), publishes
@@ -214,9 +196,6 @@ impl Replicator {
             let Some(address) = pool.view.address_of(ev.backend) else { continue };
             let lease = self.lease(cluster, client, ttl).await?;
             let key = entry_key(cluster, &ev.table.pool, &ev.table.name, ev.key);
-            if ev.change == StickChange::Held {
-                self.track(ev.table.clone(), ev.key, ev.backend, Some(Instant::now()));
-            }
             writes.push((table, ev.key, key, address.to_owned(), lease, ev.change));
         }
         let kv = client.kv_client();
@@ -244,25 +223,26 @@ impl Replicator {
         }
     }
 
-    /// Renews the entries tunnels hold (each after half its TTL), forgets those no
-    /// tunnel holds any more.
+    /// Renews the entries holds (tunnels) have kept for half their TTL since they were
+    /// last written or learnt ([`crate::state::StickTable::due_holds`]: a scan of the
+    /// holds only). The local tables queue nothing for a hold: every request's binding
+    /// holds its entry while it is served, and queueing that cost an event per request.
     pub(super) async fn renew_held(
         &mut self,
         cluster: &Cluster,
         control: &Control,
         client: &Client,
     ) -> Result<(), String> {
+        let snapshot = control.ctx.snapshot.load_full();
         let mut due = Vec::new();
-        self.held.retain(|&(_, key), h| {
-            let Some(table) = h.table.table.upgrade() else { return false };
-            if !table.is_held(key) {
-                return false;
+        for pool in snapshot.pools.values().filter(|p| p.config.share_stick_tables) {
+            for (_, table) in pool.view.live.stick_tables() {
+                let Some(share) = table.share_handle() else { continue };
+                for (key, backend) in table.due_holds() {
+                    due.push(StickEvent { table: share.clone(), key, backend, change: StickChange::Held });
+                }
             }
-            if h.published.is_none_or(|p| p.elapsed() >= table.ttl() / 2) {
-                due.push(StickEvent { table: h.table.clone(), key, backend: h.backend, change: StickChange::Held });
-            }
-            true
-        });
+        }
         if due.is_empty() {
             return Ok(());
         }

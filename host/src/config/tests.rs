@@ -1319,3 +1319,35 @@ fn bad_shadow_and_canary_shares_are_located() {
     let (_, _, _, message) = invalid(&with("shadow = { plugin = \"p2c\", percent = 5 }"));
     assert!(message.contains("unknown field `percent`"), "{message}");
 }
+
+#[test]
+fn a_pool_from_etcd_is_checked_at_its_key_and_listeners_may_name_it_only_with_a_cluster() {
+    let base = Path::new("/etc/weir");
+    let pool = Config::parse_pool(
+        "shared",
+        "backends = [{ address = \"127.0.0.1:9001\" }]\nbalancer = { plugin = \"p2c\" }\nshare_stick_tables = true\n",
+        "/weir/pools/shared",
+        base,
+    )
+    .unwrap();
+    assert_eq!(pool.name, "shared");
+    assert_eq!(pool.backends[0].address, "127.0.0.1:9001");
+    assert!(pool.share_stick_tables);
+    let err = |text: &str| match Config::parse_pool("shared", text, "/weir/pools/shared", base) {
+        Err(ConfigError::Invalid { file, line, key, message, .. }) => (file, line, key, message),
+        other => panic!("expected an invalid-config error, got {other:?}"),
+    };
+    let (file, line, key, message) = err("backends = []\nbalancr = 1\n");
+    assert_eq!((file.as_str(), line, key.as_str()), ("/weir/pools/shared", 2, "pool.shared.balancr"), "{message}");
+    assert!(message.contains("balancr"), "{message}");
+    let (_, line, key, _) = err("\nbackends = [{ address = \"nope\" }]\n");
+    assert_eq!((line, key.as_str()), (2, "pool.shared.backends[0].address"));
+    let (_, line, _, _) = err("backends = [");
+    assert_eq!(line, 1);
+    // A listener naming a pool the file does not define: an error, unless [cluster] is set.
+    let listener = "[[listener]]\nlisten = \"127.0.0.1:0\"\npool = \"shared\"\n";
+    let (_, _, key, message) = invalid(listener);
+    assert_eq!(key, "listener[0].pool", "{message}");
+    let clustered = format!("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nnode = \"a\"\n{listener}");
+    assert_eq!(Config::parse(&clustered, None).unwrap().listeners[0].pool, "shared");
+}

@@ -92,32 +92,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Monitor {
     /// A monitor sending what its tasks find to `found`, with its thread started.
     pub fn new(found: mpsc::UnboundedSender<Found>) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new().name("weir-discover".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = tx.send(Ok(rt.handle().clone()));
-            rt.block_on(async move {
-                let _ = stopped.await;
-            });
-        });
-        let runtime = match spawned
-            .map_err(|e| e.to_string())
-            .and_then(|_| rx.recv().map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))
-        {
-            Ok(handle) => Some(handle),
+        let (runtime, stop) = match crate::core::side_runtime("weir-discover") {
+            Ok((handle, stop)) => (Some(handle), Some(stop)),
             Err(e) => {
                 tracing::error!(error = %e, "the discovery thread could not start: no pool's backends are discovered");
-                None
+                (None, None)
             }
         };
-        Self { pools: Mutex::default(), found, runtime, _stop: Some(stop) }
+        Self { pools: Mutex::default(), found, runtime, _stop: stop }
     }
 
     /// Whether backends found by task `task` of `pool` still stand (answers of a stopped

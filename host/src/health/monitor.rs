@@ -154,33 +154,15 @@ impl Monitor {
     /// A monitor reading pools from `snapshot` and sending verdicts to `verdicts`, with
     /// its thread started.
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, verdicts: mpsc::UnboundedSender<Verdicts>) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new().name("weir-health".into()).spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = tx.send(Ok(rt.handle().clone()));
-            // Until the monitor is dropped; dropping the runtime then ends every task.
-            rt.block_on(async move {
-                let _ = stopped.await;
-            });
-        });
-        let runtime = match spawned
-            .map_err(|e| e.to_string())
-            .and_then(|_| rx.recv().map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))
-        {
-            Ok(handle) => Some(handle),
+        // Until the monitor is dropped; dropping the stop sender then ends every task.
+        let (runtime, stop) = match crate::core::side_runtime("weir-health") {
+            Ok((handle, stop)) => (Some(handle), Some(stop)),
             Err(e) => {
                 tracing::error!(error = %e, "the health thread could not start: no pool is health-checked");
-                None
+                (None, None)
             }
         };
-        Self { pools: std::sync::Mutex::default(), snapshot, verdicts, runtime, _stop: Some(stop) }
+        Self { pools: std::sync::Mutex::default(), snapshot, verdicts, runtime, _stop: stop }
     }
 
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, PoolMonitor>> {

@@ -60,7 +60,8 @@ pub enum StickChange {
     Repinned,
     /// An entry in use, due for its TTL to be renewed in etcd.
     Refresh,
-    /// A tunnel now holds the entry: it is renewed as long as the tunnel lives.
+    /// A hold (a tunnel) has kept the entry for half its TTL since it was last written:
+    /// renewed, as long as the hold lives ([`StickTable::due_holds`]).
     Held,
 }
 
@@ -112,6 +113,9 @@ struct Shard {
     entries: HashMap<u64, Entry>,
     /// Size after the last sweep.
     swept_len: usize,
+    /// The keys of the entries a hold keeps open (for the cluster's renewals: a scan of
+    /// the holds, not of every entry).
+    held: std::collections::HashSet<u64>,
 }
 
 /// One named stick table of a pool.
@@ -285,18 +289,42 @@ impl StickTable {
     }
 
     /// Keeps `key`'s entry alive until the returned hold is dropped (a tunnel's life).
+    /// Every request's binding takes one while it is served, so this queues nothing for
+    /// the cluster: a shared table's holds are renewed by [`Self::due_holds`].
     pub fn hold(self: &Arc<Self>, key: u64) -> StickHold {
-        let held = self.shard(key).entries.get_mut(&key).map(|e| {
+        let mut shard = self.shard(key);
+        if let Some(e) = shard.entries.get_mut(&key) {
             e.open += 1;
-            e.backend
-        });
-        self.holds.fetch_add(1, Ordering::Relaxed);
-        if let Some(backend) = held
-            && let Some(share) = &*self.share.load()
-        {
-            share.send(key, backend, StickChange::Held);
+            if e.open == 1 {
+                shard.held.insert(key);
+            }
         }
+        drop(shard);
+        self.holds.fetch_add(1, Ordering::Relaxed);
         StickHold { table: self.clone(), key }
+    }
+
+    /// The entries holds have kept open for half the TTL since they were last written or
+    /// learnt, `(key, backend)`, marked written now: what the cluster renews (a WebSocket
+    /// open on one instance keeps its entry alive for all). O(held entries).
+    pub fn due_holds(&self) -> Vec<(u64, u64)> {
+        let now = now_ms();
+        let half = self.ttl_ms.load(Ordering::Relaxed) / 2;
+        let mut due = Vec::new();
+        for s in &self.shards {
+            let mut s = s.lock().unwrap_or_else(PoisonError::into_inner);
+            let Shard { entries, held, .. } = &mut *s;
+            for key in held.iter() {
+                if let Some(e) = entries.get_mut(key)
+                    && e.open > 0
+                    && now.saturating_sub(e.published_ms) >= half
+                {
+                    e.published_ms = now;
+                    due.push((*key, e.backend));
+                }
+            }
+        }
+        due
     }
 
     /// Live entries (swept or not), for tests and the admin API.
@@ -327,10 +355,15 @@ pub struct StickHold {
 impl Drop for StickHold {
     fn drop(&mut self) {
         let now = now_ms();
-        if let Some(e) = self.table.shard(self.key).entries.get_mut(&self.key) {
+        let mut shard = self.table.shard(self.key);
+        if let Some(e) = shard.entries.get_mut(&self.key) {
             e.open = e.open.saturating_sub(1);
             e.last_ms = now;
+            if e.open == 0 {
+                shard.held.remove(&self.key);
+            }
         }
+        drop(shard);
         self.table.holds.fetch_sub(1, Ordering::Relaxed);
     }
 }
