@@ -11,13 +11,6 @@ use weir::plugin::PluginRuntime;
 
 mod cli;
 
-/// mimalloc, not glibc's malloc (measured 2026-12-04, BENCHMARKS.md "Allocator"): 4,133
-/// and 5,193 bytes per idle WebSocket when 4,000 connect at once against 9,690 and 10,034
-/// with glibc, whose arenas keep the burst's fragments; 1.2 % fewer instructions per
-/// proxied request (callgrind, 41.9k against 42.4k). It starts about 16 MB larger.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A load balancer whose routing decisions are WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version = concat!(env!("CARGO_PKG_VERSION"), ", plugin pack ", env!("WEIR_PACK_VERSION"), ", WIT weir:plugin@0.1.0"), about)]
