@@ -38,6 +38,29 @@ mod pools;
 mod stick;
 mod swaps;
 
+/// Reads every key under `prefix`: the response and the revision it was read at, from
+/// which a watch ([`watch_after`]) misses nothing.
+async fn read_prefix(client: &etcd_client::Client, prefix: &str) -> Result<(etcd_client::GetResponse, i64), String> {
+    let resp = client
+        .kv_client()
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| format!("read {prefix}: {e}"))?;
+    let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+    Ok((resp, revision))
+}
+
+/// Watches every key under `prefix` from the revision after `revision` (a
+/// [`read_prefix`]'s).
+async fn watch_after(
+    client: &etcd_client::Client,
+    prefix: &str,
+    revision: i64,
+) -> Result<etcd_client::WatchStream, String> {
+    let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    client.clone().watch(prefix, Some(options)).await.map_err(|e| format!("watch {prefix}: {e}"))
+}
+
 pub use pools::PoolState;
 pub use swaps::{CHUNK, Fetched, Publication, PublishedPlugin, SwapState, Swapper, sha256_hex};
 

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::{PoisonError, Weak};
 use std::time::SystemTime;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, WatchStream};
 
 use super::Cluster;
 use super::stick::{escape, unescape};
@@ -43,12 +43,7 @@ pub(super) fn prefix(cluster: &Cluster) -> String {
 /// etcd leaves), and watches the prefix from the revision read.
 pub(super) async fn resync(cluster: &Cluster, control: &Weak<Control>, client: &Client) -> Result<WatchStream, String> {
     let prefix = prefix(cluster);
-    let resp = client
-        .kv_client()
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| format!("read {prefix}: {e}"))?;
-    let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+    let (resp, revision) = super::read_prefix(client, &prefix).await?;
     let Some(control) = control.upgrade() else { return Err("server gone".into()) };
     let mut present = Vec::with_capacity(resp.kvs().len());
     for kv in resp.kvs() {
@@ -62,8 +57,7 @@ pub(super) async fn resync(cluster: &Cluster, control: &Weak<Control>, client: &
             delete(cluster, &control, &name, &key, revision).await;
         }
     }
-    let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-    client.clone().watch(prefix.as_str(), Some(options)).await.map_err(|e| format!("watch {prefix}: {e}"))
+    super::watch_after(client, &prefix, revision).await
 }
 
 /// Applies what the watch saw, in order.

@@ -29,8 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
-    WatchStream,
+    Client, Compare, CompareOp, EventType, KvClient, PutOptions, Txn, TxnOp, TxnOpResponse, WatchStream,
 };
 
 use super::Cluster;
@@ -112,12 +111,7 @@ impl Replicator {
         client: &Client,
     ) -> Result<WatchStream, String> {
         let prefix = prefix(cluster);
-        let mut kv = client.kv_client();
-        let resp = kv
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| format!("read {prefix}: {e}"))?;
-        let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+        let (resp, revision) = super::read_prefix(client, &prefix).await?;
         let Some(control) = control.upgrade() else { return Err("server gone".into()) };
         let snapshot = control.ctx.snapshot.load_full();
         let mut seen = HashSet::with_capacity(resp.kvs().len());
@@ -140,8 +134,7 @@ impl Replicator {
             tracing::info!(node = %cluster.config.node, entries = missing.len(), "cluster: publishing local stick entries etcd lacks");
         }
         self.publish(cluster, &control, client, missing.into_iter()).await?;
-        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-        client.clone().watch(prefix.as_str(), Some(options)).await.map_err(|e| format!("watch {prefix}: {e}"))
+        super::watch_after(client, &prefix, revision).await
     }
 
     /// Applies what the watch saw: puts stick (deletes are expiries: every instance

@@ -26,7 +26,7 @@ use std::sync::{Arc, PoisonError, Weak};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchStream};
+use etcd_client::{Client, EventType, WatchStream};
 use serde::{Deserialize, Serialize};
 
 use super::Cluster;
@@ -286,18 +286,12 @@ async fn fetch(cluster: &Cluster, client: &Client, sha: &str) -> Result<Result<B
 /// revision read.
 pub(super) async fn resync(cluster: &Cluster, control: &Weak<Control>, client: &Client) -> Result<WatchStream, String> {
     let prefix = swaps_prefix(cluster);
-    let resp = client
-        .kv_client()
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|e| format!("read {prefix}: {e}"))?;
-    let revision = resp.header().map_or(0, etcd_client::ResponseHeader::revision);
+    let (resp, revision) = super::read_prefix(client, &prefix).await?;
     for kv in resp.kvs() {
         let Some(c) = control.upgrade() else { return Err("server gone".into()) };
         put(cluster, &c, client, kv.key(), kv.value(), kv.mod_revision()).await?;
     }
-    let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
-    client.clone().watch(prefix.as_str(), Some(options)).await.map_err(|e| format!("watch {prefix}: {e}"))
+    super::watch_after(client, &prefix, revision).await
 }
 
 /// Applies what the watch saw, in order. Fails only when etcd does (the session ends).
