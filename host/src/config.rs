@@ -71,6 +71,8 @@ pub mod bounds {
     pub const MAX_IDLE_PER_BACKEND: RangeInclusive<usize> = 0..=65_535;
     /// `[runtime] worker_threads`: 0 (one per CPU weir may run on) to 1024.
     pub const WORKER_THREADS: RangeInclusive<usize> = 0..=1024;
+    /// `[runtime] release_memory_ms`: 0 (never) to 1 hour.
+    pub const RELEASE_MEMORY: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_secs(3600);
     /// `probe.interval_ms`: 10 ms to 1 day.
     pub const PROBE_INTERVAL: RangeInclusive<Duration> = Duration::from_millis(10)..=Duration::from_secs(86_400);
     /// `probe.timeout_ms`: 1 ms to 1 day (and at most the interval).
@@ -233,6 +235,9 @@ struct FileRuntime {
     /// weir may run on (`std::thread::available_parallelism`, which honours CPU affinity
     /// and cgroup quotas). Default 0. Range 0 to 1024. Read at start; not reloadable.
     worker_threads: Option<Spanned<usize>>,
+    /// How often weir looks whether a burst has left freed heap memory to give back to the
+    /// system (`core::memory`). Default 1 s; 0 never. Range 0 to 1 hour.
+    release_memory_ms: Option<Spanned<FileDuration>>,
 }
 
 /// `[plugins]`.
@@ -584,9 +589,15 @@ pub struct RuntimeSettings {
     /// Worker threads of the async runtime, resolved: at least 1 (`0` in the file became
     /// the number of CPUs weir may run on).
     pub worker_threads: usize,
+    /// How often freed heap memory is looked at and, after a burst, given back to the
+    /// system ([`crate::core::memory`]); `None`: never.
+    pub release_memory: Option<Duration>,
 }
 
 impl RuntimeSettings {
+    /// `release_memory_ms` when the file does not say.
+    pub const RELEASE_MEMORY: Duration = Duration::from_secs(1);
+
     /// `worker_threads = 0`: one per CPU this process may run on (CPU affinity and cgroup
     /// quotas honoured), 1 when that cannot be told.
     pub fn available_cpus() -> usize {
@@ -596,7 +607,7 @@ impl RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { worker_threads: Self::available_cpus() }
+        Self { worker_threads: Self::available_cpus(), release_memory: Some(Self::RELEASE_MEMORY) }
     }
 }
 
@@ -1160,8 +1171,16 @@ impl Cx<'_> {
         let worker_threads = self
             .number(file.runtime.worker_threads.as_ref(), || "runtime.worker_threads".into(), bounds::WORKER_THREADS)?
             .unwrap_or(0);
+        let release_memory = self
+            .duration(
+                file.runtime.release_memory_ms.as_ref(),
+                || "runtime.release_memory_ms".into(),
+                bounds::RELEASE_MEMORY,
+            )?
+            .unwrap_or(RuntimeSettings::RELEASE_MEMORY);
         let runtime = RuntimeSettings {
             worker_threads: if worker_threads == 0 { RuntimeSettings::available_cpus() } else { worker_threads },
+            release_memory: Some(release_memory).filter(|d| !d.is_zero()),
         };
 
         let defaults = PluginSettings::default();

@@ -1,10 +1,13 @@
 //! What every layer of weir shares and nothing else owns: the kinds of traffic
 //! ([`Protocol`]), where a fault came from ([`Origin`]), a backend's health
 //! ([`Verdict`]) and what failed it ([`Failure`]), the one process clock ([`clock`]) that
-//! stick tables, drain orders, tunnels and health read, and the thread with a runtime of
-//! its own that background services run on ([`side_runtime`]).
+//! stick tables, drain orders, tunnels and health read, the thread with a runtime of
+//! its own that background services run on ([`side_runtime`]), and the return of freed
+//! memory to the system after a burst ([`memory`]).
 
 use std::time::{Duration, Instant};
+
+pub mod memory;
 
 /// What kind of traffic is being placed (the WIT `protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

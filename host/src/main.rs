@@ -295,6 +295,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(
 }
 
 async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
+    weir::core::memory::release_freed_memory(config.runtime.release_memory);
     let server = weir::Server::start(config).await?;
     let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(config = %path.display(), listeners = server.listeners().len(), worker_threads, "weir is running");

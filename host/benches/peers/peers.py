@@ -9,7 +9,7 @@ Rounds are interleaved: each round runs every selected part against every proxy 
 and the tables give the median of the rounds.
 
 Environment: ROUNDS (3), DURATION (seconds per run, 10), PARTS (comma-separated, default
-all: h1,h2c,https,handshakes,l4,p99,ws), WEIR (the weir binary), OHA (the oha binary),
+all: h1,h2c,https,handshakes,l4,p99,ws,burst), WEIR (the weir binary), OHA (the oha binary),
 RATE (the p99 part's fixed rate, 10000), WS_CONNS (4000), STRACE_SECS (3), OUT (the
 directory for the run's files, under target/peers/ by default), PORT_OFFSET (0: every
 port below moves by this much, for a machine where they are taken).
@@ -31,6 +31,9 @@ Parts (what each prints):
               connections: p50/p99/p99.9
   ws          WS_CONNS WebSockets opened 500 at a time through each proxy and held idle
               (python3-websockets): the proxy's RSS growth / WS_CONNS (once, not per round)
+  burst       memory after a burst: BURST_ROUNDS (3) rounds of `wrk -t1 -c BURST_CONNS (2000)
+              -d 3s` keep-alive through each proxy, then 3 s idle: its RSS before, at the
+              peak (sampled every 100 ms) and after, and after ÷ before (once)
 
 A part whose tool is missing says so and is skipped. Everything started is stopped on
 exit (normal, error, Ctrl-C, SIGTERM; a SIGKILL of this script kills its direct children
@@ -52,12 +55,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "../../.."))
 HZ = os.sysconf("SC_CLK_TCK")
-ALL_PARTS = ["h1", "h2c", "https", "handshakes", "l4", "p99", "ws"]
+ALL_PARTS = ["h1", "h2c", "https", "handshakes", "l4", "p99", "ws", "burst"]
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DUR = int(os.environ.get("DURATION", "10"))
 PARTS = [p for p in os.environ.get("PARTS", ",".join(ALL_PARTS)).split(",") if p]
 RATE = int(os.environ.get("RATE", "10000"))
 WS_CONNS = int(os.environ.get("WS_CONNS", "4000"))
+BURST_CONNS = int(os.environ.get("BURST_CONNS", "2000"))
+BURST_ROUNDS = int(os.environ.get("BURST_ROUNDS", "3"))
 STRACE_SECS = int(os.environ.get("STRACE_SECS", "3"))
 WEIR = os.environ.get("WEIR", os.path.join(ROOT, "target/release/weir"))
 OHA = os.environ.get("OHA", os.path.join(ROOT, "target/tools/oha/bin/oha"))
@@ -102,7 +107,7 @@ PORTS = {k: [shift(p) for p in v] for k, v in PORTS.items()}
 URLS = {part: {k: shift(v) for k, v in d.items()} for part, d in URLS.items()}
 NAMES = {"direct": "direct", "nginx": "nginx", "haproxy": "HAProxy", "weir": "weir"}
 TOOLS = {"h1": ["wrk"], "h2c": ["h2load"], "https": ["wrk"], "handshakes": ["openssl"],
-         "l4": ["curl", "iperf3"], "p99": [OHA], "ws": []}
+         "l4": ["curl", "iperf3"], "p99": [OHA], "ws": [], "burst": ["wrk"]}
 
 
 def log(*a):
@@ -374,6 +379,30 @@ def ws_part(proxies):
     return res
 
 
+def burst_part(proxies):
+    """Each proxy's RSS before, at the peak of and 3 s after BURST_ROUNDS rounds of
+    BURST_CONNS concurrent keep-alive connections (wrk), one proxy after another."""
+    res = {}
+    for name in ("haproxy", "nginx", "weir"):
+        pl = pids(proxies[name])
+        r0 = rss_kb(pl)
+        peak = r0
+        for _ in range(BURST_ROUNDS):
+            w = subprocess.Popen(GEN + ["wrk", "-t1", f"-c{BURST_CONNS}", "-d3s", URLS["h1"][name]],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            while w.poll() is None:
+                peak = max(peak, rss_kb(pids(proxies[name])))
+                time.sleep(0.1)
+            out = w.stdout.read()
+            if "requests in" not in out:
+                raise RuntimeError(f"wrk through {name}: " + out[-500:])
+        time.sleep(3)
+        r1 = rss_kb(pids(proxies[name]))
+        res[name] = {"before_kb": r0, "peak_kb": peak, "after_kb": r1, "ratio": r1 / r0 if r0 else None}
+        log(f"burst {name}: RSS {r0} kB, peak {peak} kB, 3 s after {r1} kB ({res[name]['ratio']:.2f} x before)")
+    return res
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -545,6 +574,9 @@ def main():
         if "ws" in parts:
             for name, r in ws_part(proxies).items():
                 add(("ws", name), r)
+        if "burst" in parts:
+            for name, r in burst_part(proxies).items():
+                add(("burst", name), r)
         results["meta"]["load_end"] = loadavg()
         for name, p in proxies.items():
             if p.poll() is not None:
@@ -694,6 +726,21 @@ def table(meta, parts, miss, R):
         ws_w = m("ws", "weir", "per_conn")
         target(16, "idle WebSocket bytes, weir ÷ 4 KiB", ws_w, 4096, 1.0, False)
         target(16, "idle WebSocket bytes, weir ÷ HAProxy", ws_w, m("ws", "haproxy", "per_conn"), 1.0, False)
+    if "burst" in parts:
+        w(f"Memory after a burst: {BURST_ROUNDS} rounds of {BURST_CONNS:,} concurrent keep-alive connections "
+          "(`wrk -t1 -c" + str(BURST_CONNS) + " -d3s`) through each, then 3 s idle; the proxy's RSS (all its processes), "
+          "one pass:")
+        w("")
+        w("| | RSS before, kB | peak, kB | 3 s after, kB | after ÷ before |")
+        w("|---|---|---|---|---|")
+        for name in ("haproxy", "nginx", "weir"):
+            r = (R.get(("burst", name)) or [None])[0]
+            if r is None:
+                continue
+            w(f"| {NAMES[name]} | {r['before_kb']:,} | {r['peak_kb']:,} | {r['after_kb']:,} | {fmt(r['ratio'], '.2f')} |")
+        w("")
+        target(16, "RSS 3 s after a burst, weir ÷ weir before", m("burst", "weir", "after_kb"),
+               m("burst", "weir", "before_kb"), 2.0, False)
     if targets:
         w("Targets (ratios within this run):")
         w("")

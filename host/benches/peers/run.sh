@@ -2,7 +2,7 @@
 # weir, nginx and HAProxy side by side on one origin, in one run (`just peers`).
 #
 #   ROUNDS=3 DURATION=10 host/benches/peers/run.sh
-#   PARTS=h1,h2c host/benches/peers/run.sh     # only these: h1 h2c https handshakes l4 p99 ws
+#   PARTS=h1,h2c host/benches/peers/run.sh     # only these: h1 h2c https handshakes l4 p99 ws burst
 #   WEIR=path/to/weir host/benches/peers/run.sh   # that binary instead of this tree's release build
 #
 # Needs (Debian; not installed by .ci/run, this is not a test):

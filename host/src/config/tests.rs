@@ -161,6 +161,17 @@ fn ranged() -> Vec<Ranged> {
             read: |c| c.runtime.worker_threads as u128,
         },
         Ranged {
+            table: "runtime",
+            key: "release_memory_ms",
+            path: "runtime.release_memory_ms",
+            min: "0",
+            max: "\"3600s\"",
+            below: None,
+            above: "3600001",
+            with: "",
+            read: |c| ms(c.runtime.release_memory.unwrap_or_default()),
+        },
+        Ranged {
             table: "plugins",
             key: "call_timeout_ms",
             path: "plugins.call_timeout_ms",

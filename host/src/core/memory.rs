@@ -1,0 +1,181 @@
+//! Freed heap memory given back to the system after a burst (`[runtime]
+//! release_memory_ms`).
+//!
+//! glibc's malloc keeps what the program frees for its next allocations and returns to the
+//! system only the free top of the main heap. After a burst (4,000 WebSockets that connect
+//! 500 at a time, 2,000 keep-alive clients that come and go) the buffers of the handshakes
+//! and requests are free but still resident, scattered through every thread's arena, so
+//! the process stays at the size of its busiest moment: idle WebSockets looked twice their
+//! size, and a proxy that served a burst never shrank back.
+//!
+//! A thread of its own (`weir-memory`) looks at the heap every interval (`mallinfo2`:
+//! bytes in use and bytes free, read under each arena's lock) and adds up
+//! how much they moved since its last look. Once they have moved by [`STEP`] or more in
+//! all (a burst came), and then stay still within a look (the burst is over: less than a
+//! quarter of a step moved), it calls `malloc_trim(0)`, which hands the free pages of every
+//! arena back to the system (madvise): the heap keeps its layout, the free pages are
+//! simply no longer resident until used again. Movement, not the free figure, is what
+//! counts: pages handed back and then used and freed again by the next burst leave the
+//! free figure where it was, resident all the same. A steady load moves the heap little,
+//! so it is trimmed seldom (once its small moves add up to a step), and never in the middle
+//! of a burst; the data path is not involved at all. HAProxy does the same with
+//! `malloc_trim` in its memory pools' garbage collection.
+//!
+//! On other C libraries (musl has no arenas to trim) nothing is started.
+//!
+//! Unsafe code: the two glibc calls, which take no pointers.
+#![allow(unsafe_code)]
+
+use std::time::Duration;
+
+/// How much the heap must have moved (bytes in use and bytes free, up and down, added
+/// up since the last release) before it is released again.
+pub const STEP: usize = 4 << 20;
+
+/// Starts the thread that releases freed memory every `interval` (see the module's
+/// doc). Call it once per process; `None` (`release_memory_ms = 0`) starts nothing.
+pub fn release_freed_memory(interval: Option<Duration>) {
+    let Some(interval) = interval else { return };
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new().name("weir-memory".into()).spawn(move || {
+            let mut watch = Watch::default();
+            loop {
+                std::thread::sleep(interval);
+                if let Some(free) = watch.look(heap, release) {
+                    tracing::debug!(free, "released freed heap memory to the system");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "freed memory will not be released: no thread for it");
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = interval;
+}
+
+/// The decision, apart from the C library, so it can be tested: the heap as last seen,
+/// and how much it moved since the last release.
+#[derive(Debug, Default)]
+struct Watch {
+    last: Option<Heap>,
+    moved: usize,
+}
+
+/// What the heap holds, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Heap {
+    used: usize,
+    free: usize,
+}
+
+impl Watch {
+    /// Looks once (`heap` reads the heap): releases (`release`) when the heap has moved by
+    /// [`STEP`] since the last release and stood still since the last look. Returns the
+    /// free figure it released at.
+    fn look(&mut self, heap: impl Fn() -> Heap, release: impl FnOnce()) -> Option<usize> {
+        let now = heap();
+        let last = self.last.replace(now).unwrap_or(now);
+        let moved = now.used.abs_diff(last.used) + now.free.abs_diff(last.free);
+        self.moved = self.moved.saturating_add(moved);
+        if self.moved < STEP || moved >= STEP / 4 {
+            return None;
+        }
+        release();
+        self.moved = 0;
+        Some(now.free)
+    }
+}
+
+/// Bytes in use and free in every arena (the free top of each included).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> Heap {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's own state
+    // (under its locks); glibc 2.33 and later.
+    let info = unsafe { libc::mallinfo2() };
+    Heap { used: info.uordblks, free: info.fordblks }
+}
+
+/// Hands the free pages of every arena back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release() {
+    // SAFETY: malloc_trim(0) is safe to call at any time from any thread; it takes the
+    // allocator's own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn releases_once_a_burst_has_moved_a_step_and_stopped() {
+        const MB: usize = 1 << 20;
+        let mut watch = Watch::default();
+        let heap = Cell::new(Heap { used: 10 * MB, free: MB });
+        let released = Cell::new(0);
+        let mut look = |used: usize, free: usize| {
+            heap.set(Heap { used, free });
+            watch.look(|| heap.get(), || released.set(released.get() + 1))
+        };
+        assert_eq!(look(10 * MB, MB), None, "the first look only sees");
+        // A burst: connections come (in use up), their handshakes' buffers are freed.
+        assert_eq!(look(13 * MB, 2 * MB), None, "moving: 4 MiB, but still moving");
+        assert_eq!(look(15 * MB, 5 * MB), None, "moving");
+        // It stops: released once.
+        assert_eq!(look(15 * MB, 5 * MB + 100), Some(5 * MB + 100));
+        assert_eq!(released.get(), 1);
+        // Still: nothing more to do.
+        assert_eq!(look(15 * MB, 5 * MB + 100), None);
+        // Small moves add up: a steady load is released once they reach a step.
+        for i in 0..7 {
+            assert_eq!(look(15 * MB + (i % 2) * 300_000, 5 * MB), None, "{i}");
+        }
+        assert_eq!(released.get(), 1);
+        let mut n = 0;
+        while released.get() == 1 {
+            n += 1;
+            look(15 * MB + (n % 2) * 300_000, 5 * MB);
+        }
+        assert!(n > 5, "released after {n} small moves");
+        // The connections go (in use down, free up): released once it stops.
+        assert_eq!(look(2 * MB, 18 * MB), None);
+        assert_eq!(look(2 * MB, 18 * MB), Some(18 * MB));
+        assert_eq!(released.get(), 3);
+    }
+
+    /// The real allocator: memory freed in a burst is resident until released, and not
+    /// after (VmRSS of this test process).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_release_returns_freed_pages() {
+        fn rss_kb() -> usize {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        }
+        // 16,000 blocks of 4 KiB, one in eight kept: the 56 MiB freed cannot be returned
+        // by the heap's top alone (kept blocks sit between the holes).
+        let mut blocks: Vec<Vec<u8>> = (0..16_000).map(|i| vec![i as u8; 4096]).collect();
+        let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(8).map(std::mem::take).collect();
+        drop(blocks);
+        let before = rss_kb();
+        let mut watch = Watch { last: Some(Heap::default()), moved: STEP };
+        assert!(watch.look(heap, release).is_none(), "moved 56 MiB since the last look");
+        assert!(watch.look(heap, release).is_some(), "still since the last look");
+        let after = rss_kb();
+        assert!(
+            before.saturating_sub(after) >= 24_000,
+            "RSS {before} kB -> {after} kB: less than 24 MB of the 56 MiB freed went back"
+        );
+        drop(kept);
+    }
+}
