@@ -44,32 +44,37 @@ pub(crate) fn upgrade(
         // Held while the tunnel lives: it is an active connection of its backend, keeps
         // its stick entry from expiring and its client's slot in the listener.
         let _held = (active, stick, slot);
-        let run = async {
-            let (client, upstream) = match tokio::try_join!(client, upstream) {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::debug!(error = %e, "websocket upgrade did not complete");
-                    return;
+        {
+            // Pinned here and lent to the select: a future moved into `select!` by value is
+            // stored twice in this task (where it was made and where it is polled), and this
+            // one is most of an idle WebSocket's memory.
+            let run = std::pin::pin!(async {
+                let (client, upstream) = match tokio::try_join!(client, upstream) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "websocket upgrade did not complete");
+                        return;
+                    }
+                };
+                // The client's plain TCP connection under weir's wrapper, so the tunnel can
+                // splice it.
+                let client = match client.downcast::<TokioIo<ClientIo<TcpStream>>>() {
+                    Ok(parts) => {
+                        let (io, unread) = parts.io.into_inner().into_inner();
+                        let early =
+                            if unread.is_empty() { parts.read_buf } else { [unread, parts.read_buf].concat().into() };
+                        tunnel::Leg::Tcp(io, early)
+                    }
+                    Err(client) => tunnel::Leg::from(client),
+                };
+                if let Err(e) = tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order).await {
+                    tracing::debug!(error = %e, "websocket tunnel ended with an error");
                 }
-            };
-            // The client's plain TCP connection under weir's wrapper, so the tunnel can
-            // splice it.
-            let client = match client.downcast::<TokioIo<ClientIo<TcpStream>>>() {
-                Ok(parts) => {
-                    let (io, unread) = parts.io.into_inner().into_inner();
-                    let early =
-                        if unread.is_empty() { parts.read_buf } else { [unread, parts.read_buf].concat().into() };
-                    tunnel::Leg::Tcp(io, early)
-                }
-                Err(client) => tunnel::Leg::from(client),
-            };
-            if let Err(e) = tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order).await {
-                tracing::debug!(error = %e, "websocket tunnel ended with an error");
+            });
+            tokio::select! {
+                () = run => {}
+                () = aborted(&mut stop) => {}
             }
-        };
-        tokio::select! {
-            () = run => {}
-            () = aborted(&mut stop) => {}
         }
         drop(entry);
     });

@@ -192,36 +192,53 @@ async fn copy(a: &mut Leg, b: &mut Leg, activity: &AtomicU64, started: Instant, 
             pump::write_all(a_io, b_early, &touch).await?;
             (*a_early, *b_early) = (bytes::Bytes::new(), bytes::Bytes::new());
             let ((a_in, a_out), (b_in, b_out)) = (a_io.split(), b_io.split());
-            let to_client = pump::frames_until_end(b_in.as_ref(), a_out.as_ref(), &touch, frames, closing);
             // Client→backend needs no frame boundary: splice(2), no copy through weir.
             // Its own count of ended directions: the other direction half-closes itself.
+            // Both made inside the join, not bound first: a future bound to a name and
+            // then moved into the join is stored twice in the task.
             let ended = AtomicU8::new(0);
-            tokio::try_join!(pump::splice_until_end(a_in, b_out.as_ref(), &touch, &ended), to_client).map(|_| ())
+            tokio::try_join!(
+                pump::splice_until_end(a_in, b_out.as_ref(), &touch, &ended),
+                pump::frames_until_end(b_in.as_ref(), a_out.as_ref(), &touch, frames, closing)
+            )
+            .map(|_| ())
         }
         // A client leg that is not plain TCP (an HTTP/2 stream, TLS) before a backend that
         // is: copied through buffers, with the same activity and drain close frames.
         (Leg::Other(a), Leg::Tcp(b_io, b_early)) => {
-            use tokio::io::AsyncWriteExt;
-            let (mut a_read, mut a_write) = tokio::io::split(TokioIo::new(a));
-            let mut frames = FrameTracker::default();
-            frames.advance(b_early, false);
-            a_write.write_all(b_early).await?;
-            a_write.flush().await?;
-            *b_early = bytes::Bytes::new();
-            touch();
-            let (mut b_read, mut b_write) = b_io.split();
-            let to_client = pump::frames_to_stream(&mut b_read, &mut a_write, &touch, frames, closing);
-            tokio::try_join!(pump::copy_until_end(&mut a_read, &mut b_write, &touch), to_client).map(|_| ())
+            // Boxed, like the arm below: a future is as large as its largest state, and
+            // these states (buffered halves, their copies) would otherwise be part of
+            // every tunnel's task, a plain TCP one's too.
+            Box::pin(async move {
+                use tokio::io::AsyncWriteExt;
+                let (mut a_read, mut a_write) = tokio::io::split(TokioIo::new(a));
+                let mut frames = FrameTracker::default();
+                frames.advance(b_early, false);
+                a_write.write_all(b_early).await?;
+                a_write.flush().await?;
+                *b_early = bytes::Bytes::new();
+                touch();
+                let (mut b_read, mut b_write) = b_io.split();
+                tokio::try_join!(
+                    pump::copy_until_end(&mut a_read, &mut b_write, &touch),
+                    pump::frames_to_stream(&mut b_read, &mut a_write, &touch, frames, closing)
+                )
+                .map(|_| ())
+            })
+            .await
         }
         // Neither leg plain TCP: a buffered copy.
         (a, b) => {
-            use tokio::io::AsyncWriteExt;
-            let ((mut a, a_early), (mut b, b_early)) = (stream(a), stream(b));
-            b.write_all(&a_early).await?;
-            a.write_all(&b_early).await?;
-            // No per-burst hook in this copy: the idle timeout does not apply.
-            activity.store(UNTRACKED, Ordering::Relaxed);
-            tokio::io::copy_bidirectional(&mut a, &mut b).await.map(|_| ())
+            Box::pin(async move {
+                use tokio::io::AsyncWriteExt;
+                let ((mut a, a_early), (mut b, b_early)) = (stream(a), stream(b));
+                b.write_all(&a_early).await?;
+                a.write_all(&b_early).await?;
+                // No per-burst hook in this copy: the idle timeout does not apply.
+                activity.store(UNTRACKED, Ordering::Relaxed);
+                tokio::io::copy_bidirectional(&mut a, &mut b).await.map(|_| ())
+            })
+            .await
         }
     }
 }

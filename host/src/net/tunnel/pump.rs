@@ -13,6 +13,13 @@
 //! through the task, so an idle direction still holds nothing. A read that fills the
 //! buffer, or a burst that moved as much, makes the direction splice until a burst moves
 //! less again.
+//!
+//! A future is as large as its largest state, and an idle tunnel's task holds its
+//! directions' futures whole: so the states an idle direction is never in (a splice burst,
+//! a copied burst, the rest of a small burst the peer could not take at once, the drain's
+//! goodbye) are boxed when they start, and cost an allocation then rather than memory in
+//! every open tunnel. The states of idle waiting, and the per-message write of the
+//! frame-following direction, stay inline.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -57,11 +64,11 @@ pub(super) async fn splice_until_end(
         } else {
             from.as_ref().readable().await?;
         }
-        match splice::burst(from.as_ref(), to, touch).await? {
+        match Box::pin(splice::burst(from.as_ref(), to, touch)).await? {
             Burst::Ended => break,
             Burst::Drained(moved) => large = moved >= SMALL,
             Burst::NoPipe => {
-                if copy_burst(from.as_ref(), to, touch).await? {
+                if Box::pin(copy_burst(from.as_ref(), to, touch)).await? {
                     break;
                 }
             }
@@ -114,7 +121,7 @@ async fn small_burst(from: &mut ReadHalf<'_>, to: &TcpStream, touch: &impl Fn())
     })
     .await?;
     if let Some(rest) = rest {
-        write_all(to, &rest, touch).await?;
+        Box::pin(write_all(to, &rest, touch)).await?;
     }
     Ok(seen)
 }
@@ -147,8 +154,11 @@ pub(super) async fn frames_until_end(
     loop {
         let draining = closing.due.load(Ordering::Relaxed);
         if draining && frames.at_boundary() {
-            write_all(to, &going_away(), touch).await?;
-            return discard(from, to).await;
+            return Box::pin(async move {
+                write_all(to, &going_away(), touch).await?;
+                discard(from, to).await
+            })
+            .await;
         }
         tokio::select! {
             ready = from.readable() => ready?,
@@ -181,9 +191,12 @@ pub(super) async fn frames_until_end(
 
 /// Reads and drops what `from` still sends until it ends, then half-closes `to`.
 async fn discard(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
-    let mut sink = [0u8; 512];
     loop {
         from.readable().await?;
+        // Made after the wait, so it is never part of the task: a buffer held across an
+        // await would be in every idle tunnel's future, since a future is as large as its
+        // largest state.
+        let mut sink = [0u8; 512];
         match from.try_read(&mut sink) {
             Ok(0) => {
                 let _ = socket2::SockRef::from(to).shutdown(Shutdown::Write);
