@@ -328,28 +328,34 @@ def strace_pass(name, proxy, url):
 
 
 PERF_EVENTS = "task-clock,context-switches,cpu-migrations,page-faults"
-# Kernel entry points and paths, inclusive (a sample counts in every row whose function is
-# on its call chain, so rows overlap: a wake-up is inside a send, a send inside a syscall).
+# Kernel paths in the call graph, inclusive (a sample counts in every row whose function is
+# on its call chain, so rows overlap: indented rows are inside the row above); the names
+# are those of Debian 12's kernel (6.1), checked in the perf reports of a run.
 KERNEL_PATHS = [
-    ("syscalls, all (entry_SYSCALL_64)", ["entry_SYSCALL_64"]),
-    ("send: writev, sendto, write", ["__x64_sys_writev", "__x64_sys_sendto", "__x64_sys_write", "__x64_sys_sendmsg"]),
+    ("syscalls, all (do_syscall_64)", ["do_syscall_64"]),
+    ("send: writev, sendto (do_writev, __sys_sendto)", ["do_writev", "__sys_sendto", "ksys_write"]),
     ("  tcp_sendmsg", ["tcp_sendmsg"]),
-    ("  loopback delivery to the peer (tcp_v4_rcv, softirq)", ["tcp_v4_rcv"]),
-    ("  wake-ups of the peer (try_to_wake_up)", ["try_to_wake_up"]),
-    ("receive: recvfrom, read", ["__x64_sys_recvfrom", "__x64_sys_read", "__x64_sys_recvmsg"]),
+    ("    loopback delivery to the peer's socket, in the sender's softirq (tcp_v4_rcv)", ["tcp_v4_rcv"]),
+    ("      waking the peer's reader (sock_def_readable)", ["sock_def_readable"]),
+    ("receive: recvfrom, read (__x64_sys_recvfrom, ksys_read)", ["__x64_sys_recvfrom", "ksys_read"]),
     ("  tcp_recvmsg", ["tcp_recvmsg"]),
     ("epoll_wait", ["__x64_sys_epoll_wait", "__x64_sys_epoll_pwait"]),
     ("futex", ["__x64_sys_futex"]),
     ("clock_nanosleep", ["__x64_sys_clock_nanosleep"]),
-    ("other syscalls (getsockopt, setsockopt, accept4, epoll_ctl, ...)",
-     ["__x64_sys_getsockopt", "__x64_sys_setsockopt", "__x64_sys_accept4", "__x64_sys_epoll_ctl", "__x64_sys_sched_yield"]),
-    ("schedule (switches, in any path)", ["schedule", "__schedule"]),
-    ("syscall return work (syscall_exit_to_user_mode)", ["syscall_exit_to_user_mode"]),
-    ("interrupts, timers (asm_sysvec_*)", ["asm_sysvec_apic_timer_interrupt", "asm_sysvec_call_function_single",
-                                            "asm_sysvec_reschedule_ipi", "asm_common_interrupt"]),
+    ("other syscalls (getsockopt, setsockopt, accept4, epoll_ctl, brk)",
+     ["__x64_sys_getsockopt", "__x64_sys_setsockopt", "__x64_sys_accept4", "__x64_sys_epoll_ctl", "__x64_sys_brk"]),
+    ("__schedule (switches, in any path)", ["__schedule"]),
+    ("interrupts, timers (asm_sysvec_*, asm_common_interrupt)",
+     ["asm_sysvec_apic_timer_interrupt", "asm_sysvec_call_function_single", "asm_sysvec_reschedule_ipi",
+      "asm_common_interrupt"]),
     ("page faults (asm_exc_page_fault)", ["asm_exc_page_fault"]),
 ]
-# User-space self time by what the function belongs to (first match wins).
+# Kernel functions by their self time. cpu-clock samples come from a timer interrupt, so
+# time spent with interrupts off (a wake-up under the runqueue and waitqueue locks, the
+# IPI to an idle CPU) is charged where they are turned back on.
+KERNEL_SELF = ["_raw_spin_unlock_irqrestore"]
+# User-space self time by what the function belongs to (first match wins); `dso` is the
+# object perf names (the weir binary, libc.so.6, [unknown] for JIT code).
 USER_GROUPS = [
     ("malloc, free, realloc", re.compile(r"^(__libc_)?(malloc|free|realloc|calloc|cfree)$|^_int_(malloc|free|realloc)|"
                                          r"^malloc_consolidate|^tcache|^unlink_chunk|^__rust_(alloc|dealloc|realloc)|"
@@ -357,11 +363,42 @@ USER_GROUPS = [
     ("memcpy, memmove, memset", re.compile(r"mem(cpy|move|set|cmp)|^__memcpy|^__memmove|^__memset")),
     ("hyper", re.compile(r"^<?hyper(_util)?::|<hyper(_util)?::")),
     ("tokio, mio", re.compile(r"^<?(tokio|mio)::|<(tokio|mio)::")),
-    ("http, httparse, bytes, h2", re.compile(r"^<?(http|httparse|bytes|h2|http_body(_util)?)::|<(http|httparse|bytes|h2)::")),
-    ("weir", re.compile(r"^<?weir::|<weir::|^floor::|<floor::")),
-    ("wasmtime (and the plugin's code)", re.compile(r"wasmtime|cranelift|^wasm\[|jitted|^\[unknown\]|^0x")),
-    ("libc, other (syscall wrappers, pthread)", re.compile(r"^__?(libc|GI|pthread|sendto|recvfrom|writev|epoll|futex|clock)|^(writev|recv|recvfrom|sendto|send|read|write|epoll_wait|syscall)$")),
+    ("http, httparse, bytes", re.compile(r"^<?(http|httparse|bytes|h2|http_body(_util)?)::|<(http|httparse|bytes|h2)::")),
+    ("weir (or the floor's own code)", re.compile(r"^<?weir::|<weir::|^floor::|<floor::")),
+    ("wasmtime (and the plugin's JIT code)", re.compile(r"wasmtime|cranelift")),
+    ("libc: syscall wrappers, vDSO clock, pthread",
+     re.compile(r"^__?(libc|GI|pthread|sendto|recvfrom|writev|epoll|futex|clock|vdso)|^(writev|recv|recvfrom|sendto|send|"
+                r"read|write|epoll_wait|syscall)$|^__vdso_")),
 ]
+
+
+def classify_user(dso, sym):
+    for g, rx in USER_GROUPS:
+        if rx.search(sym):
+            return g
+    if dso.startswith("[unknown]") or dso.startswith("[JIT]") or dso.startswith("perf-"):
+        return "wasmtime (and the plugin's JIT code)"
+    return "the proxy's own code, other"
+
+
+def ipis():
+    """IPIs received so far, per CPU: rescheduling + function call (what a cross-CPU
+    wake-up sends to a CPU that is idle or must preempt)."""
+    t = {}
+    for line in open("/proc/interrupts"):
+        f = line.split()
+        if f and f[0] in ("RES:", "CAL:"):
+            for cpu, v in enumerate(f[1:1 + os.cpu_count()]):
+                t[cpu] = t.get(cpu, 0) + int(v)
+    return t
+
+
+def cpu_idle_ticks(cpu):
+    for line in open("/proc/stat"):
+        if line.startswith(f"cpu{cpu} "):
+            f = line.split()
+            return int(f[4]) + int(f[5])  # idle + iowait
+    return 0
 
 
 def perf_stat_pass(name, proxy, url):
@@ -370,10 +407,15 @@ def perf_stat_pass(name, proxy, url):
     p = subprocess.Popen(["perf", "stat", "-x", ",", "-e", PERF_EVENTS, "-o", f, "-p", ",".join(map(str, pids(proxy)))],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
+    i0, idle0, t0 = ipis(), cpu_idle_ticks(0), time.time()
     r = measure(proxy, lambda: wrk(url, PERF_SECS))
+    i1, idle1, el = ipis(), cpu_idle_ticks(0), time.time() - t0
     p.send_signal(signal.SIGINT)
     p.wait(30)
     n = max(r["n"], 1)
+    r["ipi0"] = (i1.get(0, 0) - i0.get(0, 0)) / n
+    r["ipi1"] = (i1.get(1, 0) - i0.get(1, 0)) / n
+    r["idle0"] = 100 * (idle1 - idle0) / HZ / el
     for line in open(f):
         t = line.strip().split(",")
         if len(t) >= 3 and re.match(r"^[\d.]+$", t[0]):
@@ -395,7 +437,7 @@ def perf_record_pass(name, proxy, url):
     rep_ = subprocess.run(["perf", "report", "-i", f, "--stdio", "--children", "--sort", "dso,sym", "-g", "none",
                            "--percent-limit", "0"], capture_output=True, text=True).stdout
     open(f[:-5] + ".txt", "w").write(rep_)
-    children, user_self, kernel_self = {}, {}, 0.0
+    children, selfs, user_self, kernel_self = {}, {}, {}, 0.0
     top_user, top_kernel = [], []
     for line in rep_.splitlines():
         m = re.match(r"^\s*([\d.]+)%\s+([\d.]+)%\s+(.+?)\s+\[(.)\]\s+(.*?)\s*$", line)
@@ -406,17 +448,18 @@ def perf_record_pass(name, proxy, url):
         if where == "k":
             kernel_self += se
             children[sym] = children.get(sym, 0.0) + ch
+            selfs[sym] = selfs.get(sym, 0.0) + se
             if se > 0:
                 top_kernel.append((se, sym))
         else:
-            group = next((g for g, rx in USER_GROUPS if rx.search(sym)), "other user space")
+            group = classify_user(dso, sym)
             user_self[group] = user_self.get(group, 0.0) + se
             if se > 0:
                 top_user.append((se, sym))
     us = r["cpu_us"] / 100  # µs per request per percent of the samples
     r["kernel_pct"] = kernel_self
-    r["paths"] = {label: us * max((children.get(s, 0.0) for s in syms), default=0.0) if len(syms) == 1 or label.startswith("schedule")
-                  else us * sum(children.get(s, 0.0) for s in syms) for label, syms in KERNEL_PATHS}
+    r["paths"] = {label: us * sum(children.get(s, 0.0) for s in syms) for label, syms in KERNEL_PATHS}
+    r["kself"] = {sym: us * selfs.get(sym, 0.0) for sym in KERNEL_SELF}
     r["user"] = {g: us * v for g, v in user_self.items()}
     r["top_user"] = [(us * se, sym) for se, sym in sorted(top_user, reverse=True)[:12]]
     r["top_kernel"] = [(us * se, sym) for se, sym in sorted(top_kernel, reverse=True)[:12]]
@@ -751,12 +794,17 @@ def table(meta, parts, miss, R):
         w(f"`perf stat -e {PERF_EVENTS}` of each proxy (all its processes and threads) under the h1 load "
           f"(`wrk -t1 -c64 -d{PERF_SECS}s`), per request:")
         w("")
-        w("| | req/s | task-clock µs | user µs | system µs | context switches | CPU migrations | page faults |")
-        w("|---|---|---|---|---|---|---|---|")
+        w("| | req/s | task-clock µs | user µs | system µs | context switches | CPU migrations | page faults "
+          "| IPIs to CPU 0 (wrk, origin) | IPIs to CPU 1 (the proxy) | CPU 0 idle % |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
         for n in names:
             r = R[("perf stat", n)][0]
             w(f"| {NAMES[n]} | {fmt(r['rps'])} | {fmt(r.get('task-clock'), '.1f')} | {r['user_us']:.1f} | {r['sys_us']:.1f} | "
-              f"{fmt(r.get('context-switches'), '.3f')} | {fmt(r.get('cpu-migrations'), '.4f')} | {fmt(r.get('page-faults'), '.4f')} |")
+              f"{fmt(r.get('context-switches'), '.3f')} | {fmt(r.get('cpu-migrations'), '.4f')} | {fmt(r.get('page-faults'), '.4f')} | "
+              f"{r['ipi0']:.3f} | {r['ipi1']:.3f} | {r['idle0']:.0f} |")
+        w("")
+        w("IPIs: rescheduling + function-call interrupts per request (/proc/interrupts RES + CAL, the whole machine's); "
+          "CPU 0 idle: /proc/stat over the pass.")
         w("")
         names = [n for n in URLS["h1"] if n != "direct" and R.get(("perf record", n))]
         if names:
@@ -771,10 +819,13 @@ def table(meta, parts, miss, R):
             w("| all kernel samples (self) | " + " | ".join(f"{P[n]['cpu_us'] * P[n]['kernel_pct'] / 100:.1f}" for n in names) + " |")
             for label, _ in KERNEL_PATHS:
                 w(f"| {label.replace('  ', '&nbsp;&nbsp;')} | " + " | ".join(f"{P[n]['paths'][label]:.2f}" for n in names) + " |")
+            for sym in KERNEL_SELF:
+                w(f"| {sym}, self (interrupts-off time: wake-ups, IPIs) | "
+                  + " | ".join(f"{P[n]['kself'][sym]:.2f}" for n in names) + " |")
             w("")
             w("| user space (self time by owner), µs / request | " + " | ".join(NAMES[n] for n in names) + " |")
             w("|---" * (len(names) + 1) + "|")
-            for g in [g for g, _ in USER_GROUPS] + ["other user space"]:
+            for g in [g for g, _ in USER_GROUPS] + ["the proxy's own code, other"]:
                 w(f"| {g} | " + " | ".join(f"{P[n]['user'].get(g, 0.0):.2f}" for n in names) + " |")
             w("")
             for n in names:
