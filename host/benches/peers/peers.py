@@ -393,6 +393,20 @@ def ipis():
     return t
 
 
+def sleeps(pl):
+    """Voluntary context switches (went to sleep waiting) of these processes, all threads."""
+    t = 0
+    for pid in pl:
+        for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
+            try:
+                for line in open(f"/proc/{pid}/task/{task}/status"):
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        t += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+    return t
+
+
 def cpu_idle_ticks(cpu):
     for line in open("/proc/stat"):
         if line.startswith(f"cpu{cpu} "):
@@ -407,8 +421,11 @@ def perf_stat_pass(name, proxy, url):
     p = subprocess.Popen(["perf", "stat", "-x", ",", "-e", PERF_EVENTS, "-o", f, "-p", ",".join(map(str, pids(proxy)))],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
+    pl, ol = pids(proxy), pids(ORIGIN)
     i0, idle0, t0 = ipis(), cpu_idle_ticks(0), time.time()
+    z0 = (sleeps(pl), sleeps(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw)
     r = measure(proxy, lambda: wrk(url, PERF_SECS))
+    z1 = (sleeps(pl), sleeps(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw)
     i1, idle1, el = ipis(), cpu_idle_ticks(0), time.time() - t0
     p.send_signal(signal.SIGINT)
     p.wait(30)
@@ -416,6 +433,7 @@ def perf_stat_pass(name, proxy, url):
     r["ipi0"] = (i1.get(0, 0) - i0.get(0, 0)) / n
     r["ipi1"] = (i1.get(1, 0) - i0.get(1, 0)) / n
     r["idle0"] = 100 * (idle1 - idle0) / HZ / el
+    r["sleeps"] = [(b - a) / n for a, b in zip(z0, z1)]  # proxy, origin, wrk (a waited-for child)
     for line in open(f):
         t = line.strip().split(",")
         if len(t) >= 3 and re.match(r"^[\d.]+$", t[0]):
@@ -795,16 +813,17 @@ def table(meta, parts, miss, R):
           f"(`wrk -t1 -c64 -d{PERF_SECS}s`), per request:")
         w("")
         w("| | req/s | task-clock µs | user µs | system µs | context switches | CPU migrations | page faults "
-          "| IPIs to CPU 0 (wrk, origin) | IPIs to CPU 1 (the proxy) | CPU 0 idle % |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| IPIs to CPU 0 (wrk, origin) | IPIs to CPU 1 (the proxy) | CPU 0 idle % | sleeps: proxy | origin | wrk |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in names:
             r = R[("perf stat", n)][0]
             w(f"| {NAMES[n]} | {fmt(r['rps'])} | {fmt(r.get('task-clock'), '.1f')} | {r['user_us']:.1f} | {r['sys_us']:.1f} | "
               f"{fmt(r.get('context-switches'), '.3f')} | {fmt(r.get('cpu-migrations'), '.4f')} | {fmt(r.get('page-faults'), '.4f')} | "
-              f"{r['ipi0']:.3f} | {r['ipi1']:.3f} | {r['idle0']:.0f} |")
+              f"{r['ipi0']:.3f} | {r['ipi1']:.3f} | {r['idle0']:.0f} | " + " | ".join(f"{x:.3f}" for x in r["sleeps"]) + " |")
         w("")
         w("IPIs: rescheduling + function-call interrupts per request (/proc/interrupts RES + CAL, the whole machine's); "
-          "CPU 0 idle: /proc/stat over the pass.")
+          "CPU 0 idle: /proc/stat over the pass; sleeps: voluntary context switches per request "
+          "(/proc/PID/task/*/status of the proxy and the origin; wrk's from getrusage of this script's children).")
         w("")
         names = [n for n in URLS["h1"] if n != "direct" and R.get(("perf record", n))]
         if names:
