@@ -10,6 +10,10 @@
 //!       [--runtime current|multi]            # current (default): a current-thread tokio
 //!                                            # runtime; multi: weir's, multi-thread with
 //!                                            # one worker
+//!       [--burn-ns N]                        # spin N ns of user time per request (0):
+//!                                            # a proxy as slow as weir, with the floor's
+//!                                            # syscalls, to see what user time alone does
+//!                                            # to the kernel's part
 //! ```
 //!
 //! - `hyper`: hyper 1.x's HTTP/1 server; each client connection gets one upstream
@@ -31,6 +35,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
@@ -53,9 +58,11 @@ struct Args {
     listen: SocketAddr,
     upstreams: Vec<SocketAddr>,
     multi: bool,
+    burn: Duration,
 }
 
-const USAGE: &str = "usage: floor hyper|httparse --listen ADDR --upstream ADDR[,ADDR...] [--runtime current|multi]";
+const USAGE: &str =
+    "usage: floor hyper|httparse --listen ADDR --upstream ADDR[,ADDR...] [--runtime current|multi] [--burn-ns N]";
 
 fn args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -64,7 +71,7 @@ fn args() -> Result<Args, String> {
         Some("httparse") => Kind::Httparse,
         other => return Err(format!("unknown floor {other:?}")),
     };
-    let (mut listen, mut upstreams, mut multi) = (None, Vec::new(), false);
+    let (mut listen, mut upstreams, mut multi, mut burn) = (None, Vec::new(), false, Duration::ZERO);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -81,6 +88,7 @@ fn args() -> Result<Args, String> {
                     _ => return Err(format!("--runtime {value}: current or multi")),
                 }
             }
+            "--burn-ns" => burn = Duration::from_nanos(value.parse().map_err(|e| format!("--burn-ns {value}: {e}"))?),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -88,7 +96,7 @@ fn args() -> Result<Args, String> {
     if upstreams.is_empty() {
         return Err("--upstream is required".into());
     }
-    Ok(Args { kind, listen, upstreams, multi })
+    Ok(Args { kind, listen, upstreams, multi, burn })
 }
 
 fn main() {
@@ -150,9 +158,20 @@ async fn serve(args: Args) -> std::io::Result<()> {
         let upstream = args.upstreams[next % args.upstreams.len()];
         next = next.wrapping_add(1);
         match args.kind {
-            Kind::Hyper => tokio::spawn(hyper_conn(client, upstream)),
-            Kind::Httparse => tokio::spawn(httparse_conn(client, upstream)),
+            Kind::Hyper => tokio::spawn(hyper_conn(client, upstream, args.burn)),
+            Kind::Httparse => tokio::spawn(httparse_conn(client, upstream, args.burn)),
         };
+    }
+}
+
+/// Spins for `d` (user time, no syscall: the vDSO clock).
+fn burn(d: Duration) {
+    if d.is_zero() {
+        return;
+    }
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
     }
 }
 
@@ -180,7 +199,7 @@ fn bad_gateway() -> Response<FloorBody> {
     r
 }
 
-async fn hyper_conn(client: TcpStream, upstream: SocketAddr) {
+async fn hyper_conn(client: TcpStream, upstream: SocketAddr, spin: Duration) {
     // The one upstream connection of this client connection (made again by the next
     // request when it failed): taken by a request, put back as soon as the request is
     // handed to it (its next `ready` waits for the response's end). Requests on one HTTP/1 connection come one at a time, so the lock is never
@@ -189,6 +208,7 @@ async fn hyper_conn(client: TcpStream, upstream: SocketAddr) {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let slot = slot.clone();
         async move {
+            burn(spin);
             let taken = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
             let ready = match taken {
                 Some(mut s) => s.ready().await.is_ok().then_some(s),
@@ -394,14 +414,14 @@ enum End {
 const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-async fn httparse_conn(mut client: TcpStream, upstream: SocketAddr) {
+async fn httparse_conn(mut client: TcpStream, upstream: SocketAddr, spin: Duration) {
     let Ok(mut up) = connect(upstream).await else {
         let _ = client.write_all(BAD_GATEWAY).await;
         return;
     };
     let (mut cbuf, mut ubuf) = (Buf::new(), Buf::new());
     loop {
-        match exchange(&mut client, &mut up, &mut cbuf, &mut ubuf).await {
+        match exchange(&mut client, &mut up, &mut cbuf, &mut ubuf, spin).await {
             Ok(true) => continue,
             Ok(false) | Err(End::Client) => return,
             Err(End::Upstream { answered }) => {
@@ -415,7 +435,13 @@ async fn httparse_conn(mut client: TcpStream, upstream: SocketAddr) {
 }
 
 /// Forwards one request and its response; whether the connection stays open.
-async fn exchange(client: &mut TcpStream, up: &mut TcpStream, cbuf: &mut Buf, ubuf: &mut Buf) -> Result<bool, End> {
+async fn exchange(
+    client: &mut TcpStream,
+    up: &mut TcpStream,
+    cbuf: &mut Buf,
+    ubuf: &mut Buf,
+    spin: Duration,
+) -> Result<bool, End> {
     // The request head.
     let (head_len, mut body, close, head_request) = loop {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -439,6 +465,7 @@ async fn exchange(client: &mut TcpStream, up: &mut TcpStream, cbuf: &mut Buf, ub
             Err(_) => return refuse(client).await,
         }
     };
+    burn(spin);
     // The head as it came, and the body bytes already read.
     let mut n = head_len;
     n += body.take(&cbuf.data()[n..]).map_err(|_| End::Client)?;
