@@ -9,16 +9,20 @@ Rounds are interleaved: each round runs every selected part against every proxy 
 and the tables give the median of the rounds.
 
 Environment: ROUNDS (3), DURATION (seconds per run, 10), PARTS (comma-separated, default
-all: h1,h2c,https,handshakes,l4,p99,ws,burst), WEIR (the weir binary), OHA (the oha binary),
-RATE (the p99 part's fixed rate, 10000), WS_CONNS (4000), STRACE_SECS (3), OUT (the
-directory for the run's files, under target/peers/ by default), PORT_OFFSET (0: every
-port below moves by this much, for a machine where they are taken).
+all: h1,h2c,https,handshakes,l4,p99,ws,burst; perf only when named), WEIR (the weir
+binary), OHA (the oha binary), FLOOR (the floor binary, host/benches/floor.rs, which run.sh
+builds; empty: no floor rows), FLOOR_ARGS (added to its command line, e.g. `--runtime
+multi`), PERF_SECS (5), RATE (the p99 part's fixed rate, 10000), WS_CONNS (4000), BURST_CONNS
+(2000), BURST_ROUNDS (3), STRACE_SECS (3), OUT (the directory for the run's files, under
+target/peers/ by default), PORT_OFFSET (0: every port below moves by this much, for a
+machine where they are taken).
 
 Parts (what each prints):
   h1          wrk -t1 -c64 keep-alive: req/s (÷ direct), proxy CPU µs per request (user,
               system: /proc/PID/stat of all the proxy's processes), TCP segments per
               request (/proc/net/snmp OutSegs, every socket on the machine), then one short
-              pass under `strace -c -f` for syscalls per request
+              pass under `strace -c -f` for syscalls per request. With FLOOR, two more rows
+              behind weir: the floor proxies (hyper alone; httparse by hand), on CPU 1 too
   h2c         h2load -t1 -c16 -m16: req/s and CPU µs per request
   https       wrk -t1 -c64 over TLS (one ECDSA P-256 certificate for all three, TLS 1.3,
               HTTP/1.1): req/s and CPU µs per request
@@ -29,6 +33,10 @@ Parts (what each prints):
               file from the origin and iperf3 (one stream): Gbit/s, proxy CPU s per GiB
   p99         oha -q RATE for DURATION s, open loop, latency-corrected, 64 keep-alive
               connections: p50/p99/p99.9
+  perf        (only when named) perf stat -e task-clock,context-switches,cpu-migrations,
+              page-faults of each proxy under PERF_SECS of the h1 load, then perf record -e
+              cpu-clock -g of each: kernel paths (inclusive) and user-space owners (self),
+              in µs per request; the perf data and reports stay in logs/
   ws          WS_CONNS WebSockets opened 500 at a time through each proxy and held idle
               (python3-websockets): the proxy's RSS growth / WS_CONNS (once, not per round)
   burst       memory after a burst: BURST_ROUNDS (3) rounds of `wrk -t1 -c BURST_CONNS (2000)
@@ -56,6 +64,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "../../.."))
 HZ = os.sysconf("SC_CLK_TCK")
 ALL_PARTS = ["h1", "h2c", "https", "handshakes", "l4", "p99", "ws", "burst"]
+EXTRA_PARTS = ["perf"]  # run only when named in PARTS
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DUR = int(os.environ.get("DURATION", "10"))
 PARTS = [p for p in os.environ.get("PARTS", ",".join(ALL_PARTS)).split(",") if p]
@@ -65,6 +74,8 @@ BURST_CONNS = int(os.environ.get("BURST_CONNS", "2000"))
 BURST_ROUNDS = int(os.environ.get("BURST_ROUNDS", "3"))
 STRACE_SECS = int(os.environ.get("STRACE_SECS", "3"))
 WEIR = os.environ.get("WEIR", os.path.join(ROOT, "target/release/weir"))
+FLOOR = os.environ.get("FLOOR", "")  # host/benches/floor.rs built (run.sh builds it); "" = no floor rows
+PERF_SECS = int(os.environ.get("PERF_SECS", "5"))
 OHA = os.environ.get("OHA", os.path.join(ROOT, "target/tools/oha/bin/oha"))
 OUT = os.environ.get("OUT") or os.path.join(ROOT, "target/peers", time.strftime("%Y%m%d-%H%M%S", time.gmtime()))
 PY = "/usr/bin/python3"  # Debian's, with python3-websockets
@@ -77,11 +88,13 @@ PORTS = {
     "origin": [9001, 9002, 9003], "ws echo": [9010], "iperf3": [5201],
     "nginx": [8082, 8182, 8443, 8092], "haproxy": [8081, 8181, 8444, 8091, 8084, 8086],
     "weir": [8088, 8445, 8098, 8184, 8186],
+    "hyper floor": [8087], "httparse floor": [8089],
 }
 # name -> port per part; None where the proxy has no such listener.
 URLS = {
     "h1": {"direct": "http://127.0.0.1:9001/", "nginx": "http://127.0.0.1:8082/",
-           "haproxy": "http://127.0.0.1:8081/", "weir": "http://127.0.0.1:8088/"},
+           "haproxy": "http://127.0.0.1:8081/", "weir": "http://127.0.0.1:8088/",
+           "hyper floor": "http://127.0.0.1:8087/", "httparse floor": "http://127.0.0.1:8089/"},
     "h2c": {"direct": "http://127.0.0.1:9003/", "nginx": "http://127.0.0.1:8182/",
             "haproxy": "http://127.0.0.1:8181/", "weir": "http://127.0.0.1:8088/"},
     "https": {"nginx": "https://127.0.0.1:8443/", "haproxy": "https://127.0.0.1:8444/",
@@ -105,9 +118,16 @@ def shift(v):
 
 PORTS = {k: [shift(p) for p in v] for k, v in PORTS.items()}
 URLS = {part: {k: shift(v) for k, v in d.items()} for part, d in URLS.items()}
-NAMES = {"direct": "direct", "nginx": "nginx", "haproxy": "HAProxy", "weir": "weir"}
+NAMES = {"direct": "direct", "nginx": "nginx", "haproxy": "HAProxy", "weir": "weir",
+         "hyper floor": "hyper floor", "httparse floor": "httparse floor"}
+FLOORS = ("hyper floor", "httparse floor")
+if not FLOOR:
+    for _f in FLOORS:
+        URLS["h1"].pop(_f)
+        PORTS.pop(_f)
 TOOLS = {"h1": ["wrk"], "h2c": ["h2load"], "https": ["wrk"], "handshakes": ["openssl"],
-         "l4": ["curl", "iperf3"], "p99": [OHA], "ws": [], "burst": ["wrk"]}
+         "l4": ["curl", "iperf3"], "p99": [OHA], "ws": [], "burst": ["wrk"],
+         "perf": ["perf", "wrk"]}
 
 
 def log(*a):
@@ -313,6 +333,163 @@ def strace_pass(name, proxy, url):
             "top": ", ".join(f"{k} {v / max(r['n'], 1):.2f}" for k, v in top)}
 
 
+PERF_EVENTS = "task-clock,context-switches,cpu-migrations,page-faults"
+# Kernel paths in the call graph, inclusive (a sample counts in every row whose function is
+# on its call chain, so rows overlap: indented rows are inside the row above); the names
+# are those of Debian 12's kernel (6.1), checked in the perf reports of a run.
+KERNEL_PATHS = [
+    ("syscalls, all (do_syscall_64)", ["do_syscall_64"]),
+    ("send: writev, sendto (do_writev, __sys_sendto)", ["do_writev", "__sys_sendto", "ksys_write"]),
+    ("  tcp_sendmsg", ["tcp_sendmsg"]),
+    ("    loopback delivery to the peer's socket, in the sender's softirq (tcp_v4_rcv)", ["tcp_v4_rcv"]),
+    ("      waking the peer's reader (sock_def_readable)", ["sock_def_readable"]),
+    ("receive: recvfrom, read (__x64_sys_recvfrom, ksys_read)", ["__x64_sys_recvfrom", "ksys_read"]),
+    ("  tcp_recvmsg", ["tcp_recvmsg"]),
+    ("epoll_wait", ["__x64_sys_epoll_wait", "__x64_sys_epoll_pwait"]),
+    ("futex", ["__x64_sys_futex"]),
+    ("clock_nanosleep", ["__x64_sys_clock_nanosleep"]),
+    ("other syscalls (getsockopt, setsockopt, accept4, epoll_ctl, brk)",
+     ["__x64_sys_getsockopt", "__x64_sys_setsockopt", "__x64_sys_accept4", "__x64_sys_epoll_ctl", "__x64_sys_brk"]),
+    ("__schedule (switches, in any path)", ["__schedule"]),
+    ("interrupts, timers (asm_sysvec_*, asm_common_interrupt)",
+     ["asm_sysvec_apic_timer_interrupt", "asm_sysvec_call_function_single", "asm_sysvec_reschedule_ipi",
+      "asm_common_interrupt"]),
+    ("page faults (asm_exc_page_fault)", ["asm_exc_page_fault"]),
+]
+# Kernel functions by their self time. cpu-clock samples come from a timer interrupt, so
+# time spent with interrupts off (a wake-up under the runqueue and waitqueue locks, the
+# IPI to an idle CPU) is charged where they are turned back on.
+KERNEL_SELF = ["_raw_spin_unlock_irqrestore"]
+# User-space self time by what the function belongs to (first match wins); `dso` is the
+# object perf names (the weir binary, libc.so.6, [unknown] for JIT code).
+USER_GROUPS = [
+    ("malloc, free, realloc", re.compile(r"^(__libc_)?(malloc|free|realloc|calloc|cfree)$|^_int_(malloc|free|realloc)|"
+                                         r"^malloc_consolidate|^tcache|^unlink_chunk|^__rust_(alloc|dealloc|realloc)|"
+                                         r"^alloc::alloc::|^mi_|^_mi_")),
+    ("memcpy, memmove, memset", re.compile(r"mem(cpy|move|set|cmp)|^__memcpy|^__memmove|^__memset")),
+    ("hyper", re.compile(r"^<?hyper(_util)?::|<hyper(_util)?::")),
+    ("tokio, mio", re.compile(r"^<?(tokio|mio)::|<(tokio|mio)::")),
+    ("http, httparse, bytes", re.compile(r"^<?(http|httparse|bytes|h2|http_body(_util)?)::|<(http|httparse|bytes|h2)::")),
+    ("weir (or the floor's own code)", re.compile(r"^<?weir::|<weir::|^floor::|<floor::")),
+    ("wasmtime (and the plugin's JIT code)", re.compile(r"wasmtime|cranelift")),
+    ("libc: syscall wrappers, vDSO clock, pthread",
+     re.compile(r"^__?(libc|GI|pthread|sendto|recvfrom|writev|epoll|futex|clock|vdso)|^(writev|recv|recvfrom|sendto|send|"
+                r"read|write|epoll_wait|syscall)$|^__vdso_")),
+]
+
+
+def classify_user(dso, sym):
+    for g, rx in USER_GROUPS:
+        if rx.search(sym):
+            return g
+    if dso.startswith("[unknown]") or dso.startswith("[JIT]") or dso.startswith("perf-"):
+        return "wasmtime (and the plugin's JIT code)"
+    return "the proxy's own code, other"
+
+
+def ipis():
+    """IPIs received so far, per CPU: rescheduling + function call (what a cross-CPU
+    wake-up sends to a CPU that is idle or must preempt)."""
+    t = {}
+    for line in open("/proc/interrupts"):
+        f = line.split()
+        if f and f[0] in ("RES:", "CAL:"):
+            for cpu, v in enumerate(f[1:1 + os.cpu_count()]):
+                t[cpu] = t.get(cpu, 0) + int(v)
+    return t
+
+
+def sleeps(pl):
+    """Voluntary context switches (went to sleep waiting) of these processes, all threads."""
+    t = 0
+    for pid in pl:
+        for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
+            try:
+                for line in open(f"/proc/{pid}/task/{task}/status"):
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        t += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+    return t
+
+
+def cpu_idle_ticks(cpu):
+    for line in open("/proc/stat"):
+        if line.startswith(f"cpu{cpu} "):
+            f = line.split()
+            return int(f[4]) + int(f[5])  # idle + iowait
+    return 0
+
+
+def perf_stat_pass(name, proxy, url):
+    """perf stat of the proxy's processes (all threads) while wrk runs PERF_SECS: per request."""
+    f = os.path.join(OUT, "logs", f"perf-stat-{name.replace(' ', '-')}.csv")
+    p = subprocess.Popen(["perf", "stat", "-x", ",", "-e", PERF_EVENTS, "-o", f, "-p", ",".join(map(str, pids(proxy)))],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    pl, ol = pids(proxy), pids(ORIGIN)
+    i0, idle0, t0 = ipis(), cpu_idle_ticks(0), time.time()
+    z0 = (sleeps(pl), sleeps(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw)
+    r = measure(proxy, lambda: wrk(url, PERF_SECS))
+    z1 = (sleeps(pl), sleeps(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw)
+    i1, idle1, el = ipis(), cpu_idle_ticks(0), time.time() - t0
+    p.send_signal(signal.SIGINT)
+    p.wait(30)
+    n = max(r["n"], 1)
+    r["ipi0"] = (i1.get(0, 0) - i0.get(0, 0)) / n
+    r["ipi1"] = (i1.get(1, 0) - i0.get(1, 0)) / n
+    r["idle0"] = 100 * (idle1 - idle0) / HZ / el
+    r["sleeps"] = [(b - a) / n for a, b in zip(z0, z1)]  # proxy, origin, wrk (a waited-for child)
+    for line in open(f):
+        t = line.strip().split(",")
+        if len(t) >= 3 and re.match(r"^[\d.]+$", t[0]):
+            v = float(t[0])
+            r[t[2].split(":")[0]] = v / n * (1000 if t[2].startswith("task-clock") else 1)  # msec -> µs
+    return r
+
+
+def perf_record_pass(name, proxy, url):
+    """perf record -g (cpu-clock, user and kernel) of the proxy while wrk runs PERF_SECS; the
+    kernel paths (inclusive) and user-space groups (self) in µs per request."""
+    f = os.path.join(OUT, "logs", f"perf-{name.replace(' ', '-')}.data")
+    p = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-g", "-o", f, "-p", ",".join(map(str, pids(proxy)))],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    r = measure(proxy, lambda: wrk(url, PERF_SECS))
+    p.send_signal(signal.SIGINT)
+    p.wait(60)
+    rep_ = subprocess.run(["perf", "report", "-i", f, "--stdio", "--children", "--sort", "dso,sym", "-g", "none",
+                           "--percent-limit", "0"], capture_output=True, text=True).stdout
+    open(f[:-5] + ".txt", "w").write(rep_)
+    children, selfs, user_self, kernel_self = {}, {}, {}, 0.0
+    top_user, top_kernel = [], []
+    for line in rep_.splitlines():
+        m = re.match(r"^\s*([\d.]+)%\s+([\d.]+)%\s+(.+?)\s+\[(.)\]\s+(.*?)\s*$", line)
+        if not m:
+            continue
+        ch, se, dso, where, sym = float(m.group(1)), float(m.group(2)), m.group(3), m.group(4), m.group(5)
+        sym = re.sub(r"::h[0-9a-f]{16}$", "", sym)
+        if where == "k":
+            kernel_self += se
+            children[sym] = children.get(sym, 0.0) + ch
+            selfs[sym] = selfs.get(sym, 0.0) + se
+            if se > 0:
+                top_kernel.append((se, sym))
+        else:
+            group = classify_user(dso, sym)
+            user_self[group] = user_self.get(group, 0.0) + se
+            if se > 0:
+                top_user.append((se, sym))
+    us = r["cpu_us"] / 100  # µs per request per percent of the samples
+    r["kernel_pct"] = kernel_self
+    r["paths"] = {label: us * sum(children.get(s, 0.0) for s in syms) for label, syms in KERNEL_PATHS}
+    r["kself"] = {sym: us * selfs.get(sym, 0.0) for sym in KERNEL_SELF}
+    r["user"] = {g: us * v for g, v in user_self.items()}
+    r["top_user"] = [(us * se, sym) for se, sym in sorted(top_user, reverse=True)[:12]]
+    r["top_kernel"] = [(us * se, sym) for se, sym in sorted(top_kernel, reverse=True)[:12]]
+    return r
+
+
 def s_time(port, mode, secs):
     out = subprocess.run(GEN + ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-time", str(secs)] + mode.split(),
                          capture_output=True, text=True)
@@ -411,7 +588,7 @@ def missing_tools():
     for part in PARTS:
         need = TOOLS.get(part)
         if need is None:
-            raise SystemExit(f"unknown part {part!r}; parts: {','.join(ALL_PARTS)}")
+            raise SystemExit(f"unknown part {part!r}; parts: {','.join(ALL_PARTS + EXTRA_PARTS)}")
         gone = [t for t in need if not (os.path.exists(t) if "/" in t else shutil.which(t))]
         if part == "ws":
             ok = subprocess.run([PY, "-c", "import websockets"], capture_output=True).returncode == 0
@@ -496,6 +673,10 @@ def main():
             "haproxy": S.start("haproxy", ["haproxy", "-f", f"{run}/haproxy.cfg"], PROXY_CPU),
             "weir": S.start("weir", [WEIR, "run", "--config", f"{run}/weir.toml"], PROXY_CPU),
         }
+        for name in FLOORS if FLOOR else ():  # behind weir: the same origin ports, the same CPU
+            argv = [FLOOR, name.split()[0], "--listen", f"127.0.0.1:{PORTS[name][0]}",
+                    "--upstream", f"127.0.0.1:{shift(9001)},127.0.0.1:{shift(9002)}"] + os.environ.get("FLOOR_ARGS", "").split()
+            proxies[name] = S.start(name, argv, PROXY_CPU, name.replace(" ", "-"))
         servers = {"origin": ORIGIN, **proxies}
         if "l4" in parts:
             servers["iperf3"] = S.start("iperf3", ["iperf3", "-s", "-p", str(shift(5201))], GEN)
@@ -503,7 +684,7 @@ def main():
             servers["ws echo"] = S.start("ws echo", [PY, os.path.join(HERE, "ws_echo.py"), str(shift(9010))], GEN, "ws-echo")
         for owner, proc in servers.items():
             for port in PORTS[owner]:
-                wait_port(port, proc, {"ws echo": "ws-echo"}.get(owner, owner))
+                wait_port(port, proc, owner.replace(" ", "-"))
         for name, p in proxies.items():
             aff = subprocess.run(["taskset", "-pc", str(p.pid)], capture_output=True, text=True).stdout.split()[-1]
             log(f"{name} pid {p.pid} on CPU {aff}")
@@ -567,10 +748,21 @@ def main():
                     log(f"r{rnd + 1} p99 {name:8s} {r['rps']:7.0f} req/s  p50 {r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  "
                         f"p99.9 {r['p999']:.3f} ms  not 200: {r['bad']}  CPU {r['cpu_us']:.1f} µs/req")
         if "h1" in parts and shutil.which("strace"):
-            for name in ("nginx", "haproxy", "weir"):
+            for name in [n for n in URLS["h1"] if n != "direct"]:
                 r = strace_pass(name, proxies[name], URLS["h1"][name])
                 add(("strace", name), r)
                 log(f"strace {name}: {r['per_req']:.2f} syscalls per request ({r['n']} requests): {r['top']}")
+        if "perf" in parts:
+            for name in [n for n in URLS["h1"] if n != "direct"]:
+                r = perf_stat_pass(name, proxies[name], URLS["h1"][name])
+                add(("perf stat", name), r)
+                log(f"perf stat {name}: {r.get('task-clock', 0):.1f} µs task-clock, "
+                    f"{r.get('context-switches', 0):.3f} switches, {r.get('cpu-migrations', 0):.4f} migrations, "
+                    f"{r.get('page-faults', 0):.4f} page faults per request ({r['n']} requests)")
+            for name in [n for n in URLS["h1"] if n != "direct"]:
+                r = perf_record_pass(name, proxies[name], URLS["h1"][name])
+                add(("perf record", name), r)
+                log(f"perf record {name}: {r['cpu_us']:.1f} µs per request, {r['kernel_pct']:.0f} % of samples in the kernel")
         if "ws" in parts:
             for name, r in ws_part(proxies).items():
                 add(("ws", name), r)
@@ -624,24 +816,76 @@ def table(meta, parts, miss, R):
         base = m("h1", "direct", "rps")
         w("HTTP/1.1 keep-alive (`wrk -t1 -c64`), `GET /` answered `200 ok` by the origin:")
         w("")
-        w("| | req/s (÷ direct) | CPU µs / request | user | system | syscalls / request | TCP segments / request | p99 ms (wrk) | other CPU % |")
-        w("|---|---|---|---|---|---|---|---|---|")
+        w("| | req/s (÷ direct) | CPU µs / request | ÷ nginx | user | system | syscalls / request | TCP segments / request | p99 ms (wrk) | other CPU % |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        ng = m("h1", "nginx", "cpu_us")
         for name in URLS["h1"]:
             rps = m("h1", name, "rps")
             sc = m("strace", name, "per_req")
             proxy = name != "direct"
-            w(f"| {NAMES[name]} | {fmt(rps)} ({rps / base:.2f}) | {fmt(m('h1', name, 'cpu_us'), '.1f') if proxy else ''} | "
+            c = m("h1", name, "cpu_us")
+            w(f"| {NAMES[name]} | {fmt(rps)} ({rps / base:.2f}) | {fmt(c, '.1f') if proxy else ''} | "
+              f"{fmt(c / ng, '.2f') if proxy and c and ng else ''} | "
               f"{fmt(m('h1', name, 'user_us'), '.1f') if proxy else ''} | {fmt(m('h1', name, 'sys_us'), '.1f') if proxy else ''} | "
               f"{fmt(sc, '.2f')} | {fmt(m('h1', name, 'segs'), '.2f')} | {fmt(m('h1', name, 'p99'), '.2f')} | "
               f"{fmt(m('h1', name, 'other_pct'))} |")
         w("")
-        for name in ("nginx", "haproxy", "weir"):
+        for name in [n for n in URLS["h1"] if n != "direct"]:
             if R.get(("strace", name)):
                 w(f"- {NAMES[name]}, syscalls per request (`strace -c -f`, {STRACE_SECS} s of wrk): "
                   f"{R[('strace', name)][0]['top']}")
         w("")
+        bad = {NAMES[n]: sum(r["bad"] for r in R.get(("h1", n), [])) for n in URLS["h1"]}
+        w("Errors and non-2xx answers over all rounds (wrk): " + ", ".join(f"{k} {v}" for k, v in bad.items()) + ".")
+        w("")
         target(16, "h1 CPU per request, weir ÷ nginx", m("h1", "weir", "cpu_us"), m("h1", "nginx", "cpu_us"), 0.8, False)
         target(16, "h1 requests/s, weir ÷ nginx", m("h1", "weir", "rps"), m("h1", "nginx", "rps"), 1.0, True)
+    if "perf" in parts:
+        names = [n for n in URLS["h1"] if n != "direct" and R.get(("perf stat", n))]
+        w(f"`perf stat -e {PERF_EVENTS}` of each proxy (all its processes and threads) under the h1 load "
+          f"(`wrk -t1 -c64 -d{PERF_SECS}s`), per request:")
+        w("")
+        w("| | req/s | task-clock µs | user µs | system µs | context switches | CPU migrations | page faults "
+          "| IPIs to CPU 0 (wrk, origin) | IPIs to CPU 1 (the proxy) | CPU 0 idle % | sleeps: proxy | origin | wrk |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for n in names:
+            r = R[("perf stat", n)][0]
+            w(f"| {NAMES[n]} | {fmt(r['rps'])} | {fmt(r.get('task-clock'), '.1f')} | {r['user_us']:.1f} | {r['sys_us']:.1f} | "
+              f"{fmt(r.get('context-switches'), '.3f')} | {fmt(r.get('cpu-migrations'), '.4f')} | {fmt(r.get('page-faults'), '.4f')} | "
+              f"{r['ipi0']:.3f} | {r['ipi1']:.3f} | {r['idle0']:.0f} | " + " | ".join(f"{x:.3f}" for x in r["sleeps"]) + " |")
+        w("")
+        w("IPIs: rescheduling + function-call interrupts per request (/proc/interrupts RES + CAL, the whole machine's); "
+          "CPU 0 idle: /proc/stat over the pass; sleeps: voluntary context switches per request "
+          "(/proc/PID/task/*/status of the proxy and the origin; wrk's from getrusage of this script's children).")
+        w("")
+        names = [n for n in URLS["h1"] if n != "direct" and R.get(("perf record", n))]
+        if names:
+            P = {n: R[("perf record", n)][0] for n in names}
+            w(f"`perf record -e cpu-clock -g` of each proxy under the same load ({PERF_SECS} s): µs per request "
+              "(the pass's CPU per request × the share of samples). Kernel paths are inclusive (a sample counts "
+              "in every row on its call chain, so rows overlap; indented rows are inside the row above):")
+            w("")
+            w("| kernel, µs / request | " + " | ".join(NAMES[n] for n in names) + " |")
+            w("|---" * (len(names) + 1) + "|")
+            w("| CPU per request in this pass (user + system) | " + " | ".join(f"{P[n]['cpu_us']:.1f}" for n in names) + " |")
+            w("| all kernel samples (self) | " + " | ".join(f"{P[n]['cpu_us'] * P[n]['kernel_pct'] / 100:.1f}" for n in names) + " |")
+            for label, _ in KERNEL_PATHS:
+                w(f"| {label.replace('  ', '&nbsp;&nbsp;')} | " + " | ".join(f"{P[n]['paths'][label]:.2f}" for n in names) + " |")
+            for sym in KERNEL_SELF:
+                w(f"| {sym}, self (interrupts-off time: wake-ups, IPIs) | "
+                  + " | ".join(f"{P[n]['kself'][sym]:.2f}" for n in names) + " |")
+            w("")
+            w("| user space (self time by owner), µs / request | " + " | ".join(NAMES[n] for n in names) + " |")
+            w("|---" * (len(names) + 1) + "|")
+            for g in [g for g, _ in USER_GROUPS] + ["the proxy's own code, other"]:
+                w(f"| {g} | " + " | ".join(f"{P[n]['user'].get(g, 0.0):.2f}" for n in names) + " |")
+            w("")
+            for n in names:
+                w(f"- {NAMES[n]}, top kernel functions (self µs / request): "
+                  + ", ".join(f"{sym} {v:.2f}" for v, sym in P[n]["top_kernel"][:8]))
+                w(f"- {NAMES[n]}, top user functions (self µs / request): "
+                  + ", ".join(f"`{sym[:70]}` {v:.2f}" for v, sym in P[n]["top_user"][:8]))
+            w("")
     if "h2c" in parts:
         base = m("h2c", "direct", "rps")
         w("h2c (`h2load -t1 -c16 -m16`; HTTP/1.1 with keep-alive to the origin):")

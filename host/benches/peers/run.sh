@@ -4,6 +4,8 @@
 #   ROUNDS=3 DURATION=10 host/benches/peers/run.sh
 #   PARTS=h1,h2c host/benches/peers/run.sh     # only these: h1 h2c https handshakes l4 p99 ws burst
 #   WEIR=path/to/weir host/benches/peers/run.sh   # that binary instead of this tree's release build
+#   FLOOR=path/to/floor host/benches/peers/run.sh # that floor binary (FLOOR= : no floor rows)
+#   PARTS=h1,perf host/benches/peers/run.sh    # perf stat and perf record -g of each proxy under h1 load
 #
 # Needs (Debian; not installed by .ci/run, this is not a test):
 #   apt-get install nginx haproxy wrk nghttp2-client iperf3 curl openssl strace python3-websockets
@@ -17,6 +19,17 @@ if [ -z "${WEIR:-}" ]; then
     # Build (or find up to date) this tree's release binary: the commit the table names.
     cargo build --release --bin weir
     export WEIR=$PWD/target/release/weir
+fi
+if [ -z "${FLOOR+set}" ]; then
+    # The floor proxies (host/benches/floor.rs: hyper alone, httparse by hand), rows of the
+    # h1 part behind weir. FLOOR= (empty) runs without them.
+    FLOOR=$(cargo bench --bench floor --no-run --message-format=json | /usr/bin/python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floor" and m.get("executable"):
+        print(m["executable"])')
+    export FLOOR
 fi
 if [ -z "${OHA:-}" ]; then
     export OHA=$PWD/target/tools/oha/bin/oha
