@@ -152,6 +152,11 @@ pub mod clock {
         base().elapsed().as_millis() as u64
     }
 
+    /// The reading at `at` (an instant already read: no second reading of the clock).
+    pub fn ms_at(at: Instant) -> u64 {
+        at.saturating_duration_since(base()).as_millis() as u64
+    }
+
     /// The instant of a reading; `None` for [`NEVER`] (or a reading too far out to
     /// represent).
     pub fn instant(ms: u64) -> Option<Instant> {

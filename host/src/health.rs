@@ -8,6 +8,7 @@
 
 mod monitor;
 pub mod probe;
+mod ticks;
 
 pub use monitor::{Change, Evaluators, HOLD_ROUNDS, Monitor, Verdicts, load};
 

@@ -18,6 +18,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::probe;
+use super::ticks::Ticks;
 use crate::config::{HealthConfig, PluginRef, PoolConfig, ProbeConfig};
 use crate::core::{Verdict, clock};
 use crate::plugin::{self, Assessment, LoadError, Observation, PluginRuntime, PoolHost, Window};
@@ -268,12 +269,13 @@ impl Monitor {
             snapshot: self.snapshot.clone(),
             config: pool.config.health.clone(),
             probe_tx,
+            ticks: Ticks::new(),
             evaluators: evaluators.0.clone(),
             verdicts: self.verdicts.clone(),
             generation: 0,
-            ids: HashMap::new(),
-            backends: HashMap::new(),
-            requested: HashMap::new(),
+            ids: KeyMap::default(),
+            backends: KeyMap::default(),
+            requested: KeyMap::default(),
             strikes: vec![(0, 0); evaluators.0.len()],
             batch: Vec::new(),
             batch_keys: Vec::new(),
@@ -352,6 +354,34 @@ impl Drop for Book {
     }
 }
 
+/// A map by backend key ([`crate::state::BackendLive::key`]), looked up for every probe
+/// result: the keys are the process's own counter, not chosen by anyone outside it, so
+/// one multiplication hashes them (SipHash, the default, guards against chosen keys and
+/// cost a probe about 280 instructions: BENCHMARKS.md, health).
+type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// Hashes a `u64` key by a multiplication by an odd constant (Fibonacci hashing): the low
+/// bits, which pick the bucket, stay distinct for distinct consecutive keys, and the high
+/// bits, which the table's tags take, mix all of them.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// A probe's result on its way to the task.
 type ProbeReport = (u64, Observation, String);
 
@@ -363,15 +393,17 @@ struct Task {
     config: HealthConfig,
     /// Where the probers send their results.
     probe_tx: mpsc::Sender<ProbeReport>,
+    /// The probers' clock (driven by a task of the health task's own).
+    ticks: Arc<Ticks>,
     evaluators: Vec<Arc<plugin::Health>>,
     verdicts: mpsc::UnboundedSender<Verdicts>,
     /// The generation `ids` and the books were built for.
     generation: u64,
     /// Backend id by live key, in that generation.
-    ids: HashMap<u64, u32>,
-    backends: HashMap<u64, Book>,
+    ids: KeyMap<u32>,
+    backends: KeyMap<Book>,
     /// Verdicts sent to the writer and not yet seen applied.
-    requested: HashMap<u64, Verdict>,
+    requested: KeyMap<Verdict>,
     /// Each evaluator's failures in a row, and until when (process clock, ms) it is not
     /// called: a plugin that traps or loops on every call costs one call per backoff.
     strikes: Vec<(u32, u64)>,
@@ -382,6 +414,15 @@ struct Task {
     /// When verdicts kept across a swap of the evaluators stop standing in for the new
     /// evaluators' silence (process clock, ms).
     hold_until: Option<u64>,
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The first pause after an evaluator fails; it doubles with each failure in a row.
@@ -399,6 +440,8 @@ impl Task {
         members_changed: Arc<Notify>,
     ) {
         self.config = settings.borrow_and_update().clone();
+        // The probers' clock runs as long as this task (and so its probers) does.
+        let _driver = AbortOnDrop(tokio::spawn(self.ticks.clone().drive()));
         let mut tick = tokio::time::interval(self.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
@@ -500,7 +543,8 @@ impl Task {
                 }
                 book.prober = self.config.probe.as_ref().map(|probe| {
                     let host = probe.host.clone().unwrap_or_else(|| m.config.address.clone());
-                    tokio::spawn(prober(key, m.config.socket_addr, host, probe.clone(), self.probe_tx.clone()))
+                    let (tx, ticks) = (self.probe_tx.clone(), self.ticks.clone());
+                    tokio::spawn(prober(key, m.config.socket_addr, host, probe.clone(), tx, ticks))
                 });
             }
         }
@@ -759,8 +803,16 @@ impl Task {
 
 /// Probes one backend forever: the first probe at a random point of the first interval
 /// (so a pool's probes, or 10,000 backends', do not go out in one burst), then one per
-/// interval, each jittered by up to ±10 %.
-async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, tx: mpsc::Sender<ProbeReport>) {
+/// interval, each jittered by up to ±10 %. It waits for its next probe, and each probe
+/// for its deadline, on the pool's probe clock (`ticks`): no timer of its own.
+async fn prober(
+    key: u64,
+    addr: SocketAddr,
+    host: String,
+    config: ProbeConfig,
+    tx: mpsc::Sender<ProbeReport>,
+    ticks: Arc<Ticks>,
+) {
     let mut rng = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ clock::now_ms();
     let mut next = move || {
         rng ^= rng << 13;
@@ -770,16 +822,17 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
     };
     let interval = config.interval;
     let first = interval.mul_f64((next() >> 11) as f64 / (1u64 << 53) as f64);
-    // One timer for every wait and every probe's deadline, reset each time: no new timer
-    // (and no lookup of the runtime's handle) per probe, and the reset from a probe's
-    // deadline to the later next probe only moves it (no work in the timer wheel).
-    let wait = tokio::time::sleep(first);
-    tokio::pin!(wait);
-    wait.as_mut().await;
+    ticks.until(clock::now_ms() + first.as_millis() as u64).await;
+    // The timeout in whole milliseconds, rounded up.
+    let timeout_ms = u64::try_from(config.timeout.as_micros().div_ceil(1000)).unwrap_or(u64::MAX / 2);
     let mut session = probe::Session::new();
     loop {
         let started = tokio::time::Instant::now();
-        let result = session.probe_on(wait.as_mut(), &config, addr, &host).await;
+        let started_ms = clock::ms_at(started.into_std());
+        // The deadline on the process clock, rounded up: never before `started + timeout`
+        // (and the same instant for the probes of a slot).
+        let deadline = ticks.until(started_ms + timeout_ms + 1);
+        let result = session.probe_by(deadline, started, &config, addr, &host).await;
         let obs = Observation {
             active_probe: true,
             failure: result.failure,
@@ -791,28 +844,21 @@ async fn prober(key: u64, addr: SocketAddr, host: String, config: ProbeConfig, t
             return;
         }
         let jitter = 0.9 + 0.2 * ((next() >> 11) as f64 / (1u64 << 53) as f64);
-        let due = started + interval.mul_f64(jitter).max(Duration::from_millis(1));
-        wait.as_mut().reset(slotted(due, interval));
-        wait.as_mut().await;
+        let due = started_ms + interval.mul_f64(jitter).as_millis().max(1) as u64;
+        ticks.until(slotted(due, interval)).await;
     }
 }
 
-/// `due`, moved to the nearest boundary of a slot of 1/20 of `interval` (1 to 100 ms) on
-/// the process clock: probes due within one slot start together, so the health thread
-/// wakes once for several of them, and their answers, which come back close together,
-/// take fewer wake-ups too. A probe moves by at most 2.5 % of its interval, within its
-/// ±10 % jitter. (With 1,000 backends probed every second, slots of 1/100 cost the health
-/// thread about 0.55 wake-ups per probe, slots of 1/20 about 0.16: BENCHMARKS.md.)
-fn slotted(due: tokio::time::Instant, interval: Duration) -> tokio::time::Instant {
+/// `due` (process clock, ms), moved to the nearest boundary of a slot of 1/20 of
+/// `interval` (1 to 100 ms): probes due within one slot start together, so the health
+/// thread wakes once for several of them, and their answers, which come back close
+/// together, take fewer wake-ups too. A probe moves by at most 2.5 % of its interval,
+/// within its ±10 % jitter. (With 1,000 backends probed every second, slots of 1/100 cost
+/// the health thread about 0.55 wake-ups per probe, slots of 1/20 about 0.16:
+/// BENCHMARKS.md.)
+fn slotted(due: u64, interval: Duration) -> u64 {
     let slot = (interval.as_millis() as u64 / 20).clamp(1, 100);
-    let now = tokio::time::Instant::now();
-    let at = clock::now_ms() + due.saturating_duration_since(now).as_millis() as u64;
-    let nearest = (at + slot / 2) / slot * slot;
-    if nearest >= at {
-        due + Duration::from_millis(nearest - at)
-    } else {
-        due.checked_sub(Duration::from_millis(at - nearest)).unwrap_or(due)
-    }
+    (due + slot / 2) / slot * slot
 }
 
 #[cfg(test)]
@@ -820,14 +866,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn consecutive_keys_take_distinct_buckets() {
+        use std::hash::BuildHasher;
+        let hasher = std::hash::BuildHasherDefault::<KeyHasher>::default();
+        let mut buckets: Vec<u64> = (1..=1024u64).map(|k| hasher.hash_one(k) & 1023).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        assert_eq!(buckets.len(), 1024);
+        let map: KeyMap<u64> = (1..=10_000u64).map(|k| (k, k * 2)).collect();
+        assert!((1..=10_000u64).all(|k| map.get(&k) == Some(&(k * 2))));
+        assert_eq!(map.get(&0), None);
+    }
+
+    #[test]
     fn a_slot_moves_a_probe_by_at_most_half_a_slot() {
         for (interval_ms, slot_ms) in [(10, 1), (1000, 50), (2000, 100), (60_000, 100)] {
             let interval = Duration::from_millis(interval_ms);
-            for offset in 0..(3 * slot_ms) {
-                let due = tokio::time::Instant::now() + Duration::from_millis(200 + offset);
+            for due in 1_000..(1_000 + 3 * slot_ms) {
                 let at = slotted(due, interval);
-                let moved = if at >= due { at - due } else { due - at };
-                assert!(moved <= Duration::from_millis(slot_ms / 2 + 1), "{interval_ms} ms: moved {moved:?}");
+                assert_eq!(at % slot_ms, 0, "{interval_ms} ms: {due} went to {at}, not a boundary");
+                assert!(at.abs_diff(due) <= slot_ms / 2, "{interval_ms} ms: {due} went to {at}");
             }
         }
     }

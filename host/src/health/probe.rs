@@ -12,7 +12,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +21,6 @@ use http::header::{CONNECTION, HOST, USER_AGENT};
 use memchr::memmem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -73,15 +71,21 @@ const MAX_QUOTE: usize = 64;
 /// `host` is the `Host` header (the caller passes `config.host`, or the backend's address
 /// as written). Never panics, whatever the backend sends.
 pub async fn probe(config: &ProbeConfig, addr: SocketAddr, host: &str) -> ProbeResult {
-    let timer = std::pin::pin!(tokio::time::sleep(config.timeout));
-    probe_on(timer, config, addr, host).await
+    let start = tokio::time::Instant::now();
+    probe_by(tokio::time::sleep_until(start + config.timeout), start, config, addr, host).await
 }
 
-/// [`probe`], timed by `timer` (reset to the probe's deadline).
-async fn probe_on(timer: Pin<&mut Sleep>, config: &ProbeConfig, addr: SocketAddr, host: &str) -> ProbeResult {
+/// [`probe`] from `start` (now), cut short by `deadline`, a future that completes at
+/// `start + config.timeout`.
+async fn probe_by(
+    deadline: impl Future<Output = ()>,
+    start: tokio::time::Instant,
+    config: &ProbeConfig,
+    addr: SocketAddr,
+    host: &str,
+) -> ProbeResult {
     let addr = config.port.map_or(addr, |port| SocketAddr::new(addr.ip(), port));
-    let start = Instant::now();
-    let deadline = tokio::time::Instant::now() + config.timeout;
+    let start = start.into_std();
     let mut seen = Seen { status: None, latency: Duration::ZERO, stage: Stage::Connect };
     let run = async {
         match config.kind {
@@ -90,7 +94,7 @@ async fn probe_on(timer: Pin<&mut Sleep>, config: &ProbeConfig, addr: SocketAddr
             ProbeKind::WebSocket => websocket(config, addr, host, start, &mut seen).await,
         }
     };
-    let outcome = within(timer, deadline, run).await;
+    let outcome = within(deadline, run).await;
     let (failure, detail) = match outcome {
         Some(Ok(())) => (None, String::new()),
         Some(Err(Fail(failure, detail))) => (Some(failure), detail),
@@ -99,20 +103,14 @@ async fn probe_on(timer: Pin<&mut Sleep>, config: &ProbeConfig, addr: SocketAddr
     ProbeResult { failure, detail, status: seen.status, latency: seen.latency }
 }
 
-/// `run`, unless `timer`, reset to `deadline`, fires first (`None`). The caller's timer
-/// rather than a new one per probe (as `tokio::time::timeout` makes): a prober resets the
-/// same timer to its next probe afterwards, which, being later, moves the timer's
-/// deadline with no work in the runtime's timer wheel (BENCHMARKS.md, health).
-async fn within<T>(
-    mut timer: Pin<&mut Sleep>,
-    deadline: tokio::time::Instant,
-    run: impl Future<Output = T>,
-) -> Option<T> {
-    timer.as_mut().reset(deadline);
+/// `run`, unless `deadline` completes first (`None`). The caller's deadline rather than a
+/// timer made per probe (as `tokio::time::timeout` makes): a prober waits on its pool's
+/// probe clock, which files the deadlines of a slot's probes once (BENCHMARKS.md, health).
+async fn within<T>(deadline: impl Future<Output = ()>, run: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
         done = run => Some(done),
-        () = timer => None,
+        () = deadline => None,
     }
 }
 
@@ -302,7 +300,11 @@ impl Conn {
     async fn head(&mut self) -> Result<Head, Option<ReadError>> {
         let mut answered = false;
         loop {
-            let parsed = parse_head(&self.buf[self.pos..]).map_err(|e| Some(ReadError::Protocol(e)))?;
+            // Nothing buffered (the usual start of an answer) is nothing to parse.
+            let parsed = match &self.buf[self.pos..] {
+                [] => None,
+                bytes => parse_head(bytes).map_err(|e| Some(ReadError::Protocol(e)))?,
+            };
             if let Some((len, head)) = parsed {
                 self.pos += len;
                 answered = true;
@@ -394,10 +396,14 @@ impl Conn {
 
 /// Parses a response head at the start of `bytes`: `None` if it is not complete yet,
 /// else its length and what the probe needs of it (`None` for a 1xx head to skip).
+/// The header slots are left uninitialised for httparse to fill (initialising 100 of them
+/// was a tenth of a probe's instructions: BENCHMARKS.md, health).
 fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Option<Head>)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(bytes) {
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, bytes, &mut headers);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(e.to_string()),
@@ -616,32 +622,36 @@ impl Session {
     /// Probes one backend once, as [`probe`] does, on the kept connection when there is
     /// one and `config` asks for it (http with `reuse_connection`).
     pub async fn probe(&mut self, config: &ProbeConfig, addr: SocketAddr, host: &str) -> ProbeResult {
-        let timer = std::pin::pin!(tokio::time::sleep(config.timeout));
-        self.probe_on(timer, config, addr, host).await
+        let start = tokio::time::Instant::now();
+        self.probe_by(tokio::time::sleep_until(start + config.timeout), start, config, addr, host).await
     }
 
-    /// [`Self::probe`], timed by `timer` (reset to the probe's deadline; a prober passes
-    /// the one timer it also waits for its next probe with, so a probe makes no timer).
-    pub async fn probe_on(
+    /// [`Self::probe`] from `start` (now: the caller's reading of the clock, which the
+    /// probe's latency counts from), cut short by `deadline`, a future that completes at
+    /// `start + config.timeout` (a prober passes a wait on its pool's probe clock, so a
+    /// probe makes no timer of its own).
+    pub async fn probe_by(
         &mut self,
-        timer: Pin<&mut Sleep>,
+        deadline: impl Future<Output = ()>,
+        start: tokio::time::Instant,
         config: &ProbeConfig,
         addr: SocketAddr,
         host: &str,
     ) -> ProbeResult {
         if config.kind != ProbeKind::Http || !config.reuse_connection {
             self.kept = None;
-            return probe_on(timer, config, addr, host).await;
+            return probe_by(deadline, start, config, addr, host).await;
         }
         let addr = config.port.map_or(addr, |port| SocketAddr::new(addr.ip(), port));
-        let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + config.timeout;
+        // Reading the rest of a passed response ends by then too.
+        let ends = start + config.timeout;
+        let start = start.into_std();
         let mut seen = Seen { status: None, latency: Duration::ZERO, stage: Stage::Answer };
         let Self { kept, request } = self;
         let run = async {
             let request = request.for_target(&config.path, host)?;
             if let Some(mut conn) = kept.take().filter(Conn::idle) {
-                match exchange(&mut conn, request, config, start, &mut seen, Some(deadline)).await {
+                match exchange(&mut conn, request, config, start, &mut seen, Some(ends)).await {
                     Attempt::Passed(keep) => {
                         *kept = keep.then_some(conn);
                         return Ok(());
@@ -656,7 +666,7 @@ impl Session {
             let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
             seen.stage = Stage::Answer;
             let mut conn = Conn::new(stream);
-            match exchange(&mut conn, request, config, start, &mut seen, Some(deadline)).await {
+            match exchange(&mut conn, request, config, start, &mut seen, Some(ends)).await {
                 Attempt::Passed(keep) => {
                     *kept = keep.then_some(conn);
                     Ok(())
@@ -664,7 +674,7 @@ impl Session {
                 Attempt::Failed(fail) | Attempt::Stale(fail) => Err(fail),
             }
         };
-        let outcome = within(timer, deadline, run).await;
+        let outcome = within(deadline, run).await;
         let (failure, detail) = match outcome {
             Some(Ok(())) => (None, String::new()),
             Some(Err(Fail(failure, detail))) => (Some(failure), detail),
