@@ -281,16 +281,25 @@ fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     path.context("no config file: pass --config FILE (or try `weir demo`)")
 }
 
-/// Runs `f` on a multi-threaded runtime with `worker_threads` workers (tokio's default,
-/// one per CPU, when `None`).
+/// Runs `f` on a runtime with `worker_threads` workers (tokio's default, one per CPU, when
+/// `None`): one worker is tokio's current-thread runtime, on this thread.
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(
     worker_threads: Option<usize>,
     f: F,
 ) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n.max(1));
-    }
+    // One worker: tokio's current-thread runtime, not a multi-thread one with one worker.
+    // Under a load that keeps the proxy busy, the multi-thread scheduler's order of work
+    // (issue 16, BENCHMARKS.md "wake-ups") let the clients and backends run dry and sleep
+    // 3× as often, and waking them costs weir system time: 18 against 22 µs a request.
+    let mut builder = if worker_threads == Some(1) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = worker_threads {
+            b.worker_threads(n.max(1));
+        }
+        b
+    };
     builder.enable_all().build().context("cannot start the tokio runtime")?.block_on(f)
 }
 

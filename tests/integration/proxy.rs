@@ -225,3 +225,80 @@ async fn slow_backend_gets_504_and_idle_client_is_closed() {
     .unwrap();
     assert!(closed.1 < std::time::Duration::from_secs(5), "idle connection was held {:?}", closed.1);
 }
+
+/// `worker_threads = 1` runs weir on tokio's current-thread runtime (issue 16): the binary
+/// on it proxies 64 requests at once on kept connections, balances them exactly, reloads
+/// its file on SIGHUP (the reload runs beside the traffic on the one thread) and stops on
+/// SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_proxies_concurrent_requests_reloads_and_stops() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.toml");
+    let text = |addrs: &[std::net::SocketAddr]| {
+        format!(
+            "[runtime]\nworker_threads = 1\n\n{}",
+            support::config_text(addrs, "balancer = { plugin = \"round-robin\" }")
+        )
+    };
+    std::fs::write(&path, text(&[a.addr, b.addr])).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let (addr, workers) = tokio::task::spawn_blocking(move || {
+        let (mut addr, mut line) = (None, String::new());
+        loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before it ran");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["fields"]["message"] == "listening" {
+                addr = Some(v["fields"]["addr"].as_str().unwrap().to_owned());
+            }
+            if v["fields"]["message"] == "weir is running" {
+                let workers = v["fields"]["worker_threads"].as_u64().unwrap();
+                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+                return (addr.expect("running before listening"), workers);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(workers, 1);
+    let client = support::client();
+    let url = format!("http://{addr}/");
+    let mut batch = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (client, url) = (client.clone(), url.clone());
+        batch.spawn(async move { support::get(&client, &url).await });
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while let Some(r) = batch.join_next().await {
+        let (status, body) = r.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        *seen.entry(support::name_of(&body).to_owned()).or_default() += 1;
+    }
+    assert_eq!(seen, HashMap::from([("a".to_owned(), 32), ("b".to_owned(), 32)]));
+
+    std::fs::write(&path, text(&[b.addr])).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let mut only_b = false;
+    for _ in 0..100 {
+        let (_, first) = support::get(&client, &url).await;
+        let (_, second) = support::get(&client, &url).await;
+        if support::name_of(&first) == "b" && support::name_of(&second) == "b" {
+            only_b = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(only_b, "SIGHUP did not reload the file");
+
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
