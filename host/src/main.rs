@@ -289,8 +289,8 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(
 ) -> anyhow::Result<()> {
     // One worker: tokio's current-thread runtime, not a multi-thread one with one worker.
     // Under a load that keeps the proxy busy, the multi-thread scheduler's order of work
-    // (issue 16, BENCHMARKS.md "wake-ups") let the clients and backends run dry and sleep
-    // 3× as often, and waking them costs weir system time: 18 against 22 µs a request.
+    // (issue 16, BENCHMARKS.md "Why the peers sleep") lets clients and backends run dry and
+    // sleep twice as often, and waking them costs weir system time: 2-4.5 µs a request.
     let mut builder = if worker_threads == Some(1) {
         tokio::runtime::Builder::new_current_thread()
     } else {

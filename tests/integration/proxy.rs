@@ -248,6 +248,8 @@ async fn one_worker_thread_proxies_concurrent_requests_reloads_and_stops() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave this weir running (it holds cargo test's pipe).
+    let mut guard = KillOnDrop(Some(child.id()));
     let pid = child.id().to_string();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let (addr, workers) = tokio::task::spawn_blocking(move || {
@@ -300,5 +302,18 @@ async fn one_worker_thread_proxies_concurrent_requests_reloads_and_stops() {
 
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    guard.0 = None;
     assert!(status.success(), "{status}");
+}
+
+/// Kills a process by its id when dropped, unless disarmed (set to `None` once the process
+/// has been waited for): so a failed assertion leaves no `weir` behind.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
 }

@@ -6,6 +6,7 @@
 #   WEIR=path/to/weir host/benches/peers/run.sh   # that binary instead of this tree's release build
 #   FLOOR=path/to/floor host/benches/peers/run.sh # that floor binary (FLOOR= : no floor rows)
 #   PARTS=h1,perf host/benches/peers/run.sh    # perf stat and perf record -g of each proxy under h1 load
+#   host/benches/peers/wakeups.py "A=CMD" "B=CMD"  # wake-ups of wrk and the origin per request, A/B (see its header)
 #
 # Needs (Debian; not installed by .ci/run, this is not a test):
 #   apt-get install nginx haproxy wrk nghttp2-client iperf3 curl openssl strace python3-websockets
