@@ -1015,7 +1015,10 @@ impl Control {
             stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (ctx, stop, stats) = (ctx.clone(), stop.clone(), stats.clone());
             if config.protocol.is_l4() {
-                tokio::spawn(tcp::session::run(stream, peer, slot, config, stats, ctx, stop));
+                // Boxed: tokio copies a task's whole future when it spawns it (twice) and
+                // when it finishes (three times); a box makes each of those a pointer's copy
+                // (about 2,000 instructions a connection: BENCHMARKS.md, L4).
+                tokio::spawn(Box::pin(tcp::session::run(stream, peer, slot, config, stats, ctx, stop)));
             } else {
                 let tls = match (&config.tls, tls.current()) {
                     (None, _) => None,

@@ -2,12 +2,42 @@
 //! ([`Protocol`]), where a fault came from ([`Origin`]), a backend's health
 //! ([`Verdict`]) and what failed it ([`Failure`]), the one process clock ([`clock`]) that
 //! stick tables, drain orders, tunnels and health read, the thread with a runtime of
-//! its own that background services run on ([`side_runtime`]), and the return of freed
-//! memory to the system after a burst ([`memory`]).
+//! its own that background services run on ([`side_runtime`]), the process's allocator
+//! ([`alloc`]), and the return of freed memory to the system after a burst ([`memory`]).
 
 use std::time::{Duration, Instant};
 
+pub mod alloc;
 pub mod memory;
+
+/// A map by a key the process made itself (a backend's [`crate::state::BackendLive::key`],
+/// a tunnel's id), looked up per probe result and per connection: the keys are the
+/// process's own counters, not chosen by anyone outside it, so one multiplication hashes
+/// them (SipHash, the default, guards against chosen keys and cost a probe about 280
+/// instructions and a tcp connection about 660: BENCHMARKS.md, health and L4).
+pub type KeyMap<V> = std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// Hashes a `u64` key by a multiplication by an odd constant (Fibonacci hashing): the low
+/// bits, which pick the bucket, stay distinct for distinct consecutive keys, and the high
+/// bits, which the table's tags take, mix all of them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// What kind of traffic is being placed (the WIT `protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,4 +221,22 @@ pub fn side_runtime(name: &str) -> Result<(tokio::runtime::Handle, tokio::sync::
         .map_err(|e| e.to_string())?;
     let handle = rx.recv().map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     Ok((handle, stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_keys_take_distinct_buckets() {
+        use std::hash::BuildHasher;
+        let hasher = std::hash::BuildHasherDefault::<KeyHasher>::default();
+        let mut buckets: Vec<u64> = (1..=1024u64).map(|k| hasher.hash_one(k) & 1023).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        assert_eq!(buckets.len(), 1024);
+        let map: KeyMap<u64> = (1..=10_000u64).map(|k| (k, k * 2)).collect();
+        assert!((1..=10_000u64).all(|k| map.get(&k) == Some(&(k * 2))));
+        assert_eq!(map.get(&0), None);
+    }
 }

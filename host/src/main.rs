@@ -11,6 +11,10 @@ use weir::plugin::PluginRuntime;
 
 mod cli;
 
+/// glibc's malloc, with tokio's 128-aligned blocks reused per thread (`weir::core::alloc`).
+#[global_allocator]
+static ALLOCATOR: weir::core::alloc::Allocator = weir::core::alloc::Allocator;
+
 /// A load balancer whose routing decisions are WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version = concat!(env!("CARGO_PKG_VERSION"), ", plugin pack ", env!("WEIR_PACK_VERSION"), ", WIT weir:plugin@0.1.0"), about)]

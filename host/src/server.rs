@@ -162,14 +162,22 @@ impl Server {
                 "drain deadline passed; closing what is left"
             );
         }
-        let _ = self.stop.send(Stop::Abort);
+        self.abort();
         drained
+    }
+
+    /// Tells every connection to close now: the ones being opened by the stop signal,
+    /// the ones joined to a backend (tunnels) by a cut order (they do not watch the
+    /// signal). The signal goes first, so a connection registering meanwhile sees it.
+    fn abort(&self) {
+        let _ = self.stop.send(Stop::Abort);
+        self.control.ctx.tunnels.cut_all();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.stop.send(Stop::Abort);
+        self.abort();
         self.control.abort_listeners();
     }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::probe;
 use super::ticks::Ticks;
 use crate::config::{HealthConfig, PluginRef, PoolConfig, ProbeConfig};
-use crate::core::{Verdict, clock};
+use crate::core::{KeyMap, Verdict, clock};
 use crate::plugin::{self, Assessment, LoadError, Observation, PluginRuntime, PoolHost, Window};
 use crate::state::{BuildError, Pool, PoolView, Report, Snapshot};
 
@@ -351,34 +351,6 @@ impl Drop for Book {
         if let Some(p) = self.prober.take() {
             p.abort();
         }
-    }
-}
-
-/// A map by backend key ([`crate::state::BackendLive::key`]), looked up for every probe
-/// result: the keys are the process's own counter, not chosen by anyone outside it, so
-/// one multiplication hashes them (SipHash, the default, guards against chosen keys and
-/// cost a probe about 280 instructions: BENCHMARKS.md, health).
-type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
-
-/// Hashes a `u64` key by a multiplication by an odd constant (Fibonacci hashing): the low
-/// bits, which pick the bucket, stay distinct for distinct consecutive keys, and the high
-/// bits, which the table's tags take, mix all of them.
-#[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -864,19 +836,6 @@ fn slotted(due: u64, interval: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn consecutive_keys_take_distinct_buckets() {
-        use std::hash::BuildHasher;
-        let hasher = std::hash::BuildHasherDefault::<KeyHasher>::default();
-        let mut buckets: Vec<u64> = (1..=1024u64).map(|k| hasher.hash_one(k) & 1023).collect();
-        buckets.sort_unstable();
-        buckets.dedup();
-        assert_eq!(buckets.len(), 1024);
-        let map: KeyMap<u64> = (1..=10_000u64).map(|k| (k, k * 2)).collect();
-        assert!((1..=10_000u64).all(|k| map.get(&k) == Some(&(k * 2))));
-        assert_eq!(map.get(&0), None);
-    }
 
     #[test]
     fn a_slot_moves_a_probe_by_at_most_half_a_slot() {

@@ -78,14 +78,17 @@ pub(crate) async fn serve(
     mut stop: tokio::sync::watch::Receiver<Stop>,
     mut on_accept: impl FnMut(TcpStream, SocketAddr, Slot) -> bool,
 ) {
+    // Made once and lent to each wait: a new one per wait would register with (and
+    // unregister from) the stop signal's waiters, under its lock, twice per connection.
+    let mut stopped = std::pin::pin!(stop_serving(&mut stop));
     loop {
         let slot = tokio::select! {
             slot = slots.take(&limit) => slot,
-            () = stop_serving(&mut stop) => return,
+            () = &mut stopped => return,
         };
         let (stream, peer) = tokio::select! {
             conn = acceptor.accept() => conn,
-            () = stop_serving(&mut stop) => return,
+            () = &mut stopped => return,
         };
         if !on_accept(stream, peer, slot) {
             return;

@@ -33,8 +33,8 @@ use crate::config::TunnelLimits;
 pub(crate) mod drain;
 mod pump;
 
-pub(crate) use drain::Registry;
 use drain::{DrainOrder, FrameTracker};
+pub(crate) use drain::{Registry, TunnelEntry};
 
 /// `activity` value meaning the copy cannot report activity (the buffered fallback).
 const UNTRACKED: u64 = u64::MAX;

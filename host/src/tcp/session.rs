@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::route::route;
+use crate::config::TunnelLimits;
 use crate::config::{ListenerConfig, ListenerProtocol};
 use crate::core::Protocol;
 use crate::http::Context;
@@ -28,9 +29,9 @@ use crate::net::listen::{ListenerStats, Slot, Stop, aborted};
 use crate::net::peek::PeekError;
 use crate::net::proxy_protocol::{self, expect::ProxyError, send};
 use crate::net::sni;
-use crate::net::tunnel;
+use crate::net::tunnel::{self, TunnelEntry};
 use crate::plugin::PickRequest;
-use crate::state::{ActiveGuard, Placement};
+use crate::state::{ActiveGuard, Placement, StickHold};
 
 /// Why a connection was closed before (or instead of) reaching a backend.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,11 @@ pub(crate) enum SessionError {
 
 /// Serves one accepted connection; `slot` is its place in the listener's
 /// `max_connections`, held until it closes; `stats` are its listener's counters. Ends
-/// when the server aborts.
+/// when the server aborts: while the connection is being opened, by the stop signal;
+/// once it is joined to its backend, by the cut the server then orders every registered
+/// tunnel ([`tunnel::Registry::cut_all`]). A joined connection's task does not watch the
+/// stop signal, which would cost a poll (and the signal's lock) at every wake-up of a
+/// connection that lives for hours.
 pub(crate) async fn run(
     client: TcpStream,
     peer: SocketAddr,
@@ -86,28 +91,57 @@ pub(crate) async fn run(
 ) {
     let _held = (ctx.connections.track(), slot);
     let listener = &config.name;
-    tokio::select! {
-        done = serve(client, peer, &config, &ctx) => match done {
-            Ok(()) | Err(SessionError::Tunnel(_)) => {}
-            Err(e @ (SessionError::Proxy(_) | SessionError::Hello(_))) => {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(listener = %listener, %peer, error = %e, "connection refused");
-            }
-            Err(e) => {
-                stats.unserved.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(listener = %listener, %peer, error = %e, "connection closed");
-            }
-        },
-        () = aborted(&mut stop) => {}
+    let opened = tokio::select! {
+        opened = open(client, peer, &config, &ctx) => opened,
+        () = aborted(&mut stop) => return,
+    };
+    let done = match opened {
+        // The registration came first: an abort sent since is seen here, one sent later
+        // reaches the tunnel through its drain order.
+        Ok(_) if *stop.borrow() == Stop::Abort => return,
+        Ok(mut joined) => {
+            drop(stop);
+            tunnel::join_opaque(&mut joined.client, &mut joined.backend, joined.limits, &joined.entry.order)
+                .await
+                .map_err(SessionError::Tunnel)
+        }
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) | Err(SessionError::Tunnel(_)) => {}
+        Err(e @ (SessionError::Proxy(_) | SessionError::Hello(_))) => {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %listener, %peer, error = %e, "connection refused");
+        }
+        Err(e) => {
+            stats.unserved.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %listener, %peer, error = %e, "connection closed");
+        }
     }
 }
 
-async fn serve(
+/// A client joined to its backend, with what the connection holds while it lives.
+struct Joined {
+    client: TcpStream,
+    backend: TcpStream,
+    limits: TunnelLimits,
+    /// Where a drain (or the server's abort) finds the connection; unregisters on drop.
+    entry: TunnelEntry,
+    /// One of the backend's `active` connections while it lives.
+    _active: ActiveGuard,
+    /// The stick entry the affinity plugin set, held as long as the connection lives.
+    _stick: Option<StickHold>,
+}
+
+/// Opens the connection: the PROXY header and ClientHello peek, the route, the
+/// placement, the connect (retried once), the PROXY header to the backend; then registers
+/// it as a tunnel of its backend.
+async fn open(
     mut client: TcpStream,
     peer: SocketAddr,
     config: &ListenerConfig,
     ctx: &Context,
-) -> Result<(), SessionError> {
+) -> Result<Joined, SessionError> {
     let from =
         proxy_protocol::client_of(&mut client, peer, config.proxy_protocol.as_ref(), config.peek_timeout).await?;
     let (protocol, sni, alpn) = match config.protocol {
@@ -178,12 +212,11 @@ async fn serve(
             .map_err(|source| SessionError::SendProxy { backend: member.config.address.clone(), source })?;
     }
     let live = member.live.clone();
-    let _active = ActiveGuard::new(live.clone());
+    let active = ActiveGuard::new(live.clone());
     // The backend is settled: let the affinity plugin pin the client to it. There is no
     // response to carry a header, so only what it sticks (a stick table entry) counts,
     // held for as long as the connection lives.
-    let _stick = pool.bind(pick, id).1.hold;
+    let stick = pool.bind(pick, id).1.hold;
     let entry = ctx.tunnels.register(&live);
-    drop(pool);
-    tunnel::join_opaque(&mut client, &mut backend, limits, &entry.order).await.map_err(SessionError::Tunnel)
+    Ok(Joined { client, backend, limits, entry, _active: active, _stick: stick })
 }

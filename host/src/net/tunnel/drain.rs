@@ -18,12 +18,12 @@
 //! be the last frame), while the client's bytes still flow, so its close reply reaches
 //! the backend and each side ends cleanly.
 
-use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::core::KeyMap;
 use crate::core::clock::{self, NEVER, now_ms};
 use crate::state::BackendLive;
 
@@ -70,7 +70,7 @@ impl DrainOrder {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     next: AtomicU64,
-    by_backend: Mutex<HashMap<u64, HashMap<u64, Arc<DrainOrder>>>>,
+    by_backend: Mutex<KeyMap<KeyMap<Arc<DrainOrder>>>>,
 }
 
 impl Registry {
@@ -84,13 +84,13 @@ impl Registry {
         TunnelEntry { registry: self.clone(), backend: backend.clone(), id, order }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HashMap<u64, Arc<DrainOrder>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeyMap<KeyMap<Arc<DrainOrder>>>> {
         self.by_backend.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Open tunnels of every backend.
     pub(crate) fn len(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
+        self.lock().values().map(KeyMap::len).sum()
     }
 
     /// Orders every open tunnel of `backend` to close: the `i`-th of `n` at `i/n` of
@@ -108,6 +108,17 @@ impl Registry {
         for (i, (_, order)) in orders.iter().enumerate() {
             let close_at = now.saturating_add(spread.saturating_mul(i as u64) / n.max(1));
             order.order(close_at, now.saturating_add(deadline));
+        }
+        orders.len()
+    }
+
+    /// Orders every open tunnel to end now (the server aborts): a WebSocket's close
+    /// frame is due at once, and it is cut with it. Returns how many.
+    pub(crate) fn cut_all(&self) -> usize {
+        let orders: Vec<Arc<DrainOrder>> = self.lock().values().flat_map(|open| open.values().cloned()).collect();
+        let now = now_ms();
+        for order in &orders {
+            order.order(now, now);
         }
         orders.len()
     }
