@@ -2,63 +2,11 @@
 //! nothing but their config decide the same way where the decision is a function of the
 //! member list (consistent-hash, maglev) or of a signed cookie whose key they share.
 
-use std::io::BufRead as _;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 
 use http::Request;
 
-use crate::support::{self, Upstream};
-
-/// A `weir run` process on a config file, listening on a port it chose. Killed on drop.
-struct Weir {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Weir {
-    /// Runs weir on `text` (one listener `main` on 127.0.0.1:0); `files` are written beside
-    /// the config first.
-    fn run(text: &str, files: &[(&str, &[u8])]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, content) in files {
-            std::fs::write(dir.path().join(name), content).unwrap();
-        }
-        let path = dir.path().join("weir.toml");
-        std::fs::write(&path, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(&path)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut addr = None;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before running");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["fields"]["message"] == "listening" {
-                addr = v["fields"]["addr"].as_str().map(|a| a.parse().unwrap());
-            }
-            if v["fields"]["message"] == "weir is running" {
-                break;
-            }
-        }
-        // Keep reading its logs, so it never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, addr: addr.expect("weir logged its listener's address"), _dir: dir }
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{self, Upstream, Weir};
 
 /// A config for one pool over `backends` (in that order) with `pool_extra`.
 fn config(backends: &[SocketAddr], pool_extra: &str) -> String {
@@ -95,13 +43,13 @@ async fn consistent_hash_and_maglev_send_a_client_to_the_same_backend_on_all_thr
 
     for plugin in ["consistent-hash", "maglev"] {
         let extra = format!("balancer = {{ plugin = \"{plugin}\", config = {{ key = \"header:x-user\" }} }}");
-        let instances: Vec<Weir> = orders.iter().map(|o| Weir::run(&config(o, &extra), &[])).collect();
+        let instances: Vec<Weir> = orders.iter().map(|o| Weir::run_text(&config(o, &extra), &[])).collect();
         let mut seen = std::collections::BTreeSet::new();
         for user in 0..40 {
             let user = format!("user-{user}");
             let mut answers = Vec::new();
             for w in &instances {
-                answers.push(ask(w.addr, &[("x-user", &user)]).await.0);
+                answers.push(ask(w.addr(), &[("x-user", &user)]).await.0);
             }
             assert!(answers.iter().all(|a| *a == answers[0]), "{plugin}: {user} went to {answers:?}");
             seen.insert(answers[0].clone());
@@ -116,16 +64,17 @@ async fn a_cookie_issued_by_one_instance_is_honoured_by_the_others_that_share_it
     let addrs = [a.addr, b.addr, c.addr];
     let affinity = "affinity = { plugin = \"cookie\", config = { key_file = \"cookie.key\" } }";
     let key: &[u8] = b"a shared signing key of 32 bytes";
-    let instances: Vec<Weir> = (0..3).map(|_| Weir::run(&config(&addrs, affinity), &[("cookie.key", key)])).collect();
+    let instances: Vec<Weir> =
+        (0..3).map(|_| Weir::run_text(&config(&addrs, affinity), &[("cookie.key", key)])).collect();
 
     // A pins a new client (round robin picks) and says so in a cookie.
-    let (pinned, cookie) = ask(instances[0].addr, &[]).await;
+    let (pinned, cookie) = ask(instances[0].addr(), &[]).await;
     let cookie = cookie.expect("A sets the affinity cookie");
     let pair = cookie.split(';').next().unwrap().to_owned();
     // B and C send that client to the same backend every time, and set no new cookie.
     for w in &instances {
         for _ in 0..4 {
-            let (name, set) = ask(w.addr, &[("cookie", &pair)]).await;
+            let (name, set) = ask(w.addr(), &[("cookie", &pair)]).await;
             assert_eq!(name, pinned, "the cookie from A is honoured");
             assert_eq!(set, None, "an honoured cookie is not replaced");
         }
@@ -133,10 +82,10 @@ async fn a_cookie_issued_by_one_instance_is_honoured_by_the_others_that_share_it
 
     // An instance with another key does not understand it: round robin places the client
     // and a new cookie replaces the foreign one.
-    let other = Weir::run(&config(&addrs, affinity), &[("cookie.key", b"another key, also of 32 bytes!!")]);
+    let other = Weir::run_text(&config(&addrs, affinity), &[("cookie.key", b"another key, also of 32 bytes!!")]);
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..3 {
-        let (name, set) = ask(other.addr, &[("cookie", &pair)]).await;
+        let (name, set) = ask(other.addr(), &[("cookie", &pair)]).await;
         assert!(set.is_some(), "a cookie signed with another key is replaced");
         names.insert(name);
     }
@@ -152,7 +101,7 @@ async fn agreed(instances: &[Weir], users: u32) -> Option<std::collections::BTre
         let mut answers = Vec::new();
         for w in instances {
             // Before its first lookup an instance has no backend (503): not agreed yet.
-            let req = Request::get(format!("http://{}/", w.addr)).header("x-user", &user);
+            let req = Request::get(format!("http://{}/", w.addr())).header("x-user", &user);
             let res = support::client().request(req.body(support::empty()).unwrap()).await.unwrap();
             if res.status() != 200 {
                 return None;
@@ -197,7 +146,7 @@ async fn three_instances_discovering_the_same_srv_records_place_keys_alike_throu
         "discover = {{ dns = \"_http._tcp.web.internal\", resolver = \"{}\", refresh_ms = 200 }}\nbalancer = {{ plugin = \"maglev\", config = {{ key = \"header:x-user\" }} }}",
         dns.resolver()
     );
-    let instances: Vec<Weir> = (0..3).map(|_| Weir::run(&config(&[], &extra), &[])).collect();
+    let instances: Vec<Weir> = (0..3).map(|_| Weir::run_text(&config(&[], &extra), &[])).collect();
     until_agreed(&instances, &["a", "b", "c", "d"]).await;
 
     // b leaves, e joins with weight 3: all three pick the change up and agree again.

@@ -1,16 +1,16 @@
 //! The HTTP/1.1 proxy: balancing, retries, errors, headers and streaming.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 
 use weir::demo::Repeat;
 
-use crate::support::{self, Upstream};
+use crate::support::{self, Upstream, Weir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_splits_300_requests_exactly() {
@@ -144,30 +144,8 @@ async fn streams_100_mib_both_ways_with_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, support::config_text(&[up.addr], "")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before listening");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["fields"]["message"] == "listening" {
-                let addr = v["fields"]["addr"].as_str().unwrap().to_owned();
-                // Keep draining stderr so the child never blocks on a full pipe.
-                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-                return addr;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let weir = tokio::task::spawn_blocking(move || Weir::run(&path)).await.unwrap();
+    let (pid, addr) = (weir.pid(), weir.addr());
     let client = support::client();
     // Warm up (loads the plugin instance on the worker threads), then take the baseline.
     for _ in 0..4 {
@@ -195,8 +173,7 @@ async fn streams_100_mib_both_ways_with_bounded_memory() {
     assert_eq!(total, SIZE);
 
     let peak = vm_kib(pid, "VmHWM:");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(weir);
     let grew_mib = peak.saturating_sub(baseline) / 1024;
     assert!(grew_mib < 32, "proxy peak RSS grew {grew_mib} MiB while streaming 2 x 100 MiB (baseline {baseline} KiB)");
 }
@@ -242,34 +219,11 @@ async fn one_worker_thread_proxies_concurrent_requests_reloads_and_stops() {
         )
     };
     std::fs::write(&path, text(&[a.addr, b.addr])).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A failed assertion must not leave this weir running (it holds cargo test's pipe).
-    let mut guard = KillOnDrop(Some(child.id()));
-    let pid = child.id().to_string();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let (addr, workers) = tokio::task::spawn_blocking(move || {
-        let (mut addr, mut line) = (None, String::new());
-        loop {
-            line.clear();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before it ran");
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["fields"]["message"] == "listening" {
-                addr = Some(v["fields"]["addr"].as_str().unwrap().to_owned());
-            }
-            if v["fields"]["message"] == "weir is running" {
-                let workers = v["fields"]["worker_threads"].as_u64().unwrap();
-                std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-                return (addr.expect("running before listening"), workers);
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let run_path = path.clone();
+    let mut weir = tokio::task::spawn_blocking(move || Weir::run(&run_path)).await.unwrap();
+    let (pid, addr) = (weir.pid().to_string(), weir.addr());
+    let running = weir.start_logs.last().unwrap();
+    let workers = running["fields"]["worker_threads"].as_u64().unwrap();
     assert_eq!(workers, 1);
     let client = support::client();
     let url = format!("http://{addr}/");
@@ -301,19 +255,6 @@ async fn one_worker_thread_proxies_concurrent_requests_reloads_and_stops() {
     assert!(only_b, "SIGHUP did not reload the file");
 
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    guard.0 = None;
+    let status = tokio::task::spawn_blocking(move || weir.child.wait().unwrap()).await.unwrap();
     assert!(status.success(), "{status}");
-}
-
-/// Kills a process by its id when dropped, unless disarmed (set to `None` once the process
-/// has been waited for): so a failed assertion leaves no `weir` behind.
-struct KillOnDrop(Option<u32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-    }
 }

@@ -107,27 +107,85 @@ pub async fn eventually(what: &str, f: impl Fn() -> bool) {
 /// Runs the weir binary on the config file at `path` with JSON logs, reads its log lines
 /// up to and including "weir is running", then stops it; the lines, parsed.
 pub fn start_logs(path: &std::path::Path) -> Vec<serde_json::Value> {
-    use std::io::BufRead as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(path)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut lines = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "weir exited before running: {lines:?}");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let running = v["fields"]["message"] == "weir is running";
-        lines.push(v);
-        if running {
-            break;
+    let weir = Weir::run(path);
+    weir.start_logs.clone()
+}
+
+/// A `weir run` process (JSON logs) on a config file, read up to its "weir is running"
+/// line, then its logs drained on a thread so it never blocks on a full pipe. Killed and
+/// waited for when dropped: a failed assertion leaves no weir behind (holding cargo
+/// test's pipe). Starting blocks: in an async test, start it in `spawn_blocking`.
+pub struct Weir {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its log lines up to and including "weir is running", parsed.
+    pub start_logs: Vec<serde_json::Value>,
+    /// The address of its last "listening" line.
+    pub addr: Option<SocketAddr>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Weir {
+    /// Runs weir on the config file at `path`.
+    pub fn run(path: &std::path::Path) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(path)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (mut start_logs, mut addr, mut line) = (Vec::new(), None, String::new());
+        loop {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("weir exited before running: {start_logs:?}");
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["fields"]["message"] == "listening" {
+                addr = v["fields"]["addr"].as_str().map(|a| a.parse().unwrap());
+            }
+            let running = v["fields"]["message"] == "weir is running";
+            start_logs.push(v);
+            if running {
+                break;
+            }
         }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Self { child, start_logs, addr, _dir: None }
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    lines
+
+    /// Runs weir on `text`, written to a temporary directory it keeps, with `files` written
+    /// beside it first.
+    pub fn run_text(text: &str, files: &[(&str, &[u8])]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut weir = Self::run(&path);
+        weir._dir = Some(dir);
+        weir
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The address it listens on (its last "listening" line).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("weir logged a listener's address")
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
