@@ -468,3 +468,89 @@ async fn plugins_see_the_client_certificate_subject_and_the_sni() {
     let (code, body) = curl(proxy, "other.test", "/", &pki.ca(), &["--http1.1"]).await;
     assert_eq!((code, support::name_of(&body)), (0, "other"), "{body}");
 }
+
+/// One request on a new TLS connection from `connector` (HTTP/1.1, read to the end of the
+/// answer, so the TLS 1.3 tickets that came before it are in the connector's store): how
+/// the handshake went, the key exchange group, and the body.
+async fn get_once(
+    proxy: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> (rustls::HandshakeKind, Option<rustls::NamedGroup>, String) {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from("site.test").unwrap();
+    let tls = connector.connect(server_name, tcp).await.unwrap();
+    let conn = tls.get_ref().1;
+    let kind = conn.handshake_kind().unwrap();
+    let group = conn.negotiated_key_exchange_group().map(|g| g.name());
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let res = send.send_request(Request::get("/").header("host", "site.test").body(support::empty()).unwrap());
+    let res = res.await.unwrap();
+    assert_eq!(res.status(), 200);
+    (kind, group, support::body_text(res).await)
+}
+
+/// Clients resume their sessions: TLS 1.3 by a ticket sent after the handshake (PSK with
+/// an X25519 exchange, the only mode rustls serves), TLS 1.2 by a ticket and, for a client
+/// that takes no ticket, from the session cache; each one still resumes after the
+/// certificates are reloaded (the ticket keys and the cache outlive the acceptor), while a
+/// new client gets the new certificate in a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_and_tls12_sessions_resume_and_outlive_a_certificate_reload() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    use rustls::client::{Resumption, Tls12Resumption};
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("site", "cert-1", &["site.test"]);
+    let text =
+        tls_config(up.addr, &format!("{{ certificates = {}, alpn = [\"http/1.1\"] }}", certificates(&pki, &["site"])));
+    let server = support::start(&text).await;
+    let proxy = server.addr("main").unwrap();
+
+    // Each client keeps its sessions in its config's in-memory store.
+    let client = |version: &'static rustls::SupportedProtocolVersion, tls12: Tls12Resumption| {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(pki.ca()).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = Resumption::in_memory_sessions(16).tls12_resumption(tls12);
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let clients = [
+        ("TLS 1.3", client(&rustls::version::TLS13, Tls12Resumption::SessionIdOrTickets)),
+        ("TLS 1.2, ticket", client(&rustls::version::TLS12, Tls12Resumption::SessionIdOrTickets)),
+        ("TLS 1.2, session id", client(&rustls::version::TLS12, Tls12Resumption::SessionIdOnly)),
+    ];
+    for (what, connector) in &clients {
+        let (kind, group, body) = get_once(proxy, connector).await;
+        assert_eq!(kind, Full, "{what}: the first connection");
+        assert!(body.starts_with("b0: "), "{what}: {body}");
+        for _ in 0..2 {
+            let (kind, group_now, body) = get_once(proxy, connector).await;
+            assert_eq!(kind, Resumed, "{what}: a later connection");
+            assert!(body.starts_with("b0: "), "{what}: {body}");
+            if *what == "TLS 1.3" {
+                // PSK with (EC)DHE: a key exchange took place, as in the full handshake.
+                assert_eq!((group_now, group), (Some(rustls::NamedGroup::X25519), Some(rustls::NamedGroup::X25519)));
+            }
+        }
+    }
+
+    pki.issue("site", "cert-2", &["site.test"]);
+    let applied = server.control().apply(vec![weir::control::Command::ReloadCertificates]).await.unwrap();
+    assert_eq!((applied.tls_reloaded, applied.tls_failed), (1, 0), "{applied:?}");
+    let (_, cn) = open(proxy, "site.test", &pki.ca()).await;
+    assert_eq!(cn, "cert-2", "a new client gets the new certificate");
+    for (what, connector) in &clients {
+        let (kind, _, body) = get_once(proxy, connector).await;
+        assert_eq!(kind, Resumed, "{what}: after the reload");
+        assert!(body.starts_with("b0: "), "{what}: {body}");
+    }
+}

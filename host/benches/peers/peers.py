@@ -27,8 +27,11 @@ Parts (what each prints):
   https       wrk -t1 -c64 over TLS (one ECDSA P-256 certificate for all three, TLS 1.3,
               HTTP/1.1): req/s and CPU µs per request
   handshakes  openssl s_time (-new -tls1_3, -new -tls1_2, -reuse -tls1_2), one handshake
-              at a time, no request (the method of host/benches/tls-handshakes/run.sh):
-              the proxy's CPU per handshake, and handshakes per second of one core
+              at a time, no request, and resumed TLS 1.3 (host/benches/tls-handshakes/
+              resume13.py: one request per connection, `GET /tls-resume`, which each
+              proxy answers 503 itself, so the tickets are read; PSK with ECDHE), the
+              method of host/benches/tls-handshakes/run.sh: the proxy's CPU per
+              handshake, and handshakes per second of one core
   l4          weir `protocol = "tcp"` and HAProxy `mode tcp` with splice: curl of a 1 GiB
               file from the origin and iperf3 (one stream): Gbit/s, proxy CPU s per GiB
   p99         oha -q RATE for DURATION s, open loop, latency-corrected, 64 keep-alive
@@ -499,6 +502,21 @@ def s_time(port, mode, secs):
     return {"n": int(lines[-1].split()[0])}
 
 
+def resume13(port, secs):
+    """Resumed TLS 1.3 handshakes, one at a time, each with one request answered by the
+    proxy itself: the connections the proxy resumed (any it did not is an error)."""
+    out = subprocess.run(GEN + [PY, os.path.join(HERE, "../tls-handshakes/resume13.py"), "127.0.0.1", str(port),
+                                str(secs), "resume", "/tls-resume"], capture_output=True, text=True)
+    m = re.match(r"^(\d+) resumed, 0 not resumed", out.stdout)
+    if out.returncode or not m:
+        raise RuntimeError("resume13.py: " + (out.stdout + out.stderr)[-500:])
+    return {"n": int(m.group(1))}
+
+
+HANDSHAKE_MODES = ("-new -tls1_3", "-resume -tls1_3", "-new -tls1_2", "-reuse -tls1_2")
+HANDSHAKE_LABELS = ("TLS 1.3 full", "TLS 1.3 resumed", "TLS 1.2 full", "TLS 1.2 resumed")
+
+
 def curl_big(port):
     out = subprocess.run(GEN + ["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}",
                                 f"http://127.0.0.1:{port}/big"], capture_output=True, text=True).stdout.split()
@@ -723,9 +741,12 @@ def main():
                         f"(user {r['user_us']:.1f}, system {r['sys_us']:.1f}; proxy at {r['proxy_pct']:.0f} %)  "
                         f"{r['segs']:.2f} segments/req  errors {r['bad']}  other CPU {r['other_pct']:.0f} %")
             if "handshakes" in parts:
-                for mode in ("-new -tls1_3", "-new -tls1_2", "-reuse -tls1_2"):
+                for mode in HANDSHAKE_MODES:
                     for name, port in URLS["handshakes"].items():
-                        r = measure(proxies[name], lambda: s_time(port, mode, DUR))
+                        if mode == "-resume -tls1_3":
+                            r = measure(proxies[name], lambda: resume13(port, DUR))
+                        else:
+                            r = measure(proxies[name], lambda: s_time(port, mode, DUR))
                         r["per_s"] = 1e6 / r["cpu_us"] if r["cpu_us"] else None
                         add(("handshakes " + mode, name), r)
                         log(f"r{rnd + 1} handshakes {mode:15s} {name:8s} {r['n']:6d} in {DUR} s, "
@@ -912,18 +933,18 @@ def table(meta, parts, miss, R):
         w("")
         target(13, "HTTPS requests/s, weir ÷ nginx", m("https", "weir", "rps"), m("https", "nginx", "rps"), 1.0, True)
     if "handshakes" in parts:
-        w("TLS handshakes (`openssl s_time`, one at a time, no request): handshakes per second of one core "
-          "(10⁶ / the proxy's CPU µs per handshake, in parentheses):")
+        w("TLS handshakes, one at a time (`openssl s_time`, no request; TLS 1.3 resumed: resume13.py, one request "
+          "each, answered by the proxy): handshakes per second of one core (10⁶ / the proxy's CPU µs per handshake, "
+          "in parentheses):")
         w("")
-        w("| | TLS 1.3 full | TLS 1.2 full | TLS 1.2 resumed |")
-        w("|---|---|---|---|")
-        modes = ("-new -tls1_3", "-new -tls1_2", "-reuse -tls1_2")
+        w("| | " + " | ".join(HANDSHAKE_LABELS) + " |")
+        w("|---|---|---|---|---|")
         for name in URLS["handshakes"]:
             cells = [f"{fmt(m('handshakes ' + x, name, 'per_s'))} ({fmt(m('handshakes ' + x, name, 'cpu_us'), '.0f')})"
-                     for x in modes]
+                     for x in HANDSHAKE_MODES]
             w(f"| {NAMES[name]} | " + " | ".join(cells) + " |")
         w("")
-        for x, label in zip(modes, ("TLS 1.3 full", "TLS 1.2 full", "TLS 1.2 resumed")):
+        for x, label in zip(HANDSHAKE_MODES, HANDSHAKE_LABELS):
             target(13, f"{label} handshakes/s of one core, weir ÷ HAProxy", m("handshakes " + x, "weir", "per_s"),
                    m("handshakes " + x, "haproxy", "per_s"), 1.0, True)
     if "l4" in parts:
