@@ -14,15 +14,17 @@ use super::errors::HostError;
 /// HTTP/2 request names its host in `:authority` (the target's authority here) or, when
 /// it has none, in one `Host` (RFC 9113 §8.3.1).
 pub(crate) fn check_host(head: &http::request::Parts) -> Result<(), HostError> {
+    // One lookup of the name serves the count and the value.
     let mut hosts = head.headers.get_all(header::HOST).iter();
     let h2_authority = head.version == http::Version::HTTP_2 && head.uri.authority().is_some();
-    match (hosts.next(), hosts.count()) {
+    let host = hosts.next();
+    match (host, hosts.count()) {
         (None, _) if head.version >= http::Version::HTTP_11 && !h2_authority => return Err(HostError::Missing),
         (None, _) => {}
         (Some(_), 0) => {}
         (Some(_), more) => return Err(HostError::Repeated { count: more + 1 }),
     }
-    if let Some(value) = head.headers.get(header::HOST)
+    if let Some(value) = host
         && !is_host_port(value.as_bytes())
     {
         return Err(HostError::Malformed { value: quote(value.as_bytes()) });
