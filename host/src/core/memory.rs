@@ -24,10 +24,58 @@
 //!
 //! On other C libraries (musl has no arenas to trim) nothing is started.
 //!
+//! What a release cannot give back is a page that still holds one live block. The blocks
+//! of an idle WebSocket tunnel live for hours, and were allocated in the middle of its
+//! handshake's short-lived buffers (hyper's read and write buffers, request heads, the
+//! upstream connection's task): once those are freed, each tunnel's few blocks keep their
+//! pages resident among the holes. So a tunnel's long-lived blocks (its task, its
+//! sockets' registrations, its drain order) are made on a thread of their own
+//! ([`long_lived`]): glibc gives each thread its own arena, so they are packed there
+//! beside each other, away from the handshakes' heap, which a release then empties.
+//!
 //! Unsafe code: the two glibc calls, which take no pointers.
 #![allow(unsafe_code)]
 
+use std::sync::OnceLock;
+use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
+
+/// Work for the [`long_lived`] thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the thread that makes long-lived blocks (`weir-long-lived`, started on
+/// first use), so what it allocates (a tunnel's task, registrations) comes from that
+/// thread's heap, not the caller's (see the module's doc). In order, one at a time, soon
+/// but not before this returns; keep jobs short (they allocate and spawn, they do not
+/// wait). Where that thread cannot be had, `job` runs here, now.
+pub fn long_lived(job: impl FnOnce() + Send + 'static) {
+    static THREAD: OnceLock<Option<Sender<Job>>> = OnceLock::new();
+    let sender = THREAD.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new().name("weir-long-lived".into()).spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for long-lived blocks: they are made where they are asked for");
+                None
+            }
+        }
+    });
+    let job: Job = Box::new(job);
+    match sender {
+        Some(tx) => {
+            // The thread is gone (it cannot be, short of a panic in a job): run it here.
+            if let Err(mpsc::SendError(job)) = tx.send(job) {
+                job();
+            }
+        }
+        None => job(),
+    }
+}
 
 /// How much the heap must have moved (bytes in use and bytes free, up and down, added
 /// up since the last release) before it is released again.
@@ -148,6 +196,24 @@ mod tests {
         assert_eq!(look(2 * MB, 18 * MB), None);
         assert_eq!(look(2 * MB, 18 * MB), Some(18 * MB));
         assert_eq!(released.get(), 3);
+    }
+
+    #[test]
+    fn long_lived_jobs_run_in_order_on_their_own_thread() {
+        let (tx, rx) = mpsc::channel();
+        for i in 0..3 {
+            let tx = tx.clone();
+            long_lived(move || {
+                let _ = tx.send((i, std::thread::current().name().map(str::to_owned)));
+            });
+        }
+        let got: Vec<_> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+        let me = std::thread::current().name().map(str::to_owned);
+        assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 1, 2]);
+        for (_, name) in got {
+            assert_eq!(name.as_deref(), Some("weir-long-lived"));
+            assert_ne!(name, me);
+        }
     }
 
     /// The real allocator: memory freed in a burst is resident until released, and not

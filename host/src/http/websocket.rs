@@ -19,13 +19,22 @@ use super::headers::remove_hop_by_hop;
 use super::server::Held;
 use super::{Context, ProxyBody};
 use crate::config::TunnelLimits;
-use crate::net::listen::aborted;
+use crate::core::memory;
+use crate::net::listen::{Stop, aborted};
 use crate::net::tunnel;
 use crate::state::{ActiveGuard, BackendLive, StickHold};
 
-/// Hands a `101 Switching Protocols` back to the client and spawns the tunnel. The tunnel
-/// is registered with its backend (where a drain finds it), keeps its stick entry (if
-/// any) from expiring, and ends when the server is dropped (`stop` says `Abort`).
+/// Hands a `101 Switching Protocols` back to the client and starts the tunnel. The tunnel
+/// is an active connection of its backend from now on, is registered with its backend
+/// (where a drain finds it) once both upgrades are done, keeps its stick entry (if any)
+/// from expiring, and ends when the server aborts (`stop` says `Abort` before it is
+/// registered, a cut order after).
+///
+/// Two tasks: a short one here waits for both upgrades, then hands the legs to the
+/// thread of long-lived blocks ([`memory::long_lived`]), which registers them again,
+/// registers the tunnel and spawns the tunnel's task, so that everything an idle tunnel
+/// keeps is allocated there, packed, and not between the handshakes' freed buffers
+/// (measured: BENCHMARKS.md, "branch ws-mem").
 pub(crate) fn upgrade(
     ctx: &Context,
     mut res: Response<Incoming>,
@@ -38,45 +47,43 @@ pub(crate) fn upgrade(
     let Held { mut stop, slot, extended_connect, .. } = held;
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
-    let entry = ctx.tunnels.register(&live);
-    let active = ActiveGuard::new(live);
+    let active = ActiveGuard::new(live.clone());
+    let tunnels = ctx.tunnels.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::spawn(async move {
-        // Held while the tunnel lives: it is an active connection of its backend, keeps
-        // its stick entry from expiring and its client's slot in the listener.
-        let _held = (active, stick, slot);
-        {
-            // Pinned here and lent to the select: a future moved into `select!` by value is
-            // stored twice in this task (where it was made and where it is polled), and this
-            // one is most of an idle WebSocket's memory.
-            let run = std::pin::pin!(async {
-                let (client, upstream) = match tokio::try_join!(client, upstream) {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "websocket upgrade did not complete");
-                        return;
-                    }
-                };
-                // The client's plain TCP connection under weir's wrapper, so the tunnel can
-                // splice it.
-                let client = match client.downcast::<TokioIo<ClientIo<TcpStream>>>() {
-                    Ok(parts) => {
-                        let (io, unread) = parts.io.into_inner().into_inner();
-                        let early =
-                            if unread.is_empty() { parts.read_buf } else { [unread, parts.read_buf].concat().into() };
-                        tunnel::Leg::Tcp(io, early)
-                    }
-                    Err(client) => tunnel::Leg::from(client),
-                };
-                if let Err(e) = tunnel::join(client, tunnel::Leg::from(upstream), limits, &entry.order).await {
-                    tracing::debug!(error = %e, "websocket tunnel ended with an error");
-                }
-            });
-            tokio::select! {
-                () = run => {}
-                () = aborted(&mut stop) => {}
+        let legs = tokio::select! {
+            legs = legs(client, upstream) => legs,
+            () = aborted(&mut stop) => return,
+        };
+        let Some((client, backend)) = legs else { return };
+        let (client, backend) = match (client.detach(), backend.detach()) {
+            (Ok(client), Ok(backend)) => (client, backend),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::debug!(error = %e, "websocket tunnel not started");
+                return;
             }
-        }
-        drop(entry);
+        };
+        memory::long_lived(move || {
+            let _runtime = runtime.enter();
+            let (client, backend) = match (client.attach(), backend.attach()) {
+                (Ok(client), Ok(backend)) => (client, backend),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(error = %e, "websocket tunnel not started");
+                    return;
+                }
+            };
+            // The tunnel's own slot: the connection's is shared behind an `Arc` made
+            // during the handshake.
+            let slot = slot.another();
+            let entry = tunnels.register(&live);
+            // Registered first: an abort sent since is seen here, one sent later reaches
+            // the tunnel through its drain order.
+            if *stop.borrow() == Stop::Abort {
+                return;
+            }
+            drop(stop);
+            runtime.spawn(tunnel::join(client, backend, limits, entry, (active, stick, slot)));
+        });
     });
     remove_hop_by_hop(&mut parts.headers);
     if extended_connect {
@@ -89,4 +96,28 @@ pub(crate) fn upgrade(
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())))
+}
+
+/// Waits for both sides' upgrades; the client's plain TCP connection is taken out of
+/// weir's wrapper, so the tunnel can splice it.
+async fn legs(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) -> Option<(tunnel::Leg, tunnel::Leg)> {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade did not complete");
+            return None;
+        }
+    };
+    let client = match client.downcast::<TokioIo<ClientIo<TcpStream>>>() {
+        Ok(parts) => {
+            let (io, unread) = parts.io.into_inner().into_inner();
+            let early = if unread.is_empty() { parts.read_buf } else { [unread, parts.read_buf].concat().into() };
+            tunnel::Leg::Tcp(io, early)
+        }
+        Err(client) => tunnel::Leg::from(client),
+    };
+    Some((client, tunnel::Leg::from(upstream)))
 }

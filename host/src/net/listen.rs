@@ -225,6 +225,16 @@ impl Slots {
 #[derive(Debug)]
 pub struct Slot(std::sync::Arc<Slots>);
 
+impl Slot {
+    /// One more place in the same listener's slots, counted at once: what a WebSocket's
+    /// tunnel holds in place of its connection's slot (shared behind an `Arc` while the
+    /// connection serves requests), so the tunnel keeps no block of the handshake alive.
+    pub(crate) fn another(&self) -> Slot {
+        self.0.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Slot(self.0.clone())
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
@@ -246,5 +256,27 @@ mod tests {
         let client = client.await.unwrap().unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
         assert!(stream.nodelay().unwrap(), "TCP_NODELAY on the accepted connection");
+    }
+
+    #[tokio::test]
+    async fn another_slot_counts_until_it_is_dropped() {
+        let slots = std::sync::Arc::new(Slots::default());
+        let open = || slots.open.load(std::sync::atomic::Ordering::Acquire);
+        let first = slots.take(|| Some(2)).await;
+        let tunnel = first.another();
+        assert_eq!(open(), 2);
+        drop(first);
+        assert_eq!(open(), 1, "the tunnel's slot outlives the connection's");
+        // At the limit: the accept loop waits until the tunnel's slot is given back.
+        let _second = slots.take(|| Some(2)).await;
+        let third = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take(|| Some(2)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished());
+        drop(tunnel);
+        let _third = tokio::time::timeout(std::time::Duration::from_secs(10), third).await.unwrap().unwrap();
+        assert_eq!(open(), 2);
     }
 }

@@ -42,28 +42,38 @@ const UNTRACKED: u64 = u64::MAX;
 /// Joins a client's upgraded WebSocket connection (`client`) and its backend's
 /// (`backend`) until both directions are finished, the tunnel has been idle (no byte
 /// either way) for `limits.idle_timeout`, it reaches `limits.max_lifetime`, or a drain
-/// `order` cuts it (after its close frame went out at the order's moment).
+/// order of its registration (`entry`) cuts it (after its close frame went out at the
+/// order's moment; the server's abort is such an order, [`Registry::cut_all`], so the task
+/// does not poll the stop signal at each wake-up). The whole of a tunnel's task: `keep` (what the tunnel
+/// holds for others: its backend's active count, a stick entry, a listener slot) and
+/// `entry` are let go when it ends; an error ends it and is logged.
 ///
-/// Not an `async fn`: the legs are moved once, into the returned future, and the copy
-/// borrows them there. An `async fn` keeps its arguments for its whole life, so handing
-/// them on by value stored each leg again in the copy (and a third time where the copy
-/// took them apart), and an `async fn` with `mut` arguments stores them twice itself.
-/// Measured: 4,098 -> 3,851 bytes of RSS per idle WebSocket tunnel (BENCHMARKS.md).
+/// Not an `async fn`, and everything the task needs is handed here: the arguments are
+/// moved once, into the returned future, and used by reference there. An `async fn`
+/// keeps its arguments for its whole life, and a future that moves what it captured
+/// into another (a wrapper around this one) stores it twice: each leg was held as the
+/// wrapper's capture, the copy's argument and again where the copy took it apart.
+/// Measured: 4,098 -> 3,851 bytes of RSS per idle WebSocket tunnel; the task's cell
+/// 2,304 -> 1,792 bytes once the wrapper was folded in here (BENCHMARKS.md).
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn join(
+pub(crate) fn join<K: Send>(
     mut client: Leg,
     mut backend: Leg,
     limits: TunnelLimits,
-    order: &DrainOrder,
-) -> impl Future<Output = io::Result<()>> + '_ {
+    entry: TunnelEntry,
+    keep: K,
+) -> impl Future<Output = ()> {
     async move {
+        let _keep = &keep;
         let started = Instant::now();
         // Milliseconds after `started` of the last byte moved, in either direction.
         let activity = AtomicU64::new(0);
         // Set by the watchdog when this tunnel's close frame is due.
         let closing = Closing::default();
         let copy = std::pin::pin!(copy(&mut client, &mut backend, &activity, started, &closing));
-        supervise(copy, &activity, started, limits, order, Some(&closing)).await
+        if let Err(e) = supervise(copy, &activity, started, &limits, &entry.order, Some(&closing)).await {
+            tracing::debug!(error = %e, "websocket tunnel ended with an error");
+        }
     }
 }
 
@@ -92,7 +102,7 @@ pub(crate) async fn join_opaque(
         )
         .map(|_| ())
     });
-    supervise(copy, &activity, started, limits, order, None).await
+    supervise(copy, &activity, started, &limits, order, None).await
 }
 
 /// Runs `copy` under one timer for every limit: it sleeps until the earliest of "idle
@@ -106,7 +116,7 @@ async fn supervise(
     copy: std::pin::Pin<&mut impl Future<Output = io::Result<()>>>,
     activity: &AtomicU64,
     started: Instant,
-    limits: TunnelLimits,
+    limits: &TunnelLimits,
     order: &DrainOrder,
     closing: Option<&Closing>,
 ) -> io::Result<()> {
@@ -114,40 +124,27 @@ async fn supervise(
     let watchdog = async {
         let mut close_sent = false;
         loop {
-            let ms = activity.load(Ordering::Relaxed);
-            let idle_at = (ms != UNTRACKED)
-                .then(|| started.checked_add(Duration::from_millis(ms))?.checked_add(limits.idle_timeout))
-                .flatten();
-            let close_at = order.close_at().filter(|_| !close_sent && closing.is_some());
-            let cut_at = order.cut_at();
-            let deadline = [idle_at, end_of_life, close_at, cut_at].into_iter().flatten().min();
-            let now = Instant::now();
-            if let Some(deadline) = deadline.filter(|d| now >= *d) {
-                if close_at == Some(deadline)
-                    && let Some(closing) = closing
-                {
+            // Decided by a function: what it looks at is not held across the wait below
+            // (a future keeps every local in scope at an await).
+            let deadline = match next(activity, started, limits, end_of_life, order, closing.filter(|_| !close_sent)) {
+                Next::Wait(deadline) => deadline,
+                Next::Close(closing) => {
                     closing.due.store(true, Ordering::Relaxed);
                     closing.wake.notify_one();
                     close_sent = true;
                     continue;
                 }
-                let why = if cut_at == Some(deadline) {
-                    "drain deadline"
-                } else if end_of_life == Some(deadline) {
-                    "max lifetime"
-                } else {
-                    "idle timeout"
-                };
-                return io::Error::new(io::ErrorKind::TimedOut, format!("tunnel {why}"));
-            }
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
+                Next::End(why) => return io::Error::new(io::ErrorKind::TimedOut, format!("tunnel {why}")),
             };
+            // The sleep made inside the select, not bound to a name first: a future
+            // moved into `select!` by value is stored twice.
             tokio::select! {
-                () = sleep => {}
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 () = order.changed.notified() => {}
             }
         }
@@ -156,6 +153,47 @@ async fn supervise(
         done = copy => done,
         e = watchdog => Err(e),
     }
+}
+
+/// What a tunnel's watchdog does next.
+enum Next<'a> {
+    /// Sleep until this moment (or, `None`, until a drain order comes).
+    Wait(Option<Instant>),
+    /// Have the close frame sent.
+    Close(&'a Closing),
+    /// End the tunnel, for this reason.
+    End(&'static str),
+}
+
+/// The watchdog's decision: the earliest of "idle since the last byte" (`activity`, ms
+/// after `started`), "too old" (`end_of_life`), "close frame due" (only with `closing`)
+/// and "drain deadline", and whether it has come.
+fn next<'a>(
+    activity: &AtomicU64,
+    started: Instant,
+    limits: &TunnelLimits,
+    end_of_life: Option<Instant>,
+    order: &DrainOrder,
+    closing: Option<&'a Closing>,
+) -> Next<'a> {
+    let ms = activity.load(Ordering::Relaxed);
+    let idle_at = (ms != UNTRACKED)
+        .then(|| started.checked_add(Duration::from_millis(ms))?.checked_add(limits.idle_timeout))
+        .flatten();
+    let close_at = order.close_at().filter(|_| closing.is_some());
+    let cut_at = order.cut_at();
+    let deadline = [idle_at, end_of_life, close_at, cut_at].into_iter().flatten().min();
+    let Some(due) = deadline.filter(|d| Instant::now() >= *d) else { return Next::Wait(deadline) };
+    if let Some(closing) = closing.filter(|_| close_at == Some(due)) {
+        return Next::Close(closing);
+    }
+    Next::End(if cut_at == Some(due) {
+        "drain deadline"
+    } else if end_of_life == Some(due) {
+        "max lifetime"
+    } else {
+        "idle timeout"
+    })
 }
 
 /// One side of a tunnel: a plain TCP connection (with the bytes its peer sent that were
@@ -175,6 +213,38 @@ impl From<Upgraded> for Leg {
             Ok(parts) => Leg::Tcp(parts.io.into_inner(), parts.read_buf),
             Err(upgraded) => Leg::Other(upgraded),
         }
+    }
+}
+
+/// A [`Leg`] on its way to another thread: a plain TCP connection taken out of the
+/// reactor, to be registered again where its tunnel starts, so that its registration is
+/// made there (see [`crate::core::memory::long_lived`]).
+#[derive(Debug)]
+pub(crate) enum Detached {
+    /// Plain TCP, out of the reactor, with the bytes its peer sent before the upgrade.
+    Tcp(std::net::TcpStream, bytes::Bytes),
+    /// Anything else, as it is.
+    Other(Upgraded),
+}
+
+impl Leg {
+    /// Takes a plain TCP leg out of the reactor (the socket stays open and non-blocking).
+    pub(crate) fn detach(self) -> io::Result<Detached> {
+        Ok(match self {
+            Leg::Tcp(io, early) => Detached::Tcp(io.into_std()?, early),
+            Leg::Other(upgraded) => Detached::Other(upgraded),
+        })
+    }
+}
+
+impl Detached {
+    /// Registers a plain TCP leg with the reactor of the runtime entered on this thread;
+    /// fails when that runtime is shutting down.
+    pub(crate) fn attach(self) -> io::Result<Leg> {
+        Ok(match self {
+            Detached::Tcp(io, early) => Leg::Tcp(TcpStream::from_std(io)?, early),
+            Detached::Other(upgraded) => Leg::Other(upgraded),
+        })
     }
 }
 
