@@ -425,3 +425,22 @@ async fn shutdown_waits_for_tcp_connections_up_to_the_deadline() {
     let took = tokio::time::timeout(Duration::from_secs(5), shutdown).await.unwrap().unwrap();
     assert!(took >= Duration::from_millis(500), "returned before the deadline: {took:?}");
 }
+
+/// Dropping the server (its abort) cuts the tcp connections it joined at once, not at the
+/// drain deadline: a joined connection ends by the cut the server orders every tunnel,
+/// since its task does not watch the stop signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_server_cuts_its_tcp_connections() {
+    let backend = greeter("a").await;
+    let pool = "drain_deadline_ms = 60000";
+    let server = support::start(&tcp_config(&[backend], "", pool)).await;
+    let proxy = server.addr("main").unwrap();
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    assert_eq!(read_line(&mut s).await, "a");
+    let started = Instant::now();
+    drop(server);
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.expect("cut, not left open");
+    assert!(cut.is_err() || rest.is_empty(), "{cut:?} {rest:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "cut after {:?}", started.elapsed());
+}
