@@ -235,13 +235,16 @@ fn h2_service(
     Request<Incoming>,
     Response = Response<ProxyBody>,
     Error = Infallible,
-    Future = Pin<Box<impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static>>,
+    Future = BoxedAnswer,
 > + Clone
 + Send
 + 'static {
     let client = Client::new(client, lookalikes);
-    hyper::service::service_fn(move |req| Box::pin(respond(req, client.clone())))
+    hyper::service::service_fn(move |req| Box::pin(respond(req, client.clone())) as BoxedAnswer)
 }
+
+/// A request's answer to come, boxed.
+type BoxedAnswer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
 impl Client {
     fn new(client: &Accepted, lookalikes: Arc<AtomicUsize>) -> Arc<Self> {
