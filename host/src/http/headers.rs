@@ -2,9 +2,11 @@
 //! the backend (origin-form target, hop-by-hop headers removed, `X-Forwarded-*` added),
 //! the upgrade check, and the headers an affinity plugin adds to a response.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 
+use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 
 use super::errors::HostError;
 
@@ -135,21 +137,41 @@ pub(crate) fn connect_to_upgrade(head: &mut http::request::Parts) {
     }
 }
 
+/// A client's address as the `X-Forwarded-For` entry weir adds for it: written once per
+/// client connection and shared by its requests.
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardedFor(HeaderValue);
+
+impl ForwardedFor {
+    /// The entry for a client at `ip`.
+    pub(crate) fn new(ip: IpAddr) -> Self {
+        let mut buf = [0u8; 64];
+        // An address in text is valid in a header value.
+        Self(HeaderValue::from_bytes(ip_text(ip, &mut buf)).unwrap_or_else(|_| HeaderValue::from_static("unknown")))
+    }
+}
+
 /// Rewrites a client request head (checked by [`check_host`]) for the backend:
 /// origin-form URI, with the authority of an absolute-form target as `Host` (RFC 9112
 /// §3.2.2: the host the request was routed by), hop-by-hop headers removed,
-/// `X-Forwarded-*` added (`X-Forwarded-Proto: https` when the client connected over
-/// `tls`).
-pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: SocketAddr, tls: bool) {
+/// `X-Forwarded-*` added (`peer` appended to `X-Forwarded-For`; `X-Forwarded-Proto:
+/// https` when the client connected over `tls`).
+pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: &ForwardedFor, tls: bool) {
+    // Room for what is added below at once, rather than the map growing twice on the way.
+    head.headers.reserve(4);
     // The host routed by: an absolute-form target's authority (copied, and set as `Host`),
     // else the `Host` header's value (shared, not copied).
     let host = match head.uri.authority() {
         Some(authority) => {
             let host = HeaderValue::from_str(authority.as_str()).ok();
-            let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
-            if let Ok(uri) = pq.parse() {
-                head.uri = uri;
+            // The target's path and query, shared rather than parsed again.
+            let mut parts = std::mem::take(&mut head.uri).into_parts();
+            parts.scheme = None;
+            parts.authority = None;
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(PathAndQuery::from_static("/"));
             }
+            head.uri = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
             if let Some(host) = &host {
                 head.headers.insert(header::HOST, host.clone());
             }
@@ -174,8 +196,6 @@ pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: Socke
         }
     }
 
-    let mut ip = [0u8; 64];
-    let ip = ip_text(peer.ip(), &mut ip);
     let xff = match head.headers.get(X_FORWARDED_FOR) {
         // Every `X-Forwarded-For` line, in order, as one list, then the peer.
         Some(_) => {
@@ -187,15 +207,13 @@ pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: Socke
                     xff.extend_from_slice(b", ");
                 }
             }
-            xff.extend_from_slice(ip);
-            HeaderValue::from_bytes(&xff)
+            xff.extend_from_slice(peer.0.as_bytes());
+            // Made of received header values (no CR, LF or NUL) and an address, so valid.
+            HeaderValue::from_bytes(&xff).unwrap_or_else(|_| peer.0.clone())
         }
-        None => HeaderValue::from_bytes(ip),
+        None => peer.0.clone(),
     };
-    // Made of received header values (no CR, LF or NUL) and an address, so it is valid.
-    if let Ok(v) = xff {
-        head.headers.insert(X_FORWARDED_FOR, v);
-    }
+    head.headers.insert(X_FORWARDED_FOR, xff);
     head.headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     if let Some(host) = host {
         head.headers.insert(X_FORWARDED_HOST, host);
@@ -204,9 +222,9 @@ pub(crate) fn prepare_upstream_head(head: &mut http::request::Parts, peer: Socke
 
 /// An address as text, written into `buf` without the formatting machinery for IPv4
 /// (the common case, once per request).
-fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     match ip {
-        std::net::IpAddr::V4(v4) => {
+        IpAddr::V4(v4) => {
             let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
@@ -226,7 +244,7 @@ fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &[u8] {
             }
             &buf[..n]
         }
-        std::net::IpAddr::V6(v6) => {
+        IpAddr::V6(v6) => {
             use std::io::Write;
             let mut cursor = std::io::Cursor::new(&mut buf[..]);
             // At most 45 bytes (an IPv4-mapped address written out), so it fits.
@@ -243,21 +261,25 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Whether `name` is one of the hop-by-hop headers every message loses (RFC 9110
-/// §7.6.1), whatever `Connection` names.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+/// The hop-by-hop headers every message loses (RFC 9110 §7.6.1), whatever `Connection`
+/// names.
+const HOP_BY_HOP: [HeaderName; 6] =
+    [header::CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRANSFER_ENCODING, header::UPGRADE];
+
+/// Which of [`HOP_BY_HOP`] `name` is, as a bit.
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    HOP_BY_HOP.iter().position(|h| h == name).map_or(0, |i| 1 << i)
 }
 
-/// Whether any hop-by-hop header is present: one pass over the names, cheaper than a
-/// hashed lookup per name when (as for most requests) there is none.
+/// Which of [`HOP_BY_HOP`] are present, as bits: one pass over the names, cheaper than a
+/// hashed lookup per name when (as for most messages) there are none or one.
+fn present_hop_by_hop(headers: &HeaderMap) -> u8 {
+    headers.keys().fold(0, |bits, name| bits | hop_by_hop_bit(name))
+}
+
+/// Whether any hop-by-hop header is present.
 fn has_hop_by_hop(headers: &HeaderMap) -> bool {
-    headers.keys().any(is_hop_by_hop)
+    present_hop_by_hop(headers) != 0
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those named in `Connection`.
@@ -285,10 +307,12 @@ fn remove_named_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in
-        [header::CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, header::TE, header::TRANSFER_ENCODING, header::UPGRADE]
-    {
-        headers.remove(name);
+    // Only those present: a response's `Connection: keep-alive` is one removal, not six.
+    let present = present_hop_by_hop(headers);
+    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -296,6 +320,10 @@ fn remove_named_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use http::Request;
+
+    fn peer(ip: &str) -> ForwardedFor {
+        ForwardedFor::new(ip.parse().unwrap())
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {
@@ -424,7 +452,7 @@ mod tests {
         let req = Request::get("http://a.example:8080/x").version(http::Version::HTTP_2).body(()).unwrap();
         let (mut head, ()) = req.into_parts();
         assert!(check_host(&head).is_ok());
-        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap(), false);
+        prepare_upstream_head(&mut head, &peer("10.1.2.3"), false);
         assert_eq!((head.uri.to_string().as_str(), head.version), ("/x", http::Version::HTTP_11));
         assert_eq!(head.headers["host"], "a.example:8080");
         let req = Request::get("/x").version(http::Version::HTTP_2).body(()).unwrap();
@@ -453,7 +481,7 @@ mod tests {
         req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
         let (mut head, ()) = req.into_parts();
         assert!(extended_connect(&head));
-        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap(), false);
+        prepare_upstream_head(&mut head, &peer("10.1.2.3"), false);
         connect_to_upgrade(&mut head);
         assert_eq!(head.method, http::Method::GET);
         assert_eq!(head.uri, "/chat");
@@ -468,7 +496,7 @@ mod tests {
         let req =
             Request::builder().uri("http://example.com/a?b=1").header("x-forwarded-for", "192.0.2.7").body(()).unwrap();
         let (mut head, ()) = req.into_parts();
-        prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap(), false);
+        prepare_upstream_head(&mut head, &peer("10.1.2.3"), false);
         assert_eq!(head.uri, "/a?b=1");
         assert_eq!(head.headers["host"], "example.com");
         assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7, 10.1.2.3");
@@ -487,7 +515,7 @@ mod tests {
             .body(())
             .unwrap();
         let (mut head, ()) = req.into_parts();
-        prepare_upstream_head(&mut head, "[2001:db8::9]:5555".parse().unwrap(), true);
+        prepare_upstream_head(&mut head, &peer("2001:db8::9"), true);
         let all: Vec<_> = head.headers.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["192.0.2.1, 192.0.2.2, 192.0.2.3, 2001:db8::9"]);
         assert_eq!(head.headers["x-forwarded-proto"], "https", "over TLS");
@@ -504,7 +532,7 @@ mod tests {
                 .body(())
                 .unwrap();
             let (mut head, ()) = req.into_parts();
-            prepare_upstream_head(&mut head, "10.1.2.3:5555".parse().unwrap(), false);
+            prepare_upstream_head(&mut head, &peer("10.1.2.3"), false);
             head.headers
         };
         let kept = head("gzip;q=0.5, Trailers");

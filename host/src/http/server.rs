@@ -40,7 +40,9 @@ use tokio::sync::watch;
 
 use super::errors::{ClientIo, ProxyError, Sniffed, looks_bare};
 use super::forward::{Exchange, Failure, forward};
-use super::headers::{check_host, connect_to_upgrade, extended_connect, is_websocket_upgrade, prepare_upstream_head};
+use super::headers::{
+    ForwardedFor, check_host, connect_to_upgrade, extended_connect, is_websocket_upgrade, prepare_upstream_head,
+};
 use super::route::route;
 use super::{ClientBody, ClientFault, Context, ProxyBody};
 use crate::config::ListenerConfig;
@@ -155,7 +157,7 @@ where
     let (peer, stop) = (*peer, stop.clone());
     match sniffed {
         Sniffed::Http2 => {
-            let conn = h2_builder(config).serve_connection(TokioIo::new(io), service(&client, lookalikes));
+            let conn = h2_builder(config).serve_connection(TokioIo::new(io), h2_service(&client, lookalikes));
             drive(conn, stop, peer, |c| c.graceful_shutdown()).await;
         }
         Sniffed::Http1 => {
@@ -175,14 +177,38 @@ where
 {
     let (peer, stop) = (client.peer, client.stop.clone());
     // No hyper error head on HTTP/2 for ClientIo to rewrite: the connection as it is.
-    let conn =
-        h2_builder(&client.config).serve_connection(TokioIo::new(io), service(&client, Arc::new(AtomicUsize::new(0))));
+    let conn = h2_builder(&client.config)
+        .serve_connection(TokioIo::new(io), h2_service(&client, Arc::new(AtomicUsize::new(0))));
     drive(conn, stop, peer, |c| c.graceful_shutdown()).await;
 }
 
-/// The service hyper calls for each request of a connection: [`handle`], with what the
-/// connection lends each request; `lookalikes` counts backend answers that [`ClientIo`]
-/// must not take for hyper's own.
+/// What every request of one client connection shares, made once per connection (so a
+/// request clones one `Arc`, not each part).
+struct Client {
+    /// The client as plugins, stick tables and `X-Forwarded-For` see it.
+    peer: SocketAddr,
+    /// `peer`'s address as the `X-Forwarded-For` entry weir adds.
+    forwarded_for: ForwardedFor,
+    /// The address the client connected to (or, behind a proxy, asked for).
+    local: SocketAddr,
+    /// What the TLS handshake learnt (none in clear text).
+    tls: Option<Arc<TlsInfo>>,
+    /// The listener's name, to find its routes in the current snapshot.
+    listener: Box<str>,
+    /// What every connection of the server shares.
+    ctx: Arc<Context>,
+    /// The server's stop signal, for a WebSocket's tunnel.
+    stop: watch::Receiver<Stop>,
+    /// The connection's slot in its listener's `max_connections`.
+    slot: Arc<Slot>,
+    /// Backend answers that [`ClientIo`] must not take for hyper's own.
+    lookalikes: Arc<AtomicUsize>,
+}
+
+/// The service hyper's HTTP/1.1 server calls for each request of a connection:
+/// [`respond`], with what the connection lends each request; `lookalikes` counts backend
+/// answers that [`ClientIo`] must not take for hyper's own. hyper keeps the request's
+/// future in one place per connection, so it is not boxed.
 fn service(
     client: &Accepted,
     lookalikes: Arc<AtomicUsize>,
@@ -194,21 +220,56 @@ fn service(
 > + Clone
 + Send
 + 'static {
-    let (ctx, stop, slot, peer, local, tls) =
-        (client.ctx.clone(), client.stop.clone(), client.slot.clone(), client.peer, client.local, client.tls.clone());
-    let name: Arc<str> = Arc::from(client.config.name.as_str());
-    hyper::service::service_fn(move |req| {
-        let (ctx, name, stop, lookalikes) = (ctx.clone(), name.clone(), stop.clone(), lookalikes.clone());
-        let (slot, tls) = (slot.clone(), tls.clone());
-        async move {
-            let held = Held { stop, slot, local, extended_connect: false };
-            let res = handle(req, peer, tls.as_deref(), &name, &ctx, held).await;
-            if looks_bare(&res) {
-                lookalikes.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok::<_, Infallible>(res)
-        }
-    })
+    let client = Client::new(client, lookalikes);
+    hyper::service::service_fn(move |req| respond(req, client.clone()))
+}
+
+/// The service hyper's HTTP/2 server calls for each stream: [`service`]'s, with the
+/// request's future boxed, since hyper moves it into a task of its own per stream and
+/// tokio copies a task's future whole each time its stage changes: a pointer is cheaper
+/// to move than the 3 KB of the request's states.
+fn h2_service(
+    client: &Accepted,
+    lookalikes: Arc<AtomicUsize>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = BoxedAnswer,
+> + Clone
++ Send
++ 'static {
+    let client = Client::new(client, lookalikes);
+    hyper::service::service_fn(move |req| Box::pin(respond(req, client.clone())) as BoxedAnswer)
+}
+
+/// A request's answer to come, boxed.
+type BoxedAnswer = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+impl Client {
+    fn new(client: &Accepted, lookalikes: Arc<AtomicUsize>) -> Arc<Self> {
+        Arc::new(Client {
+            peer: client.peer,
+            forwarded_for: ForwardedFor::new(client.peer.ip()),
+            local: client.local,
+            tls: client.tls.clone(),
+            listener: client.config.name.as_str().into(),
+            ctx: client.ctx.clone(),
+            stop: client.stop.clone(),
+            slot: client.slot.clone(),
+            lookalikes,
+        })
+    }
+}
+
+/// One request of `client`'s: [`handle`], and the answer counted if [`ClientIo`] could
+/// take it for hyper's own.
+async fn respond(req: Request<Incoming>, client: Arc<Client>) -> Result<Response<ProxyBody>, Infallible> {
+    let res = handle(req, &client).await;
+    if looks_bare(&res) {
+        client.lookalikes.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(res)
 }
 
 /// Runs a connection until it ends; on `Graceful` it is asked to finish what is in flight
@@ -289,15 +350,10 @@ pub(crate) struct Held {
     pub(crate) extended_connect: bool,
 }
 
-/// Handles one request end to end. Never fails: every error becomes a response.
-async fn handle(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    tls: Option<&TlsInfo>,
-    listener: &str,
-    ctx: &Context,
-    held: Held,
-) -> Response<ProxyBody> {
+/// Handles one request of `client`'s end to end. Never fails: every error becomes a
+/// response.
+async fn handle(req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
+    let (peer, tls, listener, ctx) = (client.peer, client.tls.as_deref(), &*client.listener, &*client.ctx);
     let (mut head, body) = req.into_parts();
     if let Err(e) = check_host(&head) {
         return ProxyError::from(e).into_response();
@@ -324,7 +380,7 @@ async fn handle(
     }
     let websocket = connect || (!h2 && is_websocket_upgrade(&head.headers));
     let client_upgrade = if websocket { head.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
-    prepare_upstream_head(&mut head, peer, tls.is_some());
+    prepare_upstream_head(&mut head, &client.forwarded_for, tls.is_some());
     if let Some(name) = subject_header {
         // Only weir says who the client is: a client's own header of that name is dropped.
         head.headers.remove(&name);
@@ -344,7 +400,8 @@ async fn handle(
         (false, true) => Protocol::Http2,
         (false, false) => Protocol::Http1,
     };
-    let held = Held { extended_connect: connect, ..held };
+    let held =
+        Held { stop: client.stop.clone(), slot: client.slot.clone(), local: client.local, extended_connect: connect };
     let mut pick = PickRequest {
         protocol,
         client: peer,

@@ -211,7 +211,19 @@ pub(crate) async fn reconnect(
 /// Opens a new connection of the target's protocol whose first bytes are `preface` (a
 /// PROXY header, or nothing). The whole connect (TCP, header, TLS) has the pool's
 /// connect timeout; HTTP/2's handshake sends its preface without waiting for an answer.
-async fn open(target: Target<'_>, preface: &[u8]) -> Result<Checkout, ConnectError> {
+///
+/// Boxed: the connect's states (TCP, TLS and HTTP handshakes) take about 8 KB, which every
+/// request's future would otherwise carry, on a kept connection too, and which hyper
+/// copies whole when it spawns an HTTP/2 stream's task.
+fn open<'a>(
+    target: Target<'a>,
+    preface: &'a [u8],
+) -> Pin<Box<dyn Future<Output = Result<Checkout, ConnectError>> + Send + 'a>> {
+    Box::pin(connect(target, preface))
+}
+
+/// [`open`], unboxed.
+async fn connect(target: Target<'_>, preface: &[u8]) -> Result<Checkout, ConnectError> {
     let addr = target.backend.socket_addr;
     let h2 = target.upstream.protocol.is_h2();
     let mut stream = net::connect::connect(addr, target.connect_timeout).await?;

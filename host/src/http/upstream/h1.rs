@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
@@ -43,7 +44,13 @@ impl Idle {
                 continue;
             }
             // The previous response was read to the end, so this resolves at once unless
-            // the backend closed the connection meanwhile.
+            // the backend closed the connection meanwhile: looked at once without a timer
+            // (one per request otherwise), and only if it is not ready yet given 50 ms.
+            match std::future::poll_fn(|cx| Poll::Ready(idle.sender.poll_ready(cx))).await {
+                Poll::Ready(Ok(())) => return Some(idle.sender),
+                Poll::Ready(Err(_)) => continue,
+                Poll::Pending => {}
+            }
             if tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await.is_ok_and(|r| r.is_ok()) {
                 return Some(idle.sender);
             }
