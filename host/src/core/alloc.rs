@@ -18,8 +18,8 @@
 //! worth of blocks (at least [`KEPT_MIN`]); beyond that, and on a thread whose lists are
 //! already gone, blocks go back to glibc. A block freed on another thread than the one
 //! that made it joins the freeing thread's list: the memory is the process's either way.
-//! What a thread's lists hold is not returned when the thread idles (at most a few
-//! hundred KiB per thread with the sizes weir makes); the lists are never walked.
+//! What a thread's lists hold is not returned while the thread idles (at most a few
+//! hundred KiB per thread with the sizes weir makes); it is when the thread ends.
 //!
 //! Every other allocation goes straight to glibc (`std::alloc::System`), so
 //! `malloc_trim` ([`super::memory`]) and the heap's layout are as before. mimalloc was
@@ -54,9 +54,35 @@ struct Lists {
     counts: [Cell<u32>; CLASSES],
 }
 
+impl Drop for Lists {
+    /// A thread that ends gives its kept blocks back to glibc (threads of tokio's blocking
+    /// pool come and go).
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Lists {
+    /// Gives every kept block back to glibc.
+    fn release(&self) {
+        for (class, head) in self.heads.iter().enumerate() {
+            let mut block = head.replace(ptr::null_mut());
+            while !block.is_null() {
+                // SAFETY: a block on a list is free and ours; its first word is the next.
+                let next = unsafe { block.cast::<*mut u8>().read() };
+                // SAFETY: blocks of a kept class were allocated by System with this layout.
+                unsafe { System.dealloc(block, class_layout(class)) };
+                block = next;
+            }
+            self.counts[class].set(0);
+        }
+    }
+}
+
 thread_local! {
-    // `const`, no destructor: usable from the allocator at any point of a thread's life
-    // (no lazy initialisation, which could allocate, and no destroyed state).
+    // `const`: no lazy initialisation, which could allocate. Its destructor runs when the
+    // thread ends; an allocation or free after that (another thread-local's destructor)
+    // finds `try_with` failing and goes to glibc directly.
     static LISTS: Lists = const {
         Lists {
             heads: [const { Cell::new(ptr::null_mut()) }; CLASSES],
@@ -229,6 +255,25 @@ mod tests {
             a.dealloc(grown, Layout::from_size_align(1024, 128).unwrap());
             a.dealloc(again, layout);
         }
+    }
+
+    #[test]
+    fn releasing_a_threads_lists_gives_every_block_back() {
+        let lists =
+            Lists { heads: [const { Cell::new(ptr::null_mut()) }; CLASSES], counts: [const { Cell::new(0) }; CLASSES] };
+        for class in [0, 8, CLASSES - 1] {
+            for _ in 0..3 {
+                let block = unsafe { System.alloc(class_layout(class)) };
+                unsafe { block.cast::<*mut u8>().write(lists.heads[class].get()) };
+                lists.heads[class].set(block);
+                lists.counts[class].set(lists.counts[class].get() + 1);
+            }
+        }
+        lists.release();
+        assert!(lists.heads.iter().all(|h| h.get().is_null()));
+        assert!(lists.counts.iter().all(|c| c.get() == 0));
+        // What a thread's end runs: nothing is left to free twice.
+        drop(lists);
     }
 
     #[test]
