@@ -791,7 +791,12 @@ impl Control {
                     let was = member.live.set_drained(!*undrain);
                     if was == *undrain {
                         tracing::info!(pool = %name, %backend, drained = !*undrain, "backend {}", if *undrain { "undrained" } else { "drained" });
-                        if !*undrain {
+                        if *undrain {
+                            // Unless its health drain still goes on.
+                            if member.live.verdict() != Verdict::Unhealthy {
+                                self.ctx.tunnels.undrain(member.live.key());
+                            }
+                        } else {
                             drains.push((member.live.key(), pool.config.drain_spread, pool.config.drain_deadline));
                         }
                         let next = Arc::new(pool.with_new_verdicts());
@@ -1067,6 +1072,11 @@ impl Control {
                     tracing::warn!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed");
                 }
                 _ => {
+                    if was == Verdict::Unhealthy && !m.live.is_drained() {
+                        // Its new tunnels are not the drain's: that ended with the recovery
+                        // (unless an operator drained it too).
+                        self.ctx.tunnels.undrain(change.key);
+                    }
                     tracing::info!(%pool, %backend, from = %was, to = %change.verdict, %reason, "backend health changed")
                 }
             }

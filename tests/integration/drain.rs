@@ -225,3 +225,40 @@ async fn a_close_due_in_the_middle_of_a_frame_waits_for_its_end() {
     assert!(frame == expected, "the frame in flight arrived damaged");
     assert_eq!(close_code(&mut ws).await, Some(CloseCode::Away));
 }
+
+/// A WebSocket backend for one client: says when the proxy has connected (the backend is
+/// picked), and answers the upgrade only when released, so a test can act in between.
+async fn held_backend() -> (SocketAddr, tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = arrived_tx.send(());
+        let _ = released.await;
+        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    (addr, arrived, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_whose_backend_left_during_its_upgrade_is_drained_too() {
+    let (held, arrived, release) = held_backend().await;
+    let b = weir::demo::spawn_backend("demo-b").await.unwrap();
+    let drain = "drain_spread_ms = 0\ndrain_deadline_ms = 600";
+    let server = support::start(&support::config_text(&[held, b], &pool(drain))).await;
+    let proxy = server.addr("main").unwrap();
+    let client = tokio::spawn(tokio_tungstenite::connect_async(format!("ws://{proxy}/chat")));
+    arrived.await.unwrap();
+    let live = server.snapshot().pools["p"].view.members[0].live.clone();
+    // The backend is picked and its upgrade not answered yet: removed now, drained now,
+    // while it has no tunnel for the drain to find.
+    let config = weir::config::Config::parse(&support::config_text(&[b], &pool(drain)), None).unwrap();
+    server.reload(config).await.unwrap();
+    release.send(()).unwrap();
+    let (mut ws, _) = client.await.unwrap().unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Away), "the drain it missed reaches it");
+    support::eventually("the late tunnel was cut", || live.tunnels() == 0).await;
+}

@@ -67,10 +67,29 @@ impl DrainOrder {
 /// The open tunnels of every backend, by [`BackendLive::key`], so a drain can reach them.
 /// Kept by the net layer beside the snapshot (the state layer only counts tunnels);
 /// locked when a tunnel opens or closes and when a drain is ordered, never per byte.
+///
+/// A tunnel registers once it is set up (a TCP connect, or both sides of a WebSocket
+/// upgrade), after its backend was picked; a drain ordered in between would miss it, and a
+/// tunnel to a backend that left its pool would live on. So a drain is also remembered
+/// until its deadline ([`Registry::drain`]), and so is an abort ([`Registry::cut_all`]): a
+/// tunnel that registers late gets the order it missed. An undrained or recovered backend
+/// is forgotten ([`Registry::undrain`]), so its new tunnels are left alone.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     next: AtomicU64,
-    by_backend: Mutex<KeyMap<KeyMap<Arc<DrainOrder>>>>,
+    inner: Mutex<Inner>,
+}
+
+/// What the registry's lock guards.
+#[derive(Debug, Default)]
+struct Inner {
+    /// The open tunnels, by backend, then by registration order.
+    open: KeyMap<KeyMap<Arc<DrainOrder>>>,
+    /// Backends whose drain is under way: when the last of their tunnels was due to send
+    /// its close frame, and when they are all cut (clock milliseconds).
+    draining: KeyMap<(u64, u64)>,
+    /// The server aborted: every tunnel is cut, a late one as soon as it registers.
+    aborted: bool,
 }
 
 impl Registry {
@@ -79,32 +98,60 @@ impl Registry {
     pub(crate) fn register(self: &Arc<Self>, backend: &Arc<BackendLive>) -> TunnelEntry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let order = Arc::new(DrainOrder::new());
-        self.lock().entry(backend.key()).or_default().insert(id, order.clone());
+        let mut inner = self.lock();
+        inner.open.entry(backend.key()).or_default().insert(id, order.clone());
+        // A drain or abort ordered since the backend was picked: this tunnel's order too.
+        if inner.aborted {
+            let now = now_ms();
+            order.order(now, now);
+        } else if let Some(&(close_by, cut_at)) = inner.draining.get(&backend.key()) {
+            if cut_at > now_ms() {
+                order.order(close_by, cut_at);
+            } else {
+                inner.draining.remove(&backend.key());
+            }
+        }
+        drop(inner);
         backend.tunnel_opened();
         TunnelEntry { registry: self.clone(), backend: backend.clone(), id, order }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, KeyMap<KeyMap<Arc<DrainOrder>>>> {
-        self.by_backend.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Open tunnels of every backend.
     pub(crate) fn len(&self) -> usize {
-        self.lock().values().map(KeyMap::len).sum()
+        self.lock().open.values().map(KeyMap::len).sum()
     }
 
     /// Orders every open tunnel of `backend` to close: the `i`-th of `n` at `i/n` of
     /// `spread` from now (oldest first), every one cut at `deadline` from now. Returns how
     /// many.
+    /// A tunnel to `backend` that registers before `deadline` has passed is ordered to
+    /// close at the end of `spread` and cut at the same deadline.
     pub(crate) fn drain(&self, backend: u64, spread: Duration, deadline: Duration) -> usize {
-        let mut orders: Vec<(u64, Arc<DrainOrder>)> = match self.lock().get(&backend) {
-            Some(open) => open.iter().map(|(&k, v)| (k, v.clone())).collect(),
-            None => return 0,
-        };
-        orders.sort_unstable_by_key(|(k, _)| *k);
-        let (now, n) = (now_ms(), orders.len() as u64);
+        let now = now_ms();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NEVER / 4);
         let (spread, deadline) = (ms(spread), ms(deadline));
+        let mut orders: Vec<(u64, Arc<DrainOrder>)> = {
+            let mut inner = self.lock();
+            // Drains are rare: forget those whose deadline has passed while here.
+            inner.draining.retain(|_, &mut (_, cut_at)| cut_at > now);
+            // An earlier drain's sooner moments stand, as they do for the open tunnels.
+            let (close_by, cut_at) = (now.saturating_add(spread), now.saturating_add(deadline));
+            let (close_by, cut_at) = match inner.draining.get(&backend) {
+                Some(&(close, cut)) => (close.min(close_by), cut.min(cut_at)),
+                None => (close_by, cut_at),
+            };
+            inner.draining.insert(backend, (close_by, cut_at));
+            match inner.open.get(&backend) {
+                Some(open) => open.iter().map(|(&k, v)| (k, v.clone())).collect(),
+                None => return 0,
+            }
+        };
+        orders.sort_unstable_by_key(|(k, _)| *k);
+        let n = orders.len() as u64;
         for (i, (_, order)) in orders.iter().enumerate() {
             let close_at = now.saturating_add(spread.saturating_mul(i as u64) / n.max(1));
             order.order(close_at, now.saturating_add(deadline));
@@ -115,12 +162,22 @@ impl Registry {
     /// Orders every open tunnel to end now (the server aborts): a WebSocket's close
     /// frame is due at once, and it is cut with it. Returns how many.
     pub(crate) fn cut_all(&self) -> usize {
-        let orders: Vec<Arc<DrainOrder>> = self.lock().values().flat_map(|open| open.values().cloned()).collect();
+        let orders: Vec<Arc<DrainOrder>> = {
+            let mut inner = self.lock();
+            inner.aborted = true;
+            inner.open.values().flat_map(|open| open.values().cloned()).collect()
+        };
         let now = now_ms();
         for order in &orders {
             order.order(now, now);
         }
         orders.len()
+    }
+
+    /// Forgets `backend`'s drain (an operator undrained it, or it recovered): its tunnels
+    /// that register from now on are left alone; those already ordered keep their orders.
+    pub(crate) fn undrain(&self, backend: u64) {
+        self.lock().draining.remove(&backend);
     }
 }
 
@@ -137,14 +194,14 @@ pub(crate) struct TunnelEntry {
 impl Drop for TunnelEntry {
     fn drop(&mut self) {
         let key = self.backend.key();
-        let mut map = self.registry.lock();
-        if let Some(open) = map.get_mut(&key) {
+        let mut inner = self.registry.lock();
+        if let Some(open) = inner.open.get_mut(&key) {
             open.remove(&self.id);
             if open.is_empty() {
-                map.remove(&key);
+                inner.open.remove(&key);
             }
         }
-        drop(map);
+        drop(inner);
         self.backend.tunnel_closed();
     }
 }
@@ -293,6 +350,44 @@ mod tests {
         assert_eq!(registry.drain(live.key(), Duration::MAX, Duration::MAX), 1);
         // The first close is due now; the cut lies beyond any clock reading.
         assert!(entry.order.close_at().is_some_and(|t| t <= Instant::now() + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_tunnel_registered_after_its_backends_drain_gets_the_order_it_missed() {
+        let registry = Arc::new(Registry::default());
+        let pool = Arc::new(crate::state::PoolLive::new("p".into()));
+        let (live, other) =
+            (Arc::new(crate::state::BackendLive::new(pool.clone())), Arc::new(crate::state::BackendLive::new(pool)));
+        let now = Instant::now();
+        // No tunnel open yet: the drain finds none, and remembers itself.
+        assert_eq!(registry.drain(live.key(), Duration::from_secs(4), Duration::from_secs(9)), 0);
+        let late = registry.register(&live);
+        let close = late.order.close_at().expect("a close order").saturating_duration_since(now);
+        let cut = late.order.cut_at().expect("a cut order").saturating_duration_since(now);
+        assert!(close.abs_diff(Duration::from_secs(4)) < Duration::from_millis(100), "{close:?}");
+        assert!(cut.abs_diff(Duration::from_secs(9)) < Duration::from_millis(100), "{cut:?}");
+        // Another backend's tunnels are not touched.
+        assert_eq!(registry.register(&other).order.cut_at(), None);
+        // Undrained (or recovered): its new tunnels are left alone, the ordered one keeps its order.
+        registry.undrain(live.key());
+        assert_eq!(registry.register(&live).order.cut_at(), None);
+        assert!(late.order.cut_at().is_some());
+        // A drain whose deadline has passed is forgotten.
+        registry.drain(live.key(), Duration::ZERO, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(registry.register(&live).order.cut_at(), None);
+    }
+
+    #[test]
+    fn a_tunnel_registered_after_an_abort_is_cut_at_once() {
+        let registry = Arc::new(Registry::default());
+        let live = Arc::new(crate::state::BackendLive::new(Arc::new(crate::state::PoolLive::new("p".into()))));
+        let open = registry.register(&live);
+        assert_eq!(registry.cut_all(), 1);
+        let late = registry.register(&live);
+        for e in [&open, &late] {
+            assert!(e.order.cut_at().is_some_and(|t| t <= Instant::now()));
+        }
     }
 
     /// Feeds `stream` to a tracker in pieces cut at `cuts` (positions, any order, may
