@@ -56,22 +56,10 @@ pub(crate) fn upgrade(
             () = aborted(&mut stop) => return,
         };
         let Some((client, backend)) = legs else { return };
-        let (client, backend) = match (client.detach(), backend.detach()) {
-            (Ok(client), Ok(backend)) => (client, backend),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::debug!(error = %e, "websocket tunnel not started");
-                return;
-            }
-        };
+        let Some((client, backend)) = both(client.detach(), backend.detach()) else { return };
         memory::long_lived(move || {
             let _runtime = runtime.enter();
-            let (client, backend) = match (client.attach(), backend.attach()) {
-                (Ok(client), Ok(backend)) => (client, backend),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::debug!(error = %e, "websocket tunnel not started");
-                    return;
-                }
-            };
+            let Some((client, backend)) = both(client.attach(), backend.attach()) else { return };
             // The tunnel's own slot: the connection's is shared behind an `Arc` made
             // during the handshake.
             let slot = slot.another();
@@ -96,6 +84,17 @@ pub(crate) fn upgrade(
         parts.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
     Response::from_parts(parts, ProxyBody::Local(Full::new(Bytes::new())))
+}
+
+/// Both legs, or (logged) none when moving either failed.
+fn both<A, B>(client: std::io::Result<A>, backend: std::io::Result<B>) -> Option<(A, B)> {
+    match (client, backend) {
+        (Ok(client), Ok(backend)) => Some((client, backend)),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "websocket tunnel not started");
+            None
+        }
+    }
 }
 
 /// Waits for both sides' upgrades; the client's plain TCP connection is taken out of
