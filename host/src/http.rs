@@ -49,6 +49,10 @@ pub(crate) struct Context {
 
 /// The body of a response weir sends to a client.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a backend's body is the common case; boxing it would cost an allocation per request"
+)]
 pub(crate) enum ProxyBody {
     /// Streamed from a backend.
     Upstream(UpstreamBody),
@@ -93,8 +97,8 @@ impl Body for ProxyBody {
 pub(crate) struct ClientBody {
     inner: Incoming,
     fault: Arc<ClientFault>,
-    /// A frame taken and given back (a request sent again on a fresh connection).
-    front: Option<Frame<Bytes>>,
+    /// Bytes taken and given back (a request sent again on a fresh connection).
+    front: Option<Bytes>,
 }
 
 /// What went wrong reading a client's request body, once it has.
@@ -119,9 +123,9 @@ impl ClientBody {
         Self { inner, fault, front: None }
     }
 
-    /// Puts back a frame taken from the body, to be read again first.
-    pub(crate) fn give_back(&mut self, frame: Frame<Bytes>) {
-        self.front = Some(frame);
+    /// Puts back a data frame taken from the body, to be read again first.
+    pub(crate) fn give_back(&mut self, data: Bytes) {
+        self.front = Some(data);
     }
 }
 
@@ -133,8 +137,8 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        if let Some(frame) = self.front.take() {
-            return Poll::Ready(Some(Ok(frame)));
+        if let Some(data) = self.front.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
@@ -151,7 +155,7 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
-        if let Some(data) = self.front.as_ref().and_then(Frame::data_ref) {
+        if let Some(data) = &self.front {
             // Upper first: the lower bound may never pass it.
             let n = data.len() as u64;
             if let Some(upper) = hint.upper() {

@@ -190,6 +190,10 @@ pub(crate) struct SendError {
 
 /// A response body as it comes from the backend.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "HTTP/1.1 is the common case; boxing it would cost an allocation per request"
+)]
 pub(crate) enum Source {
     /// hyper's (HTTP/2, or an upgrade's answer), with the handle that keeps its
     /// connection open.

@@ -125,12 +125,9 @@ impl Conn {
         }
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
-        match Pin::new(&mut self.io).poll_read(&mut cx, &mut buf) {
-            // Nothing after all (a TLS record of no data, such as a session ticket).
-            Poll::Pending => true,
-            // Closed (no bytes), unasked-for bytes, or an error: not to be used.
-            Poll::Ready(_) => false,
-        }
+        // Pending: nothing after all (or a TLS record of no data, such as a session
+        // ticket). Ready: closed (no bytes), unasked-for bytes, or an error: not usable.
+        Pin::new(&mut self.io).poll_read(&mut cx, &mut buf).is_pending()
     }
 
     /// The HTTP/1.1 handshake of hyper's client on this connection, for a request that

@@ -137,7 +137,7 @@ pub(crate) async fn send(mut conn: Conn, reused: bool, req: Request<ClientBody>)
             let request = again.then(|| {
                 let mut body = ex.body;
                 if let Some(first) = ex.first {
-                    body.give_back(Frame::data(first));
+                    body.give_back(first);
                 }
                 Request::from_parts(parts, body)
             });
