@@ -125,15 +125,10 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ParseError> {
     let mut found = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(ParseError::ContentLength);
+            match decimal(part.trim_ascii()) {
+                Some(n) if found.is_none_or(|f| f == n) => found = Some(n),
+                _ => return Err(ParseError::ContentLength),
             }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if found.is_some_and(|f| f != n) {
-                return Err(ParseError::ContentLength);
-            }
-            found = Some(n);
         }
     }
     Ok(found)
@@ -197,67 +192,148 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
         }
         let status = StatusCode::from_u16(code).map_err(|_| ParseError::Head(httparse::Error::Status))?;
         let head = buf.split_to(len).freeze();
+        // One pass: the framing and connection fields are read here and, being
+        // hop-by-hop, left out of the map (no lookups after, nothing to remove later).
+        let mut fields = Fields::default();
         let mut map = HeaderMap::with_capacity(count);
         for &(n, nl, v, vl) in &spans[..count] {
             let name =
                 HeaderName::from_bytes(&head[n as usize..(n + nl) as usize]).map_err(|_| ParseError::HeaderName)?;
-            // httparse checked the value's bytes (visible ASCII, obs-text, SP, HTAB).
-            let value = HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
+            let (v, vl) = (v as usize, vl as usize);
+            if fields.note(&name, &head[v..v + vl]) {
+                if name == header::CONTENT_LENGTH {
+                    fields.length_at.get_or_insert((v, vl));
+                }
+                continue;
+            }
+            // A shared slice of the head, not a copy (checked again: the unchecked
+            // constructor is `unsafe`, which weir denies).
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                 .map_err(|_| ParseError::Head(httparse::Error::HeaderValue))?;
             map.append(name, value);
+        }
+        if fields.connection_other {
+            // Fields the backend named in `Connection` are hop-by-hop too.
+            for &(n, nl, v, vl) in &spans[..count] {
+                if head[n as usize..(n + nl) as usize].eq_ignore_ascii_case(b"connection") {
+                    for token in head[v as usize..(v + vl) as usize].split(|&b| b == b',') {
+                        if let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) {
+                            map.remove(name);
+                        }
+                    }
+                }
+            }
         }
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = status;
         parts.version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
         // HTTP/1.1 is kept unless either side says `close`; HTTP/1.0 only with `keep-alive`.
-        let mut keep_alive =
-            if minor == 0 { connection_has(&map, "keep-alive") } else { !connection_has(&map, "close") };
-        let framing = if head_request || code == 204 || code == 304 {
-            RespFraming::Length(0)
-        } else if map.contains_key(header::TRANSFER_ENCODING) {
-            if map.contains_key(header::CONTENT_LENGTH) {
-                // Both: Transfer-Encoding wins, the length goes (RFC 9112 §6.3), and a
-                // connection that sent such a message is not trusted again.
-                map.remove(header::CONTENT_LENGTH);
-                keep_alive = false;
+        let mut keep_alive = if minor == 0 { fields.keep_alive } else { !fields.close };
+        // The length as the backend wrote it (a shared slice) when it wrote it once, else
+        // written again from the number (`5, 5` → `5`).
+        let length_value = |len: u64| match fields.length_at {
+            Some((v, vl)) if !fields.length_repeated => {
+                HeaderValue::from_maybe_shared(head.slice(v..v + vl)).unwrap_or_else(|_| HeaderValue::from(len))
             }
-            if ends_chunked(&map) {
+            _ => HeaderValue::from(len),
+        };
+        let framing = if head_request || code == 204 || code == 304 {
+            if let Some(len) = fields.length {
+                // Said of what a GET would have got: passed on as it is.
+                map.append(header::CONTENT_LENGTH, length_value(len));
+            }
+            RespFraming::Length(0)
+        } else if fields.transfer_encoding {
+            // With a length too: Transfer-Encoding wins, the length goes (RFC 9112 §6.3),
+            // and a connection that sent such a message is not trusted again.
+            keep_alive &= fields.length.is_none() && !fields.length_invalid;
+            if fields.chunked {
                 RespFraming::Chunked
             } else {
                 keep_alive = false;
                 RespFraming::Close
             }
+        } else if fields.length_invalid {
+            return Err(ParseError::ContentLength);
+        } else if let Some(len) = fields.length {
+            map.append(header::CONTENT_LENGTH, length_value(len));
+            RespFraming::Length(len)
         } else {
-            match content_length(&map)? {
-                Some(len) => RespFraming::Length(len),
-                None => {
-                    keep_alive = false;
-                    RespFraming::Close
-                }
-            }
+            keep_alive = false;
+            RespFraming::Close
         };
         parts.headers = map;
         return Ok(Some(Head { parts, framing, keep_alive }));
     }
 }
 
-/// Whether a `Connection` field names `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+/// The framing and connection fields of a response head, read as the head is.
+#[derive(Debug, Default)]
+struct Fields {
+    /// The one `Content-Length`, if there is one.
+    length: Option<u64>,
+    /// `Content-Length` values that are not one number.
+    length_invalid: bool,
+    /// Where the first `Content-Length` value is in the head.
+    length_at: Option<(usize, usize)>,
+    /// The length was given more than once.
+    length_repeated: bool,
+    transfer_encoding: bool,
+    /// The last transfer coding is `chunked`.
+    chunked: bool,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+    /// `Connection` names other fields.
+    connection_other: bool,
 }
 
-/// Whether the last transfer coding is `chunked`.
-fn ends_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+impl Fields {
+    /// Notes a framing or connection field; true for those left out of the map.
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if *name == header::CONTENT_LENGTH {
+            self.length_repeated |= self.length.is_some() || value.contains(&b',');
+            for part in value.split(|&b| b == b',') {
+                match decimal(part.trim_ascii()) {
+                    Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                    _ => self.length_invalid = true,
+                }
+            }
+            // Put back once, after the framing is settled.
+            true
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            self.chunked =
+                value.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            true
+        } else if *name == header::CONNECTION {
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"upgrade") {
+                    self.connection_other = true;
+                }
+            }
+            true
+        } else {
+            *name == header::TE
+                || *name == header::UPGRADE
+                || name.as_str() == "keep-alive"
+                || name.as_str() == "proxy-connection"
+        }
+    }
+}
+
+/// A decimal number of at most 19 digits.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// What the response body decoder found in the buffer.

@@ -131,3 +131,12 @@ fn chunked_bodies_decode_with_extensions_and_trailers_even_a_byte_at_a_time() {
     let (data, _) = decode_bytewise(RespFraming::Length(4), b"abcdEXTRA").unwrap();
     assert_eq!(data, b"abcd");
 }
+
+#[test]
+fn hop_by_hop_fields_stay_out_of_the_parsed_head() {
+    let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-private\r\nKeep-Alive: timeout=5\r\nx-private: 1\r\nx-public: 2\r\nContent-Length: 0\r\n\r\n";
+    let head = parse(raw, false).unwrap().unwrap();
+    let names: Vec<&str> = head.parts.headers.keys().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["x-public", "content-length"]);
+    assert!(head.keep_alive);
+}
