@@ -49,6 +49,10 @@ pub(crate) struct Context {
 
 /// The body of a response weir sends to a client.
 #[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a backend's body is the common case; boxing it would cost an allocation per request"
+)]
 pub(crate) enum ProxyBody {
     /// Streamed from a backend.
     Upstream(UpstreamBody),
@@ -58,9 +62,12 @@ pub(crate) enum ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = upstream::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, upstream::Error>>> {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Local(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e: Infallible| match e {}))),
@@ -90,6 +97,8 @@ impl Body for ProxyBody {
 pub(crate) struct ClientBody {
     inner: Incoming,
     fault: Arc<ClientFault>,
+    /// Bytes taken and given back (a request sent again on a fresh connection).
+    front: Option<Bytes>,
 }
 
 /// What went wrong reading a client's request body, once it has.
@@ -111,7 +120,12 @@ pub(crate) struct ClientBodyError(#[source] hyper::Error);
 impl ClientBody {
     /// Wraps a request body; read errors are noted in `fault`.
     pub(crate) fn new(inner: Incoming, fault: Arc<ClientFault>) -> Self {
-        Self { inner, fault }
+        Self { inner, fault, front: None }
+    }
+
+    /// Puts back a data frame taken from the body, to be read again first.
+    pub(crate) fn give_back(&mut self, data: Bytes) {
+        self.front = Some(data);
     }
 }
 
@@ -123,6 +137,9 @@ impl Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        if let Some(data) = self.front.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
                 let _ = self.fault.0.set(error_chain(&e));
@@ -133,11 +150,20 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.front.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(data) = &self.front {
+            // Upper first: the lower bound may never pass it.
+            let n = data.len() as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(n));
+            }
+            hint.set_lower(hint.lower().saturating_add(n));
+        }
+        hint
     }
 }
 

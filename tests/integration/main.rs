@@ -14,6 +14,7 @@ mod dashboard;
 mod discover;
 mod drain;
 mod first_run;
+mod h1_client;
 mod h2;
 mod hardening;
 mod health;

@@ -509,6 +509,31 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
     assert_eq!(get(&server, "/").await.0, StatusCode::OK);
 }
 
+/// weir's HTTP/1.1 client over TLS: a kept connection carries request after request (one
+/// handshake), a chunked request body with trailers passes, and a connection the backend
+/// dropped (it restarted) is left for a new one at the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_tls_connection_is_kept_and_replaced_once_the_backend_drops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let leaf = ca.issue("backend", &["127.0.0.1"]);
+    let backend = Backend::start("k", false, Some(server_tls(&leaf, &["http/1.1"], None))).await;
+    let server = weir(&[backend.addr], &format!("{{ tls = {{ ca = {} }} }}", toml_path(&ca.pem()))).await;
+    for i in 0..5 {
+        let (status, body) = get(&server, &format!("/n{i}")).await;
+        assert_eq!((status, body), (StatusCode::OK, format!("k HTTP/1.1 GET /n{i}")));
+    }
+    let raw = post_with_trailer(server.addr("main").unwrap(), "/trailers", true).await;
+    assert_eq!(trailer_lines(&raw), ["x-checksum: x-req-sum=42"], "{raw}");
+    assert_eq!((backend.accepted(), backend.handshakes.load(Ordering::SeqCst)), (1, 1), "one kept connection");
+
+    backend.close_connections();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, body) = get(&server, "/after").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "k HTTP/1.1 GET /after"));
+    assert_eq!(backend.accepted(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_whose_certificate_is_refused_is_retried_on_another() {
     let dir = tempfile::tempdir().unwrap();

@@ -85,7 +85,7 @@ pub(crate) enum ProxyError {
         /// The backend's address.
         backend: String,
         /// Why.
-        source: hyper::Error,
+        source: super::upstream::Error,
     },
     /// A WebSocket upgrade to a pool that speaks HTTP/2 to its backends (HTTP/1.1's
     /// Upgrade does not exist there; RFC 8441 to backends is not built).

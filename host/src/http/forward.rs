@@ -15,7 +15,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use super::errors::ProxyError;
 use super::headers::{add_headers, remove_hop_by_hop};
 use super::server::Held;
-use super::upstream::{self, Checkout, ConnectError, Target, UpstreamBody};
+use super::upstream::{self, Checkout, ConnectError, SendError, Source, Target, UpstreamBody};
 use super::{ClientBody, ClientFault, Context, ProxyBody, websocket};
 use crate::config::TunnelLimits;
 use crate::core::Failure as HealthFailure;
@@ -90,10 +90,18 @@ pub(crate) async fn forward(
     }
     let mut request = Request::from_parts(*head, incoming);
 
+    if exchange.client_upgrade.is_some() {
+        // hyper's client drives an upgrade (and the tunnel after it).
+        conn = conn.for_upgrade().await.map_err(|e| {
+            live.exchange_failed(e.failure(), None, 0);
+            Failure::Connect(e)
+        })?;
+    }
     live.request_started();
     let started = Instant::now();
     let result = loop {
-        match tokio::time::timeout(cfg.response_timeout, conn.sender.try_send(request)).await {
+        let reused = conn.reused;
+        match tokio::time::timeout(cfg.response_timeout, conn.send(request)).await {
             Err(_) => {
                 live.exchange_failed(HealthFailure::Timeout, None, 0);
                 break Err(ProxyError::Timeout {
@@ -102,10 +110,12 @@ pub(crate) async fn forward(
                 });
             }
             Ok(Ok(res)) => break Ok(res),
-            Ok(Err(mut e)) => match e.take_message() {
-                // A reused connection the backend had closed: nothing was sent, so open a
-                // fresh one (replace the shared HTTP/2 one) and send it there, once.
-                Some(req) if conn.reused => {
+            Ok(Err(SendError { error, request: back })) => match back {
+                // A reused connection the backend had closed before answering, with
+                // nothing of the body lost: open a fresh one (replace the shared HTTP/2
+                // one) and send it there, once.
+                Some(req) if reused => {
+                    tracing::debug!(backend = %backend.config.address, error = %error, "a reused connection failed; sending again on a new one");
                     request = req;
                     match upstream::reconnect(&ctx.idle, live, target, proxy.as_ref()).await {
                         Ok(fresh) => conn = Checkout { reused: false, ..fresh },
@@ -121,15 +131,22 @@ pub(crate) async fn forward(
                             return Err(Failure::Connect(e));
                         }
                     }
+                    if exchange.client_upgrade.is_some() {
+                        conn = match conn.for_upgrade().await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                live.exchange_failed(e.failure(), None, 0);
+                                break Err(ProxyError::Connect { pool: pool.view.name.to_string(), source: e });
+                            }
+                        };
+                    }
                 }
                 // A new connection that closed before it took the request (a TLS 1.3
                 // backend refusing weir's client certificate says so only after the
                 // handshake): nothing was sent, so the request may go to another backend.
                 Some(req) => {
-                    let closed = ConnectError::Closed {
-                        addr: backend.config.socket_addr,
-                        reason: super::error_chain(&e.into_error()),
-                    };
+                    let closed =
+                        ConnectError::Closed { addr: backend.config.socket_addr, reason: super::error_chain(&error) };
                     live.exchange_failed(closed.failure(), None, 0);
                     live.request_finished();
                     let (mut head, b) = req.into_parts();
@@ -141,14 +158,12 @@ pub(crate) async fn forward(
                     return Err(Failure::Connect(closed));
                 }
                 None => {
-                    let source = e.into_error();
                     // The exchange failed because the client's body did: its fault.
                     if let Some(why) = exchange.client_fault.get() {
                         break Err(ProxyError::ClientBody(why.to_owned()));
                     }
-                    let failure = if source.is_parse() { HealthFailure::Protocol } else { HealthFailure::Reset };
-                    live.exchange_failed(failure, None, 0);
-                    break Err(ProxyError::Upstream { backend: backend.config.address.clone(), source });
+                    live.exchange_failed(error.failure(), None, 0);
+                    break Err(ProxyError::Upstream { backend: backend.config.address.clone(), source: error });
                 }
             },
         }
@@ -168,8 +183,12 @@ pub(crate) async fn forward(
     if res.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client) = exchange.client_upgrade.take()
     {
+        let (parts, Source::Hyper(body, sender)) = res.into_parts() else {
+            return Err(Failure::Answer(ProxyError::Internal("an upgrade answered outside hyper")));
+        };
         // The connection now belongs to the tunnel; its request sender is no longer needed.
-        drop(conn);
+        drop(sender);
+        let res = Response::from_parts(parts, body);
         let held = exchange.held.clone();
         let mut res = websocket::upgrade(ctx, res, client, live.clone(), bound.hold, exchange.tunnel_limits, held);
         add_headers(res.headers_mut(), bound.headers);
@@ -183,7 +202,7 @@ pub(crate) async fn forward(
     add_headers(&mut parts.headers, bound.headers);
     // A connection that began with a PROXY header names its client: never reused.
     let max_idle = if proxy.is_some() { 0 } else { cfg.max_idle_per_backend };
-    let body = UpstreamBody::new(incoming, conn, ctx.idle.clone(), live.clone(), max_idle);
+    let body = UpstreamBody::new(incoming, ctx.idle.clone(), live.clone(), max_idle);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 

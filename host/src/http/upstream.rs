@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::client::conn::{http1, http2};
 
 use super::ClientBody;
 use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol};
@@ -139,28 +139,67 @@ impl ConnectError {
     }
 }
 
-/// Where a request is sent: an HTTP/1.1 connection of its own, or a stream of a shared
-/// HTTP/2 connection.
+/// Where a request is sent: an HTTP/1.1 connection of its own (weir's client, or hyper's
+/// for an upgrade), or a stream of a shared HTTP/2 connection.
 #[derive(Debug)]
 pub(crate) enum Sender {
     /// An HTTP/1.1 connection, the request's alone until its response is read.
-    H1(http1::SendRequest<ClientBody>),
+    H1(h1::Conn),
+    /// hyper's HTTP/1.1 client on a connection, for a request that asks for an upgrade
+    /// (WebSocket): it serves that request alone.
+    Upgrade(http1::SendRequest<ClientBody>),
     /// A handle on a backend's shared HTTP/2 connection.
     H2(http2::SendRequest<ClientBody>),
 }
 
-impl Sender {
-    /// Sends `req`; a request the connection could not take (it had closed) comes back
-    /// in the error, unsent.
-    pub(crate) async fn try_send(
-        &mut self,
-        req: Request<ClientBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ClientBody>>> {
-        match self {
-            Sender::H1(s) => s.try_send_request(req).await,
-            Sender::H2(s) => s.try_send_request(req).await,
-        }
+/// Why an exchange with a backend failed after its request was (maybe) sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// Through hyper's client (HTTP/2, upgrades).
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// Through weir's HTTP/1.1 client.
+    #[error(transparent)]
+    H1(#[from] h1::Error),
+}
+
+impl Error {
+    /// The health failure this is: a response that is not HTTP is `Protocol`, anything
+    /// else (a reset, a close, a TLS alert) `Reset`.
+    pub(crate) fn failure(&self) -> crate::core::Failure {
+        let parse = match self {
+            Error::Hyper(e) => e.is_parse(),
+            Error::H1(e) => e.is_parse(),
+        };
+        if parse { crate::core::Failure::Protocol } else { crate::core::Failure::Reset }
     }
+
+    /// Whether it was the client's request body that failed.
+    pub(crate) fn is_client(&self) -> bool {
+        matches!(self, Error::H1(h1::Error::ClientBody(_)))
+    }
+}
+
+/// A failed send: why, and the request if it may be sent again (nothing of it reached
+/// the backend, or the reused connection had closed before any answer).
+#[derive(Debug)]
+pub(crate) struct SendError {
+    pub(crate) error: Error,
+    pub(crate) request: Option<Request<ClientBody>>,
+}
+
+/// A response body as it comes from the backend.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "HTTP/1.1 is the common case; boxing it would cost an allocation per request"
+)]
+pub(crate) enum Source {
+    /// hyper's (HTTP/2, or an upgrade's answer), with the handle that keeps its
+    /// connection open.
+    Hyper(Incoming, Sender),
+    /// weir's HTTP/1.1 client's.
+    H1(h1::Body),
 }
 
 /// A connection taken for one request.
@@ -169,6 +208,35 @@ pub(crate) struct Checkout {
     pub(crate) sender: Sender,
     /// Whether it was open before (and so may have been closed by the backend since).
     pub(crate) reused: bool,
+}
+
+impl Checkout {
+    /// Makes an HTTP/1.1 connection one hyper's client drives (for an upgrade).
+    pub(crate) async fn for_upgrade(self) -> Result<Checkout, ConnectError> {
+        match self.sender {
+            Sender::H1(conn) => Ok(Checkout { sender: Sender::Upgrade(conn.into_hyper().await?), reused: self.reused }),
+            sender => Ok(Checkout { sender, ..self }),
+        }
+    }
+
+    /// Sends `req` and returns the response head (its body streams after). A request
+    /// that may be sent again comes back in the error.
+    pub(crate) async fn send(self, req: Request<ClientBody>) -> Result<Response<Source>, SendError> {
+        match self.sender {
+            Sender::H1(conn) => match h1::send(conn, self.reused, req).await {
+                Ok(res) => Ok(res.map(Source::H1)),
+                Err(h1::SendError { error, request }) => Err(SendError { error: error.into(), request }),
+            },
+            Sender::Upgrade(mut s) => match s.try_send_request(req).await {
+                Ok(res) => Ok(res.map(|b| Source::Hyper(b, Sender::Upgrade(s)))),
+                Err(mut e) => Err(SendError { request: e.take_message(), error: e.into_error().into() }),
+            },
+            Sender::H2(mut s) => match s.try_send_request(req).await {
+                Ok(res) => Ok(res.map(|b| Source::Hyper(b, Sender::H2(s)))),
+                Err(mut e) => Err(SendError { request: e.take_message(), error: e.into_error().into() }),
+            },
+        }
+    }
 }
 
 /// Takes a connection for one request to `target`: an idle HTTP/1.1 one or a new one,
@@ -185,8 +253,8 @@ pub(crate) async fn checkout(
         return open(target, header.as_bytes()).await;
     }
     match target.upstream.protocol {
-        UpstreamProtocol::Http1 => match pool.h1.take(live.key(), target.idle_timeout).await {
-            Some(sender) => Ok(Checkout { sender: Sender::H1(sender), reused: true }),
+        UpstreamProtocol::Http1 => match pool.h1.take(live.key(), target.idle_timeout) {
+            Some(conn) => Ok(Checkout { sender: Sender::H1(conn), reused: true }),
             None => open(target, &[]).await,
         },
         UpstreamProtocol::H2 | UpstreamProtocol::H2c => pool.h2.checkout(live, target).await,
@@ -234,7 +302,7 @@ async fn connect(target: Target<'_>, preface: &[u8]) -> Result<Checkout, Connect
     }
     let sender = match &target.upstream.tls {
         None if h2 => Sender::H2(h2::handshake(stream, addr).await?),
-        None => Sender::H1(h1::handshake(stream, addr).await?),
+        None => Sender::H1(h1::Conn::new(h1::Io::Plain(stream), addr)),
         Some(tls) => {
             let settings = net::tls::client::settings(tls, target.upstream.protocol)?;
             let name = net::tls::client::server_name(tls, &target.backend.address)
@@ -257,7 +325,7 @@ async fn connect(target: Target<'_>, preface: &[u8]) -> Result<Checkout, Connect
                     }
                 }
             } else {
-                Sender::H1(h1::handshake(stream, addr).await?)
+                Sender::H1(h1::Conn::new(h1::Io::Tls(Box::new(stream)), addr))
             }
         }
     };
@@ -269,8 +337,7 @@ async fn connect(target: Target<'_>, preface: &[u8]) -> Result<Checkout, Connect
 /// is dropped early the connection is closed (the stream reset).
 #[derive(Debug)]
 pub(crate) struct UpstreamBody {
-    inner: Incoming,
-    conn: Option<Checkout>,
+    inner: Option<Source>,
     /// Where an HTTP/1.1 connection goes back to.
     pool: Arc<IdlePool>,
     /// Counts the exchange in `active` until the body is done or dropped.
@@ -280,41 +347,44 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(
-        inner: Incoming,
-        conn: Checkout,
-        pool: Arc<IdlePool>,
-        live: Arc<BackendLive>,
-        max_idle: usize,
-    ) -> Self {
-        Self { inner, conn: Some(conn), pool, active: ActiveGuard::new(live), max_idle, finished: false }
+    pub(crate) fn new(inner: Source, pool: Arc<IdlePool>, live: Arc<BackendLive>, max_idle: usize) -> Self {
+        Self { inner: Some(inner), pool, active: ActiveGuard::new(live), max_idle, finished: false }
     }
 
     fn release(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        let Sender::H1(sender) = conn.sender else { return };
-        if self.max_idle == 0 || sender.is_closed() || self.active.live().is_retired() {
+        let Some(Source::H1(body)) = self.inner.take() else { return };
+        if self.max_idle == 0 || self.active.live().is_retired() {
             return;
         }
-        self.pool.h1.put(self.active.live().key(), sender, self.max_idle);
+        if let Some(conn) = body.into_reusable() {
+            self.pool.h1.put(self.active.live().key(), conn, self.max_idle);
+        }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let polled = match &mut self.inner {
+            Some(Source::H1(b)) => b.poll_frame(cx).map_err(Error::from),
+            Some(Source::Hyper(b, _)) => Pin::new(b).poll_frame(cx).map_err(Error::from),
+            None => return Poll::Ready(None),
+        };
         match &polled {
             Poll::Ready(None) => {
                 self.finished = true;
                 self.release();
             }
-            Poll::Ready(Some(Err(_))) => {
-                // Cut mid-response: the backend's fault, which its health evaluators hear of.
-                self.conn = None;
-                self.active.live().exchange_failed(crate::core::Failure::Reset, None, 0);
+            Poll::Ready(Some(Err(e))) => {
+                // Cut mid-response: the backend's fault, which its health evaluators hear
+                // of, unless it was the client's request body that failed.
+                let failure = (!e.is_client()).then(|| e.failure());
+                self.inner = None;
+                if let Some(failure) = failure {
+                    self.active.live().exchange_failed(failure, None, 0);
+                }
             }
             _ => {}
         }
@@ -322,17 +392,26 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished || self.inner.is_end_stream()
+        self.finished
+            || match &self.inner {
+                Some(Source::H1(b)) => b.is_end_stream(),
+                Some(Source::Hyper(b, _)) => b.is_end_stream(),
+                None => true,
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Some(Source::H1(b)) => b.size_hint(),
+            Some(Source::Hyper(b, _)) => b.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if self.finished || self.inner.is_end_stream() {
+        if self.is_end_stream() {
             self.release();
         }
     }

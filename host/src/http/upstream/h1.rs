@@ -1,23 +1,150 @@
-//! HTTP/1.1 to backends: the handshake, and the idle keep-alive connections of every
-//! backend ([`Idle`]), one exchange at a time on each.
+//! HTTP/1.1 to backends: weir's own client connection ([`Conn`]) and the idle keep-alive
+//! connections of every backend ([`Idle`]), one exchange at a time on each.
+//!
+//! hyper's client drove each connection from a task of its own, the request going to it
+//! through one channel and the response coming back through another: two task hand-offs
+//! per request. Here the exchange ([`exchange`]) is driven inside the request's own task:
+//! the head is written from `http::request::Parts` into one reused buffer, the response
+//! head parsed with `httparse` ([`codec`]), and the response body read by the same future
+//! that keeps sending the request body (full duplex). Only what weir needs is here: no
+//! pipelining, no upgrades. A WebSocket upgrade hands the raw connection to hyper's
+//! handshake ([`handshake`]), which keeps driving it as before.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::ConnectError;
 use crate::http::ClientBody;
 
+mod codec;
+mod exchange;
+
+pub(crate) use exchange::{Body, Error, SendError, send};
+
+/// A backend connection: plain TCP or TLS over it (an enum, no `dyn` per read).
+#[derive(Debug)]
+pub(crate) enum Io {
+    /// Cleartext.
+    Plain(TcpStream),
+    /// TLS; boxed, as rustls' state is large and a connection is made far less often
+    /// than it is moved.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An HTTP/1.1 connection to a backend, between exchanges: the socket and the buffers
+/// every exchange on it reuses.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    io: Io,
+    /// Bytes read and not yet taken (empty between exchanges).
+    read: BytesMut,
+    /// The request head (and small body frames) being written.
+    write: Vec<u8>,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    /// A connection just made (and its TLS handshake done, if any).
+    pub(crate) fn new(io: Io, addr: SocketAddr) -> Self {
+        Self { io, read: BytesMut::new(), write: Vec::new(), addr }
+    }
+
+    /// Whether an idle connection still looks usable: the backend has neither closed it
+    /// nor sent anything unasked. Asks the socket only when tokio's cached readiness says
+    /// there is something to read (a FIN, an alert, bytes); otherwise no syscall.
+    fn is_usable(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        let tcp = match &self.io {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        };
+        if tcp.poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        // Pending: nothing after all (or a TLS record of no data, such as a session
+        // ticket). Ready: closed (no bytes), unasked-for bytes, or an error: not usable.
+        Pin::new(&mut self.io).poll_read(&mut cx, &mut buf).is_pending()
+    }
+
+    /// The HTTP/1.1 handshake of hyper's client on this connection, for a request that
+    /// asks for an upgrade (see [`handshake`]).
+    pub(crate) async fn into_hyper(self) -> Result<SendRequest<ClientBody>, ConnectError> {
+        let addr = self.addr;
+        match self.io {
+            Io::Plain(s) => handshake(s, addr).await,
+            Io::Tls(s) => handshake(*s, addr).await,
+        }
+    }
+}
+
 /// An idle keep-alive connection.
 #[derive(Debug)]
 struct IdleConn {
-    sender: SendRequest<ClientBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -36,34 +163,24 @@ impl Idle {
         self.shards[backend as usize % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An idle connection to `backend` that is still open and ready, if there is one.
-    pub(super) async fn take(&self, backend: u64, idle_timeout: Duration) -> Option<SendRequest<ClientBody>> {
+    /// An idle connection to `backend` that is younger than `idle_timeout` and that the
+    /// backend has not closed, if there is one.
+    pub(super) fn take(&self, backend: u64, idle_timeout: Duration) -> Option<Conn> {
         loop {
             let mut idle = self.shard(backend).get_mut(&backend)?.pop()?;
-            if idle.since.elapsed() >= idle_timeout || idle.sender.is_closed() {
-                continue;
-            }
-            // The previous response was read to the end, so this resolves at once unless
-            // the backend closed the connection meanwhile: looked at once without a timer
-            // (one per request otherwise), and only if it is not ready yet given 50 ms.
-            match std::future::poll_fn(|cx| Poll::Ready(idle.sender.poll_ready(cx))).await {
-                Poll::Ready(Ok(())) => return Some(idle.sender),
-                Poll::Ready(Err(_)) => continue,
-                Poll::Pending => {}
-            }
-            if tokio::time::timeout(Duration::from_millis(50), idle.sender.ready()).await.is_ok_and(|r| r.is_ok()) {
-                return Some(idle.sender);
+            if idle.since.elapsed() < idle_timeout && idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
     }
 
-    /// Keeps a connection whose response was read to the end, if `backend` has fewer
-    /// than `max` idle.
-    pub(super) fn put(&self, backend: u64, sender: SendRequest<ClientBody>, max: usize) {
+    /// Keeps a connection whose exchange ended cleanly, if `backend` has fewer than `max`
+    /// idle.
+    pub(super) fn put(&self, backend: u64, conn: Conn, max: usize) {
         let mut shard = self.shard(backend);
         let stack = shard.entry(backend).or_default();
         if stack.len() < max {
-            stack.push(IdleConn { sender, since: Instant::now() });
+            stack.push(IdleConn { conn, since: Instant::now() });
         }
     }
 
@@ -73,9 +190,10 @@ impl Idle {
     }
 }
 
-/// The HTTP/1.1 handshake on a connected socket (plain or TLS); the connection is driven
-/// by a task of its own, upgrades (WebSocket) included.
-pub(super) async fn handshake<S>(io: S, addr: SocketAddr) -> Result<SendRequest<ClientBody>, ConnectError>
+/// hyper's HTTP/1.1 client handshake on a connected socket (plain or TLS), kept for
+/// upgrades (WebSocket): the connection is driven by a task of its own, upgrades
+/// included, and serves that one request.
+async fn handshake<S>(io: S, addr: SocketAddr) -> Result<SendRequest<ClientBody>, ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
