@@ -79,17 +79,37 @@ where
     buf.extend_from_slice(&first);
     let reader = Arc::new(Shared(Mutex::new(Reader { io: read, buf, body: BodyState::Done, seq: 0, eof: false })));
     let mut out = Vec::new();
+    // The last response's header map, cleared, for the next request's headers.
+    let mut cache = None;
+    let mut idle = std::pin::pin!(tokio::time::sleep(config.header_read_timeout));
     loop {
-        let next = tokio::time::timeout(config.header_read_timeout, next_head(&reader, &config, &graceful)).await;
+        // The head (and, between requests, the client's silence) has `header_read_timeout`.
+        // One timer serves the connection: set once, it is only moved on when it fires
+        // before the current wait's deadline, so a request costs a clock reading, not a
+        // timer's registration and removal.
+        let deadline = tokio::time::Instant::now() + config.header_read_timeout;
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(next) = poll_head(&reader, cx, &config, &graceful, &mut cache) {
+                return Poll::Ready(Some(next));
+            }
+            while idle.as_mut().poll(cx).is_ready() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Poll::Ready(None);
+                }
+                idle.as_mut().reset(deadline);
+            }
+            Poll::Pending
+        })
+        .await;
         let head = match next {
-            Ok(Ok(Next::Request(head))) => head,
-            Ok(Ok(Next::Hyper(replay))) => return to_hyper(reader, write, replay, client, config, graceful).await,
-            Ok(Ok(Next::End)) => return Ok(()),
-            Ok(Err(e)) => {
+            Some(Ok(Next::Request(head))) => head,
+            Some(Ok(Next::Hyper(replay))) => return to_hyper(reader, write, replay, client, config, graceful).await,
+            Some(Ok(Next::End)) => return Ok(()),
+            Some(Err(e)) => {
                 tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
                 return Ok(());
             }
-            Err(_) => {
+            None => {
                 tracing::debug!(peer = %client.peer, "no request head within header_read_timeout; closing");
                 return Ok(());
             }
@@ -113,7 +133,7 @@ where
         };
         let res = handle(Request::from_parts(parts, body), &client).await;
         keep_alive &= !graceful.load(Ordering::Relaxed);
-        let written = write_response(&mut write, &mut out, res, answer, &mut keep_alive).await;
+        let written = write_response(&mut write, &mut out, res, answer, &mut keep_alive, &mut cache).await;
         if out.capacity() > 4 * WRITE_BUF {
             out = Vec::new();
         }
@@ -208,34 +228,34 @@ enum Next {
     End,
 }
 
-/// Waits for the next request head (pipelined ones are already in the buffer).
-async fn next_head<R: AsyncRead + Unpin>(
+/// The next request head (pipelined ones are already in the buffer), once it is whole;
+/// its headers go in `cache`'s map when there is one.
+fn poll_head<R: AsyncRead + Unpin>(
     reader: &Shared<R>,
+    cx: &mut Context<'_>,
     config: &ListenerConfig,
     graceful: &AtomicBool,
-) -> io::Result<Next> {
-    std::future::poll_fn(|cx| {
-        let mut r = reader.lock();
-        loop {
-            if r.buf.is_empty() && graceful.load(Ordering::Relaxed) {
-                return Poll::Ready(Ok(Next::End));
-            }
-            if !r.buf.is_empty() {
-                match parse(&mut r.buf, config.max_header_bytes) {
-                    Parsed::Partial => {}
-                    Parsed::Hyper => return Poll::Ready(Ok(Next::Hyper(r.buf.split().freeze()))),
-                    Parsed::Request(head) => return Poll::Ready(Ok(Next::Request(head))),
-                }
-            }
-            if r.eof {
-                // A head cut short by the client's end: hyper says so as it always has.
-                let rest = r.buf.split().freeze();
-                return Poll::Ready(Ok(if rest.is_empty() { Next::End } else { Next::Hyper(rest) }));
-            }
-            ready!(r.poll_fill(cx))?;
+    cache: &mut Option<HeaderMap>,
+) -> Poll<io::Result<Next>> {
+    let mut r = reader.lock();
+    loop {
+        if r.buf.is_empty() && graceful.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(Next::End));
         }
-    })
-    .await
+        if !r.buf.is_empty() {
+            match parse(&mut r.buf, config.max_header_bytes, cache) {
+                Parsed::Partial => {}
+                Parsed::Hyper => return Poll::Ready(Ok(Next::Hyper(r.buf.split().freeze()))),
+                Parsed::Request(head) => return Poll::Ready(Ok(Next::Request(head))),
+            }
+        }
+        if r.eof {
+            // A head cut short by the client's end: hyper says so as it always has.
+            let rest = r.buf.split().freeze();
+            return Poll::Ready(Ok(if rest.is_empty() { Next::End } else { Next::Hyper(rest) }));
+        }
+        ready!(r.poll_fill(cx))?;
+    }
 }
 
 /// A request head this server takes, with what its handling needs to know.
@@ -273,7 +293,7 @@ type Span = (usize, usize);
 
 /// Parses the request head at the start of `buf`. A head this server takes is split off
 /// the buffer; anything else leaves the buffer as it was.
-fn parse(buf: &mut BytesMut, max_bytes: usize) -> Parsed {
+fn parse(buf: &mut BytesMut, max_bytes: usize, cache: &mut Option<HeaderMap>) -> Parsed {
     let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut headers) {
@@ -327,7 +347,7 @@ fn parse(buf: &mut BytesMut, max_bytes: usize) -> Parsed {
     // Everything below takes its bytes from the head without copying them; a value that
     // turns out invalid puts the head back for hyper.
     let head = buf.split_to(len).freeze();
-    match build(&head, method, path, version, &spans[..count]) {
+    match build(&head, method, path, version, &spans[..count], cache) {
         Some(parts) => {
             Parsed::Request(Head { parts, framing: framing.unwrap_or(Framing::Length(0)), keep_alive, trailers })
         }
@@ -349,9 +369,12 @@ fn build(
     path: Span,
     version: Version,
     spans: &[(Span, Span)],
+    cache: &mut Option<HeaderMap>,
 ) -> Option<http::request::Parts> {
     let uri = Uri::from_maybe_shared(head.slice(path.0..path.1)).ok()?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the headers weir adds on the way to the backend (`X-Forwarded-*`).
+    let mut headers = cache.take().unwrap_or_default();
+    headers.reserve(spans.len() + 4);
     for &((n0, n1), (v0, v1)) in spans {
         let name = HeaderName::from_bytes(&head[n0..n1]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).ok()?;
@@ -653,8 +676,9 @@ async fn write_response<W: AsyncWrite + Unpin>(
     res: Response<ProxyBody>,
     answer: Answer,
     keep_alive: &mut bool,
+    cache: &mut Option<HeaderMap>,
 ) -> io::Result<()> {
-    let (parts, mut body) = res.into_parts();
+    let (mut parts, mut body) = res.into_parts();
     let status = parts.status;
     let headers = &parts.headers;
     if headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")) {
@@ -712,6 +736,8 @@ async fn write_response<W: AsyncWrite + Unpin>(
         date::with(|d| line(out, b"date", d));
     }
     out.extend_from_slice(b"\r\n");
+    parts.headers.clear();
+    *cache = Some(parts.headers);
 
     if mode == Mode::Empty {
         drop(body);
@@ -836,7 +862,7 @@ mod tests {
 
     fn parsed(text: &str) -> (Parsed, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        (parse(&mut buf, 8192), buf)
+        (parse(&mut buf, 8192, &mut None), buf)
     }
 
     #[test]
@@ -890,9 +916,9 @@ mod tests {
     fn a_head_over_the_limit_or_not_complete_yet() {
         assert!(matches!(parsed("GET / HTTP/1.1\r\nHost: x\r\n").0, Parsed::Partial));
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\nX: 1234567890\r\n\r\n"[..]);
-        assert!(matches!(parse(&mut buf, 20), Parsed::Hyper));
+        assert!(matches!(parse(&mut buf, 20, &mut None), Parsed::Hyper));
         let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\nX: 1234"[..]);
-        assert!(matches!(parse(&mut buf, 20), Parsed::Hyper));
+        assert!(matches!(parse(&mut buf, 20, &mut None), Parsed::Hyper));
     }
 
     #[test]
