@@ -95,10 +95,22 @@ impl Body for ProxyBody {
 /// exchange is answered as the client's fault (400), not the backend's (502).
 #[derive(Debug)]
 pub(crate) struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     fault: Arc<ClientFault>,
     /// Bytes taken and given back (a request sent again on a fresh connection).
     front: Option<Bytes>,
+}
+
+/// A request body as a server read it: hyper's (HTTP/2, and HTTP/1.1 requests weir's own
+/// server hands to hyper), weir's own HTTP/1.1 server's, or none.
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    /// From hyper.
+    Hyper(Incoming),
+    /// From weir's own HTTP/1.1 server.
+    H1(server::OwnBody),
+    /// No body.
+    Empty,
 }
 
 /// What went wrong reading a client's request body, once it has.
@@ -115,11 +127,14 @@ impl ClientFault {
 /// A client body read error, as the upstream client receives it.
 #[derive(Debug, thiserror::Error)]
 #[error("client request body: {0}")]
-pub(crate) struct ClientBodyError(#[source] hyper::Error);
+pub(crate) struct ClientBodyError(#[source] BoxError);
+
+/// Any error, boxed.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ClientBody {
     /// Wraps a request body; read errors are noted in `fault`.
-    pub(crate) fn new(inner: Incoming, fault: Arc<ClientFault>) -> Self {
+    pub(crate) fn new(inner: RequestBody, fault: Arc<ClientFault>) -> Self {
         Self { inner, fault, front: None }
     }
 
@@ -140,9 +155,14 @@ impl Body for ClientBody {
         if let Some(data) = self.front.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut self.inner {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| Box::new(e) as _))),
+            RequestBody::H1(b) => Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| Box::new(e) as _))),
+            RequestBody::Empty => Poll::Ready(None),
+        };
+        match polled {
             Poll::Ready(Some(Err(e))) => {
-                let _ = self.fault.0.set(error_chain(&e));
+                let _ = self.fault.0.set(error_chain(&*e));
                 Poll::Ready(Some(Err(ClientBodyError(e))))
             }
             other => other.map(|f| f.map(|r| r.map_err(ClientBodyError))),
@@ -150,11 +170,20 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.front.is_none() && self.inner.is_end_stream()
+        self.front.is_none()
+            && match &self.inner {
+                RequestBody::Hyper(b) => b.is_end_stream(),
+                RequestBody::H1(b) => b.is_end_stream(),
+                RequestBody::Empty => true,
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut hint = self.inner.size_hint();
+        let mut hint = match &self.inner {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::H1(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        };
         if let Some(data) = &self.front {
             // Upper first: the lower bound may never pass it.
             let n = data.len() as u64;

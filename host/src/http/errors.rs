@@ -240,6 +240,9 @@ pub(crate) struct ClientIo<S> {
     first: ([u8; PREFACE.len()], u8, u8),
     /// The connection speaks HTTP/2: nothing is rewritten.
     h2: bool,
+    /// Bytes read before hyper took the connection over from weir's own HTTP/1.1
+    /// server, handed to hyper (after `first`) before anything else.
+    replay: Bytes,
 }
 
 impl<S> ClientIo<S> {
@@ -253,14 +256,33 @@ impl<S> ClientIo<S> {
             replacing: None,
             first: ([0; PREFACE.len()], 0, 0),
             h2: false,
+            replay: Bytes::new(),
         }
+    }
+
+    /// [`ClientIo::new`] for a connection whose first bytes were read already (by weir's
+    /// own HTTP/1.1 server): hyper reads `replay` first.
+    pub(crate) fn replaying(
+        inner: S,
+        replay: Bytes,
+        max_header_bytes: usize,
+        max_headers: usize,
+        lookalikes: Arc<AtomicUsize>,
+    ) -> Self {
+        Self { replay, ..Self::new(inner, max_header_bytes, max_headers, lookalikes) }
     }
 
     /// The connection itself, and what was read of it by [`ClientIo::sniff`] that hyper
     /// has not taken (nothing, once hyper has read a request head).
     pub(crate) fn into_inner(self) -> (S, Bytes) {
         let (first, len, taken) = self.first;
-        (self.inner, Bytes::copy_from_slice(&first[usize::from(taken)..usize::from(len)]))
+        let first = &first[usize::from(taken)..usize::from(len)];
+        let unread = match (first.is_empty(), self.replay.is_empty()) {
+            (true, _) => self.replay,
+            (false, true) => Bytes::copy_from_slice(first),
+            (false, false) => [first, &self.replay[..]].concat().into(),
+        };
+        (self.inner, unread)
     }
 
     /// Looks at what hyper writes; if it is one of hyper's bare errors, arranges for
@@ -397,6 +419,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
             *taken += n as u8;
+            return Poll::Ready(Ok(()));
+        }
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)

@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
@@ -44,7 +44,7 @@ use super::headers::{
     ForwardedFor, check_host, connect_to_upgrade, extended_connect, is_websocket_upgrade, prepare_upstream_head,
 };
 use super::route::route;
-use super::{ClientBody, ClientFault, Context, ProxyBody};
+use super::{ClientBody, ClientFault, Context, ProxyBody, RequestBody};
 use crate::config::ListenerConfig;
 use crate::core::Protocol;
 use crate::net::listen::{ListenerStats, Slot, Stop};
@@ -52,6 +52,10 @@ use crate::net::proxy_protocol;
 use crate::net::tls::{Acceptor, TlsInfo};
 use crate::plugin::PickRequest;
 use crate::state::Placement;
+
+mod h1;
+
+pub(crate) use h1::OwnBody;
 
 /// Most streams of one HTTP/2 connection the client may reset before weir has taken
 /// them (hyper's default); past it the connection gets `GOAWAY (ENHANCE_YOUR_CALM)`.
@@ -161,9 +165,10 @@ where
             drive(conn, stop, peer, |c| c.graceful_shutdown()).await;
         }
         Sniffed::Http1 => {
-            let conn =
-                h1_builder(config).serve_connection(TokioIo::new(io), service(&client, lookalikes)).with_upgrades();
-            drive(conn, stop, peer, |c| c.graceful_shutdown()).await;
+            // weir's own HTTP/1.1 server ([`h1`]), which hands to hyper what it does not take.
+            let graceful = Arc::new(AtomicBool::new(false));
+            let conn = h1::serve(io, Client::new(&client, lookalikes), config.clone(), graceful.clone());
+            drive(conn, stop, peer, move |_| graceful.store(true, Ordering::Relaxed)).await;
         }
     }
 }
@@ -205,13 +210,11 @@ struct Client {
     lookalikes: Arc<AtomicUsize>,
 }
 
-/// The service hyper's HTTP/1.1 server calls for each request of a connection:
-/// [`respond`], with what the connection lends each request; `lookalikes` counts backend
-/// answers that [`ClientIo`] must not take for hyper's own. hyper keeps the request's
-/// future in one place per connection, so it is not boxed.
+/// The service hyper's HTTP/1.1 server calls for each request of a connection (one that
+/// [`h1`] handed on): [`respond`], with what the connection lends each request. hyper
+/// keeps the request's future in one place per connection, so it is not boxed.
 fn service(
-    client: &Accepted,
-    lookalikes: Arc<AtomicUsize>,
+    client: Arc<Client>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -220,7 +223,6 @@ fn service(
 > + Clone
 + Send
 + 'static {
-    let client = Client::new(client, lookalikes);
     hyper::service::service_fn(move |req| respond(req, client.clone()))
 }
 
@@ -265,7 +267,7 @@ impl Client {
 /// One request of `client`'s: [`handle`], and the answer counted if [`ClientIo`] could
 /// take it for hyper's own.
 async fn respond(req: Request<Incoming>, client: Arc<Client>) -> Result<Response<ProxyBody>, Infallible> {
-    let res = handle(req, &client).await;
+    let res = handle(req.map(RequestBody::Hyper), &client).await;
     if looks_bare(&res) {
         client.lookalikes.fetch_add(1, Ordering::Relaxed);
     }
@@ -274,9 +276,10 @@ async fn respond(req: Request<Incoming>, client: Arc<Client>) -> Result<Response
 
 /// Runs a connection until it ends; on `Graceful` it is asked to finish what is in flight
 /// (`graceful`), on `Abort` it is dropped.
-async fn drive<F>(conn: F, mut stop: watch::Receiver<Stop>, peer: SocketAddr, graceful: impl Fn(Pin<&mut F>))
+async fn drive<F, E>(conn: F, mut stop: watch::Receiver<Stop>, peer: SocketAddr, graceful: impl Fn(Pin<&mut F>))
 where
-    F: Future<Output = Result<(), hyper::Error>>,
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
     let mut asked = false;
@@ -352,7 +355,7 @@ pub(crate) struct Held {
 
 /// Handles one request of `client`'s end to end. Never fails: every error becomes a
 /// response.
-async fn handle(req: Request<Incoming>, client: &Client) -> Response<ProxyBody> {
+async fn handle(req: Request<RequestBody>, client: &Client) -> Response<ProxyBody> {
     let (peer, tls, listener, ctx) = (client.peer, client.tls.as_deref(), &*client.listener, &*client.ctx);
     let (mut head, body) = req.into_parts();
     if let Err(e) = check_host(&head) {
