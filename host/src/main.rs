@@ -199,10 +199,14 @@ fn main() -> ExitCode {
         None | Some(Command::Run) => config_path(cli.config).and_then(|path| {
             // Loaded before the runtime starts: `[runtime] worker_threads` sizes it.
             let config = Config::load(&path)?;
-            block_on(Some(config.runtime.worker_threads), run(path, config))
+            // More than one worker: each is a thread with a current-thread runtime of its
+            // own, started by the server; this runtime serves the control plane.
+            let multi = std::env::var("WEIR_WORKER_MODEL").as_deref() == Ok("multi");
+            let threads = if multi { config.runtime.worker_threads } else { 1 };
+            block_on(Some(threads), run(path, config))
         }),
         Some(Command::Check) => config_path(cli.config).and_then(check),
-        Some(Command::Demo { listen, admin }) => block_on(None, demo(listen, admin)),
+        Some(Command::Demo { listen, admin }) => block_on(Some(1), demo(listen, admin)),
         Some(Command::Status { admin, json }) => block_on(Some(1), async move { cli::status::run(&admin, json).await }),
         Some(Command::Plugin {
             command: PluginCommand::Swap { pool, balancer, affinity, health, plugin_config, admin },
@@ -309,8 +313,8 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(
 
 async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     weir::core::memory::release_freed_memory(config.runtime.release_memory);
+    let worker_threads = config.runtime.worker_threads;
     let server = weir::Server::start(config).await?;
-    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(config = %path.display(), listeners = server.listeners().len(), worker_threads, "weir is running");
     let reloads = async {
         #[cfg(unix)]

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::admin::{self, Admin, server::AdminError};
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
-use crate::control::{Applied, Control, ControlError};
+use crate::control::{Applied, Control, ControlError, WorkerError, WorkerThreads, Workers};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::net::listen::{Connections, Stop};
@@ -36,6 +36,9 @@ pub enum StartError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A worker thread could not start.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
 }
 
 /// A running proxy. Dropping it stops accepting and closes every connection and tunnel
@@ -48,6 +51,9 @@ pub struct Server {
     admin: Option<SocketAddr>,
     /// This instance's membership of the etcd cluster, when the config has `[cluster]`.
     cluster: Option<Arc<Cluster>>,
+    /// The worker threads (`[runtime] worker_threads` above 1): they end, with every task
+    /// on them, when the server is dropped (after `Drop::drop` has aborted the rest).
+    _workers: WorkerThreads,
 }
 
 impl Server {
@@ -63,7 +69,8 @@ impl Server {
         let (stop, stop_rx) = watch::channel(Stop::Serve);
         let metrics = Arc::new(Metrics::default());
         SnapshotMetrics::register(&metrics, ctx.snapshot.clone());
-        let control = Control::new(ctx, plugins, stop_rx.clone(), metrics);
+        let (workers, threads) = Workers::start(config.runtime.worker_threads, &ctx)?;
+        let control = Control::new(ctx, workers, plugins, stop_rx.clone(), metrics);
         let admin_config = config.admin.clone();
         let cluster_config = config.cluster.clone();
         let watch = config.plugins.watch;
@@ -81,7 +88,7 @@ impl Server {
             }
             None => None,
         };
-        Ok(Self { control, stop, admin, cluster })
+        Ok(Self { control, stop, admin, cluster, _workers: threads })
     }
 
     /// Where the admin API listens, if the config has `[admin]`.

@@ -34,3 +34,4 @@ mod support;
 mod tls;
 mod upstream;
 mod websocket;
+mod workers;

@@ -256,8 +256,17 @@ fn full(text: &str) -> BackendBody {
 // weir.
 
 /// weir with one pool `p` in front of `backends`, its `upstream` table `upstream`.
+/// One worker: the connections a backend counts are those of one idle pool (each worker
+/// keeps its own, and opens its own HTTP/2 connection to a backend).
 async fn weir(backends: &[SocketAddr], upstream: &str) -> weir::Server {
-    support::start(&support::config_text(backends, &format!("upstream = {upstream}"))).await
+    let text = support::config_text(backends, &format!("upstream = {upstream}"));
+    support::start(&format!(
+        "{text}
+[runtime]
+worker_threads = 1
+"
+    ))
+    .await
 }
 
 /// A TOML string of a path.
