@@ -1045,7 +1045,7 @@ impl Control {
             let name = name.clone();
             move || snapshot.load().listeners.get(&*name).and_then(|l| l.max_connections)
         };
-        listen::serve(acceptor, slots, limit, stop.clone(), move |stream, peer, slot| {
+        listen::serve(acceptor, slots, limit, stop.clone(), self.workers.yield_each, move |stream, peer, slot| {
             // Removed by a reload that has not stopped this loop yet: stop.
             let Some(config) = ctx.snapshot.load().listeners.get(&*name).cloned() else { return false };
             stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -13,7 +13,9 @@ modes run side by side and take turns, ROUNDS rounds of SECS s per load:
 Per run: req/s, the proxy's CPU µs per request (user + system, /proc/PID/stat), the share
 of the CPU each serving thread took (/proc/PID/task/*/stat, by thread name), and the
 connections each worker accepted (`weir_control_worker_connections`, admin API; absent on
-one runtime). The load average is printed before and after.
+one runtime), the times the proxy, the origin and wrk went to sleep (voluntary context
+switches) and the IPIs both CPUs received (RES + CAL), per request. The load average is
+printed with each run.
 
     host/benches/peers/workers.py "w1=1:/work/bins/weir-x" "shared=2:/work/bins/weir-x" \
         "reuseport=2:WEIR_WORKER_MODEL=reuseport /work/bins/weir-x"
@@ -21,7 +23,7 @@ one runtime). The load average is printed before and after.
 Each argument is NAME=WORKERS:[ENV=V ...] BINARY. SECS (5), ROUNDS (2), LOADS
 (h1:64,h1:16,l4:64,l4:16), PORT_OFFSET (600), OUT (target/workers).
 """
-import os, sys, subprocess, time, re, signal, shlex, urllib.request
+import os, sys, subprocess, time, re, signal, shlex, urllib.request, resource
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "../../.."))
 OUT = os.environ.get("OUT") or os.path.join(ROOT, "target/workers")
@@ -80,9 +82,28 @@ def threads(pl):
             except FileNotFoundError: continue
             name = s[s.index("(") + 1:s.rindex(")")]
             f = s.rsplit(")", 1)[1].split()
-            key = name if name.startswith("weir-worker") else ("tokio-worker" if name.startswith("tokio-runtime") else name)
-            if key == "tokio-worker": key = f"tokio-worker-{task}"
+            if int(task) == pid: key = "main"
+            elif re.match(r"weir-worker-\d", name): key = name
+            elif name.startswith("tokio-r"): key = f"tokio-worker-{task}"
+            else: key = "other"
             t[key] = t.get(key, 0) + int(f[11]) + int(f[12])
+    return t
+def vol(pl):
+    """Voluntary context switches (times gone to sleep) of all the threads of `pl`."""
+    t = 0
+    for pid in pl:
+        d = f"/proc/{pid}/task"
+        for task in (os.listdir(d) if os.path.isdir(d) else ()):
+            try:
+                for line in open(f"{d}/{task}/status"):
+                    if line.startswith("voluntary_ctxt_switches:"): t += int(line.split()[1])
+            except FileNotFoundError: pass
+    return t
+def ipis():
+    t = 0
+    for line in open("/proc/interrupts"):
+        f = line.split()
+        if f and f[0] in ("RES:", "CAL:"): t += int(f[1]) + int(f[2])
     return t
 def cpu(pl):
     u = s = 0
@@ -133,19 +154,21 @@ try:
         for kind, conns in LOADS:
             for name, (p, ports, admin) in px.items():
                 pl = kids(p)
-                a = (cpu(pl), threads(pl), accepted(admin), time.time())
+                ol = kids(origin)
+                a = (cpu(pl), threads(pl), accepted(admin), time.time(), vol(pl), vol(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw, ipis())
                 n, bad = wrk(ports[kind], conns, kind == "l4", SECS)
-                b = (cpu(pl), threads(pl), accepted(admin), time.time())
+                b = (cpu(pl), threads(pl), accepted(admin), time.time(), vol(pl), vol(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw, ipis())
+                sl = lambda i: (b[i] - a[i]) / n
                 us = lambda i: (b[0][i] - a[0][i]) / HZ * 1e6 / n
                 th = {k: v - a[1].get(k, 0) for k, v in b[1].items()}
-                busy = sorted(((k, v) for k, v in th.items() if k.startswith(("weir-worker", "tokio-worker"))), key=lambda kv: kv[0])
+                busy = sorted(((k, v) for k, v in th.items() if v > 0 and k.startswith(("weir-worker", "tokio-worker"))), key=lambda kv: kv[0])
                 tot = sum(th.values()) or 1
                 share = "/".join(f"{100 * v / tot:.0f}" for _, v in busy) or "-"
-                main = th.get("weir", 0) * 100 / tot
+                main = th.get("main", 0) * 100 / tot
                 acc = {k: v - a[2].get(k, 0) for k, v in b[2].items()}
                 accs = "/".join(str(acc[k]) for k in sorted(acc)) if len(acc) > 1 else "-"
                 print(f"r{r+1} {kind} c{conns:<3d} {name:10s} {n/(b[3]-a[3]):8.0f} req/s  cpu {us(0)+us(1):5.1f} (u {us(0):.1f} s {us(1):.1f}) µs/req  "
-                      f"CPU% workers {share} main {main:.0f}  accepted {accs}  load {load()} {bad}", flush=True)
+                      f"CPU% workers {share} main {main:.0f}  accepted {accs}  sleeps px {sl(4):.3f} origin {sl(5):.3f} wrk {sl(6):.3f} IPIs {sl(7):.3f}  load {load()} {bad}", flush=True)
     print(f"load {load()}", flush=True)
 finally:
     for p in reversed(procs):

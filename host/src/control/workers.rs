@@ -57,6 +57,8 @@ pub(crate) struct Workers {
     pub(crate) each: Vec<Arc<Worker>>,
     /// How listeners reach them.
     pub(crate) model: Model,
+    /// Each accept loop yields after each connection (`WEIR_ACCEPT_YIELD=1`, measuring).
+    pub(crate) yield_each: bool,
 }
 
 /// What keeps the worker threads running: dropping it ends them, and with them every task
@@ -84,7 +86,7 @@ impl Workers {
         if count <= 1 || model == Model::Multi {
             let only = Worker { handle: Handle::current(), ctx: ctx.clone(), accepted: AtomicU64::new(0) };
             return Ok((
-                Self { each: vec![Arc::new(only)], model: Model::Multi },
+                Self { each: vec![Arc::new(only)], model: Model::Multi, yield_each: false },
                 WorkerThreads { _stops: Vec::new() },
             ));
         }
@@ -102,7 +104,8 @@ impl Workers {
             each.push(Arc::new(Worker { handle, ctx, accepted: AtomicU64::new(0) }));
             stops.push(stop);
         }
-        Ok((Self { each, model }, WorkerThreads { _stops: stops }))
+        let yield_each = std::env::var("WEIR_ACCEPT_YIELD").as_deref() == Ok("1");
+        Ok((Self { each, model, yield_each }, WorkerThreads { _stops: stops }))
     }
 
     /// Lets go of every idle upstream connection to `backend` on every worker.

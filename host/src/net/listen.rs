@@ -107,6 +107,7 @@ pub(crate) async fn serve(
     slots: std::sync::Arc<Slots>,
     limit: impl Fn() -> Option<usize>,
     mut stop: tokio::sync::watch::Receiver<Stop>,
+    yield_each: bool,
     mut on_accept: impl FnMut(TcpStream, SocketAddr, Slot) -> bool,
 ) {
     // Made once and lent to each wait: a new one per wait would register with (and
@@ -123,6 +124,9 @@ pub(crate) async fn serve(
         };
         if !on_accept(stream, peer, slot) {
             return;
+        }
+        if yield_each {
+            tokio::task::yield_now().await;
         }
     }
 }
