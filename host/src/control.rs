@@ -7,8 +7,10 @@
 //! Applying is all or nothing: plugins are compiled and configured, and new listeners
 //! bound, before anything is published; on any error nothing changes. Compiling runs on a
 //! blocking thread, never on a worker that serves traffic. After publishing, the backends
-//! that left their pool are retired: their idle upstream connections closed, their
-//! WebSockets drained (a close frame each, spread over the pool's `drain_spread_ms`).
+//! that left their pool are retired: their idle upstream connections closed (on every
+//! worker), their WebSockets drained (a close frame each, spread over the pool's
+//! `drain_spread_ms`). A listener is bound once and accepted from on every worker
+//! (`workers`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -882,14 +884,13 @@ impl Control {
             }
         }
         // Bind before publishing, so a busy port changes nothing: one socket for every
-        // worker, or one each with SO_REUSEPORT, each registered with its worker's reactor.
+        // worker, its descriptor cloned into each worker's reactor.
         let mut bound = Vec::with_capacity(to_bind.len());
         for l in &to_bind {
             let bind_err = |source| ControlError::Bind { name: l.name.clone(), addr: l.listen, source };
             let terminator = Arc::new(Terminator::default());
             terminator.set(Self::build_tls(&terminator, l)?);
-            let reuse_port = self.workers.model == workers::Model::ReusePort;
-            let sockets = listen::bind(l.listen, self.workers.each.len(), reuse_port).map_err(bind_err)?;
+            let sockets = listen::bind(l.listen, self.workers.each.len()).map_err(bind_err)?;
             let addr = sockets[0].local_addr().map_err(bind_err)?;
             let mut acceptors = Vec::with_capacity(sockets.len());
             for (worker, socket) in self.workers.each.iter().zip(sockets) {
@@ -1045,7 +1046,7 @@ impl Control {
             let name = name.clone();
             move || snapshot.load().listeners.get(&*name).and_then(|l| l.max_connections)
         };
-        listen::serve(acceptor, slots, limit, stop.clone(), self.workers.yield_each, move |stream, peer, slot| {
+        listen::serve(acceptor, slots, limit, stop.clone(), move |stream, peer, slot| {
             // Removed by a reload that has not stopped this loop yet: stop.
             let Some(config) = ctx.snapshot.load().listeners.get(&*name).cloned() else { return false };
             stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,8 +1,14 @@
 //! A running weir: the wiring of the layers ([`Server::start`]), reloads
 //! ([`Server::reload`], through the one writer in [`crate::control`]) and shutdown.
 //!
+//! Connections are served on the server's workers (`[runtime] worker_threads`): above 1,
+//! threads of their own, each with a current-thread runtime and an accept loop per
+//! listener ([`crate::control`]'s `workers`); with 1, the runtime `start` was called on.
+//! The control plane stays on that runtime.
+//!
 //! Everything a server starts ends with it: its accept loops, its connection tasks and
-//! its tunnels all watch the server's stop signal. [`Server::shutdown`] is graceful
+//! its tunnels all watch the server's stop signal, and its worker threads end when it is
+//! dropped. [`Server::shutdown`] is graceful
 //! (stop accepting, let requests in flight finish, drain WebSockets, up to each pool's
 //! `drain_deadline_ms`); dropping a `Server` without it closes everything at once.
 

@@ -529,7 +529,8 @@ async fn a_backend_whose_certificate_is_refused_is_retried_on_another() {
         &[bad.addr, good.addr],
         &format!("upstream = {{ protocol = \"h2\", tls = {{ ca = {} }} }}", toml_path(&ca.pem())),
     );
-    let server = support::start(&text).await;
+    // One worker: one idle pool, so one HTTP/2 connection to the good backend.
+    let server = support::start(&format!("{text}\n[runtime]\nworker_threads = 1\n")).await;
     for _ in 0..6 {
         let (status, body) = get(&server, "/").await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -1,5 +1,7 @@
 //! Binding listeners and accepting from them. The accept loop only accepts (DESIGN
-//! convention 2): whatever the connection needs next happens in its own task.
+//! convention 2): whatever the connection needs next happens in its own task. With
+//! several workers, a listener is one socket with an accept loop on each worker
+//! ([`bind`]), and they all take from its one [`Slots`].
 //!
 //! A listener with `max_connections` accepts only while it has a free [`Slots`] slot:
 //! while full it accepts nothing, and new clients wait in the kernel's listen queue
@@ -21,29 +23,23 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_
 /// The listen queue of each socket (tokio's `TcpListener::bind` default).
 const BACKLOG: i32 = 1024;
 
-/// Binds `addr` for `count` accept loops: one socket, cloned (the same socket under
-/// `count` descriptors, each registered with its own worker's reactor: the kernel wakes
-/// the loops waiting on it and one takes each connection), or with `reuse_port` one socket
-/// each, bound with `SO_REUSEPORT` (the kernel spreads connections over them by a hash of
-/// their addresses). Port 0 is bound once and the others take the port it got. The
-/// sockets are nonblocking, with `SO_REUSEADDR` as tokio binds them.
-pub(crate) fn bind(addr: SocketAddr, count: usize, reuse_port: bool) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let one = |addr: SocketAddr| -> std::io::Result<std::net::TcpListener> {
-        let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        if reuse_port {
-            socket.set_reuse_port(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(BACKLOG)?;
-        Ok(socket.into())
-    };
-    let first = one(addr)?;
-    let bound = first.local_addr()?;
+/// Binds `addr` for `count` accept loops (one per worker): one socket (nonblocking, with
+/// `SO_REUSEADDR` as tokio binds them) under `count` descriptors, each to be registered
+/// with its own worker's reactor. The kernel wakes the loops waiting on it and one takes
+/// each connection. (One socket per worker with `SO_REUSEPORT` was measured against this
+/// and dropped: more CPU per new connection, `max_connections` not exact across workers,
+/// and a second process could bind the same port without an error: BENCHMARKS.md,
+/// issue 16, "Worker model".)
+pub(crate) fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    let first: std::net::TcpListener = socket.into();
     let mut all = Vec::with_capacity(count.max(1));
     for _ in 1..count {
-        all.push(if reuse_port { one(bound)? } else { first.try_clone()? });
+        all.push(first.try_clone()?);
     }
     all.insert(0, first);
     Ok(all)
@@ -107,7 +103,6 @@ pub(crate) async fn serve(
     slots: std::sync::Arc<Slots>,
     limit: impl Fn() -> Option<usize>,
     mut stop: tokio::sync::watch::Receiver<Stop>,
-    yield_each: bool,
     mut on_accept: impl FnMut(TcpStream, SocketAddr, Slot) -> bool,
 ) {
     // Made once and lent to each wait: a new one per wait would register with (and
@@ -124,9 +119,6 @@ pub(crate) async fn serve(
         };
         if !on_accept(stream, peer, slot) {
             return;
-        }
-        if yield_each {
-            tokio::task::yield_now().await;
         }
     }
 }
