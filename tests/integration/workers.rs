@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{self, Upstream};

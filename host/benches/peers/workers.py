@@ -17,10 +17,12 @@ one runtime), the times the proxy, the origin and wrk went to sleep (voluntary c
 switches) and the IPIs both CPUs received (RES + CAL), per request. The load average is
 printed with each run.
 
-    host/benches/peers/workers.py "w1=1:/work/bins/weir-x" "shared=2:/work/bins/weir-x" \
-        "reuseport=2:WEIR_WORKER_MODEL=reuseport /work/bins/weir-x"
+    host/benches/peers/workers.py "w1=1:target/release/weir" "w2=2:target/release/weir" \
+        "main-w2=2:/work/bins/weir-984e06b"
 
-Each argument is NAME=WORKERS:[ENV=V ...] BINARY. SECS (5), ROUNDS (2), LOADS
+Each argument is NAME=WORKERS:[ENV=V ...] BINARY (WORKERS is `[runtime] worker_threads`;
+the models compared in BENCHMARKS.md were switched by environment variables of builds
+e17caf3 and abb4fb7: WEIR_WORKER_MODEL=multi|reuseport, WEIR_ACCEPT_YIELD=1). SECS (5), ROUNDS (2), LOADS
 (h1:64,h1:16,l4:64,l4:16), PORT_OFFSET (600), OUT (target/workers).
 """
 import os, sys, subprocess, time, re, signal, shlex, urllib.request, resource
