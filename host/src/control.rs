@@ -7,15 +7,16 @@
 //! Applying is all or nothing: plugins are compiled and configured, and new listeners
 //! bound, before anything is published; on any error nothing changes. Compiling runs on a
 //! blocking thread, never on a worker that serves traffic. After publishing, the backends
-//! that left their pool are retired: their idle upstream connections closed, their
-//! WebSockets drained (a close frame each, spread over the pool's `drain_spread_ms`).
+//! that left their pool are retired: their idle upstream connections closed (on every
+//! worker), their WebSockets drained (a close frame each, spread over the pool's
+//! `drain_spread_ms`). A listener is bound once and accepted from on every worker
+//! (`workers`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
@@ -32,8 +33,11 @@ use crate::state::{BuildError, CandidateKind, Pool, Snapshot};
 use crate::tcp;
 
 mod metrics;
+mod workers;
 
 pub use metrics::{ControlStats, Event, HISTORY};
+pub(crate) use workers::Workers;
+pub use workers::{WorkerError, WorkerThreads};
 
 /// One change to a running server.
 #[derive(Debug, Clone)]
@@ -309,15 +313,24 @@ pub struct Applied {
     pub tls_failed: usize,
 }
 
-/// A running listener's accept task and where it is bound.
+/// A running listener's accept tasks (one per worker) and where it is bound.
 #[derive(Debug)]
 struct Running {
     addr: SocketAddr,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
     /// Its connections against its `max_connections`.
     slots: Arc<Slots>,
     /// Its TLS settings, when it terminates TLS.
     tls: Arc<Terminator>,
+}
+
+impl Running {
+    /// Stops its accept loops (on whichever worker each runs).
+    fn abort(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 /// The writer's own state: what it alone changes.
@@ -370,6 +383,8 @@ pub struct Control {
     /// come from etcd; until it does, its requests answer 503).
     pools_may_come: std::sync::atomic::AtomicBool,
     pub(crate) ctx: Arc<http::Context>,
+    /// Where connections are served: each listener has an accept loop on each worker.
+    workers: Workers,
     plugins: Arc<PluginRuntime>,
     /// The pools' health tasks; their verdicts come back as [`Command::Verdicts`].
     health: health::Monitor,
@@ -394,6 +409,7 @@ impl Control {
     /// the task that applies the health tasks' verdicts (it ends with the writer).
     pub(crate) fn new(
         ctx: Arc<http::Context>,
+        workers: Workers,
         plugins: Arc<PluginRuntime>,
         stop: watch::Receiver<Stop>,
         metrics: Arc<Metrics>,
@@ -406,6 +422,7 @@ impl Control {
             discover: discover::Monitor::new(found),
             later,
             ctx,
+            workers,
             plugins,
             stop,
             writer: Mutex::new(Writer { listeners: BTreeMap::new(), swaps: BTreeMap::new() }),
@@ -669,6 +686,12 @@ impl Control {
         self.stats.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
+    /// Connections each worker accepted, by worker index (one entry when the runtime the
+    /// server started on serves).
+    pub fn worker_connections(&self) -> Vec<u64> {
+        self.workers.each.iter().map(|w| w.accepted.load(std::sync::atomic::Ordering::Relaxed)).collect()
+    }
+
     /// The bound address of each listener, by name, in name order.
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
         self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -865,15 +888,22 @@ impl Control {
                 tls_changes.push((running.tls.clone(), acceptor));
             }
         }
-        // Bind before publishing, so a busy port changes nothing.
+        // Bind before publishing, so a busy port changes nothing: one socket for every
+        // worker, its descriptor cloned into each worker's reactor.
         let mut bound = Vec::with_capacity(to_bind.len());
         for l in &to_bind {
             let bind_err = |source| ControlError::Bind { name: l.name.clone(), addr: l.listen, source };
             let terminator = Arc::new(Terminator::default());
             terminator.set(Self::build_tls(&terminator, l)?);
-            let listener = TcpListener::bind(l.listen).await.map_err(bind_err)?;
-            let addr = listener.local_addr().map_err(bind_err)?;
-            bound.push((l.name.clone(), listener, addr, terminator));
+            let sockets = listen::bind(l.listen, self.workers.each.len()).map_err(bind_err)?;
+            let addr = sockets[0].local_addr().map_err(bind_err)?;
+            let mut acceptors = Vec::with_capacity(sockets.len());
+            for (worker, socket) in self.workers.each.iter().zip(sockets) {
+                let _on = worker.handle.enter();
+                let listener = tokio::net::TcpListener::from_std(socket).map_err(bind_err)?;
+                acceptors.push((worker.clone(), Acceptor::new(listener, l.name.clone())));
+            }
+            bound.push((l.name.clone(), acceptors, addr, terminator));
         }
 
         let next = Arc::new(Snapshot { pools, listeners, built_at: Instant::now() });
@@ -888,7 +918,7 @@ impl Control {
         self.ctx.snapshot.store(next.clone());
         writer.swaps.extend(records);
         for (key, spread, deadline) in drains {
-            applied.idle_closed += self.ctx.idle.forget(key);
+            applied.idle_closed += self.workers.forget_idle(key);
             applied.tunnels_drained += self.ctx.tunnels.drain(key, spread, deadline);
         }
         for (terminator, acceptor) in tls_changes {
@@ -908,7 +938,7 @@ impl Control {
 
         for name in &to_close {
             if let Some(running) = writer.listeners.remove(name) {
-                running.task.abort();
+                running.abort();
                 if !to_bind.iter().any(|l| &l.name == name) {
                     applied.listeners_closed += 1;
                     self.stats.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
@@ -916,10 +946,9 @@ impl Control {
                 tracing::info!(listener = %name, addr = %running.addr, "listener closed");
             }
         }
-        for (name, listener, addr, tls) in bound {
+        for (name, acceptors, addr, tls) in bound {
             let pool = next.listeners.get(&name).map(|l| l.pool.clone()).unwrap_or_default();
-            tracing::info!(listener = %name, %addr, %pool, "listening");
-            let acceptor = Acceptor::new(listener, name.clone());
+            tracing::info!(listener = %name, %addr, %pool, workers = acceptors.len(), "listening");
             let slots = Arc::new(Slots::default());
             let stats = self
                 .stats
@@ -928,9 +957,16 @@ impl Control {
                 .entry(name.clone())
                 .or_default()
                 .clone();
-            let task =
-                tokio::spawn(self.accept_loop(acceptor, slots.clone(), name.as_str().into(), stats, tls.clone()));
-            writer.listeners.insert(name, Running { addr, task, slots, tls });
+            let label: Arc<str> = name.as_str().into();
+            let tasks = acceptors
+                .into_iter()
+                .map(|(worker, acceptor)| {
+                    let accept =
+                        self.accept_loop(&worker, acceptor, slots.clone(), label.clone(), stats.clone(), tls.clone());
+                    worker.handle.spawn(accept)
+                })
+                .collect();
+            writer.listeners.insert(name, Running { addr, tasks, slots, tls });
             applied.listeners_bound += 1;
         }
         *self.addrs.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
@@ -1002,13 +1038,14 @@ impl Control {
     /// connection, with no rebind).
     fn accept_loop(
         &self,
+        worker: &Arc<workers::Worker>,
         acceptor: Acceptor,
         slots: Arc<Slots>,
         name: Arc<str>,
         stats: Arc<ListenerStats>,
         tls: Arc<Terminator>,
     ) -> impl Future<Output = ()> + use<> {
-        let (ctx, stop) = (self.ctx.clone(), self.stop.clone());
+        let (ctx, stop, worker) = (worker.ctx.clone(), self.stop.clone(), worker.clone());
         let snapshot = ctx.snapshot.clone();
         let limit = {
             let name = name.clone();
@@ -1018,6 +1055,7 @@ impl Control {
             // Removed by a reload that has not stopped this loop yet: stop.
             let Some(config) = ctx.snapshot.load().listeners.get(&*name).cloned() else { return false };
             stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            worker.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (ctx, stop, stats) = (ctx.clone(), stop.clone(), stats.clone());
             if config.protocol.is_l4() {
                 // Boxed: tokio copies a task's whole future when it spawns it (twice) and
@@ -1119,7 +1157,7 @@ impl Control {
                     continue;
                 }
                 member.live.retire();
-                let idle = self.ctx.idle.forget(key);
+                let idle = self.workers.forget_idle(key);
                 let tunnels = self.ctx.tunnels.drain(key, config.drain_spread, config.drain_deadline);
                 applied.backends_retired += 1;
                 applied.idle_closed += idle;
@@ -1208,7 +1246,7 @@ impl Control {
     pub(crate) async fn close_listeners(&self) {
         let mut writer = self.writer.lock().await;
         for (_, running) in std::mem::take(&mut writer.listeners) {
-            running.task.abort();
+            running.abort();
         }
     }
 
@@ -1216,7 +1254,7 @@ impl Control {
     pub(crate) fn abort_listeners(&self) {
         if let Ok(mut writer) = self.writer.try_lock() {
             for (_, running) in std::mem::take(&mut writer.listeners) {
-                running.task.abort();
+                running.abort();
             }
         }
     }

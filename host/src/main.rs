@@ -197,13 +197,14 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, if kit { "error" } else { "info" });
     let result = match cli.command {
         None | Some(Command::Run) => config_path(cli.config).and_then(|path| {
-            // Loaded before the runtime starts: `[runtime] worker_threads` sizes it.
+            // With one worker this thread serves everything; with more, each is a thread
+            // of its own (`Server::start`) and this one serves the control plane.
             let config = Config::load(&path)?;
-            block_on(Some(config.runtime.worker_threads), run(path, config))
+            block_on(run(path, config))
         }),
         Some(Command::Check) => config_path(cli.config).and_then(check),
-        Some(Command::Demo { listen, admin }) => block_on(None, demo(listen, admin)),
-        Some(Command::Status { admin, json }) => block_on(Some(1), async move { cli::status::run(&admin, json).await }),
+        Some(Command::Demo { listen, admin }) => block_on(demo(listen, admin)),
+        Some(Command::Status { admin, json }) => block_on(async move { cli::status::run(&admin, json).await }),
         Some(Command::Plugin {
             command: PluginCommand::Swap { pool, balancer, affinity, health, plugin_config, admin },
         }) => {
@@ -216,7 +217,7 @@ fn main() -> ExitCode {
                 (None, None, None) => unreachable_args(),
             };
             cli::swap::plugin_config(plugin_config, cli.config).and_then(|config| {
-                block_on(Some(1), async move { cli::swap::swap(&admin, &pool, kind, &plugin, config.as_deref()).await })
+                block_on(async move { cli::swap::swap(&admin, &pool, kind, &plugin, config.as_deref()).await })
             })
         }
         Some(Command::Plugin { command: PluginCommand::Rollback { pool, balancer, health, admin, .. } }) => {
@@ -225,7 +226,7 @@ fn main() -> ExitCode {
                 (false, true) => "health",
                 (false, false) => "affinity",
             };
-            block_on(Some(1), async move { cli::swap::rollback(&admin, &pool, kind).await })
+            block_on(async move { cli::swap::rollback(&admin, &pool, kind).await })
         }
         Some(Command::Plugin { command }) => plugin(command, cli.config),
     };
@@ -285,32 +286,24 @@ fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     path.context("no config file: pass --config FILE (or try `weir demo`)")
 }
 
-/// Runs `f` on a runtime with `worker_threads` workers (tokio's default, one per CPU, when
-/// `None`): one worker is tokio's current-thread runtime, on this thread.
-fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(
-    worker_threads: Option<usize>,
-    f: F,
-) -> anyhow::Result<()> {
-    // One worker: tokio's current-thread runtime, not a multi-thread one with one worker.
-    // Under a load that keeps the proxy busy, the multi-thread scheduler's order of work
-    // (issue 16, BENCHMARKS.md "Why the peers sleep") lets clients and backends run dry and
-    // sleep twice as often, and waking them costs weir system time: 2-4.5 µs a request.
-    let mut builder = if worker_threads == Some(1) {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if let Some(n) = worker_threads {
-            b.worker_threads(n.max(1));
-        }
-        b
-    };
-    builder.enable_all().build().context("cannot start the tokio runtime")?.block_on(f)
+/// Runs `f` on tokio's current-thread runtime, on this thread. Never a multi-thread one:
+/// under a load that keeps the proxy busy, the multi-thread scheduler's order of work
+/// (issue 16, BENCHMARKS.md "Why the peers sleep" and "Worker model") lets clients and
+/// backends run dry and sleep twice as often, and waking them costs weir system time:
+/// 2-4.5 µs a request. More workers are threads of their own, each with a current-thread
+/// runtime (`weir::Server::start`).
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(f)
 }
 
 async fn run(path: PathBuf, config: Config) -> anyhow::Result<()> {
     weir::core::memory::release_freed_memory(config.runtime.release_memory);
+    let worker_threads = config.runtime.worker_threads;
     let server = weir::Server::start(config).await?;
-    let worker_threads = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(config = %path.display(), listeners = server.listeners().len(), worker_threads, "weir is running");
     let reloads = async {
         #[cfg(unix)]

@@ -1,8 +1,14 @@
 //! A running weir: the wiring of the layers ([`Server::start`]), reloads
 //! ([`Server::reload`], through the one writer in [`crate::control`]) and shutdown.
 //!
+//! Connections are served on the server's workers (`[runtime] worker_threads`): above 1,
+//! threads of their own, each with a current-thread runtime and an accept loop per
+//! listener ([`crate::control`]'s `workers`); with 1, the runtime `start` was called on.
+//! The control plane stays on that runtime.
+//!
 //! Everything a server starts ends with it: its accept loops, its connection tasks and
-//! its tunnels all watch the server's stop signal. [`Server::shutdown`] is graceful
+//! its tunnels all watch the server's stop signal, and its worker threads end when it is
+//! dropped. [`Server::shutdown`] is graceful
 //! (stop accepting, let requests in flight finish, drain WebSockets, up to each pool's
 //! `drain_deadline_ms`); dropping a `Server` without it closes everything at once.
 
@@ -16,7 +22,7 @@ use tokio::sync::watch;
 use crate::admin::{self, Admin, server::AdminError};
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
-use crate::control::{Applied, Control, ControlError};
+use crate::control::{Applied, Control, ControlError, WorkerError, WorkerThreads, Workers};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::net::listen::{Connections, Stop};
@@ -36,6 +42,9 @@ pub enum StartError {
     /// The admin API could not start.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// A worker thread could not start.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
 }
 
 /// A running proxy. Dropping it stops accepting and closes every connection and tunnel
@@ -48,6 +57,9 @@ pub struct Server {
     admin: Option<SocketAddr>,
     /// This instance's membership of the etcd cluster, when the config has `[cluster]`.
     cluster: Option<Arc<Cluster>>,
+    /// The worker threads (`[runtime] worker_threads` above 1): they end, with every task
+    /// on them, when the server is dropped (after `Drop::drop` has aborted the rest).
+    _workers: WorkerThreads,
 }
 
 impl Server {
@@ -63,7 +75,8 @@ impl Server {
         let (stop, stop_rx) = watch::channel(Stop::Serve);
         let metrics = Arc::new(Metrics::default());
         SnapshotMetrics::register(&metrics, ctx.snapshot.clone());
-        let control = Control::new(ctx, plugins, stop_rx.clone(), metrics);
+        let (workers, threads) = Workers::start(config.runtime.worker_threads, &ctx)?;
+        let control = Control::new(ctx, workers, plugins, stop_rx.clone(), metrics);
         let admin_config = config.admin.clone();
         let cluster_config = config.cluster.clone();
         let watch = config.plugins.watch;
@@ -81,7 +94,7 @@ impl Server {
             }
             None => None,
         };
-        Ok(Self { control, stop, admin, cluster })
+        Ok(Self { control, stop, admin, cluster, _workers: threads })
     }
 
     /// Where the admin API listens, if the config has `[admin]`.

@@ -35,3 +35,4 @@ mod support;
 mod tls;
 mod upstream;
 mod websocket;
+mod workers;

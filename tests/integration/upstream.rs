@@ -256,8 +256,17 @@ fn full(text: &str) -> BackendBody {
 // weir.
 
 /// weir with one pool `p` in front of `backends`, its `upstream` table `upstream`.
+/// One worker: the connections a backend counts are those of one idle pool (each worker
+/// keeps its own, and opens its own HTTP/2 connection to a backend).
 async fn weir(backends: &[SocketAddr], upstream: &str) -> weir::Server {
-    support::start(&support::config_text(backends, &format!("upstream = {upstream}"))).await
+    let text = support::config_text(backends, &format!("upstream = {upstream}"));
+    support::start(&format!(
+        "{text}
+[runtime]
+worker_threads = 1
+"
+    ))
+    .await
 }
 
 /// A TOML string of a path.
@@ -545,7 +554,8 @@ async fn a_backend_whose_certificate_is_refused_is_retried_on_another() {
         &[bad.addr, good.addr],
         &format!("upstream = {{ protocol = \"h2\", tls = {{ ca = {} }} }}", toml_path(&ca.pem())),
     );
-    let server = support::start(&text).await;
+    // One worker: one idle pool, so one HTTP/2 connection to the good backend.
+    let server = support::start(&format!("{text}\n[runtime]\nworker_threads = 1\n")).await;
     for _ in 0..6 {
         let (status, body) = get(&server, "/").await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -111,6 +111,16 @@ impl Collector for Counters {
         .gauge(&NO_LABELS, ctx.connections.open() as u64)?;
         Family::new(&mut encoder, "tunnels", "Open tunnels (WebSockets).", MetricType::Gauge)?
             .gauge(&NO_LABELS, ctx.tunnels.len() as u64)?;
+        let mut f = Family::new(
+            &mut encoder,
+            "worker_connections",
+            "Client connections accepted, by worker thread.",
+            MetricType::Counter,
+        )?;
+        for (index, worker) in control.workers.each.iter().enumerate() {
+            let index = index.to_string();
+            f.counter(&[("worker", index.as_str())], worker.accepted.load(Ordering::Relaxed))?;
+        }
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
 //! Binding listeners and accepting from them. The accept loop only accepts (DESIGN
-//! convention 2): whatever the connection needs next happens in its own task.
+//! convention 2): whatever the connection needs next happens in its own task. With
+//! several workers, a listener is one socket with an accept loop on each worker
+//! ([`bind`]), and they all take from its one [`Slots`].
 //!
 //! A listener with `max_connections` accepts only while it has a free [`Slots`] slot:
 //! while full it accepts nothing, and new clients wait in the kernel's listen queue
@@ -17,6 +19,31 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Shortest and longest pause after a failed accept.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+
+/// The listen queue of each socket (tokio's `TcpListener::bind` default).
+const BACKLOG: i32 = 1024;
+
+/// Binds `addr` for `count` accept loops (one per worker): one socket (nonblocking, with
+/// `SO_REUSEADDR` as tokio binds them) under `count` descriptors, each to be registered
+/// with its own worker's reactor. The kernel wakes the loops waiting on it and one takes
+/// each connection. (One socket per worker with `SO_REUSEPORT` was measured against this
+/// and dropped: more CPU per new connection, `max_connections` not exact across workers,
+/// and a second process could bind the same port without an error: BENCHMARKS.md,
+/// issue 16, "Worker model".)
+pub(crate) fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    let first: std::net::TcpListener = socket.into();
+    let mut all = Vec::with_capacity(count.max(1));
+    for _ in 1..count {
+        all.push(first.try_clone()?);
+    }
+    all.insert(0, first);
+    Ok(all)
+}
 
 /// Accepts connections from `listener`, backing off on errors; `name` labels the logs.
 #[derive(Debug)]
@@ -201,23 +228,30 @@ pub struct Slots {
 impl Slots {
     /// Waits until fewer than `limit()` connections are open (at once when it is `None`),
     /// then takes a slot. `limit` is asked again whenever a slot comes free or
-    /// [`Slots::limit_changed`] is called. One caller at a time (the accept loop).
+    /// [`Slots::limit_changed`] is called. The accept loops of all the workers take from
+    /// one listener's slots: a slot is taken by a compare-and-swap, so together they
+    /// never pass the limit.
     pub async fn take(self: &std::sync::Arc<Self>, limit: impl Fn() -> Option<usize>) -> Slot {
+        use std::sync::atomic::Ordering;
         loop {
             // Made before looking, so a slot freed in between is not missed.
             let changed = self.changed.notified();
-            let open = self.open.load(std::sync::atomic::Ordering::Acquire);
-            if limit().is_none_or(|max| open < max) {
-                self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                return Slot(self.clone());
+            let max = limit();
+            let mut open = self.open.load(Ordering::Acquire);
+            while max.is_none_or(|max| open < max) {
+                match self.open.compare_exchange_weak(open, open + 1, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Slot(self.clone()),
+                    Err(now) => open = now,
+                }
             }
             changed.await;
         }
     }
 
-    /// The listener's limit may have changed (a reload): a waiting accept loop looks again.
+    /// The listener's limit may have changed (a reload): every waiting accept loop looks
+    /// again.
     pub fn limit_changed(&self) {
-        self.changed.notify_one();
+        self.changed.notify_waiters();
     }
 }
 
