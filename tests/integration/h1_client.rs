@@ -74,8 +74,11 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// weir with one pool in front of `backend`. One worker: the connections the backend
+/// counts are those of one idle pool (each worker keeps its own).
 async fn weir(backend: SocketAddr) -> weir::Server {
-    support::start(&support::config_text(&[backend], "")).await
+    let text = support::config_text(&[backend], "");
+    support::start(&format!("{text}\n[runtime]\nworker_threads = 1\n")).await
 }
 
 fn within<F: Future>(f: F) -> tokio::time::Timeout<F> {
