@@ -90,7 +90,7 @@ async fn a_chunked_response_with_trailers_passes_and_its_connection_is_kept() {
     let backend = Scripted::start(|mut s, _| async move {
         let mut buf = Vec::new();
         while read_head(&mut s, &mut buf).await.is_some() {
-            let res = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n";
+            let res = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\nx-other: 1\r\n\r\n";
             s.write_all(res.as_bytes()).await.unwrap();
         }
     })
@@ -108,6 +108,7 @@ async fn a_chunked_response_with_trailers_passes_and_its_connection_is_kept() {
         let trailers = collected.trailers().cloned().expect("the trailers reached the client");
         assert_eq!(collected.to_bytes(), "hello world");
         assert_eq!(trailers["x-sum"], "11");
+        assert!(!trailers.contains_key("x-other"), "only the trailers the response announced: {trailers:?}");
     }
     assert_eq!(backend.accepted(), 1, "one kept connection served every request");
 }
