@@ -805,7 +805,16 @@ async fn write_response<W: AsyncWrite + Unpin>(
         if mode == Mode::Chunked {
             out.extend_from_slice(b"\r\n");
         }
+        if body.is_end_stream() {
+            break;
+        }
     }
+    // Done with before its last bytes go out: a client that has its whole response may
+    // send its next request at once (on another connection, served by another thread),
+    // and the backend's figures that its pick reads (`active`) must not count this
+    // exchange any more. (Seen: the Python zone example's power of two choices kept
+    // away from a backend still counted, under the full suite's load.)
+    drop(body);
     match mode {
         Mode::Length(n) if sent < n => {
             write.write_all(out).await?;
