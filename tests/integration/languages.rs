@@ -67,15 +67,11 @@ async fn zoned(lang: &str) -> Zoned {
         .map(|(u, z)| format!("{{ address = \"{}\", labels = {{ zone = \"{z}\" }} }}", u.addr))
         .collect();
     // A Python instance starts near the 16 MiB default and its first calls take
-    // milliseconds: the entry's own limits, the same for every language. One worker, so
-    // one instance makes every random choice (with two workers, and so two instances, the
-    // Python fallback was seen to miss a backend in 30 requests: each instance may start
-    // from the same pre-initialized random state).
+    // milliseconds: the entry's own limits, the same for every language.
     let text = format!(
         "[plugins]\ncache_dir = {:?}\n\n[[listener]]\nname = \"main\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\n\
          [pool.p]\nbackends = [{}]\non_plugin_error = \"reject\"\n\
-         balancer = {{ plugin = {:?}, config = {{ header = \"x-zone\", label = \"zone\" }}, memory_limit_mib = 64, call_timeout_ms = 200 }}\n\n\
-         [runtime]\nworker_threads = 1\n",
+         balancer = {{ plugin = {:?}, config = {{ header = \"x-zone\", label = \"zone\" }}, memory_limit_mib = 64, call_timeout_ms = 200 }}\n",
         support::cache_dir().display().to_string(),
         backends.join(", "),
         example(&format!("zone-{lang}")).display().to_string(),
