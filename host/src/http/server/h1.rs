@@ -37,6 +37,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::super::errors::ClientIo;
+use super::super::upstream::h1::codec::{Decoded, Decoder, ParseError, decimal};
 use super::super::{ProxyBody, RequestBody};
 use super::{Client, h1_builder, handle, service};
 use crate::config::ListenerConfig;
@@ -51,11 +52,6 @@ const READ_BUF: usize = 8 << 10;
 /// Response bytes gathered before they are written; a larger body frame is written as it
 /// is, not copied.
 const WRITE_BUF: usize = 16 << 10;
-
-/// The longest chunk-size line (with its extensions) of a chunked request body, and the
-/// largest trailer section.
-const CHUNK_LINE_MAX: usize = 4 << 10;
-const TRAILERS_MAX: usize = 16 << 10;
 
 /// How long, and how many bytes, a connection closed with a request body left unread is
 /// read from before it closes, so the client reads the response before a reset.
@@ -77,7 +73,13 @@ where
     let (read, mut write) = tokio::io::split(inner);
     let mut buf = BytesMut::with_capacity(READ_BUF.max(first.len()));
     buf.extend_from_slice(&first);
-    let reader = Arc::new(Shared(Mutex::new(Reader { io: read, buf, body: BodyState::Done, seq: 0, eof: false })));
+    let reader = Arc::new(Shared(Mutex::new(Reader {
+        io: read,
+        buf,
+        body: BodyState::Decoding(Decoder::Done),
+        seq: 0,
+        eof: false,
+    })));
     let mut out = Vec::new();
     // The last response's header map, cleared, for the next request's headers.
     let mut cache = None;
@@ -120,8 +122,8 @@ where
             Framing::Length(0) => RequestBody::Empty,
             Framing::Length(_) | Framing::Chunked => {
                 let (state, length) = match framing {
-                    Framing::Length(n) => (BodyState::Length(n), Some(n)),
-                    Framing::Chunked => (BodyState::Chunk(Chunk::Size), None),
+                    Framing::Length(n) => (BodyState::Decoding(Decoder::Length(n)), Some(n)),
+                    Framing::Chunked => (BodyState::Decoding(Decoder::ChunkSize), None),
                 };
                 let mut r = reader.lock();
                 r.seq += 1;
@@ -141,7 +143,7 @@ where
             tracing::debug!(peer = %client.peer, error = %e, "writing a response failed; closing");
             return Ok(());
         }
-        let unread = !matches!(reader.lock().body, BodyState::Done);
+        let unread = reader.lock().body != BodyState::Decoding(Decoder::Done);
         if unread || !keep_alive {
             close(&reader, &mut write, unread).await;
             return Ok(());
@@ -314,7 +316,7 @@ fn parse(buf: &mut BytesMut, max_bytes: usize, cache: &mut Option<HeaderMap>) ->
         let (name, value) = (h.name.as_bytes(), h.value);
         spans[i] = (at(name), at(value));
         if name.eq_ignore_ascii_case(b"content-length") {
-            match (framing, digits(value)) {
+            match (framing, decimal(value.trim_ascii())) {
                 (None, Some(n)) => framing = Some(Framing::Length(n)),
                 _ => return Parsed::Hyper,
             }
@@ -388,15 +390,6 @@ fn build(
     Some(parts)
 }
 
-/// A `Content-Length` value: digits only (RFC 9110 §8.6), at most 18 of them.
-fn digits(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
-}
-
 /// The connection's reading side, shared by the server (heads) and the request body.
 struct Shared<R>(Mutex<Reader<R>>);
 
@@ -420,27 +413,10 @@ struct Reader<R> {
 /// What is left of the current request's body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyState {
-    /// Read to its end (or there was none).
-    Done,
-    /// This many bytes.
-    Length(u64),
-    /// A chunked body, at this point.
-    Chunk(Chunk),
+    /// Being read (the upstream client's decoder; `Done` at its end, or with no body).
+    Decoding(Decoder),
     /// Malformed or cut short: the connection cannot be used again.
     Failed,
-}
-
-/// Where a chunked body's reading is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Before a chunk-size line.
-    Size,
-    /// In a chunk's data, this many bytes left.
-    Data(u64),
-    /// After a chunk's data, before its CRLF.
-    DataEnd,
-    /// After the last chunk: trailers, then the empty line.
-    Trailers,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -459,30 +435,22 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// The next frame of the request body.
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
-            match self.body {
-                BodyState::Done => return Poll::Ready(None),
-                BodyState::Failed => return Poll::Ready(Some(Err(BodyError("the request body was cut short")))),
-                BodyState::Length(left) => {
-                    if !self.buf.is_empty() {
-                        let n = left.min(self.buf.len() as u64);
-                        let data = self.buf.split_to(n as usize).freeze();
-                        self.body = if n == left { BodyState::Done } else { BodyState::Length(left - n) };
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
+            let BodyState::Decoding(decoder) = &mut self.body else {
+                return Poll::Ready(Some(Err(BodyError("the request body was cut short"))));
+            };
+            match decoder.decode(&mut self.buf) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Decoded::Trailers(trailers)) => return Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => {}
+                Err(e) => {
+                    self.body = BodyState::Failed;
+                    let why = match e {
+                        ParseError::Trailers => "the request body's trailers are malformed or too large",
+                        _ => "the request body's chunked framing is malformed",
+                    };
+                    return Poll::Ready(Some(Err(BodyError(why))));
                 }
-                BodyState::Chunk(chunk) => match self.chunked(chunk) {
-                    Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
-                    Ok(None) if self.body == BodyState::Done => return Poll::Ready(None),
-                    Ok(None) => {
-                        if self.body != BodyState::Chunk(chunk) {
-                            continue;
-                        }
-                    }
-                    Err(why) => {
-                        self.body = BodyState::Failed;
-                        return Poll::Ready(Some(Err(BodyError(why))));
-                    }
-                },
             }
             match ready!(self.poll_fill(cx)) {
                 Ok(0) => {
@@ -497,85 +465,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         }
     }
-
-    /// One step of a chunked body from the buffer: a frame, or `None` when it moved on
-    /// without one or needs more bytes (the state says which).
-    fn chunked(&mut self, chunk: Chunk) -> Result<Option<Frame<Bytes>>, &'static str> {
-        match chunk {
-            Chunk::Size => {
-                let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                    return if self.buf.len() > CHUNK_LINE_MAX {
-                        Err("a chunk-size line is too long")
-                    } else {
-                        Ok(None)
-                    };
-                };
-                let size = chunk_size(&self.buf[..end]).ok_or("a chunk-size line is malformed")?;
-                let _ = self.buf.split_to(end + 2);
-                self.body = BodyState::Chunk(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
-                Ok(None)
-            }
-            Chunk::Data(left) => {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = left.min(self.buf.len() as u64);
-                let data = self.buf.split_to(n as usize).freeze();
-                self.body = BodyState::Chunk(if n == left { Chunk::DataEnd } else { Chunk::Data(left - n) });
-                Ok(Some(Frame::data(data)))
-            }
-            Chunk::DataEnd => {
-                if self.buf.len() < 2 {
-                    return Ok(None);
-                }
-                if &self.buf[..2] != b"\r\n" {
-                    return Err("a chunk's data is not followed by CRLF");
-                }
-                let _ = self.buf.split_to(2);
-                self.body = BodyState::Chunk(Chunk::Size);
-                Ok(None)
-            }
-            Chunk::Trailers => {
-                if self.buf.starts_with(b"\r\n") {
-                    let _ = self.buf.split_to(2);
-                    self.body = BodyState::Done;
-                    return Ok(None);
-                }
-                let mut headers = [httparse::EMPTY_HEADER; HEADERS];
-                match httparse::parse_headers(&self.buf, &mut headers) {
-                    Ok(httparse::Status::Complete((len, parsed))) => {
-                        let mut trailers = HeaderMap::with_capacity(parsed.len());
-                        for h in parsed {
-                            let name =
-                                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "a trailer is malformed")?;
-                            let value = HeaderValue::from_bytes(h.value).map_err(|_| "a trailer is malformed")?;
-                            trailers.append(name, value);
-                        }
-                        let _ = self.buf.split_to(len);
-                        self.body = BodyState::Done;
-                        Ok(Some(Frame::trailers(trailers)))
-                    }
-                    Ok(httparse::Status::Partial) if self.buf.len() <= TRAILERS_MAX => Ok(None),
-                    _ => Err("the trailers are malformed or too large"),
-                }
-            }
-        }
-    }
-}
-
-/// A chunk-size line's size: 1 to 16 hex digits, then nothing, or extensions after `;`
-/// (optionally preceded by spaces or tabs), which are ignored; no bare CR or LF anywhere.
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 || line.iter().any(|&b| b == b'\r' || b == b'\n') {
-        return None;
-    }
-    let rest = line[digits..].trim_ascii_start();
-    if !rest.is_empty() && rest[0] != b';' {
-        return None;
-    }
-    let text = std::str::from_utf8(&line[..digits]).ok()?;
-    u64::from_str_radix(text, 16).ok()
 }
 
 /// Why a request body could not be read (the client's fault).
@@ -618,7 +507,7 @@ impl<R: AsyncRead + Unpin + Send> BodySource for Shared<R> {
 
     fn done(&self, seq: u64) -> bool {
         let r = self.lock();
-        r.seq != seq || r.body == BodyState::Done
+        r.seq != seq || r.body == BodyState::Decoding(Decoder::Done)
     }
 }
 
@@ -692,7 +581,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| digits(v.as_bytes()));
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| decimal(v.as_bytes().trim_ascii()));
     let chunked_header = headers.contains_key(header::TRANSFER_ENCODING);
     let exact = body.size_hint().exact();
     let mode = if no_body {
@@ -939,17 +828,6 @@ mod tests {
         assert!(matches!(parse(&mut buf, 20, &mut None), Parsed::Hyper));
     }
 
-    #[test]
-    fn chunk_sizes() {
-        assert_eq!(chunk_size(b"1a"), Some(26));
-        assert_eq!(chunk_size(b"0"), Some(0));
-        assert_eq!(chunk_size(b"10;name=value"), Some(16));
-        assert_eq!(chunk_size(b"10 ;x"), Some(16));
-        for bad in [&b""[..], b";x", b"1x", b"-1", b"11111111111111111", b"1\n"] {
-            assert_eq!(chunk_size(bad), None, "{bad:?}");
-        }
-    }
-
     /// A body's data, its trailers, how it ended, and the reader after it.
     type Read<'a> = (Vec<u8>, Option<HeaderMap>, Result<(), &'static str>, Reader<&'a [u8]>);
 
@@ -973,25 +851,27 @@ mod tests {
 
     #[test]
     fn chunked_bodies_with_extensions_and_trailers() {
-        let (data, trailers, end, r) =
-            body_of(b"5;ext=1\r\nhello\r\n1\r\n \r\n0\r\nGrpc-Status: 0\r\n\r\nNEXT", BodyState::Chunk(Chunk::Size));
+        let (data, trailers, end, r) = body_of(
+            b"5;ext=1\r\nhello\r\n1\r\n \r\n0\r\nGrpc-Status: 0\r\n\r\nNEXT",
+            BodyState::Decoding(Decoder::ChunkSize),
+        );
         assert_eq!((data.as_slice(), end), (&b"hello "[..], Ok(())));
         assert_eq!(trailers.unwrap()["grpc-status"], "0");
         assert_eq!(&r.buf[..], b"NEXT", "the next request's bytes stay");
-        let (data, trailers, end, _) = body_of(b"3\r\nabc\r\n0\r\n\r\n", BodyState::Chunk(Chunk::Size));
+        let (data, trailers, end, _) = body_of(b"3\r\nabc\r\n0\r\n\r\n", BodyState::Decoding(Decoder::ChunkSize));
         assert_eq!((data.as_slice(), trailers.is_none(), end), (&b"abc"[..], true, Ok(())));
     }
 
     #[test]
     fn malformed_or_short_bodies_fail_and_the_connection_with_them() {
         for bad in [&b"3\r\nabcX\r\n0\r\n\r\n"[..], b"zz\r\n", b"3\nabc\r\n"] {
-            let (_, _, end, r) = body_of(bad, BodyState::Chunk(Chunk::Size));
+            let (_, _, end, r) = body_of(bad, BodyState::Decoding(Decoder::ChunkSize));
             assert!(end.is_err() && r.body == BodyState::Failed, "{bad:?}");
         }
-        let (data, _, end, r) = body_of(b"abc", BodyState::Length(5));
+        let (data, _, end, r) = body_of(b"abc", BodyState::Decoding(Decoder::Length(5)));
         assert_eq!(data, b"abc");
         assert!(end.is_err() && r.body == BodyState::Failed);
-        let (data, _, end, r) = body_of(b"abcdeNEXT", BodyState::Length(5));
+        let (data, _, end, r) = body_of(b"abcdeNEXT", BodyState::Decoding(Decoder::Length(5)));
         assert_eq!((data.as_slice(), end, &r.buf[..]), (&b"abcde"[..], Ok(()), &b"NEXT"[..]));
     }
 }

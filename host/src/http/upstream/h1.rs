@@ -28,7 +28,7 @@ use tokio_rustls::client::TlsStream;
 use super::ConnectError;
 use crate::http::ClientBody;
 
-mod codec;
+pub(crate) mod codec;
 mod exchange;
 
 pub(crate) use exchange::{Body, Error, SendError, send};

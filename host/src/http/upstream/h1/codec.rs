@@ -328,8 +328,8 @@ impl Fields {
     }
 }
 
-/// A decimal number of at most 19 digits.
-fn decimal(digits: &[u8]) -> Option<u64> {
+/// A decimal number of at most 19 digits (a `Content-Length`, RFC 9110 §8.6).
+pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -338,7 +338,7 @@ fn decimal(digits: &[u8]) -> Option<u64> {
 
 /// What the response body decoder found in the buffer.
 #[derive(Debug, PartialEq)]
-pub(super) enum Decoded {
+pub(crate) enum Decoded {
     /// Body bytes.
     Data(Bytes),
     /// The trailers that end a chunked body.
@@ -349,9 +349,10 @@ pub(super) enum Decoded {
     More,
 }
 
-/// The response body decoder.
+/// The body decoder: a response's here, and a request's in weir's own HTTP/1.1 server
+/// (which starts it at [`Decoder::Length`] or [`Decoder::ChunkSize`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Decoder {
+pub(crate) enum Decoder {
     /// This many bytes are still to come.
     Length(u64),
     /// Chunked: at a chunk-size line.
@@ -388,7 +389,7 @@ impl Decoder {
     }
 
     /// Takes what it can from `buf`.
-    pub(super) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ParseError> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ParseError> {
         loop {
             match *self {
                 Decoder::Done => return Ok(Decoded::End),
