@@ -25,8 +25,9 @@ use crate::net::tunnel;
 use crate::state::{ActiveGuard, BackendLive, StickHold};
 
 /// Hands a `101 Switching Protocols` back to the client and starts the tunnel. The tunnel
-/// is an active connection of its backend from now on, is registered with its backend
-/// (where a drain finds it) once both upgrades are done, keeps its stick entry (if any)
+/// is an active connection of its backend from now on, is counted by a drain of its
+/// backend from now on too and registered with it (where the drain's order reaches it)
+/// once both upgrades are done, keeps its stick entry (if any)
 /// from expiring, and ends when the server aborts (`stop` says `Abort` before it is
 /// registered, a cut order after).
 ///
@@ -48,7 +49,8 @@ pub(crate) fn upgrade(
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
     let active = ActiveGuard::new(live.clone());
-    let tunnels = ctx.tunnels.clone();
+    // Counted by a drain from before the client has its answer.
+    let upgrading = ctx.tunnels.expect(&live);
     let runtime = tokio::runtime::Handle::current();
     tokio::spawn(async move {
         let legs = tokio::select! {
@@ -63,7 +65,7 @@ pub(crate) fn upgrade(
             // The tunnel's own slot: the connection's is shared behind an `Arc` made
             // during the handshake.
             let slot = slot.another();
-            let entry = tunnels.register(&live);
+            let entry = upgrading.register();
             // Registered first: an abort sent since is seen here, one sent later reaches
             // the tunnel through its drain order.
             if *stop.borrow() == Stop::Abort {

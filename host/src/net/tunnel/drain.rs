@@ -90,15 +90,34 @@ struct Inner {
     draining: KeyMap<(u64, u64)>,
     /// The server aborted: every tunnel is cut, a late one as soon as it registers.
     aborted: bool,
+    /// Tunnels promised to a backend whose upgrades are under way ([`Upgrading`]), by
+    /// backend: a drain counts them, and they get its order when they register.
+    upgrading: KeyMap<usize>,
 }
 
 impl Registry {
     /// Registers a new tunnel to `backend`; it is unregistered (and uncounted) when the
     /// returned entry is dropped.
     pub(crate) fn register(self: &Arc<Self>, backend: &Arc<BackendLive>) -> TunnelEntry {
+        self.open(backend, false)
+    }
+
+    /// A tunnel to `backend` whose client has (or is about to have) its answer while its
+    /// upgrades finish: from now on a drain of `backend` counts it, and it registers with
+    /// [`Upgrading::register`].
+    pub(crate) fn expect(self: &Arc<Self>, backend: &Arc<BackendLive>) -> Upgrading {
+        *self.lock().upgrading.entry(backend.key()).or_default() += 1;
+        Upgrading { registry: self.clone(), backend: backend.clone(), pending: true }
+    }
+
+    /// Registers a tunnel; `upgrading` when it was counted by [`Registry::expect`].
+    fn open(self: &Arc<Self>, backend: &Arc<BackendLive>, upgrading: bool) -> TunnelEntry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let order = Arc::new(DrainOrder::new());
         let mut inner = self.lock();
+        if upgrading {
+            inner.forget_upgrading(backend.key());
+        }
         inner.open.entry(backend.key()).or_default().insert(id, order.clone());
         // A drain or abort ordered since the backend was picked: this tunnel's order too.
         if inner.aborted {
@@ -127,13 +146,14 @@ impl Registry {
 
     /// Orders every open tunnel of `backend` to close: the `i`-th of `n` at `i/n` of
     /// `spread` from now (oldest first), every one cut at `deadline` from now. Returns how
-    /// many.
+    /// many, counting those still upgrading ([`Registry::expect`]).
     /// A tunnel to `backend` that registers before `deadline` has passed is ordered to
     /// close at the end of `spread` and cut at the same deadline.
     pub(crate) fn drain(&self, backend: u64, spread: Duration, deadline: Duration) -> usize {
         let now = now_ms();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(NEVER / 4);
         let (spread, deadline) = (ms(spread), ms(deadline));
+        let upgrading;
         let mut orders: Vec<(u64, Arc<DrainOrder>)> = {
             let mut inner = self.lock();
             // Drains are rare: forget those whose deadline has passed while here.
@@ -145,9 +165,10 @@ impl Registry {
                 None => (close_by, cut_at),
             };
             inner.draining.insert(backend, (close_by, cut_at));
+            upgrading = inner.upgrading.get(&backend).copied().unwrap_or(0);
             match inner.open.get(&backend) {
                 Some(open) => open.iter().map(|(&k, v)| (k, v.clone())).collect(),
-                None => return 0,
+                None => return upgrading,
             }
         };
         orders.sort_unstable_by_key(|(k, _)| *k);
@@ -156,7 +177,7 @@ impl Registry {
             let close_at = now.saturating_add(spread.saturating_mul(i as u64) / n.max(1));
             order.order(close_at, now.saturating_add(deadline));
         }
-        orders.len()
+        orders.len() + upgrading
     }
 
     /// Orders every open tunnel to end now (the server aborts): a WebSocket's close
@@ -178,6 +199,42 @@ impl Registry {
     /// that register from now on are left alone; those already ordered keep their orders.
     pub(crate) fn undrain(&self, backend: u64) {
         self.lock().draining.remove(&backend);
+    }
+}
+
+impl Inner {
+    fn forget_upgrading(&mut self, backend: u64) {
+        if let Some(n) = self.upgrading.get_mut(&backend) {
+            *n -= 1;
+            if *n == 0 {
+                self.upgrading.remove(&backend);
+            }
+        }
+    }
+}
+
+/// A tunnel counted by [`Registry::expect`] while its upgrades finish; uncounted when it
+/// registers or is dropped (the upgrade failed).
+#[derive(Debug)]
+pub(crate) struct Upgrading {
+    registry: Arc<Registry>,
+    backend: Arc<BackendLive>,
+    pending: bool,
+}
+
+impl Upgrading {
+    /// Registers the tunnel, as [`Registry::register`] does.
+    pub(crate) fn register(mut self) -> TunnelEntry {
+        self.pending = false;
+        self.registry.open(&self.backend, true)
+    }
+}
+
+impl Drop for Upgrading {
+    fn drop(&mut self) {
+        if self.pending {
+            self.registry.lock().forget_upgrading(self.backend.key());
+        }
     }
 }
 
@@ -376,6 +433,23 @@ mod tests {
         registry.drain(live.key(), Duration::ZERO, Duration::ZERO);
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(registry.register(&live).order.cut_at(), None);
+    }
+
+    #[test]
+    fn a_drain_counts_the_tunnels_still_upgrading_and_they_get_its_order() {
+        let registry = Arc::new(Registry::default());
+        let live = Arc::new(crate::state::BackendLive::new(Arc::new(crate::state::PoolLive::new("p".into()))));
+        let (open, upgrading, failed) = (registry.register(&live), registry.expect(&live), registry.expect(&live));
+        drop(failed);
+        assert_eq!(registry.drain(live.key(), Duration::ZERO, Duration::from_secs(9)), 2);
+        let late = upgrading.register();
+        for e in [&open, &late] {
+            assert!(e.order.cut_at().is_some(), "{e:?}");
+        }
+        assert_eq!((registry.len(), live.tunnels()), (2, 2));
+        drop((open, late));
+        assert_eq!(registry.drain(live.key(), Duration::ZERO, Duration::from_secs(9)), 0);
+        assert!(registry.lock().upgrading.is_empty());
     }
 
     #[test]
