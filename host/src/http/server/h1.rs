@@ -570,9 +570,24 @@ async fn write_response<W: AsyncWrite + Unpin>(
     let (mut parts, mut body) = res.into_parts();
     let status = parts.status;
     let headers = &parts.headers;
-    if headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")) {
-        *keep_alive = false;
+    // One pass over the fields for what frames the response, rather than a hashed lookup
+    // of each name (a response has a handful of fields, and all are written below anyway).
+    let (mut length, mut chunked_header, mut dated) = (None, false, false);
+    for (name, value) in headers {
+        if name == header::CONNECTION {
+            if has_token(value.as_bytes(), b"close") {
+                *keep_alive = false;
+            }
+        } else if name == header::CONTENT_LENGTH {
+            // The first one, as a lookup would give.
+            length = length.or_else(|| Some(decimal(value.as_bytes().trim_ascii())));
+        } else if name == header::TRANSFER_ENCODING {
+            chunked_header = true;
+        } else if name == header::DATE {
+            dated = true;
+        }
     }
+    let length = length.flatten();
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // Not an upgrade this server asked for: nothing after it can be read as HTTP.
         *keep_alive = false;
@@ -581,8 +596,6 @@ async fn write_response<W: AsyncWrite + Unpin>(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| decimal(v.as_bytes().trim_ascii()));
-    let chunked_header = headers.contains_key(header::TRANSFER_ENCODING);
     let exact = body.size_hint().exact();
     let mode = if no_body {
         Mode::Empty
@@ -621,7 +634,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
     } else if answer.http10 {
         line(out, b"connection", b"keep-alive");
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         date::with(|d| line(out, b"date", d));
     }
     out.extend_from_slice(b"\r\n");
