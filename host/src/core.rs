@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod alloc;
 pub mod memory;
+pub mod wake;
 
 /// A map by a key the process made itself (a backend's [`crate::state::BackendLive::key`],
 /// a tunnel's id), looked up per probe result and per connection: the keys are the

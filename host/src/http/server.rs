@@ -48,6 +48,7 @@ use super::route::route;
 use super::{ClientBody, ClientFault, Context, ProxyBody, RequestBody};
 use crate::config::ListenerConfig;
 use crate::core::Protocol;
+use crate::core::wake::Flagged;
 use crate::net::listen::{ListenerStats, Slot, Stop};
 use crate::net::proxy_protocol;
 use crate::net::tls::{Acceptor, TlsInfo};
@@ -278,7 +279,7 @@ async fn respond(req: Request<Incoming>, client: Arc<Client>) -> Result<Response
 /// Runs a connection until it ends; on `Graceful` it is asked to finish what is in flight
 /// (`graceful`), on `Abort` it is dropped.
 ///
-/// The stop signal is polled only when it woke the task ([`StopWaker`]), not at each of
+/// The stop signal is polled only when it woke the task ([`Flagged`]), not at each of
 /// the connection's wake-ups (two a request: a `watch`'s poll takes its waiters' lock,
 /// about 200 instructions; `tokio::select!` polls every branch at every wake).
 async fn drive<F, E>(conn: F, mut stop: watch::Receiver<Stop>, peer: SocketAddr, graceful: impl Fn(Pin<&mut F>))
@@ -288,26 +289,17 @@ where
 {
     let mut conn = std::pin::pin!(conn);
     let mut asked = false;
-    let woke = Arc::new(StopWaker::default());
-    let stop_waker = std::task::Waker::from(woke.clone());
+    let woke = Flagged::default();
     loop {
         let changed = {
             let mut changed = std::pin::pin!(stop.changed());
             // A new `changed` future is polled once, to register its waiter.
-            woke.woken.store(true, Ordering::Relaxed);
+            woke.rearm();
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(done) = conn.as_mut().poll(cx) {
                     return Poll::Ready(Err(done));
                 }
-                // Registered before the flag is read: a stop after the read wakes the task.
-                woke.task.register(cx.waker());
-                if woke.woken.swap(false, Ordering::AcqRel)
-                    && let Poll::Ready(changed) =
-                        changed.as_mut().poll(&mut std::task::Context::from_waker(&stop_waker))
-                {
-                    return Poll::Ready(Ok(changed.is_ok()));
-                }
-                Poll::Pending
+                woke.poll(cx, |cx| changed.as_mut().poll(cx).map(|c| Ok(c.is_ok())))
             })
             .await
         };
@@ -330,25 +322,6 @@ where
                 }
             }
         }
-    }
-}
-
-/// The waker a connection's stop signal wakes it by: it notes that the signal moved, then
-/// wakes the task.
-#[derive(Default)]
-struct StopWaker {
-    woken: AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for StopWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
     }
 }
 

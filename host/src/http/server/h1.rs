@@ -41,6 +41,7 @@ use super::super::upstream::h1::codec::{Decoded, Decoder, ParseError, decimal};
 use super::super::{ProxyBody, RequestBody};
 use super::{Client, h1_builder, handle, service};
 use crate::config::ListenerConfig;
+use crate::core::wake::Flagged;
 
 /// Most headers of a request this server parses (on the stack); a request with more goes
 /// to hyper, which holds it to the listener's `max_headers`.
@@ -84,6 +85,8 @@ where
     // The last response's header map, cleared, for the next request's headers.
     let mut cache = None;
     let mut idle = std::pin::pin!(tokio::time::sleep(config.header_read_timeout));
+    // The timer is polled only when it fired, not at each read of the connection.
+    let fired = Flagged::default();
     loop {
         // The head (and, between requests, the client's silence) has `header_read_timeout`.
         // One timer serves the connection: set once, it is only moved on when it fires
@@ -94,13 +97,15 @@ where
             if let Poll::Ready(next) = poll_head(&reader, cx, &config, &graceful, &mut cache) {
                 return Poll::Ready(Some(next));
             }
-            while idle.as_mut().poll(cx).is_ready() {
-                if tokio::time::Instant::now() >= deadline {
-                    return Poll::Ready(None);
+            fired.poll(cx, |cx| {
+                while idle.as_mut().poll(cx).is_ready() {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Poll::Ready(None);
+                    }
+                    idle.as_mut().reset(deadline);
                 }
-                idle.as_mut().reset(deadline);
-            }
-            Poll::Pending
+                Poll::Pending
+            })
         })
         .await;
         let head = match next {
