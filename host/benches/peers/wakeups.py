@@ -19,14 +19,10 @@ thread, one h1 listener on {port}, round-robin over the two origin ports, as in
 conf/weir.toml). SECS (5), ROUNDS (3), PORT_OFFSET (300), OUT (target/wakeups);
 HOLD=S keeps everything running S seconds after the rounds (for perf: wakeups_trace.sh).
 """
-import os, sys, subprocess, time, resource, re, signal, shlex
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "../../.."))
-OUT = os.environ.get("OUT") or os.path.join(ROOT, "target/wakeups")
-os.makedirs(OUT + "/logs", exist_ok=True); os.makedirs(OUT + "/run", exist_ok=True)
-O = int(os.environ.get("PORT_OFFSET", "300"))
-ORG = [9001 + O, 9002 + O]
-GEN = ["nice", "-n", "-20", "taskset", "-c", "0"]
+import os, sys, time, resource, signal, shlex
+from sidebyside import Bench, kids, vol, cpu, ipis, wait_port, wrk, HZ
+B = Bench("wakeups", 300)
+OUT, O, ORG = B.out, B.offset, B.origin_ports
 PX = ["nice", "-n", "-20", "taskset", "-c", "1"]
 SECS = int(os.environ.get("SECS", "5")); ROUNDS = int(os.environ.get("ROUNDS", "3"))
 WEIR_CONF = """[runtime]
@@ -46,57 +42,9 @@ backends = [{{ address = "127.0.0.1:{o1}" }}, {{ address = "127.0.0.1:{o2}" }}]
 balancer = {{ plugin = "round-robin" }}
 max_idle_per_backend = 128
 """
-HZ = os.sysconf("SC_CLK_TCK")
-conf = open(os.path.join(HERE, "conf/origin.conf")).read().replace("@P@", OUT)
-conf = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{int(m.group(1)) + O}", conf)
-open(OUT + "/run/origin.conf", "w").write(conf)
-procs = []
-def start(argv, pre, log):
-    p = subprocess.Popen(pre + argv, stdout=open(f"{OUT}/logs/{log}.log", "ab"), stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=OUT)
-    procs.append(p); return p
-def kids(p):
-    k = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-    return [p.pid] + [int(x) for x in k]
-def vol(pl):
-    t = 0
-    for pid in pl:
-        d = f"/proc/{pid}/task"
-        for task in (os.listdir(d) if os.path.isdir(d) else ()):
-            try:
-                for line in open(f"{d}/{task}/status"):
-                    if line.startswith("voluntary_ctxt_switches:"): t += int(line.split()[1])
-            except FileNotFoundError: pass
-    return t
-def cpu(pl):
-    u = s = 0
-    for pid in pl:
-        try: f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except FileNotFoundError: continue
-        u += int(f[11]); s += int(f[12])
-    return u, s
-def ipis():
-    t = {}
-    for line in open("/proc/interrupts"):
-        f = line.split()
-        if f and f[0] in ("RES:", "CAL:"):
-            for c, v in enumerate(f[1:3]): t[c] = t.get(c, 0) + int(v)
-    return t
-def wait_port(port):
-    import socket
-    for _ in range(200):
-        try: socket.create_connection(("127.0.0.1", port), 0.2).close(); return
-        except OSError: time.sleep(0.1)
-    raise SystemExit(f"port {port} never opened")
-def wrk(port, secs):
-    out = subprocess.run(GEN + ["wrk", "-t1", "-c64", f"-d{secs}s", f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
-    n = int(re.search(r"(\d+) requests in", out).group(1))
-    bad = re.search(r"Non-2xx.*?(\d+)|Socket errors.*", out)
-    return n, (bad.group(0) if bad else "")
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
 try:
-    origin = start(["nginx", "-c", f"{OUT}/run/origin.conf", "-p", f"{OUT}/run/"], GEN, "origin")
-    wait_port(ORG[0])
+    origin = B.start_origin()
     px = {}
     for i, spec in enumerate(sys.argv[1:]):
         name, argv = spec.split("=", 1)
@@ -104,7 +52,7 @@ try:
         conf = f"{OUT}/run/weir-{port}.toml"
         open(conf, "w").write(WEIR_CONF.format(port=port, cache=f"{OUT}/cache", o1=ORG[0], o2=ORG[1]))
         argv = argv.format(port=port, up=f"127.0.0.1:{ORG[0]},127.0.0.1:{ORG[1]}", conf=conf)
-        px[name] = (start(shlex.split(argv), PX, name), port)
+        px[name] = (B.start(shlex.split(argv), PX, name), port)
     for name, (p, port) in px.items(): wait_port(port); wrk(port, 2)
     ol = kids(origin)
     print(f"load {open('/proc/loadavg').read().split()[:3]}", flush=True)
@@ -121,9 +69,4 @@ try:
     if os.environ.get("HOLD"):
         print("holding", {k: v[0].pid for k, v in px.items()}, "origin", kids(origin), flush=True); time.sleep(int(os.environ["HOLD"]))
 finally:
-    for p in reversed(procs):
-        try: os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError: pass
-    for p in procs:
-        try: p.wait(5)
-        except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL)
+    B.stop()

@@ -25,14 +25,10 @@ the models compared in BENCHMARKS.md were switched by environment variables of b
 e17caf3 and abb4fb7: WEIR_WORKER_MODEL=multi|reuseport, WEIR_ACCEPT_YIELD=1). SECS (5), ROUNDS (2), LOADS
 (h1:64,h1:16,l4:64,l4:16), PORT_OFFSET (600), OUT (target/workers).
 """
-import os, sys, subprocess, time, re, signal, shlex, urllib.request, resource
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "../../.."))
-OUT = os.environ.get("OUT") or os.path.join(ROOT, "target/workers")
-os.makedirs(OUT + "/logs", exist_ok=True); os.makedirs(OUT + "/run", exist_ok=True)
-O = int(os.environ.get("PORT_OFFSET", "600"))
-ORG = [9001 + O, 9002 + O]
-GEN = ["nice", "-n", "-20", "taskset", "-c", "0"]
+import os, sys, time, re, signal, shlex, urllib.request, resource
+from sidebyside import Bench, kids, tasks, vol, cpu, ipis, wait_port, wrk, load, HZ
+B = Bench("workers", 600)
+OUT, O, ORG = B.out, B.offset, B.origin_ports
 PX = ["nice", "-n", "-20"]
 SECS = int(os.environ.get("SECS", "5")); ROUNDS = int(os.environ.get("ROUNDS", "2"))
 LOADS = [(k, int(c)) for k, c in (x.split(":") for x in os.environ.get("LOADS", "h1:64,h1:16,l4:64,l4:16").split(","))]
@@ -62,80 +58,27 @@ backends = [{{ address = "127.0.0.1:{o1}" }}, {{ address = "127.0.0.1:{o2}" }}]
 balancer = {{ plugin = "round-robin" }}
 max_idle_per_backend = 128
 """
-HZ = os.sysconf("SC_CLK_TCK")
-conf = open(os.path.join(HERE, "conf/origin.conf")).read().replace("@P@", OUT)
-conf = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{int(m.group(1)) + O}", conf)
-open(OUT + "/run/origin.conf", "w").write(conf)
-procs = []
-def start(argv, pre, log, env=None):
-    p = subprocess.Popen(pre + argv, stdout=open(f"{OUT}/logs/{log}.log", "ab"), stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=OUT, env=env)
-    procs.append(p); return p
-def kids(p):
-    k = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-    return [p.pid] + [int(x) for x in k]
 def threads(pl):
     """CPU ticks by thread name (user + system)."""
     t = {}
-    for pid in pl:
-        d = f"/proc/{pid}/task"
-        for task in (os.listdir(d) if os.path.isdir(d) else ()):
-            try: s = open(f"{d}/{task}/stat").read()
-            except FileNotFoundError: continue
-            name = s[s.index("(") + 1:s.rindex(")")]
-            f = s.rsplit(")", 1)[1].split()
-            if int(task) == pid: key = "main"
-            elif re.match(r"weir-worker-\d", name): key = name
-            elif name.startswith("tokio-r"): key = f"tokio-worker-{task}"
-            else: key = "other"
-            t[key] = t.get(key, 0) + int(f[11]) + int(f[12])
-    return t
-def vol(pl):
-    """Voluntary context switches (times gone to sleep) of all the threads of `pl`."""
-    t = 0
-    for pid in pl:
-        d = f"/proc/{pid}/task"
-        for task in (os.listdir(d) if os.path.isdir(d) else ()):
-            try:
-                for line in open(f"{d}/{task}/status"):
-                    if line.startswith("voluntary_ctxt_switches:"): t += int(line.split()[1])
-            except FileNotFoundError: pass
-    return t
-def ipis():
-    t = 0
-    for line in open("/proc/interrupts"):
-        f = line.split()
-        if f and f[0] in ("RES:", "CAL:"): t += int(f[1]) + int(f[2])
-    return t
-def cpu(pl):
-    u = s = 0
-    for pid in pl:
-        try: f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    for pid, task in tasks(pl):
+        try: s = open(f"/proc/{pid}/task/{task}/stat").read()
         except FileNotFoundError: continue
-        u += int(f[11]); s += int(f[12])
-    return u, s
+        name = s[s.index("(") + 1:s.rindex(")")]
+        f = s.rsplit(")", 1)[1].split()
+        if int(task) == pid: key = "main"
+        elif re.match(r"weir-worker-\d", name): key = name
+        elif name.startswith("tokio-r"): key = f"tokio-worker-{task}"
+        else: key = "other"
+        t[key] = t.get(key, 0) + int(f[11]) + int(f[12])
+    return t
 def accepted(admin):
     try: text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2).read().decode()
     except OSError: return {}
     return {m.group(1): int(float(m.group(2))) for m in re.finditer(r'weir_control_worker_connections(?:_total)?\{worker="(\d+)"\} (\S+)', text)}
-def wait_port(port):
-    import socket
-    for _ in range(300):
-        try: socket.create_connection(("127.0.0.1", port), 0.2).close(); return
-        except OSError: time.sleep(0.1)
-    raise SystemExit(f"port {port} never opened")
-def wrk(port, conns, close, secs):
-    h = ["-H", "Connection: close"] if close else []
-    out = subprocess.run(GEN + ["wrk", "-t1", f"-c{conns}", f"-d{secs}s"] + h + [f"http://127.0.0.1:{port}/"],
-                         capture_output=True, text=True).stdout
-    n = int(re.search(r"(\d+) requests in", out).group(1))
-    bad = re.search(r"Non-2xx.*?(\d+)|Socket errors.*", out)
-    return n, (bad.group(0) if bad else "")
-def load(): return " ".join(open("/proc/loadavg").read().split()[:3])
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
 try:
-    origin = start(["nginx", "-c", f"{OUT}/run/origin.conf", "-p", f"{OUT}/run/"], GEN, "origin")
-    wait_port(ORG[0])
+    origin = B.start_origin()
     px = {}
     for i, spec in enumerate(sys.argv[1:]):
         name, rest = spec.split("=", 1)
@@ -147,19 +90,19 @@ try:
         words = shlex.split(cmd); env = dict(os.environ)
         while "=" in words[0]:
             k, v = words.pop(0).split("=", 1); env[k] = v
-        p = start(words + ["run", "--config", conf], PX, name, env)
+        p = B.start(words + ["run", "--config", conf], PX, name, env)
         px[name] = (p, {"h1": port, "l4": l4}, admin)
     for name, (p, ports, admin) in px.items():
-        for port in ports.values(): wait_port(port); wrk(port, 16, False, 1)
+        for port in ports.values(): wait_port(port); wrk(port, 1, 16)
     print(f"load {load()}", flush=True)
     for r in range(ROUNDS):
         for kind, conns in LOADS:
             for name, (p, ports, admin) in px.items():
                 pl = kids(p)
                 ol = kids(origin)
-                a = (cpu(pl), threads(pl), accepted(admin), time.time(), vol(pl), vol(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw, ipis())
-                n, bad = wrk(ports[kind], conns, kind == "l4", SECS)
-                b = (cpu(pl), threads(pl), accepted(admin), time.time(), vol(pl), vol(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw, ipis())
+                a = (cpu(pl), threads(pl), accepted(admin), time.time(), vol(pl), vol(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw, sum(ipis().values()))
+                n, bad = wrk(ports[kind], SECS, conns, kind == "l4")
+                b = (cpu(pl), threads(pl), accepted(admin), time.time(), vol(pl), vol(ol), resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw, sum(ipis().values()))
                 sl = lambda i: (b[i] - a[i]) / n
                 us = lambda i: (b[0][i] - a[0][i]) / HZ * 1e6 / n
                 th = {k: v - a[1].get(k, 0) for k, v in b[1].items()}
@@ -173,9 +116,4 @@ try:
                       f"CPU% workers {share} main {main:.0f}  accepted {accs}  sleeps px {sl(4):.3f} origin {sl(5):.3f} wrk {sl(6):.3f} IPIs {sl(7):.3f}  load {load()} {bad}", flush=True)
     print(f"load {load()}", flush=True)
 finally:
-    for p in reversed(procs):
-        try: os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError: pass
-    for p in procs:
-        try: p.wait(5)
-        except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL)
+    B.stop()
