@@ -1045,40 +1045,64 @@ impl Control {
         stats: Arc<ListenerStats>,
         tls: Arc<Terminator>,
     ) -> impl Future<Output = ()> + use<> {
-        let (ctx, stop, worker) = (worker.ctx.clone(), self.stop.clone(), worker.clone());
-        let snapshot = ctx.snapshot.clone();
+        let (stop, worker, all) = (self.stop.clone(), worker.clone(), self.workers.each.clone());
+        let snapshot = worker.ctx.snapshot.clone();
         let limit = {
             let name = name.clone();
             move || snapshot.load().listeners.get(&*name).and_then(|l| l.max_connections)
         };
         listen::serve(acceptor, slots, limit, stop.clone(), move |stream, peer, slot| {
             // Removed by a reload that has not stopped this loop yet: stop.
-            let Some(config) = ctx.snapshot.load().listeners.get(&*name).cloned() else { return false };
+            let Some(config) = worker.ctx.snapshot.load().listeners.get(&*name).cloned() else { return false };
             stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            worker.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (ctx, stop, stats) = (ctx.clone(), stop.clone(), stats.clone());
-            if config.protocol.is_l4() {
-                // Boxed: tokio copies a task's whole future when it spawns it (twice) and
-                // when it finishes (three times); a box makes each of those a pointer's copy
-                // (about 2,000 instructions a connection: BENCHMARKS.md, L4).
-                tokio::spawn(Box::pin(tcp::session::run(stream, peer, slot, config, stats, ctx, stop)));
-            } else {
-                let tls = match (&config.tls, tls.current()) {
-                    (None, _) => None,
-                    (Some(_), Some(acceptor)) => Some(acceptor),
-                    // Between the snapshot that turns TLS off and the acceptor's removal:
-                    // never serve clear text under settings that say TLS.
-                    (Some(_), None) => {
-                        stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return true;
-                    }
-                };
-                // Boxed: the connection's future is about 10 KB, and tokio moves a future
-                // it is given by value through each layer of `spawn` and again when the
-                // task ends (~105,000 instructions of memcpy per connection, 8 % of a
-                // resumed TLS 1.3 handshake's; BENCHMARKS.md, "Resumed TLS 1.3
-                // handshakes"). Boxed, it is copied once.
-                tokio::spawn(Box::pin(http::server::connection(stream, peer, slot, config, stats, ctx, stop, tls)));
+            let (target, live) = worker.choose(&all);
+            target.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (ctx, stop, stats) = (target.ctx.clone(), stop.clone(), stats.clone());
+            let tls = match (&config.tls, tls.current()) {
+                (None, _) => None,
+                (Some(_), Some(acceptor)) => Some(acceptor),
+                // Between the snapshot that turns TLS off and the acceptor's removal:
+                // never serve clear text under settings that say TLS.
+                (Some(_), None) => {
+                    stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return true;
+                }
+            };
+            // Boxed: tokio copies a task's whole future when it spawns it (twice) and when
+            // it finishes (three times), and an HTTP connection's is about 10 KB; boxed,
+            // each is a pointer's copy (about 2,000 instructions a tcp connection,
+            // BENCHMARKS.md, L4; ~105,000 of memcpy a TLS connection, "Resumed TLS 1.3
+            // handshakes").
+            let serve = move |stream| -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+                if config.protocol.is_l4() {
+                    Box::pin(async move {
+                        let _live = live;
+                        tcp::session::run(stream, peer, slot, config, stats, ctx, stop).await;
+                    })
+                } else {
+                    Box::pin(async move {
+                        let _live = live;
+                        http::server::connection(stream, peer, slot, config, stats, ctx, stop, tls).await;
+                    })
+                }
+            };
+            if Arc::ptr_eq(target, &worker) {
+                tokio::spawn(serve(stream));
+                return true;
+            }
+            // Handed over: out of this worker's reactor, into the other's.
+            match stream.into_std() {
+                Ok(stream) => {
+                    target.handle.spawn(async move {
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => serve(stream).await,
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "a connection handed to another worker was lost")
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "a connection handed to another worker was lost"),
             }
             true
         })

@@ -53,6 +53,42 @@ async fn both_workers_take_connections() {
     assert_eq!(taken.iter().sum::<u64>() % 32, 0, "every connection counted once: {taken:?}");
 }
 
+/// Opens a connection and has one keep-alive request answered on it; the connection is
+/// kept open.
+async fn kept(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /kept HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("a: GET /kept") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before its answer: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+#[tokio::test]
+async fn a_burst_of_keep_alive_connections_is_spread_over_the_workers() {
+    let a = Upstream::start("a").await;
+    let server = support::start(&(support::config_text(&[a.addr], "") + TWO_WORKERS)).await;
+    let proxy = server.addr("main").unwrap();
+    // 16 connections at once, as a client pool opens them, all kept: whichever worker
+    // accepts first takes the burst from the shared socket, and hands each connection
+    // to the other worker while it serves more than one more than it.
+    let connections = futures_util::future::join_all((0..16).map(|_| kept(proxy))).await;
+    let taken = server.control().worker_connections();
+    assert_eq!(taken.iter().sum::<u64>(), 16, "{taken:?}");
+    assert!(taken.iter().all(|&n| n >= 6), "each worker serves a fair share: {taken:?}");
+    // Both serve their connections' next requests.
+    for mut c in connections {
+        c.write_all(b"GET /again HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&answer).contains("a: GET /again"), "{}", String::from_utf8_lossy(&answer));
+    }
+}
+
 #[tokio::test]
 async fn a_reload_adds_and_removes_a_listener_on_every_worker() {
     let a = Upstream::start("workers-reload").await;

@@ -2,8 +2,10 @@
 //! worker is a thread of its own (`weir-worker-K`) running a tokio current-thread runtime,
 //! and every listener has an accept loop on each of them, all accepting from the
 //! listener's one socket: a connection's task, its upstream connections (each worker keeps
-//! its own idle pool), HTTP/2 streams and tunnels all live on the worker that accepted
-//! it, and no task moves between threads. One multi-thread runtime instead makes clients
+//! its own idle pool), HTTP/2 streams and tunnels all live on the worker that serves it,
+//! and no task moves between threads. A worker serves the connections it accepts, unless
+//! it serves more than one more than the least busy worker: that one is handed the new
+//! connection ([`Worker::choose`]). One multi-thread runtime instead makes clients
 //! and backends sleep and be woken far more often, and costs more CPU per request
 //! (BENCHMARKS.md, issue 16, "Why the peers sleep" and "Worker model"). With one worker,
 //! the runtime the server was started on serves. The control plane (the one writer,
@@ -11,7 +13,7 @@
 //! on in every case; health probes and discovery have threads of their own.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -25,8 +27,44 @@ pub(crate) struct Worker {
     pub(crate) handle: Handle,
     /// The server's context, with this worker's own idle upstream connections.
     pub(crate) ctx: Arc<http::Context>,
-    /// Connections its accept loops took.
+    /// Connections it was given to serve (by its own accept loops or handed over).
     pub(crate) accepted: AtomicU64,
+    /// Connections it serves now (counted only with more than one worker).
+    pub(crate) live: AtomicUsize,
+}
+
+impl Worker {
+    fn new(handle: Handle, ctx: Arc<http::Context>) -> Self {
+        Worker { handle, ctx, accepted: AtomicU64::new(0), live: AtomicUsize::new(0) }
+    }
+
+    /// Which worker should serve a connection `self` just accepted: `self`, unless it
+    /// serves more than one connection more than the least busy worker, which then does
+    /// (HAProxy hands connections to its least loaded thread the same way). The kernel
+    /// gives a burst of connections on the shared socket to whichever worker's accept
+    /// comes first, which then takes them all (a client pool opening its keep-alive
+    /// connections at once landed 0/65 and 17/0 on two workers: BENCHMARKS.md, "Worker
+    /// model"). The chosen worker counts the connection from now on ([`Live`]).
+    pub(crate) fn choose<'a>(self: &'a Arc<Self>, all: &'a [Arc<Worker>]) -> (&'a Arc<Worker>, Option<Live>) {
+        if all.len() <= 1 {
+            return (self, None);
+        }
+        let mine = self.live.load(Ordering::Relaxed);
+        let least = all.iter().min_by_key(|w| w.live.load(Ordering::Relaxed)).unwrap_or(self);
+        let target = if mine > least.live.load(Ordering::Relaxed) + 1 { least } else { self };
+        target.live.fetch_add(1, Ordering::Relaxed);
+        (target, Some(Live(target.clone())))
+    }
+}
+
+/// A connection a worker serves: counted in its `live` until dropped.
+#[derive(Debug)]
+pub(crate) struct Live(Arc<Worker>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A server's workers, by index.
@@ -57,7 +95,7 @@ impl Workers {
     /// the current runtime with `ctx` itself.
     pub(crate) fn start(count: usize, ctx: &Arc<http::Context>) -> Result<(Self, WorkerThreads), WorkerError> {
         if count <= 1 {
-            let only = Worker { handle: Handle::current(), ctx: ctx.clone(), accepted: AtomicU64::new(0) };
+            let only = Worker::new(Handle::current(), ctx.clone());
             return Ok((Self { each: vec![Arc::new(only)] }, WorkerThreads { _stops: Vec::new() }));
         }
         let mut each = Vec::with_capacity(count);
@@ -71,7 +109,7 @@ impl Workers {
                 tunnels: ctx.tunnels.clone(),
                 connections: ctx.connections.clone(),
             });
-            each.push(Arc::new(Worker { handle, ctx, accepted: AtomicU64::new(0) }));
+            each.push(Arc::new(Worker::new(handle, ctx)));
             stops.push(stop);
         }
         Ok((Self { each }, WorkerThreads { _stops: stops }))
