@@ -686,7 +686,7 @@ impl Control {
         self.stats.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
-    /// Connections each worker accepted, by worker index (one entry when the runtime the
+    /// Connections each worker was given to serve, by worker index (one entry when the runtime the
     /// server started on serves).
     pub fn worker_connections(&self) -> Vec<u64> {
         self.workers.each.iter().map(|w| w.accepted.load(std::sync::atomic::Ordering::Relaxed)).collect()

@@ -114,7 +114,7 @@ impl Collector for Counters {
         let mut f = Family::new(
             &mut encoder,
             "worker_connections",
-            "Client connections accepted, by worker thread.",
+            "Client connections served, by worker thread (accepted by it or handed to it).",
             MetricType::Counter,
         )?;
         for (index, worker) in control.workers.each.iter().enumerate() {
