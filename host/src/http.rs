@@ -96,7 +96,8 @@ impl Body for ProxyBody {
 #[derive(Debug)]
 pub(crate) struct ClientBody {
     inner: RequestBody,
-    fault: Arc<ClientFault>,
+    /// Where a read error is noted (none for a request without a body: nothing to read).
+    fault: Option<Arc<ClientFault>>,
     /// Bytes taken and given back (a request sent again on a fresh connection).
     front: Option<Bytes>,
 }
@@ -134,7 +135,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ClientBody {
     /// Wraps a request body; read errors are noted in `fault`.
-    pub(crate) fn new(inner: RequestBody, fault: Arc<ClientFault>) -> Self {
+    pub(crate) fn new(inner: RequestBody, fault: Option<Arc<ClientFault>>) -> Self {
         Self { inner, fault, front: None }
     }
 
@@ -162,7 +163,9 @@ impl Body for ClientBody {
         };
         match polled {
             Poll::Ready(Some(Err(e))) => {
-                let _ = self.fault.0.set(error_chain(&*e));
+                if let Some(fault) = &self.fault {
+                    let _ = fault.0.set(error_chain(&*e));
+                }
                 Poll::Ready(Some(Err(ClientBodyError(e))))
             }
             other => other.map(|f| f.map(|r| r.map_err(ClientBodyError))),

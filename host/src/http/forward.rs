@@ -36,7 +36,8 @@ pub(crate) struct Exchange {
     /// The request body, until it is sent.
     pub(crate) body: Option<ClientBody>,
     /// Set when the request body could not be read: the client's fault.
-    pub(crate) client_fault: Arc<ClientFault>,
+    /// Where the client's body notes a read error (none without a body).
+    pub(crate) client_fault: Option<Arc<ClientFault>>,
     /// The client side of a WebSocket upgrade, if the request asks for one.
     pub(crate) client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The listener's tunnel limits.
@@ -159,7 +160,7 @@ pub(crate) async fn forward(
                 }
                 None => {
                     // The exchange failed because the client's body did: its fault.
-                    if let Some(why) = exchange.client_fault.get() {
+                    if let Some(why) = exchange.client_fault.as_deref().and_then(ClientFault::get) {
                         break Err(ProxyError::ClientBody(why.to_owned()));
                     }
                     live.exchange_failed(error.failure(), None, 0);

@@ -432,7 +432,8 @@ async fn handle(req: Request<RequestBody>, client: &Client) -> Response<ProxyBod
         client_subject: tls.and_then(|t| t.client_subject.clone()),
         head: Some(Box::new(head)),
     };
-    let client_fault = Arc::new(ClientFault::default());
+    // A body that cannot fail needs no note of its failure (an allocation a GET saves).
+    let client_fault = (!matches!(body, RequestBody::Empty)).then(|| Arc::new(ClientFault::default()));
     let body = ClientBody::new(body, client_fault.clone());
     let mut exchange = Exchange { body: Some(body), client_fault, client_upgrade, tunnel_limits, held };
     let mut avoid = None;
