@@ -16,13 +16,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
 use super::ConnectError;
@@ -103,12 +104,35 @@ pub(crate) struct Conn {
     /// The request head (and small body frames) being written.
     write: Vec<u8>,
     addr: SocketAddr,
+    /// The response timeout's timer, one for the connection's life (made at its first
+    /// wait for a response head): an exchange sets no timer of its own, it checks its
+    /// deadline when this one fires and only then moves it on (see [`Conn::poll_deadline`]).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
     /// A connection just made (and its TLS handshake done, if any).
     pub(crate) fn new(io: Io, addr: SocketAddr) -> Self {
-        Self { io, read: BytesMut::new(), write: Vec::new(), addr }
+        Self { io, read: BytesMut::new(), write: Vec::new(), addr, timer: None }
+    }
+
+    /// Ready once `deadline` has passed; until then the task is woken at or before it.
+    /// The timer is left where an earlier exchange set it when that is no later than
+    /// `deadline`: it then fires early once, is found early, and is moved on. So a
+    /// request costs a poll of the timer, not a timer's registration and removal.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            // A later one set by an earlier exchange (the timeout was shortened since).
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     /// Whether an idle connection still looks usable: the backend has neither closed it

@@ -15,6 +15,7 @@ use bytes::{Buf, Bytes};
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
+use tokio::time::Instant;
 
 use super::Conn;
 use super::codec::{self, Decoded, Decoder, ParseError, ReqFraming};
@@ -52,6 +53,9 @@ pub(crate) enum Error {
     /// The request body is longer or shorter than its `Content-Length`.
     #[error("the request body does not match its Content-Length")]
     BodyLength,
+    /// No response head came before the deadline (the pool's `response_timeout`).
+    #[error("no response head within the response timeout")]
+    Timeout,
 }
 
 impl Error {
@@ -99,9 +103,15 @@ struct Exchange {
     received: bool,
 }
 
-/// Sends `req` on `conn` and reads the response head. With `reused`, a failure before
-/// any response byte that lost no request body byte gives the request back.
-pub(crate) async fn send(mut conn: Conn, reused: bool, req: Request<ClientBody>) -> Result<Response<Body>, SendError> {
+/// Sends `req` on `conn` and reads the response head, which must come by `deadline` (else
+/// [`Error::Timeout`]). With `reused`, a failure before any response byte that lost no
+/// request body byte gives the request back.
+pub(crate) async fn send(
+    mut conn: Conn,
+    reused: bool,
+    req: Request<ClientBody>,
+    deadline: Instant,
+) -> Result<Response<Body>, SendError> {
     let (mut parts, body) = req.into_parts();
     let hint = if body.is_end_stream() { None } else { Some(body.size_hint()) };
     let framing = codec::encode_head(&mut parts, hint, &mut conn.write);
@@ -124,7 +134,11 @@ pub(crate) async fn send(mut conn: Conn, reused: bool, req: Request<ClientBody>)
     if hint.is_none() {
         ex.end_body().map_err(|error| SendError { error, request: None })?;
     }
-    match poll_fn(|cx| ex.poll_head(cx, head_request)).await {
+    let head = poll_fn(|cx| match ex.poll_head(cx, head_request) {
+        Poll::Pending if ex.conn.poll_deadline(cx, deadline).is_ready() => Poll::Ready(Err(Error::Timeout)),
+        polled => polled,
+    });
+    match head.await {
         Ok(head) => {
             let body = Body { decoder: Decoder::new(head.framing), keep_alive: head.keep_alive, failed: false, ex };
             Ok(Response::from_parts(head.parts, body))
@@ -132,7 +146,7 @@ pub(crate) async fn send(mut conn: Conn, reused: bool, req: Request<ClientBody>)
         Err(error) => {
             let again = reused
                 && !ex.received
-                && !matches!(error, Error::ClientBody(_))
+                && !matches!(error, Error::ClientBody(_) | Error::Timeout)
                 && (ex.taken == 0 || (ex.taken == 1 && ex.first.is_some()));
             let request = again.then(|| {
                 let mut body = ex.body;
