@@ -145,7 +145,7 @@ impl ConnectError {
 #[derive(Debug)]
 pub(crate) enum Sender {
     /// An HTTP/1.1 connection, the request's alone until its response is read.
-    H1(h1::Conn),
+    H1(Box<h1::Conn>),
     /// hyper's HTTP/1.1 client on a connection, for a request that asks for an upgrade
     /// (WebSocket): it serves that request alone.
     Upgrade(http1::SendRequest<ClientBody>),

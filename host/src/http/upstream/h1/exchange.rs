@@ -79,7 +79,7 @@ pub(crate) struct SendError {
 /// waits to be written.
 #[derive(Debug)]
 struct Exchange {
-    conn: Conn,
+    conn: Box<Conn>,
     body: ClientBody,
     /// The request body has ended (and its end is queued).
     body_done: bool,
@@ -107,7 +107,7 @@ struct Exchange {
 /// [`Error::Timeout`]). With `reused`, a failure before any response byte that lost no
 /// request body byte gives the request back.
 pub(crate) async fn send(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     reused: bool,
     req: Request<ClientBody>,
     deadline: Instant,
@@ -395,7 +395,7 @@ impl Body {
     /// The connection, if the exchange ended cleanly and it may carry another: the whole
     /// response read and nothing after it, the whole request sent, and neither side
     /// asking to close.
-    pub(crate) fn into_reusable(self) -> Option<Conn> {
+    pub(crate) fn into_reusable(self) -> Option<Box<Conn>> {
         let Body { ex, decoder, keep_alive, failed } = self;
         let clean = decoder == Decoder::Done
             && keep_alive
