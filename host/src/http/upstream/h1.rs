@@ -122,6 +122,10 @@ impl Conn {
     /// The timer is left where an earlier exchange set it when that is no later than
     /// `deadline`: it then fires early once, is found early, and is moved on. So a
     /// request costs a poll of the timer, not a timer's registration and removal.
+    ///
+    /// Between exchanges the timer still holds the last exchange's waker: a task that has
+    /// ended since keeps its allocation until the timer fires (at most the response
+    /// timeout after that exchange) or the connection's next exchange polls it.
     fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if timer.deadline() > deadline {
