@@ -110,12 +110,21 @@ pub(crate) struct Conn {
     /// wait for a response head): an exchange sets no timer of its own, it checks its
     /// deadline when this one fires and only then moves it on (see [`Conn::poll_deadline`]).
     timer: Option<Pin<Box<Sleep>>>,
+    /// The current exchange's sending side.
+    sending: exchange::Sending,
 }
 
 impl Conn {
     /// A connection just made (and its TLS handshake done, if any).
     pub(crate) fn new(io: Io, addr: SocketAddr) -> Box<Self> {
-        Box::new(Self { io, read: BytesMut::new(), write: Vec::new(), addr, timer: None })
+        Box::new(Self {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+            addr,
+            timer: None,
+            sending: exchange::Sending::new(codec::ReqFraming::Length(0)),
+        })
     }
 
     /// Ready once `deadline` has passed; until then the task is woken at or before it.
