@@ -443,3 +443,47 @@ async fn interim_100_continue_and_103_are_skipped_for_the_final_answer() {
     }
     assert_eq!(backend.accepted(), 1);
 }
+
+/// The response timeout on a kept connection, whose timer an earlier exchange set: a
+/// request that gets no answer still gets its 504 at `response_timeout` (not before, and
+/// not at some older deadline's multiple), and the connection is not used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_that_stops_answering_gets_a_504_at_the_response_timeout() {
+    let backend = Scripted::start(|mut s, n| async move {
+        let mut buf = Vec::new();
+        let mut answered = 0;
+        while read_head(&mut s, &mut buf).await.is_some() {
+            // The first connection answers three requests and then stalls, holding the
+            // connection open; later ones answer everything.
+            if n == 0 && answered == 3 {
+                let mut rest = [0u8; 64];
+                while s.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+                return;
+            }
+            answered += 1;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+        }
+    })
+    .await;
+    let text = support::config_text(&[backend.addr], "response_timeout_ms = 400");
+    let server = support::start(&format!("{text}\n[runtime]\nworker_threads = 1\n")).await;
+    let url = format!("http://{}/t", server.addr("main").unwrap());
+    let client = support::client();
+    for _ in 0..3 {
+        let (status, body) = within(support::get(&client, &url)).await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        // Each exchange's deadline is later than the one before.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(backend.accepted(), 1, "one kept connection so far");
+    let started = std::time::Instant::now();
+    let (status, body) = within(support::get(&client, &url)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(took >= Duration::from_millis(400), "the 504 came before the response timeout: {took:?}");
+    assert!(took < Duration::from_millis(2000), "the 504 came {took:?} after the request");
+    // The timed-out connection is closed, not kept: the next request opens another.
+    let (status, body) = within(support::get(&client, &url)).await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(backend.accepted(), 2);
+}

@@ -5,17 +5,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
+use tokio::time::Instant;
 
 use super::errors::ProxyError;
 use super::headers::{add_headers, remove_hop_by_hop};
 use super::server::Held;
-use super::upstream::{self, Checkout, ConnectError, SendError, Source, Target, UpstreamBody};
+use super::upstream::{self, Checkout, ConnectError, SendError, Sender, Source, Target, UpstreamBody};
 use super::{ClientBody, ClientFault, Context, ProxyBody, websocket};
 use crate::config::TunnelLimits;
 use crate::core::Failure as HealthFailure;
@@ -100,18 +101,28 @@ pub(crate) async fn forward(
     }
     live.request_started();
     let started = Instant::now();
+    let mut deadline = deadline_after(started, cfg.response_timeout);
     let result = loop {
         let reused = conn.reused;
-        match tokio::time::timeout(cfg.response_timeout, conn.send(request)).await {
-            Err(_) => {
+        let sent = match conn.sender {
+            // weir's HTTP/1.1 client, awaited here rather than inside `Checkout::send`:
+            // its future is built in place, not moved into another.
+            Sender::H1(c) => match upstream::h1::send(c, reused, request, deadline).await {
+                Ok(res) => Ok(res.map(Source::H1)),
+                Err(e) => Err(SendError::from(e)),
+            },
+            sender => Checkout { sender, reused }.send(request, deadline).await,
+        };
+        match sent {
+            Err(SendError { error, .. }) if error.is_timeout() => {
                 live.exchange_failed(HealthFailure::Timeout, None, 0);
                 break Err(ProxyError::Timeout {
                     backend: backend.config.address.clone(),
                     after: cfg.response_timeout,
                 });
             }
-            Ok(Ok(res)) => break Ok(res),
-            Ok(Err(SendError { error, request: back })) => match back {
+            Ok(res) => break Ok(res),
+            Err(SendError { error, request: back }) => match back {
                 // A reused connection the backend had closed before answering, with
                 // nothing of the body lost: open a fresh one (replace the shared HTTP/2
                 // one) and send it there, once.
@@ -119,7 +130,10 @@ pub(crate) async fn forward(
                     tracing::debug!(backend = %backend.config.address, error = %error, "a reused connection failed; sending again on a new one");
                     request = req;
                     match upstream::reconnect(&ctx.idle, live, target, proxy.as_ref()).await {
-                        Ok(fresh) => conn = Checkout { reused: false, ..fresh },
+                        Ok(fresh) => {
+                            conn = Checkout { reused: false, ..fresh };
+                            deadline = deadline_after(Instant::now(), cfg.response_timeout);
+                        }
                         Err(e) => {
                             live.exchange_failed(e.failure(), None, 0);
                             live.request_finished();
@@ -205,6 +219,12 @@ pub(crate) async fn forward(
     let max_idle = if proxy.is_some() { 0 } else { cfg.max_idle_per_backend };
     let body = UpstreamBody::new(incoming, ctx.idle.clone(), live.clone(), max_idle);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// The response timeout's deadline for a request sent at `sent` (30 years on for a timeout
+/// too long for the clock, as tokio's own timeout does).
+fn deadline_after(sent: Instant, timeout: Duration) -> Instant {
+    sent.checked_add(timeout).unwrap_or_else(|| sent + Duration::from_secs(86400 * 365 * 30))
 }
 
 /// Makes an HTTP/1.1 request head (as [`prepare_upstream_head`] left it) an HTTP/2 one:

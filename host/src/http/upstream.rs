@@ -17,13 +17,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use tokio::time::Instant;
 
 use super::ClientBody;
 use crate::config::{BackendConfig, UpstreamConfig, UpstreamProtocol};
@@ -144,7 +145,7 @@ impl ConnectError {
 #[derive(Debug)]
 pub(crate) enum Sender {
     /// An HTTP/1.1 connection, the request's alone until its response is read.
-    H1(h1::Conn),
+    H1(Box<h1::Conn>),
     /// hyper's HTTP/1.1 client on a connection, for a request that asks for an upgrade
     /// (WebSocket): it serves that request alone.
     Upgrade(http1::SendRequest<ClientBody>),
@@ -161,17 +162,29 @@ pub(crate) enum Error {
     /// Through weir's HTTP/1.1 client.
     #[error(transparent)]
     H1(#[from] h1::Error),
+    /// No response head within the pool's response timeout (hyper's client).
+    #[error("no response head within the response timeout")]
+    Timeout,
 }
 
 impl Error {
     /// The health failure this is: a response that is not HTTP is `Protocol`, anything
     /// else (a reset, a close, a TLS alert) `Reset`.
     pub(crate) fn failure(&self) -> crate::core::Failure {
+        if self.is_timeout() {
+            return crate::core::Failure::Timeout;
+        }
         let parse = match self {
             Error::Hyper(e) => e.is_parse(),
             Error::H1(e) => e.is_parse(),
+            Error::Timeout => false,
         };
         if parse { crate::core::Failure::Protocol } else { crate::core::Failure::Reset }
+    }
+
+    /// Whether no response head came within the response timeout.
+    pub(crate) fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout | Error::H1(h1::Error::Timeout))
     }
 
     /// Whether it was the client's request body that failed.
@@ -219,23 +232,39 @@ impl Checkout {
         }
     }
 
-    /// Sends `req` and returns the response head (its body streams after). A request
-    /// that may be sent again comes back in the error.
-    pub(crate) async fn send(self, req: Request<ClientBody>) -> Result<Response<Source>, SendError> {
-        match self.sender {
-            Sender::H1(conn) => match h1::send(conn, self.reused, req).await {
-                Ok(res) => Ok(res.map(Source::H1)),
-                Err(h1::SendError { error, request }) => Err(SendError { error: error.into(), request }),
+    /// Sends `req` and returns the response head (its body streams after), which must
+    /// come by `deadline`, else [`Error::Timeout`]. A request that may be sent again
+    /// comes back in the error.
+    ///
+    /// weir's HTTP/1.1 client keeps the deadline on its connection's timer (and the
+    /// request path awaits [`h1::send`] itself, so that its future is not moved into
+    /// this one's); hyper's clients get a timeout around them.
+    pub(crate) async fn send(self, req: Request<ClientBody>, deadline: Instant) -> Result<Response<Source>, SendError> {
+        let sent = match self.sender {
+            Sender::H1(conn) => {
+                return h1::send(conn, self.reused, req, deadline)
+                    .await
+                    .map(|res| res.map(Source::H1))
+                    .map_err(SendError::from);
+            }
+            Sender::Upgrade(mut s) => match tokio::time::timeout_at(deadline, s.try_send_request(req)).await {
+                Ok(Ok(res)) => Ok(res.map(|b| Source::Hyper(b, Sender::Upgrade(s)))),
+                Ok(Err(e)) => Err(e),
+                Err(_) => return Err(SendError { error: Error::Timeout, request: None }),
             },
-            Sender::Upgrade(mut s) => match s.try_send_request(req).await {
-                Ok(res) => Ok(res.map(|b| Source::Hyper(b, Sender::Upgrade(s)))),
-                Err(mut e) => Err(SendError { request: e.take_message(), error: e.into_error().into() }),
+            Sender::H2(mut s) => match tokio::time::timeout_at(deadline, s.try_send_request(req)).await {
+                Ok(Ok(res)) => Ok(res.map(|b| Source::Hyper(b, Sender::H2(s)))),
+                Ok(Err(e)) => Err(e),
+                Err(_) => return Err(SendError { error: Error::Timeout, request: None }),
             },
-            Sender::H2(mut s) => match s.try_send_request(req).await {
-                Ok(res) => Ok(res.map(|b| Source::Hyper(b, Sender::H2(s)))),
-                Err(mut e) => Err(SendError { request: e.take_message(), error: e.into_error().into() }),
-            },
-        }
+        };
+        sent.map_err(|mut e| SendError { request: e.take_message(), error: e.into_error().into() })
+    }
+}
+
+impl From<h1::SendError> for SendError {
+    fn from(e: h1::SendError) -> Self {
+        SendError { error: e.error.into(), request: e.request }
     }
 }
 

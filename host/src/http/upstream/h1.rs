@@ -11,18 +11,20 @@
 //! handshake ([`handshake`]), which keeps driving it as before.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
 use super::ConnectError;
@@ -94,7 +96,8 @@ impl AsyncWrite for Io {
 }
 
 /// An HTTP/1.1 connection to a backend, between exchanges: the socket and the buffers
-/// every exchange on it reuses.
+/// every exchange on it reuses. Boxed once for the connection's life: an exchange, its
+/// response body and the idle stacks move it as a pointer, not 136 bytes.
 #[derive(Debug)]
 pub(crate) struct Conn {
     io: Io,
@@ -103,12 +106,48 @@ pub(crate) struct Conn {
     /// The request head (and small body frames) being written.
     write: Vec<u8>,
     addr: SocketAddr,
+    /// The response timeout's timer, one for the connection's life (made at its first
+    /// wait for a response head): an exchange sets no timer of its own, it checks its
+    /// deadline when this one fires and only then moves it on (see [`Conn::poll_deadline`]).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The current exchange's sending side.
+    sending: exchange::Sending,
 }
 
 impl Conn {
     /// A connection just made (and its TLS handshake done, if any).
-    pub(crate) fn new(io: Io, addr: SocketAddr) -> Self {
-        Self { io, read: BytesMut::new(), write: Vec::new(), addr }
+    pub(crate) fn new(io: Io, addr: SocketAddr) -> Box<Self> {
+        Box::new(Self {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+            addr,
+            timer: None,
+            sending: exchange::Sending::new(codec::ReqFraming::Length(0)),
+        })
+    }
+
+    /// Ready once `deadline` has passed; until then the task is woken at or before it.
+    /// The timer is left where an earlier exchange set it when that is no later than
+    /// `deadline`: it then fires early once, is found early, and is moved on. So a
+    /// request costs a poll of the timer, not a timer's registration and removal.
+    ///
+    /// Between exchanges the timer still holds the last exchange's waker: a task that has
+    /// ended since keeps its allocation until the timer fires (at most the response
+    /// timeout after that exchange) or the connection's next exchange polls it.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            // A later one set by an earlier exchange (the timeout was shortened since).
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     /// Whether an idle connection still looks usable: the backend has neither closed it
@@ -144,28 +183,55 @@ impl Conn {
 /// An idle keep-alive connection.
 #[derive(Debug)]
 struct IdleConn {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
 /// Shards of the idle stacks (a power of two).
 const SHARDS: usize = 16;
 
+/// Hashes a backend's key with one multiplication. The keys are weir's own (unique in
+/// the process, never a peer's input), so SipHash's defence against chosen keys buys
+/// nothing here, and it cost about 140 instructions a lookup, two lookups a request.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the product's high bits (hashbrown's tag) mix every bit of
+        // the key; its low bits (the bucket) keep sequential keys apart.
+        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// One shard's idle stacks, by backend key.
+type Stacks = HashMap<u64, Vec<IdleConn>, BuildHasherDefault<KeyHasher>>;
+
 /// The idle keep-alive connections of every backend, by key. Sharded, each shard locked
 /// for one push or pop.
 #[derive(Debug, Default)]
 pub(crate) struct Idle {
-    shards: [Mutex<HashMap<u64, Vec<IdleConn>>>; SHARDS],
+    shards: [Mutex<Stacks>; SHARDS],
 }
 
 impl Idle {
-    fn shard(&self, backend: u64) -> MutexGuard<'_, HashMap<u64, Vec<IdleConn>>> {
+    fn shard(&self, backend: u64) -> MutexGuard<'_, Stacks> {
         self.shards[backend as usize % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// An idle connection to `backend` that is younger than `idle_timeout` and that the
     /// backend has not closed, if there is one.
-    pub(super) fn take(&self, backend: u64, idle_timeout: Duration) -> Option<Conn> {
+    pub(super) fn take(&self, backend: u64, idle_timeout: Duration) -> Option<Box<Conn>> {
         loop {
             let mut idle = self.shard(backend).get_mut(&backend)?.pop()?;
             if idle.since.elapsed() < idle_timeout && idle.conn.is_usable() {
@@ -176,7 +242,7 @@ impl Idle {
 
     /// Keeps a connection whose exchange ended cleanly, if `backend` has fewer than `max`
     /// idle.
-    pub(super) fn put(&self, backend: u64, conn: Conn, max: usize) {
+    pub(super) fn put(&self, backend: u64, conn: Box<Conn>, max: usize) {
         let mut shard = self.shard(backend);
         let stack = shard.entry(backend).or_default();
         if stack.len() < max {

@@ -197,8 +197,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
         let mut fields = Fields::default();
         let mut map = HeaderMap::with_capacity(count);
         for &(n, nl, v, vl) in &spans[..count] {
-            let name =
-                HeaderName::from_bytes(&head[n as usize..(n + nl) as usize]).map_err(|_| ParseError::HeaderName)?;
+            let name = header_name(&head[n as usize..(n + nl) as usize])?;
             let (v, vl) = (v as usize, vl as usize);
             if fields.note(&name, &head[v..v + vl]) {
                 if name == header::CONTENT_LENGTH {
@@ -265,6 +264,127 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
         parts.headers = map;
         return Ok(Some(Head { parts, framing, keep_alive }));
     }
+}
+
+/// A common field name: its lowercase spelling, the name, and the spelling's ends folded
+/// as [`folded_ends`] folds a name (made at compile time).
+struct Common {
+    lower: &'static [u8],
+    name: HeaderName,
+    ends: (u64, u64),
+}
+
+/// The entry for `lower` (a lowercase name), its ends folded at compile time.
+const fn common(lower: &'static [u8], name: HeaderName) -> Common {
+    let mut first = [0x20u8; 8];
+    let mut last = [0x20u8; 8];
+    let n = lower.len();
+    let start = n.saturating_sub(8);
+    let mut i = 0;
+    while i < 8 {
+        if i < n {
+            first[i] = lower[i] | 0x20;
+        }
+        if start + i < n && n >= 8 {
+            last[i] = lower[start + i] | 0x20;
+        }
+        i += 1;
+    }
+    let first = u64::from_le_bytes(first);
+    let last = if n >= 8 { u64::from_le_bytes(last) } else { first };
+    Common { lower, name, ends: (first, last) }
+}
+
+// The names backends send most, by length (see [`header_name`]).
+static LEN2: [Common; 1] = [common(b"te", header::TE)];
+static LEN3: [Common; 2] = [common(b"age", header::AGE), common(b"via", header::VIA)];
+static LEN4: [Common; 4] = [
+    common(b"date", header::DATE),
+    common(b"etag", header::ETAG),
+    common(b"vary", header::VARY),
+    common(b"link", header::LINK),
+];
+static LEN6: [Common; 1] = [common(b"server", header::SERVER)];
+static LEN7: [Common; 4] = [
+    common(b"expires", header::EXPIRES),
+    common(b"trailer", header::TRAILER),
+    common(b"upgrade", header::UPGRADE),
+    common(b"alt-svc", header::ALT_SVC),
+];
+static LEN8: [Common; 1] = [common(b"location", header::LOCATION)];
+static LEN10: [Common; 2] = [common(b"connection", header::CONNECTION), common(b"set-cookie", header::SET_COOKIE)];
+static LEN12: [Common; 1] = [common(b"content-type", header::CONTENT_TYPE)];
+static LEN13: [Common; 3] = [
+    common(b"cache-control", header::CACHE_CONTROL),
+    common(b"last-modified", header::LAST_MODIFIED),
+    common(b"accept-ranges", header::ACCEPT_RANGES),
+];
+static LEN14: [Common; 1] = [common(b"content-length", header::CONTENT_LENGTH)];
+static LEN15: [Common; 1] = [common(b"x-frame-options", header::X_FRAME_OPTIONS)];
+static LEN16: [Common; 2] =
+    [common(b"content-encoding", header::CONTENT_ENCODING), common(b"content-language", header::CONTENT_LANGUAGE)];
+static LEN17: [Common; 1] = [common(b"transfer-encoding", header::TRANSFER_ENCODING)];
+static LEN22: [Common; 1] = [common(b"x-content-type-options", header::X_CONTENT_TYPE_OPTIONS)];
+static LEN25: [Common; 1] = [common(b"strict-transport-security", header::STRICT_TRANSPORT_SECURITY)];
+static LEN27: [Common; 1] = [common(b"access-control-allow-origin", header::ACCESS_CONTROL_ALLOW_ORIGIN)];
+
+/// The names backends send most with `len` bytes (see [`header_name`]).
+fn common_names(len: usize) -> &'static [Common] {
+    match len {
+        2 => &LEN2,
+        3 => &LEN3,
+        4 => &LEN4,
+        6 => &LEN6,
+        7 => &LEN7,
+        8 => &LEN8,
+        10 => &LEN10,
+        12 => &LEN12,
+        13 => &LEN13,
+        14 => &LEN14,
+        15 => &LEN15,
+        16 => &LEN16,
+        17 => &LEN17,
+        22 => &LEN22,
+        25 => &LEN25,
+        27 => &LEN27,
+        _ => &[],
+    }
+}
+
+/// The first and last eight bytes of a name (overlapping below 16 bytes; below 8, the
+/// name padded with spaces, twice) as words, every byte ORed with 0x20: ASCII case
+/// folded, as `b | 0x20` is a lowercase letter or `-` only for that letter in either
+/// case, or for `-` (the other bytes that OR to those are not token bytes).
+fn folded_ends(name: &[u8]) -> (u64, u64) {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if let (Some(first), Some(last)) = (name.first_chunk::<8>(), name.last_chunk::<8>()) {
+        return (u64::from_le_bytes(*first) | FOLD, u64::from_le_bytes(*last) | FOLD);
+    }
+    let mut word = [0x20u8; 8];
+    for (w, &b) in word.iter_mut().zip(name) {
+        *w = b | 0x20;
+    }
+    let word = u64::from_le_bytes(word);
+    (word, word)
+}
+
+/// The name of a field of a response head (a token, as httparse checked). The common
+/// ones are matched by length and then as two folded words (and the bytes between them
+/// for names over 16 bytes); the rest go through `HeaderName::from_bytes`, which
+/// lowercases every name into a buffer before it looks it up (about 160 instructions a
+/// common name, against about 30 here).
+fn header_name(name: &[u8]) -> Result<HeaderName, ParseError> {
+    let candidates = common_names(name.len());
+    if !candidates.is_empty() {
+        let ends = folded_ends(name);
+        for c in candidates {
+            let middle = if name.len() > 16 { 8..name.len() - 8 } else { 0..0 };
+            if c.ends == ends && name[middle.clone()].iter().zip(&c.lower[middle]).all(|(&b, &l)| b | 0x20 == l) {
+                return Ok(c.name.clone());
+            }
+        }
+    }
+    HeaderName::from_bytes(name).map_err(|_| ParseError::HeaderName)
 }
 
 /// The framing and connection fields of a response head, read as the head is.

@@ -15,6 +15,7 @@ use bytes::{Buf, Bytes};
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
+use tokio::time::Instant;
 
 use super::Conn;
 use super::codec::{self, Decoded, Decoder, ParseError, ReqFraming};
@@ -52,6 +53,9 @@ pub(crate) enum Error {
     /// The request body is longer or shorter than its `Content-Length`.
     #[error("the request body does not match its Content-Length")]
     BodyLength,
+    /// No response head came before the deadline (the pool's `response_timeout`).
+    #[error("no response head within the response timeout")]
+    Timeout,
 }
 
 impl Error {
@@ -71,60 +75,71 @@ pub(crate) struct SendError {
     pub(crate) request: Option<Request<ClientBody>>,
 }
 
-/// The state of one exchange: the connection, the request body still to send and what
-/// waits to be written.
+/// The state of one exchange: the connection (with the sending side's state, kept in
+/// its box so that the exchange and the response body around it stay small to move) and
+/// the request body still to send.
 #[derive(Debug)]
 struct Exchange {
-    conn: Conn,
+    conn: Box<Conn>,
     body: ClientBody,
     /// The request body has ended (and its end is queued).
     body_done: bool,
-    framing: ReqFraming,
     trailers_sent: bool,
+    /// Everything queued has been flushed.
+    flushed: bool,
+    /// Some response byte was read.
+    received: bool,
+}
+
+/// What one exchange's sending side has queued and written, in the connection's box
+/// (set afresh by every [`send`]).
+#[derive(Debug)]
+pub(super) struct Sending {
+    framing: ReqFraming,
     /// How much of `conn.write` is written.
     written: usize,
     /// A large body frame, written after `conn.write`.
     data: Bytes,
     /// How much of a chunk's closing CRLF is still to write after `data`.
     crlf: usize,
-    /// Everything queued has been flushed.
-    flushed: bool,
     /// Body frames taken, and the first one's bytes while it is the only one (so the
     /// request can be sent again).
     taken: u32,
     first: Option<Bytes>,
     /// Why sending stopped early (the response may still be read).
     send_error: Option<Error>,
-    /// Some response byte was read.
-    received: bool,
 }
 
-/// Sends `req` on `conn` and reads the response head. With `reused`, a failure before
-/// any response byte that lost no request body byte gives the request back.
-pub(crate) async fn send(mut conn: Conn, reused: bool, req: Request<ClientBody>) -> Result<Response<Body>, SendError> {
+impl Sending {
+    /// Nothing queued, for a request framed so.
+    pub(super) fn new(framing: ReqFraming) -> Self {
+        Self { framing, written: 0, data: Bytes::new(), crlf: 0, taken: 0, first: None, send_error: None }
+    }
+}
+
+/// Sends `req` on `conn` and reads the response head, which must come by `deadline` (else
+/// [`Error::Timeout`]). With `reused`, a failure before any response byte that lost no
+/// request body byte gives the request back.
+pub(crate) async fn send(
+    mut conn: Box<Conn>,
+    reused: bool,
+    req: Request<ClientBody>,
+    deadline: Instant,
+) -> Result<Response<Body>, SendError> {
     let (mut parts, body) = req.into_parts();
     let hint = if body.is_end_stream() { None } else { Some(body.size_hint()) };
     let framing = codec::encode_head(&mut parts, hint, &mut conn.write);
     let head_request = parts.method == Method::HEAD;
-    let mut ex = Exchange {
-        conn,
-        body,
-        body_done: false,
-        framing,
-        trailers_sent: false,
-        written: 0,
-        data: Bytes::new(),
-        crlf: 0,
-        flushed: false,
-        taken: 0,
-        first: None,
-        send_error: None,
-        received: false,
-    };
+    conn.sending = Sending::new(framing);
+    let mut ex = Exchange { conn, body, body_done: false, trailers_sent: false, flushed: false, received: false };
     if hint.is_none() {
         ex.end_body().map_err(|error| SendError { error, request: None })?;
     }
-    match poll_fn(|cx| ex.poll_head(cx, head_request)).await {
+    let head = poll_fn(|cx| match ex.poll_head(cx, head_request) {
+        Poll::Pending if ex.conn.poll_deadline(cx, deadline).is_ready() => Poll::Ready(Err(Error::Timeout)),
+        polled => polled,
+    });
+    match head.await {
         Ok(head) => {
             let body = Body { decoder: Decoder::new(head.framing), keep_alive: head.keep_alive, failed: false, ex };
             Ok(Response::from_parts(head.parts, body))
@@ -132,11 +147,11 @@ pub(crate) async fn send(mut conn: Conn, reused: bool, req: Request<ClientBody>)
         Err(error) => {
             let again = reused
                 && !ex.received
-                && !matches!(error, Error::ClientBody(_))
-                && (ex.taken == 0 || (ex.taken == 1 && ex.first.is_some()));
+                && !matches!(error, Error::ClientBody(_) | Error::Timeout)
+                && (ex.conn.sending.taken == 0 || (ex.conn.sending.taken == 1 && ex.conn.sending.first.is_some()));
             let request = again.then(|| {
                 let mut body = ex.body;
-                if let Some(first) = ex.first {
+                if let Some(first) = ex.conn.sending.first.take() {
                     body.give_back(first);
                 }
                 Request::from_parts(parts, body)
@@ -149,7 +164,9 @@ pub(crate) async fn send(mut conn: Conn, reused: bool, req: Request<ClientBody>)
 impl Exchange {
     /// Whether bytes wait to be written.
     fn pending(&self) -> bool {
-        self.written < self.conn.write.len() || !self.data.is_empty() || self.crlf > 0
+        self.conn.sending.written < self.conn.write.len()
+            || !self.conn.sending.data.is_empty()
+            || self.conn.sending.crlf > 0
     }
 
     /// The request is all written and flushed.
@@ -159,15 +176,15 @@ impl Exchange {
 
     /// Queues one body frame.
     fn encode(&mut self, frame: Frame<Bytes>) -> Result<(), Error> {
-        self.taken += 1;
+        self.conn.sending.taken += 1;
         match frame.into_data() {
             Ok(data) => {
-                self.first = (self.taken == 1).then(|| data.clone());
+                self.conn.sending.first = (self.conn.sending.taken == 1).then(|| data.clone());
                 if data.is_empty() {
                     return Ok(());
                 }
                 let len = data.len();
-                match &mut self.framing {
+                match &mut self.conn.sending.framing {
                     ReqFraming::Length(left) => {
                         *left = left.checked_sub(len as u64).ok_or(Error::BodyLength)?;
                         self.queue(data);
@@ -177,14 +194,14 @@ impl Exchange {
                         if self.queue(data) {
                             self.conn.write.extend_from_slice(b"\r\n");
                         } else {
-                            self.crlf = 2;
+                            self.conn.sending.crlf = 2;
                         }
                     }
                 }
             }
             Err(frame) => {
-                self.first = None;
-                if let (Ok(trailers), ReqFraming::Chunked) = (frame.into_trailers(), self.framing) {
+                self.conn.sending.first = None;
+                if let (Ok(trailers), ReqFraming::Chunked) = (frame.into_trailers(), self.conn.sending.framing) {
                     self.conn.write.extend_from_slice(b"0\r\n");
                     codec::write_fields(&trailers, &mut self.conn.write);
                     self.conn.write.extend_from_slice(b"\r\n");
@@ -202,7 +219,7 @@ impl Exchange {
             self.conn.write.extend_from_slice(&data);
             true
         } else {
-            self.data = data;
+            self.conn.sending.data = data;
             false
         }
     }
@@ -210,7 +227,7 @@ impl Exchange {
     /// The request body ended: the last chunk, or a check that the length was met.
     fn end_body(&mut self) -> Result<(), Error> {
         self.body_done = true;
-        match self.framing {
+        match self.conn.sending.framing {
             ReqFraming::Length(0) => Ok(()),
             ReqFraming::Length(_) => Err(Error::BodyLength),
             ReqFraming::Chunked if self.trailers_sent => Ok(()),
@@ -224,7 +241,10 @@ impl Exchange {
     /// Sends what it can of the request; ready when all of it is sent.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         loop {
-            while !self.body_done && self.data.is_empty() && self.conn.write.len() - self.written < WRITE_HIGH {
+            while !self.body_done
+                && self.conn.sending.data.is_empty()
+                && self.conn.write.len() - self.conn.sending.written < WRITE_HIGH
+            {
                 match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Pending => break,
                     Poll::Ready(None) => self.end_body()?,
@@ -249,24 +269,24 @@ impl Exchange {
     /// Writes everything queued.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         while self.pending() {
-            let head = &self.conn.write[self.written..];
-            let crlf = &b"\r\n"[2 - self.crlf..];
-            let slices = [IoSlice::new(head), IoSlice::new(&self.data), IoSlice::new(crlf)];
+            let head = &self.conn.write[self.conn.sending.written..];
+            let crlf = &b"\r\n"[2 - self.conn.sending.crlf..];
+            let slices = [IoSlice::new(head), IoSlice::new(&self.conn.sending.data), IoSlice::new(crlf)];
             let mut n = ready!(Pin::new(&mut self.conn.io).poll_write_vectored(cx, &slices)).map_err(Error::Write)?;
             if n == 0 {
                 return Poll::Ready(Err(Error::Write(io::ErrorKind::WriteZero.into())));
             }
             self.flushed = false;
             let a = n.min(head.len());
-            self.written += a;
+            self.conn.sending.written += a;
             n -= a;
-            let b = n.min(self.data.len());
-            self.data.advance(b);
+            let b = n.min(self.conn.sending.data.len());
+            self.conn.sending.data.advance(b);
             n -= b;
-            self.crlf -= n.min(self.crlf);
+            self.conn.sending.crlf -= n.min(self.conn.sending.crlf);
         }
         self.conn.write.clear();
-        self.written = 0;
+        self.conn.sending.written = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -274,13 +294,13 @@ impl Exchange {
     /// kept (the backend may have answered and closed: its answer is still read); only
     /// the client's body failing ends the exchange.
     fn poll_send_side(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
-        if self.send_error.is_some() || self.sent() {
+        if self.conn.sending.send_error.is_some() || self.sent() {
             return Ok(());
         }
         match self.poll_send(cx) {
             Poll::Ready(Err(e @ Error::ClientBody(_))) => Err(e),
             Poll::Ready(Err(e)) => {
-                self.send_error = Some(e);
+                self.conn.sending.send_error = Some(e);
                 Ok(())
             }
             _ => Ok(()),
@@ -310,7 +330,7 @@ impl Exchange {
             match ready!(self.poll_fill(cx)) {
                 Ok(0) => return Poll::Ready(Err(Error::ClosedBeforeHead)),
                 Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(self.send_error.take().unwrap_or(Error::Read(e)))),
+                Err(e) => return Poll::Ready(Err(self.conn.sending.send_error.take().unwrap_or(Error::Read(e)))),
             }
         }
     }
@@ -381,14 +401,14 @@ impl Body {
     /// The connection, if the exchange ended cleanly and it may carry another: the whole
     /// response read and nothing after it, the whole request sent, and neither side
     /// asking to close.
-    pub(crate) fn into_reusable(self) -> Option<Conn> {
+    pub(crate) fn into_reusable(self) -> Option<Box<Conn>> {
         let Body { ex, decoder, keep_alive, failed } = self;
         let clean = decoder == Decoder::Done
             && keep_alive
             && !failed
             && ex.body_done
             && !ex.pending()
-            && ex.send_error.is_none()
+            && ex.conn.sending.send_error.is_none()
             && ex.conn.read.is_empty();
         clean.then_some(ex.conn)
     }

@@ -140,3 +140,46 @@ fn hop_by_hop_fields_stay_out_of_the_parsed_head() {
     assert_eq!(names, ["x-public", "content-length"]);
     assert!(head.keep_alive);
 }
+
+/// Every token byte (RFC 9110 §5.6.2), as httparse takes them in a field name.
+const TOKEN: &[u8] = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+#[test]
+fn common_names_match_as_the_general_parser_does() {
+    for len in 0..40 {
+        for Common { lower, name: known, .. } in common_names(len) {
+            assert_eq!(lower.len(), len);
+            assert_eq!(known.as_str().as_bytes(), *lower, "a name filed under its own spelling");
+            // Capitalised as nginx and Apache write them, upper case, lower case.
+            let capitalised: Vec<u8> = lower
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| if i == 0 || lower[i - 1] == b'-' { b.to_ascii_uppercase() } else { b })
+                .collect();
+            for spelling in [capitalised, lower.to_ascii_uppercase(), lower.to_vec()] {
+                assert_eq!(header_name(&spelling).unwrap(), *known);
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Any token as a name (common names with one byte changed to any token byte among
+    /// them): the same name `HeaderName::from_bytes` gives.
+    #[test]
+    fn any_token_name_is_the_general_parsers_name(
+        pick in 0usize..64,
+        at in 0usize..64,
+        byte in proptest::sample::select(TOKEN),
+        other in proptest::collection::vec(proptest::sample::select(TOKEN), 1..30),
+    ) {
+        let names: Vec<&[u8]> = (0..40).flat_map(|n| common_names(n).iter().map(|c| c.lower)).collect();
+        let mut name = names[pick % names.len()].to_vec();
+        let i = at % name.len();
+        name[i] = byte;
+        for name in [name, other] {
+            let expected = HeaderName::from_bytes(&name).unwrap();
+            proptest::prop_assert_eq!(header_name(&name).unwrap(), expected);
+        }
+    }
+}
