@@ -10,8 +10,6 @@
 //! pipelining, no upgrades. A WebSocket upgrade hands the raw connection to hyper's
 //! handshake ([`handshake`]), which keeps driving it as before.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -190,32 +188,11 @@ struct IdleConn {
 /// Shards of the idle stacks (a power of two).
 const SHARDS: usize = 16;
 
-/// Hashes a backend's key with one multiplication. The keys are weir's own (unique in
-/// the process, never a peer's input), so SipHash's defence against chosen keys buys
-/// nothing here, and it cost about 140 instructions a lookup, two lookups a request.
-#[derive(Debug, Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // Fibonacci hashing: the product's high bits (hashbrown's tag) mix every bit of
-        // the key; its low bits (the bucket) keep sequential keys apart.
-        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// One shard's idle stacks, by backend key.
-type Stacks = HashMap<u64, Vec<IdleConn>, BuildHasherDefault<KeyHasher>>;
+/// The idle stacks by backend key, hashed by one multiplication (`core::KeyMap`): the keys
+/// are weir's own (unique in the process, never a peer's input), so SipHash's defence
+/// against chosen keys buys nothing here, and it cost about 140 instructions a lookup, two
+/// lookups a request.
+type Stacks = crate::core::KeyMap<Vec<IdleConn>>;
 
 /// The idle keep-alive connections of every backend, by key. Sharded, each shard locked
 /// for one push or pop.
