@@ -50,8 +50,9 @@ impl Worker {
             return (self, None);
         }
         let mine = self.live.load(Ordering::Relaxed);
-        let least = all.iter().min_by_key(|w| w.live.load(Ordering::Relaxed)).unwrap_or(self);
-        let target = if mine > least.live.load(Ordering::Relaxed) + 1 { least } else { self };
+        let (least, fewest) =
+            all.iter().map(|w| (w, w.live.load(Ordering::Relaxed))).min_by_key(|&(_, n)| n).unwrap_or((self, mine));
+        let target = if mine > fewest + 1 { least } else { self };
         target.live.fetch_add(1, Ordering::Relaxed);
         (target, Some(Live(target.clone())))
     }

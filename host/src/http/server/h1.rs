@@ -41,7 +41,7 @@ use super::super::upstream::h1::codec::{Decoded, Decoder, ParseError, decimal};
 use super::super::{ProxyBody, RequestBody};
 use super::{Client, h1_builder, handle, service};
 use crate::config::ListenerConfig;
-use crate::core::wake::Flagged;
+use crate::core::wake::{self, Flagged};
 
 /// Most headers of a request this server parses (on the stack); a request with more goes
 /// to hyper, which holds it to the listener's `max_headers`.
@@ -88,24 +88,14 @@ where
     // The timer is polled only when it fired, not at each read of the connection.
     let fired = Flagged::default();
     loop {
-        // The head (and, between requests, the client's silence) has `header_read_timeout`.
-        // One timer serves the connection: set once, it is only moved on when it fires
-        // before the current wait's deadline, so a request costs a clock reading, not a
-        // timer's registration and removal.
+        // The head (and, between requests, the client's silence) has `header_read_timeout`,
+        // on the connection's one timer ([`wake::poll_deadline`]).
         let deadline = tokio::time::Instant::now() + config.header_read_timeout;
         let next = std::future::poll_fn(|cx| {
             if let Poll::Ready(next) = poll_head(&reader, cx, &config, &graceful, &mut cache) {
                 return Poll::Ready(Some(next));
             }
-            fired.poll(cx, |cx| {
-                while idle.as_mut().poll(cx).is_ready() {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Poll::Ready(None);
-                    }
-                    idle.as_mut().reset(deadline);
-                }
-                Poll::Pending
-            })
+            fired.poll(cx, |cx| wake::poll_deadline(idle.as_mut(), cx, deadline).map(|()| None))
         })
         .await;
         let head = match next {

@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
 
 use super::ConnectError;
+use crate::core::wake;
 use crate::http::ClientBody;
 
 pub(crate) mod codec;
@@ -125,27 +126,14 @@ impl Conn {
         })
     }
 
-    /// Ready once `deadline` has passed; until then the task is woken at or before it.
-    /// The timer is left where an earlier exchange set it when that is no later than
-    /// `deadline`: it then fires early once, is found early, and is moved on. So a
-    /// request costs a poll of the timer, not a timer's registration and removal.
+    /// Ready once `deadline` has passed ([`wake::poll_deadline`] on the connection's timer).
     ///
     /// Between exchanges the timer still holds the last exchange's waker: a task that has
     /// ended since keeps its allocation until the timer fires (at most the response
     /// timeout after that exchange) or the connection's next exchange polls it.
     fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
         let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() > deadline {
-            // A later one set by an earlier exchange (the timeout was shortened since).
-            timer.as_mut().reset(deadline);
-        }
-        while timer.as_mut().poll(cx).is_ready() {
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            timer.as_mut().reset(deadline);
-        }
-        Poll::Pending
+        wake::poll_deadline(timer.as_mut(), cx, deadline)
     }
 
     /// Whether an idle connection still looks usable: the backend has neither closed it

@@ -377,9 +377,10 @@ fn header_name(name: &[u8]) -> Result<HeaderName, ParseError> {
     let candidates = common_names(name.len());
     if !candidates.is_empty() {
         let ends = folded_ends(name);
+        let middle = if name.len() > 16 { 8..name.len() - 8 } else { 0..0 };
+        let inner = &name[middle.clone()];
         for c in candidates {
-            let middle = if name.len() > 16 { 8..name.len() - 8 } else { 0..0 };
-            if c.ends == ends && name[middle.clone()].iter().zip(&c.lower[middle]).all(|(&b, &l)| b | 0x20 == l) {
+            if c.ends == ends && inner.iter().zip(&c.lower[middle.clone()]).all(|(&b, &l)| b | 0x20 == l) {
                 return Ok(c.name.clone());
             }
         }
