@@ -63,6 +63,8 @@ import subprocess
 import sys
 import time
 
+from sidebyside import cpu, ipis, kids as pids, vol as sleeps
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "../../.."))
 HZ = os.sysconf("SC_CLK_TCK")
@@ -179,26 +181,6 @@ class Started:
         for _, p in reversed(self.procs):
             self.stop(p)
         self.procs.clear()
-
-
-def pids(p):
-    """The process and its children (nginx's master and workers; weir and HAProxy are one
-    process, their threads counted in its /proc/PID/stat)."""
-    kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-    return [p.pid] + [int(k) for k in kids]
-
-
-def cpu(pl):
-    """(user, system) clock ticks of these processes."""
-    u = s = 0
-    for pid in pl:
-        try:
-            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        u += int(f[11])
-        s += int(f[12])
-    return u, s
 
 
 def rss_kb(pl):
@@ -388,32 +370,6 @@ def classify_user(dso, sym):
     if dso.startswith("[unknown]") or dso.startswith("[JIT]") or dso.startswith("perf-"):
         return "wasmtime (and the plugin's JIT code)"
     return "the proxy's own code, other"
-
-
-def ipis():
-    """IPIs received so far, per CPU: rescheduling + function call (what a cross-CPU
-    wake-up sends to a CPU that is idle or must preempt)."""
-    t = {}
-    for line in open("/proc/interrupts"):
-        f = line.split()
-        if f and f[0] in ("RES:", "CAL:"):
-            for cpu, v in enumerate(f[1:1 + os.cpu_count()]):
-                t[cpu] = t.get(cpu, 0) + int(v)
-    return t
-
-
-def sleeps(pl):
-    """Voluntary context switches (went to sleep waiting) of these processes, all threads."""
-    t = 0
-    for pid in pl:
-        for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
-            try:
-                for line in open(f"/proc/{pid}/task/{task}/status"):
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        t += int(line.split()[1])
-            except FileNotFoundError:
-                pass
-    return t
 
 
 def cpu_idle_ticks(cpu):

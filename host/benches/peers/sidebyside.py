@@ -2,7 +2,7 @@
 1 worker) on CPU 0 with its ports moved by an offset, processes started in sessions of
 their own and stopped together, and the counters read around each run: the CPU ticks,
 voluntary context switches (times gone to sleep) and IPIs received (RES + CAL of
-/proc/interrupts, CPU 0 and CPU 1), and wrk's requests."""
+/proc/interrupts, by CPU), and wrk's requests. peers.py takes its counters from here too."""
 import os, re, signal, socket, subprocess, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -91,12 +91,13 @@ def cpu(pl):
 
 
 def ipis():
-    """IPIs received so far (RES + CAL), by CPU: {0: n, 1: n}."""
+    """IPIs received so far, by CPU: rescheduling + function call (what a cross-CPU
+    wake-up sends to a CPU that is idle or must preempt)."""
     t = {}
     for line in open("/proc/interrupts"):
         f = line.split()
         if f and f[0] in ("RES:", "CAL:"):
-            for c, v in enumerate(f[1:3]):
+            for c, v in enumerate(f[1:1 + os.cpu_count()]):
                 t[c] = t.get(c, 0) + int(v)
     return t
 
