@@ -692,6 +692,12 @@ impl Control {
         self.workers.each.iter().map(|w| w.accepted.load(std::sync::atomic::Ordering::Relaxed)).collect()
     }
 
+    /// The connections and WebSocket tunnels each worker serves now, by worker index
+    /// (counted only with more than one worker: all zero with one).
+    pub fn worker_serving(&self) -> Vec<usize> {
+        self.workers.each.iter().map(|w| w.live.now()).collect()
+    }
+
     /// The bound address of each listener, by name, in name order.
     pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
         self.addrs.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -1080,10 +1086,7 @@ impl Control {
                         tcp::session::run(stream, peer, slot, config, stats, ctx, stop).await;
                     })
                 } else {
-                    Box::pin(async move {
-                        let _live = live;
-                        http::server::connection(stream, peer, slot, config, stats, ctx, stop, tls).await;
-                    })
+                    Box::pin(http::server::connection(stream, peer, slot, live, config, stats, ctx, stop, tls))
                 }
             };
             if Arc::ptr_eq(target, &worker) {

@@ -3,8 +3,11 @@
 //! ([`Verdict`]) and what failed it ([`Failure`]), the one process clock ([`clock`]) that
 //! stick tables, drain orders, tunnels and health read, the thread with a runtime of
 //! its own that background services run on ([`side_runtime`]), the process's allocator
-//! ([`alloc`]), and the return of freed memory to the system after a burst ([`memory`]).
+//! ([`alloc`]), the return of freed memory to the system after a burst ([`memory`]), and
+//! a count of what is open now held by guards ([`Count`], [`Counted`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod alloc;
@@ -37,6 +40,48 @@ impl std::hash::Hasher for KeyHasher {
 
     fn write_u64(&mut self, n: u64) {
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// How many things are open now, each held by a [`Counted`] guard (a worker's
+/// connections and tunnels: [`crate::control`]'s hand-off reads it).
+#[derive(Debug, Default)]
+pub struct Count(AtomicUsize);
+
+impl Count {
+    /// How many guards are alive.
+    pub fn now(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One thing counted in a [`Count`] until it is dropped.
+#[derive(Debug)]
+pub struct Counted(Arc<Count>);
+
+impl Counted {
+    /// Counts one more in `count`.
+    pub fn new(count: &Arc<Count>) -> Self {
+        count.0.fetch_add(1, Ordering::Relaxed);
+        Counted(count.clone())
+    }
+
+    /// The count this guard is in.
+    pub fn count(&self) -> &Arc<Count> {
+        &self.0
+    }
+}
+
+/// A clone is one more in the count.
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        Counted::new(&self.0)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -227,6 +272,19 @@ pub fn side_runtime(name: &str) -> Result<(tokio::runtime::Handle, tokio::sync::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_count_holds_each_guard_and_clone_until_dropped() {
+        let count = Arc::new(Count::default());
+        let first = Counted::new(&count);
+        let second = first.clone();
+        assert_eq!(count.now(), 2);
+        assert!(Arc::ptr_eq(second.count(), &count));
+        drop(first);
+        assert_eq!(count.now(), 1);
+        drop(second);
+        assert_eq!(count.now(), 0);
+    }
 
     #[test]
     fn consecutive_keys_take_distinct_buckets() {

@@ -1,13 +1,16 @@
 //! More than one worker (`[runtime] worker_threads = 2`): each a thread with a runtime of
 //! its own and an accept loop for every listener. Both take connections; a reload adds and
 //! removes listeners on all of them; `max_connections` holds across them; a graceful
-//! shutdown lets requests in flight on any of them finish; dropping the server ends them.
+//! shutdown lets requests in flight on any of them finish; dropping the server ends them;
+//! a WebSocket's tunnel counts in its worker's load for the hand-off of new connections.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{self, Upstream};
 
@@ -87,6 +90,56 @@ async fn a_burst_of_keep_alive_connections_is_spread_over_the_workers() {
         tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await.unwrap().unwrap();
         assert!(String::from_utf8_lossy(&answer).contains("a: GET /again"), "{}", String::from_utf8_lossy(&answer));
     }
+}
+
+/// A WebSocket echo server on 127.0.0.1:0.
+async fn echo_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_count_in_their_workers_load() {
+    let backend = echo_server().await;
+    let server = support::start(&(support::config_text(&[backend], "") + TWO_WORKERS)).await;
+    let proxy = server.addr("main").unwrap();
+    // Opened one after another: each HTTP/1.1 connection ends at its upgrade, and its
+    // tunnel stays on the worker that served it, for as long as the client keeps it.
+    let mut open = Vec::new();
+    for i in 0..6 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/")).await.unwrap();
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap().as_str(), format!("hello {i}"));
+        open.push(ws);
+    }
+    let control = server.control();
+    support::eventually("the six tunnels are what the workers serve", || {
+        control.worker_serving().iter().sum::<usize>() == 6
+    })
+    .await;
+    // So new connections went to the worker with fewer tunnels, not to whichever
+    // accepted first.
+    let serving = control.worker_serving();
+    assert!(serving.iter().all(|&n| n >= 2), "each worker carries a share of the tunnels: {serving:?}");
+    for mut ws in open {
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+    }
+    support::eventually("closed tunnels are no longer counted", || control.worker_serving().iter().sum::<usize>() == 0)
+        .await;
 }
 
 #[tokio::test]

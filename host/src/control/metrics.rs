@@ -121,6 +121,18 @@ impl Collector for Counters {
             let index = index.to_string();
             f.counter(&[("worker", index.as_str())], worker.accepted.load(Ordering::Relaxed))?;
         }
+        // Counted only with more than one worker (one has nobody to hand connections to).
+        if control.workers.each.len() > 1 {
+            let mut f = Family::new(
+                &mut encoder,
+                "worker_serving",
+                "Client connections and WebSocket tunnels each worker thread serves now (with more than one worker).",
+                MetricType::Gauge,
+            )?;
+            for (index, worker) in control.workers.each.iter().enumerate() {
+                f.gauge(&[("worker", index.to_string().as_str())], worker.live.now() as u64)?;
+            }
+        }
         Ok(())
     }
 }

@@ -13,11 +13,12 @@
 //! on in every case; health probes and discovery have threads of their own.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use crate::core::{Count, Counted};
 use crate::http;
 
 /// One worker: where its accept loops run, and what its connections share.
@@ -29,13 +30,16 @@ pub(crate) struct Worker {
     pub(crate) ctx: Arc<http::Context>,
     /// Connections it was given to serve (by its own accept loops or handed over).
     pub(crate) accepted: AtomicU64,
-    /// Connections it serves now (counted only with more than one worker).
-    pub(crate) live: AtomicUsize,
+    /// Connections and WebSocket tunnels it serves now (counted only with more than one
+    /// worker). A tunnel counts apart from the connection that opened it: an HTTP/1.1
+    /// connection ends at its upgrade, while its tunnel may be carried by this worker for
+    /// hours.
+    pub(crate) live: Arc<Count>,
 }
 
 impl Worker {
     fn new(handle: Handle, ctx: Arc<http::Context>) -> Self {
-        Worker { handle, ctx, accepted: AtomicU64::new(0), live: AtomicUsize::new(0) }
+        Worker { handle, ctx, accepted: AtomicU64::new(0), live: Arc::default() }
     }
 
     /// Which worker should serve a connection `self` just accepted: `self`, unless it
@@ -44,27 +48,16 @@ impl Worker {
     /// gives a burst of connections on the shared socket to whichever worker's accept
     /// comes first, which then takes them all (a client pool opening its keep-alive
     /// connections at once landed 0/65 and 17/0 on two workers: BENCHMARKS.md, "Worker
-    /// model"). The chosen worker counts the connection from now on ([`Live`]).
-    pub(crate) fn choose<'a>(self: &'a Arc<Self>, all: &'a [Arc<Worker>]) -> (&'a Arc<Worker>, Option<Live>) {
+    /// model"). The chosen worker counts the connection from now on, until the guard is
+    /// dropped; a WebSocket tunnel the connection opens is counted again for its own life.
+    pub(crate) fn choose<'a>(self: &'a Arc<Self>, all: &'a [Arc<Worker>]) -> (&'a Arc<Worker>, Option<Counted>) {
         if all.len() <= 1 {
             return (self, None);
         }
-        let mine = self.live.load(Ordering::Relaxed);
-        let (least, fewest) =
-            all.iter().map(|w| (w, w.live.load(Ordering::Relaxed))).min_by_key(|&(_, n)| n).unwrap_or((self, mine));
+        let mine = self.live.now();
+        let (least, fewest) = all.iter().map(|w| (w, w.live.now())).min_by_key(|&(_, n)| n).unwrap_or((self, mine));
         let target = if mine > fewest + 1 { least } else { self };
-        target.live.fetch_add(1, Ordering::Relaxed);
-        (target, Some(Live(target.clone())))
-    }
-}
-
-/// A connection a worker serves: counted in its `live` until dropped.
-#[derive(Debug)]
-pub(crate) struct Live(Arc<Worker>);
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::Relaxed);
+        (target, Some(Counted::new(&target.live)))
     }
 }
 

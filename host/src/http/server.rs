@@ -47,8 +47,8 @@ use super::headers::{
 use super::route::route;
 use super::{ClientBody, ClientFault, Context, ProxyBody, RequestBody};
 use crate::config::ListenerConfig;
-use crate::core::Protocol;
 use crate::core::wake::Flagged;
+use crate::core::{Count, Counted, Protocol};
 use crate::net::listen::{ListenerStats, Slot, Stop};
 use crate::net::proxy_protocol;
 use crate::net::tls::{Acceptor, TlsInfo};
@@ -78,6 +78,7 @@ pub(crate) async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     slot: Slot,
+    worker: Option<Counted>,
     config: Arc<ListenerConfig>,
     stats: Arc<ListenerStats>,
     ctx: Arc<Context>,
@@ -100,13 +101,15 @@ pub(crate) async fn connection(
     let Some(local) = from.destination.or_else(|| stream.local_addr().ok()) else { return };
     let peer = from.addr;
     let Some(tls) = tls else {
-        return serve(stream, Accepted { peer, local, tls: None, slot: Arc::new(slot), config, ctx, stop }).await;
+        return serve(stream, Accepted { peer, local, tls: None, slot: Arc::new(slot), worker, config, ctx, stop })
+            .await;
     };
     match tls.accept(stream).await {
         Ok((stream, info)) => {
             stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
             let h2 = info.alpn.as_deref() == Some(b"h2".as_slice());
-            let client = Accepted { peer, local, tls: Some(Arc::new(info)), slot: Arc::new(slot), config, ctx, stop };
+            let (tls, slot) = (Some(Arc::new(info)), Arc::new(slot));
+            let client = Accepted { peer, local, tls, slot, worker, config, ctx, stop };
             if h2 { serve_h2(stream, client).await } else { serve(stream, client).await }
         }
         Err(e) => {
@@ -128,6 +131,8 @@ pub(crate) struct Accepted {
     pub(crate) tls: Option<Arc<TlsInfo>>,
     /// The connection's place in its listener's `max_connections`.
     pub(crate) slot: Arc<Slot>,
+    /// The connection in its worker's count of what it serves (with more than one worker).
+    pub(crate) worker: Option<Counted>,
     /// The listener's settings as the connection was accepted.
     pub(crate) config: Arc<ListenerConfig>,
     /// What every connection of the server shares.
@@ -208,6 +213,8 @@ struct Client {
     stop: watch::Receiver<Stop>,
     /// The connection's slot in its listener's `max_connections`.
     slot: Arc<Slot>,
+    /// Its worker's count of what it serves, where a WebSocket's tunnel counts too.
+    worker: Option<Arc<Count>>,
     /// Backend answers that [`ClientIo`] must not take for hyper's own.
     lookalikes: Arc<AtomicUsize>,
 }
@@ -261,6 +268,7 @@ impl Client {
             ctx: client.ctx.clone(),
             stop: client.stop.clone(),
             slot: client.slot.clone(),
+            worker: client.worker.as_ref().map(|w| w.count().clone()),
             lookalikes,
         })
     }
@@ -370,6 +378,9 @@ pub(crate) struct Held {
     /// The request is an HTTP/2 extended CONNECT (RFC 8441): its tunnel is answered
     /// `200`, not `101`.
     pub(crate) extended_connect: bool,
+    /// A WebSocket's place in its worker's count, which its tunnel keeps (the
+    /// connection's own place ends with the connection, at the upgrade on HTTP/1.1).
+    pub(crate) worker: Option<Counted>,
 }
 
 /// Handles one request of `client`'s end to end. Never fails: every error becomes a
@@ -422,8 +433,13 @@ async fn handle(req: Request<RequestBody>, client: &Client) -> Response<ProxyBod
         (false, true) => Protocol::Http2,
         (false, false) => Protocol::Http1,
     };
-    let held =
-        Held { stop: client.stop.clone(), slot: client.slot.clone(), local: client.local, extended_connect: connect };
+    let held = Held {
+        stop: client.stop.clone(),
+        slot: client.slot.clone(),
+        local: client.local,
+        extended_connect: connect,
+        worker: if websocket { client.worker.as_ref().map(Counted::new) } else { None },
+    };
     let mut pick = PickRequest {
         protocol,
         client: peer,

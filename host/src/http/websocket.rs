@@ -25,7 +25,8 @@ use crate::net::tunnel;
 use crate::state::{ActiveGuard, BackendLive, StickHold};
 
 /// Hands a `101 Switching Protocols` back to the client and starts the tunnel. The tunnel
-/// is an active connection of its backend from now on, is counted by a drain of its
+/// is an active connection of its backend from now on (and of its worker, for the
+/// hand-off of new connections between workers), is counted by a drain of its
 /// backend from now on too and registered with it (where the drain's order reaches it)
 /// once both upgrades are done, keeps its stick entry (if any)
 /// from expiring, and ends when the server aborts (`stop` says `Abort` before it is
@@ -45,7 +46,7 @@ pub(crate) fn upgrade(
     limits: TunnelLimits,
     held: Held,
 ) -> Response<ProxyBody> {
-    let Held { mut stop, slot, extended_connect, .. } = held;
+    let Held { mut stop, slot, extended_connect, worker, .. } = held;
     let upstream = hyper::upgrade::on(&mut res);
     let (mut parts, _) = res.into_parts();
     let active = ActiveGuard::new(live.clone());
@@ -72,7 +73,7 @@ pub(crate) fn upgrade(
                 return;
             }
             drop(stop);
-            runtime.spawn(tunnel::join(client, backend, limits, entry, (active, stick, slot)));
+            runtime.spawn(tunnel::join(client, backend, limits, entry, (active, stick, slot, worker)));
         });
     });
     remove_hop_by_hop(&mut parts.headers);
