@@ -9,6 +9,7 @@
 #
 #   host/benches/l4_instructions.sh [WEIR binary ...]     # default: target/release/weir
 #   TOP=30 host/benches/l4_instructions.sh ...             # also each one's top functions
+#   NO_HAPROXY=1 host/benches/l4_instructions.sh ...       # weir only
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PEERS=${PEERS_SRC:-$(cd ../shared/peers && pwd)}
@@ -58,11 +59,11 @@ count() { # NAME PORT CMD...
     t=$(awk '/^summary:/{print $2}' "$f")
     echo "$name: $n connections, $t instructions, $((t / n)) per connection"
     if [ -n "${TOP:-}" ]; then
-        callgrind_annotate --inclusive=no "$f" 2> /dev/null | awk -v n="$n" '/^ *[0-9,]+ \(/{gsub(",","",$1); printf "  %8.0f %s\n", $1/n, $NF}' | sed -n "2,$((TOP + 1))p"
+        callgrind_annotate --inclusive=no "$f" 2> /dev/null | awk -v n="$n" '/^ *[0-9,]+ \(/{v=$1; gsub(",","",v); line=$0; sub(/^ *[0-9,]+ \([^)]*\) +/, "", line); printf "  %8.0f %s\n", v/n, substr(line, 1, 150)}' | sed -n "2,$((TOP + 1))p"
     fi
 }
 sed -i "s#@P@#$P#g" "$P"/run/haproxy-tcp.cfg
-count haproxy 8083 haproxy -db -f "$P"/run/haproxy-tcp.cfg
+[ -n "${NO_HAPROXY:-}" ] || count haproxy 8083 haproxy -db -f "$P"/run/haproxy-tcp.cfg
 i=0
 for w in "$@"; do
     i=$((i + 1))
