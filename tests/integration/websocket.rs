@@ -4,33 +4,13 @@
 use std::sync::atomic::Ordering;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support;
 
-/// A WebSocket echo server on 127.0.0.1:0: every text or binary message comes back.
-async fn echo_server() -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_text_binary_and_ping_through_the_proxy() {
-    let backend = echo_server().await;
+    let backend = support::websocket_echo().await;
     let server =
         support::start(&support::config_text(&[backend], "balancer = { plugin = \"least-connections\" }")).await;
     let proxy = server.addr("main").unwrap();

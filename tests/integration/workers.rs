@@ -92,28 +92,9 @@ async fn a_burst_of_keep_alive_connections_is_spread_over_the_workers() {
     }
 }
 
-/// A WebSocket echo server on 127.0.0.1:0.
-async fn echo_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_tunnels_count_in_their_workers_load() {
-    let backend = echo_server().await;
+    let backend = support::websocket_echo().await;
     let server = support::start(&(support::config_text(&[backend], "") + TWO_WORKERS)).await;
     let proxy = server.addr("main").unwrap();
     // Opened one after another: each HTTP/1.1 connection ends at its upgrade, and its
