@@ -129,7 +129,7 @@ impl Watch {
     fn look(&mut self, heap: impl Fn() -> Heap, release: impl FnOnce()) -> Option<usize> {
         let now = heap();
         let last = self.last.replace(now).unwrap_or(now);
-        self.peak = self.peak.max(last.used).max(now.used);
+        self.peak = self.peak.max(now.used);
         let moved = now.used.abs_diff(last.used) + now.free.abs_diff(last.free);
         if self.peak - now.used < STEP || moved >= STEP / 4 {
             return None;
