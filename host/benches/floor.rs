@@ -7,6 +7,7 @@
 //! cargo bench --bench floor --no-run          # builds target/release/deps/floor-<hash>
 //! floor hyper    --listen 127.0.0.1:8087 --upstream 127.0.0.1:9001,127.0.0.1:9002
 //! floor httparse --listen 127.0.0.1:8089 --upstream 127.0.0.1:9001,127.0.0.1:9002
+//! floor hyper-h2c --listen 127.0.0.1:8085 --upstream 127.0.0.1:9001,127.0.0.1:9002
 //!       [--runtime current|multi]            # current (default): a current-thread tokio
 //!                                            # runtime; multi: weir's, multi-thread with
 //!                                            # one worker
@@ -25,6 +26,12 @@
 //!   upstream connection with the request body (Content-Length or chunked), then the
 //!   response head is read and parsed and forwarded with its body (Content-Length,
 //!   chunked, or until the upstream closes), in one write when it is all buffered.
+//! - `hyper-h2c` (issue 13's floor): hyper 1.x's HTTP/2 server (prior knowledge, as the
+//!   peer bench's h2c clients speak) in front of hyper-util's pooled HTTP/1.1 client, the
+//!   stack weir's HTTP/2 listener is built on: each stream's request goes out with its
+//!   target made absolute for the client connection's upstream and its version HTTP/1.1,
+//!   on a kept upstream connection from the pool (a new one when none is idle), and the
+//!   response comes back as it came (hyper's HTTP/2 server drops the connection fields).
 //!
 //! Both: `TCP_NODELAY` on both sides; client connections are given the upstreams in turn
 //! (connection i gets upstream i mod n, as weir's round-robin spreads them over the
@@ -50,6 +57,7 @@ use tokio::net::{TcpListener, TcpStream};
 enum Kind {
     Hyper,
     Httparse,
+    HyperH2c,
 }
 
 #[derive(Debug)]
@@ -61,14 +69,14 @@ struct Args {
     burn: Duration,
 }
 
-const USAGE: &str =
-    "usage: floor hyper|httparse --listen ADDR --upstream ADDR[,ADDR...] [--runtime current|multi] [--burn-ns N]";
+const USAGE: &str = "usage: floor hyper|httparse|hyper-h2c --listen ADDR --upstream ADDR[,ADDR...] [--runtime current|multi] [--burn-ns N]";
 
 fn args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let kind = match it.next().as_deref() {
         Some("hyper") => Kind::Hyper,
         Some("httparse") => Kind::Httparse,
+        Some("hyper-h2c") => Kind::HyperH2c,
         other => return Err(format!("unknown floor {other:?}")),
     };
     let (mut listen, mut upstreams, mut multi, mut burn) = (None, Vec::new(), false, Duration::ZERO);
@@ -144,6 +152,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         if args.multi { "multi-thread, 1 worker" } else { "current-thread" }
     );
     let mut next = 0usize;
+    let pool = h1_pool();
     loop {
         let (client, _) = match listener.accept().await {
             Ok(c) => c,
@@ -160,6 +169,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         match args.kind {
             Kind::Hyper => tokio::spawn(hyper_conn(client, upstream, args.burn)),
             Kind::Httparse => tokio::spawn(httparse_conn(client, upstream, args.burn)),
+            Kind::HyperH2c => tokio::spawn(h2c_conn(client, upstream, pool.clone(), args.burn)),
         };
     }
 }
@@ -230,6 +240,45 @@ async fn hyper_conn(client: TcpStream, upstream: SocketAddr, spin: Duration) {
         }
     });
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(client), service).await;
+}
+
+// ------------------------------------------------------------------------ hyper h2c
+
+type H1Pool = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Incoming>;
+
+/// hyper-util's pooled HTTP/1.1 client: `TCP_NODELAY`, idle connections kept without a
+/// limit (as weir keeps them for its backends).
+fn h1_pool() -> H1Pool {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build(connector)
+}
+
+async fn h2c_conn(client: TcpStream, upstream: SocketAddr, pool: H1Pool, spin: Duration) {
+    let authority: Arc<str> = upstream.to_string().into();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (pool, authority) = (pool.clone(), authority.clone());
+        async move {
+            burn(spin);
+            let (mut parts, body) = req.into_parts();
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            parts.uri = match hyper::Uri::builder().scheme("http").authority(&*authority).path_and_query(target).build()
+            {
+                Ok(uri) => uri,
+                Err(_) => return Ok::<_, Infallible>(bad_gateway()),
+            };
+            parts.version = hyper::Version::HTTP_11;
+            Ok(match pool.request(Request::from_parts(parts, body)).await {
+                Ok(r) => r.map(Either::Left),
+                Err(_) => bad_gateway(),
+            })
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(TokioIo::new(client), service)
+        .await;
 }
 
 // ------------------------------------------------------------------------ httparse

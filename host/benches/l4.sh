@@ -8,10 +8,12 @@
 #       to CPU1 as well, run after the first in every round (listeners on ports +1000)
 #   WEIR=path/to/weir host/benches/l4.sh ...             # that build instead of building one
 #   TESTS="curl wrk" host/benches/l4.sh ...              # only these (curl iperf wrk idle)
+#   PERF=dir host/benches/l4.sh ...   # each proxy's curl download under `perf record -g`
+#       (cpu-clock), into dir/<proxy>-r<round>.data
 #
 # Per round, interleaved (direct, HAProxy, weir):
 #   - a 1 GiB HTTP download (nginx sendfile origin) with curl: Gbit/s and the proxy's CPU
-#     seconds (user + system, /proc/PID/stat) for it;
+#     seconds (user + system, /proc/PID/task/*/schedstat) for it;
 #   - iperf3 -t 10 (one stream): Gbit/s and the proxy's CPU share;
 #   - new connections per second: wrk -t1 -c64 -d10s with `Connection: close` (each
 #     request a new client connection and a new backend connection), round robin over two
@@ -119,30 +121,34 @@ asyncio.run(main())' &
 pids+=($!)
 sleep 1
 HPID=$(cat "$P"/run/haproxy-tcp.pid)
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; } # clock ticks, 1/100 s
+# CPU time in nanoseconds, all the process's threads (schedstat: the scheduler's exact
+# run time, where /proc/PID/stat counts 10 ms clock ticks: 3 % of a GiB's CPU each).
+cpu() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%d", t}'; }
 echo "weir $(git rev-parse --short HEAD)${WEIR_B:+, weirB $WEIR_B}, HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $(nproc) CPUs; weir pid $WPID, haproxy pid $HPID"
 for r in $(seq 1 "$ROUNDS"); do
     echo "r$r $(uptime)"
     has curl && for t in "direct 9001 -" "haproxy 8084 $HPID" "weir 8184 $WPID" "${B[@]/9184/9184}"; do
         set -- $t
         c0=$([ "$3" = - ] && echo 0 || cpu "$3")
+        [ -n "${PERF:-}" ] && [ "$3" != - ] && { mkdir -p "$PERF"; perf record -q -e cpu-clock -F 20000 -g -p "$3" -o "$PERF/$1-r$r.data" 2>/dev/null & pf=$!; sleep 0.5; }
         s=$($G curl -s -o /dev/null -w '%{speed_download}' "http://127.0.0.1:$2/big")
+        [ -n "${PERF:-}" ] && [ "$3" != - ] && { kill -INT $pf; wait $pf 2>/dev/null || true; }
         c1=$([ "$3" = - ] && echo 0 || cpu "$3")
-        echo "r$r curl-1GiB $1 $(echo "$s" | awk '{printf "%.2f", $1*8/1e9}') Gbit/s proxy_cpu=$(echo "$c0 $c1" | awk '{printf "%.2f", ($2-$1)/100}') s"
+        echo "r$r curl-1GiB $1 $(echo "$s" | awk '{printf "%.2f", $1*8/1e9}') Gbit/s proxy_cpu=$(echo "$c0 $c1" | awk '{printf "%.3f", ($2-$1)/1e9}') s"
     done
     has iperf && for t in "direct 5201 -" "haproxy 8086 $HPID" "weir 8186 $WPID" "${B[@]/9184/9186}"; do
         set -- $t
         c0=$([ "$3" = - ] && echo 0 || cpu "$3")
         g=$($G iperf3 -c 127.0.0.1 -p "$2" -t 10 -J | /usr/bin/python3 -c "import json,sys;j=json.load(sys.stdin);print('%.2f'%(j['end']['sum_received']['bits_per_second']/1e9))")
         c1=$([ "$3" = - ] && echo 0 || cpu "$3")
-        echo "r$r iperf3-10s $1 $g Gbit/s proxy_cpu=$(( (c1 - c0) / 10 ))% of a core"
+        echo "r$r iperf3-10s $1 $g Gbit/s proxy_cpu=$(( (c1 - c0) / 100000000 ))% of a core"
     done
     has wrk && for t in "haproxy 8083 $HPID" "weir 8183 $WPID" "${B[@]/9184/9183}"; do
         set -- $t
         c0=$(cpu "$3")
         n=$($G wrk -t1 -c64 -d10s -H 'Connection: close' "http://127.0.0.1:$2/" | awk '/^Requests\/sec/{print $2}')
         c1=$(cpu "$3")
-        echo "r$r new-connections $1 $n conn/s proxy_cpu=$(echo "$c0 $c1 $n" | awk '{printf "%.1f", ($2-$1)*10000/($3*10)}') us/conn"
+        echo "r$r new-connections $1 $n conn/s proxy_cpu=$(echo "$c0 $c1 $n" | awk '{printf "%.1f", ($2-$1)/1000/($3*10)}') us/conn"
     done
 done
 # Memory per idle connection (both legs): RSS growth over IDLE connections held open.

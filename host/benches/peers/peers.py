@@ -18,12 +18,14 @@ target/peers/ by default), PORT_OFFSET (0: every port below moves by this much, 
 machine where they are taken).
 
 Parts (what each prints):
-  h1          wrk -t1 -c64 keep-alive: req/s (÷ direct), proxy CPU µs per request (user,
-              system: /proc/PID/stat of all the proxy's processes), TCP segments per
+  h1          wrk -t1 -c64 keep-alive: req/s (÷ direct), proxy CPU µs per request (the
+              scheduler's run time of all the proxy's threads, /proc/PID/task/*/schedstat,
+              split into user and system by /proc/PID/stat's ticks), TCP segments per
               request (/proc/net/snmp OutSegs, every socket on the machine), then one short
               pass under `strace -c -f` for syscalls per request. With FLOOR, two more rows
               behind weir: the floor proxies (hyper alone; httparse by hand), on CPU 1 too
-  h2c         h2load -t1 -c16 -m16: req/s and CPU µs per request
+  h2c         h2load -t1 -c16 -m16: req/s and CPU µs per request. With FLOOR, a row behind
+              weir: hyper's HTTP/2 server in front of hyper-util's pooled HTTP/1.1 client
   https       wrk -t1 -c64 over TLS (one ECDSA P-256 certificate for all three, TLS 1.3,
               HTTP/1.1): req/s and CPU µs per request
   handshakes  openssl s_time (-new -tls1_3, -new -tls1_2, -reuse -tls1_2), one handshake
@@ -63,7 +65,7 @@ import subprocess
 import sys
 import time
 
-from sidebyside import cpu, ipis, kids as pids, vol as sleeps
+from sidebyside import cpu, ipis, kids as pids, run_ns, vol as sleeps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "../../.."))
@@ -93,7 +95,7 @@ PORTS = {
     "origin": [9001, 9002, 9003], "ws echo": [9010], "iperf3": [5201],
     "nginx": [8082, 8182, 8443, 8092], "haproxy": [8081, 8181, 8444, 8091, 8084, 8086],
     "weir": [8088, 8445, 8098, 8184, 8186],
-    "hyper floor": [8087], "httparse floor": [8089],
+    "hyper floor": [8087], "httparse floor": [8089], "h2c floor": [8085],
 }
 # name -> port per part; None where the proxy has no such listener.
 URLS = {
@@ -101,7 +103,8 @@ URLS = {
            "haproxy": "http://127.0.0.1:8081/", "weir": "http://127.0.0.1:8088/",
            "hyper floor": "http://127.0.0.1:8087/", "httparse floor": "http://127.0.0.1:8089/"},
     "h2c": {"direct": "http://127.0.0.1:9003/", "nginx": "http://127.0.0.1:8182/",
-            "haproxy": "http://127.0.0.1:8181/", "weir": "http://127.0.0.1:8088/"},
+            "haproxy": "http://127.0.0.1:8181/", "weir": "http://127.0.0.1:8088/",
+            "h2c floor": "http://127.0.0.1:8085/"},
     "https": {"nginx": "https://127.0.0.1:8443/", "haproxy": "https://127.0.0.1:8444/",
               "weir": "https://127.0.0.1:8445/"},
     "handshakes": {"nginx": 8443, "haproxy": 8444, "weir": 8445},
@@ -124,11 +127,12 @@ def shift(v):
 PORTS = {k: [shift(p) for p in v] for k, v in PORTS.items()}
 URLS = {part: {k: shift(v) for k, v in d.items()} for part, d in URLS.items()}
 NAMES = {"direct": "direct", "nginx": "nginx", "haproxy": "HAProxy", "weir": "weir",
-         "hyper floor": "hyper floor", "httparse floor": "httparse floor"}
-FLOORS = ("hyper floor", "httparse floor")
+         "hyper floor": "hyper floor", "httparse floor": "httparse floor", "h2c floor": "hyper floor"}
+# Each floor proxy (host/benches/floor.rs): its kind on the floor's command line, its part.
+FLOORS = {"hyper floor": ("hyper", "h1"), "httparse floor": ("httparse", "h1"), "h2c floor": ("hyper-h2c", "h2c")}
 if not FLOOR:
-    for _f in FLOORS:
-        URLS["h1"].pop(_f)
+    for _f, (_kind, _part) in FLOORS.items():
+        URLS[_part].pop(_f)
         PORTS.pop(_f)
 TOOLS = {"h1": ["wrk"], "h2c": ["h2load"], "https": ["wrk"], "handshakes": ["openssl"],
          "l4": ["curl", "iperf3"], "p99": [OHA], "ws": [], "burst": ["wrk"],
@@ -284,15 +288,21 @@ def measure(proxy, fn):
     processes other than the bench's (the machine's load)."""
     pl = pids(proxy) if proxy else []
     c0, s0, m0, k0, w0 = cpu(pl), out_segs(), machine_ticks(), child_ticks(), time.time()
+    e0 = run_ns(pl)
     ours0 = sum(cpu(pids(ORIGIN)))
     r = fn()
+    e1 = run_ns(pl)
     c1, s1, m1, k1, el = cpu(pl), out_segs(), machine_ticks(), child_ticks(), time.time() - w0
     ours = (sum(c1) - sum(c0)) + (sum(cpu(pids(ORIGIN))) - ours0) + (k1 - k0)
     n = max(r["n"], 1)
-    r["user_us"] = 1e6 * (c1[0] - c0[0]) / HZ / n
-    r["sys_us"] = 1e6 * (c1[1] - c0[1]) / HZ / n
-    r["cpu_us"] = r["user_us"] + r["sys_us"]
-    r["proxy_pct"] = 100 * (sum(c1) - sum(c0)) / HZ / el
+    # The total is the scheduler's exact run time; the clock ticks only split it into user
+    # and system (a 1 GiB download is 30 ticks, so a tick would be 3 % of its total).
+    r["cpu_us"] = (e1 - e0) / 1e3 / n
+    ticks = (c1[0] - c0[0]) + (c1[1] - c0[1])
+    user_share = (c1[0] - c0[0]) / ticks if ticks else 0.0
+    r["user_us"] = r["cpu_us"] * user_share
+    r["sys_us"] = r["cpu_us"] - r["user_us"]
+    r["proxy_pct"] = 100 * (e1 - e0) / 1e9 / el
     r["segs"] = (s1 - s0) / n
     r["other_pct"] = 100 * max(0, (m1 - m0) - ours) / HZ / el
     return r
@@ -647,8 +657,8 @@ def main():
             "haproxy": S.start("haproxy", ["haproxy", "-f", f"{run}/haproxy.cfg"], PROXY_CPU),
             "weir": S.start("weir", [WEIR, "run", "--config", f"{run}/weir.toml"], PROXY_CPU),
         }
-        for name in FLOORS if FLOOR else ():  # behind weir: the same origin ports, the same CPU
-            argv = [FLOOR, name.split()[0], "--listen", f"127.0.0.1:{PORTS[name][0]}",
+        for name, (kind, _) in FLOORS.items() if FLOOR else ():  # behind weir: the same origin ports, the same CPU
+            argv = [FLOOR, kind, "--listen", f"127.0.0.1:{PORTS[name][0]}",
                     "--upstream", f"127.0.0.1:{shift(9001)},127.0.0.1:{shift(9002)}"] + os.environ.get("FLOOR_ARGS", "").split()
             proxies[name] = S.start(name, argv, PROXY_CPU, name.replace(" ", "-"))
         servers = {"origin": ORIGIN, **proxies}

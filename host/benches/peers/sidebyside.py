@@ -90,6 +90,18 @@ def cpu(pl):
     return u, s
 
 
+def run_ns(pl):
+    """Nanoseconds all the threads of the processes `pl` have run (the scheduler's exact
+    sum, /proc/PID/task/*/schedstat), where /proc/PID/stat counts 10 ms clock ticks."""
+    t = 0
+    for pid, task in tasks(pl):
+        try:
+            t += int(open(f"/proc/{pid}/task/{task}/schedstat").read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return t
+
+
 def ipis():
     """IPIs received so far, by CPU: rescheduling + function call (what a cross-CPU
     wake-up sends to a CPU that is idle or must preempt)."""

@@ -34,6 +34,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::super::errors::ClientIo;
@@ -304,12 +305,12 @@ fn parse(buf: &mut BytesMut, max_bytes: usize, cache: &mut Option<HeaderMap>) ->
     }
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| (s.as_ptr() as usize - base, s.as_ptr() as usize - base + s.len());
-    let mut spans = [((0, 0), (0, 0)); HEADERS];
+    let mut spans = SmallVec::<[(Span, Span); HEADERS]>::new();
     let mut framing = None;
     let (mut close, mut keep_alive_token, mut trailers) = (false, false, false);
-    for (i, h) in req.headers.iter().enumerate() {
+    for h in req.headers.iter() {
         let (name, value) = (h.name.as_bytes(), h.value);
-        spans[i] = (at(name), at(value));
+        spans.push((at(name), at(value)));
         if name.eq_ignore_ascii_case(b"content-length") {
             match (framing, decimal(value.trim_ascii())) {
                 (None, Some(n)) => framing = Some(Framing::Length(n)),
@@ -336,7 +337,6 @@ fn parse(buf: &mut BytesMut, max_bytes: usize, cache: &mut Option<HeaderMap>) ->
             trailers |= value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         }
     }
-    let count = req.headers.len();
     let (method, path) = (Method::from_bytes(method.as_bytes()), at(path.as_bytes()));
     let Ok(method) = method else { return Parsed::Hyper };
     let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
@@ -344,7 +344,7 @@ fn parse(buf: &mut BytesMut, max_bytes: usize, cache: &mut Option<HeaderMap>) ->
     // Everything below takes its bytes from the head without copying them; a value that
     // turns out invalid puts the head back for hyper.
     let head = buf.split_to(len).freeze();
-    match build(&head, method, path, version, &spans[..count], cache) {
+    match build(&head, method, path, version, &spans, cache) {
         Some(parts) => {
             Parsed::Request(Head { parts, framing: framing.unwrap_or(Framing::Length(0)), keep_alive, trailers })
         }

@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::SizeHint;
+use smallvec::SmallVec;
 
 /// The largest response head (status line and headers) taken from a backend.
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -163,15 +164,15 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
         let mut res = httparse::Response::new(&mut []);
         // Offsets of each name and value in the head: the values are then shared slices
         // of it, not copies.
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut spans = SmallVec::<[(u32, u32, u32, u32); MAX_HEADERS]>::new();
         let config = httparse::ParserConfig::default();
         let (len, code, minor, count) = match config.parse_response_with_uninit_headers(&mut res, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => {
                 let base = buf.as_ptr() as usize;
-                for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+                for h in res.headers.iter() {
                     let name = h.name.as_ptr() as usize - base;
                     let value = h.value.as_ptr() as usize - base;
-                    *span = (name as u32, h.name.len() as u32, value as u32, h.value.len() as u32);
+                    spans.push((name as u32, h.name.len() as u32, value as u32, h.value.len() as u32));
                 }
                 (len, res.code.unwrap_or(0), res.version.unwrap_or(1), res.headers.len())
             }
@@ -196,7 +197,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
         // hop-by-hop, left out of the map (no lookups after, nothing to remove later).
         let mut fields = Fields::default();
         let mut map = HeaderMap::with_capacity(count);
-        for &(n, nl, v, vl) in &spans[..count] {
+        for &(n, nl, v, vl) in &spans {
             let name = header_name(&head[n as usize..(n + nl) as usize])?;
             let (v, vl) = (v as usize, vl as usize);
             if fields.note(&name, &head[v..v + vl]) {
@@ -213,7 +214,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
         }
         if fields.connection_other {
             // Fields the backend named in `Connection` are hop-by-hop too.
-            for &(n, nl, v, vl) in &spans[..count] {
+            for &(n, nl, v, vl) in &spans {
                 if head[n as usize..(n + nl) as usize].eq_ignore_ascii_case(b"connection") {
                     for token in head[v as usize..(v + vl) as usize].split(|&b| b == b',') {
                         if let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) {
