@@ -4,6 +4,12 @@
 build:
     cargo build --release
 
+# A profile-guided release build (PGO), trained on the peer bench's loads, into
+# target/pgo/<host triple>/release/weir (host/benches/pgo.sh: two LTO builds, so about
+# twice `just build` from nothing; needs the peer bench's Debian packages).
+release-pgo:
+    host/benches/pgo.sh
+
 # Build only the plugin pack and the test fixtures (wasm32-wasip2 components).
 plugins:
     cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir target/wasm
