@@ -123,7 +123,7 @@ sleep 1
 HPID=$(cat "$P"/run/haproxy-tcp.pid)
 # CPU time in nanoseconds, all the process's threads (schedstat: the scheduler's exact
 # run time, where /proc/PID/stat counts 10 ms clock ticks: 3 % of a GiB's CPU each).
-cpu() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%d", t}'; }
+cpu() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%.0f", t}'; }
 echo "weir $(git rev-parse --short HEAD)${WEIR_B:+, weirB $WEIR_B}, HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $(nproc) CPUs; weir pid $WPID, haproxy pid $HPID"
 for r in $(seq 1 "$ROUNDS"); do
     echo "r$r $(uptime)"
