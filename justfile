@@ -68,6 +68,7 @@ bench-instructions:
 # says what each part measures); the table is written under target/peers/. Needs
 # `apt-get install nginx haproxy wrk nghttp2-client iperf3 curl openssl strace
 # python3-websockets` (not installed by .ci/run) and builds weir and oha if missing.
+# `PGO=1 just peers` runs the profile-guided build (`just release-pgo`) instead.
 peers:
     host/benches/peers/run.sh
 

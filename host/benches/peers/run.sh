@@ -4,6 +4,7 @@
 #   ROUNDS=3 DURATION=10 host/benches/peers/run.sh
 #   PARTS=h1,h2c host/benches/peers/run.sh     # only these: h1 h2c https handshakes l4 p99 ws burst
 #   WEIR=path/to/weir host/benches/peers/run.sh   # that binary instead of this tree's release build
+#   PGO=1 host/benches/peers/run.sh            # this tree's profile-guided build (just release-pgo)
 #   FLOOR=path/to/floor host/benches/peers/run.sh # that floor binary (FLOOR= : no floor rows)
 #   PARTS=h1,perf host/benches/peers/run.sh    # perf stat and perf record -g of each proxy under h1 load
 #   host/benches/peers/wakeups.py "A=CMD" "B=CMD"  # wake-ups of wrk and the origin per request, A/B (see its header)
@@ -16,14 +17,19 @@
 # goes under target/peers/ (OUT=DIR for another place); the table is in its peers.md.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-if [ -z "${WEIR:-}" ]; then
+if [ -z "${WEIR:-}" ] && [ -n "${PGO:-}" ]; then
+    # The profile-guided build (host/benches/pgo.sh, `just release-pgo`) of this tree.
+    host/benches/pgo.sh
+    export WEIR=$PWD/target/pgo/$(rustc -vV | sed -n 's/^host: //p')/release/weir
+elif [ -z "${WEIR:-}" ]; then
     # Build (or find up to date) this tree's release binary: the commit the table names.
     cargo build --release --bin weir
     export WEIR=$PWD/target/release/weir
 fi
 if [ -z "${FLOOR+set}" ]; then
-    # The floor proxies (host/benches/floor.rs: hyper alone, httparse by hand), rows of the
-    # h1 part behind weir. FLOOR= (empty) runs without them.
+    # The floor proxies (host/benches/floor.rs: hyper alone, httparse by hand; hyper's
+    # HTTP/2 server for h2c), rows of the h1 and h2c parts behind weir. FLOOR= (empty) runs
+    # without them.
     FLOOR=$(cargo bench --bench floor --no-run --message-format=json | /usr/bin/python3 -c '
 import json, sys
 for line in sys.stdin:
