@@ -166,7 +166,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
         // of it, not copies.
         let mut spans = SmallVec::<[(u32, u32, u32, u32); MAX_HEADERS]>::new();
         let config = httparse::ParserConfig::default();
-        let (len, code, minor, count) = match config.parse_response_with_uninit_headers(&mut res, buf, &mut headers) {
+        let (len, code, minor) = match config.parse_response_with_uninit_headers(&mut res, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => {
                 let base = buf.as_ptr() as usize;
                 for h in res.headers.iter() {
@@ -174,7 +174,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
                     let value = h.value.as_ptr() as usize - base;
                     spans.push((name as u32, h.name.len() as u32, value as u32, h.value.len() as u32));
                 }
-                (len, res.code.unwrap_or(0), res.version.unwrap_or(1), res.headers.len())
+                (len, res.code.unwrap_or(0), res.version.unwrap_or(1))
             }
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(ParseError::HeadTooLarge),
             Ok(httparse::Status::Partial) => return Ok(None),
@@ -196,7 +196,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Optio
         // One pass: the framing and connection fields are read here and, being
         // hop-by-hop, left out of the map (no lookups after, nothing to remove later).
         let mut fields = Fields::default();
-        let mut map = HeaderMap::with_capacity(count);
+        let mut map = HeaderMap::with_capacity(spans.len());
         for &(n, nl, v, vl) in &spans {
             let name = header_name(&head[n as usize..(n + nl) as usize])?;
             let (v, vl) = (v as usize, vl as usize);
