@@ -311,6 +311,8 @@ pub struct Applied {
     pub tls_reloaded: usize,
     /// TLS listeners whose files did not load (they kept their certificates).
     pub tls_failed: usize,
+    /// Why each of those did not load, naming the listener and the file.
+    pub tls_errors: Vec<String>,
 }
 
 /// A running listener's accept tasks (one per worker) and where it is bound.
@@ -1034,6 +1036,7 @@ impl Control {
                 Err(e) => {
                     applied.tls_failed += 1;
                     tracing::error!(error = %e, "TLS certificates not reloaded; the listener keeps its current ones");
+                    applied.tls_errors.push(e.to_string());
                 }
             }
         }

@@ -122,6 +122,8 @@ pub struct Weir {
     pub start_logs: Vec<serde_json::Value>,
     /// The address of its last "listening" line.
     pub addr: Option<SocketAddr>,
+    /// Its log lines after "weir is running", as they come.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -154,8 +156,16 @@ impl Weir {
                 break;
             }
         }
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, start_logs, addr, _dir: None }
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = logs.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { return };
+                let v = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
+                kept.lock().unwrap().push(v);
+            }
+        });
+        Self { child, start_logs, addr, logs, _dir: None }
     }
 
     /// Runs weir on `text`, written to a temporary directory it keeps, with `files` written
@@ -175,6 +185,11 @@ impl Weir {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How many of its log lines since "weir is running" `matches` says yes to.
+    pub fn logged(&self, matches: impl Fn(&serde_json::Value) -> bool) -> usize {
+        self.logs.lock().unwrap().iter().filter(|v| matches(v)).count()
     }
 
     /// The address it listens on (its last "listening" line).

@@ -376,6 +376,91 @@ async fn certificates_swapped_on_disk_serve_new_handshakes_and_keep_open_connect
     assert_eq!(cn, "cert-3");
 }
 
+/// `POST /api/v1/reload` reads every certificate file again. One that does not load
+/// refuses the reload whole (`422`, the error naming the file at its place in the config)
+/// and the listener keeps serving its certificate; once the file is good, the next reload
+/// answers how many TLS listeners it reloaded and serves the new certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_reload_reads_certificates_again_and_refuses_a_file_that_does_not_load() {
+    use hyper::Method;
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("site", "cert-1", &["site.test"]);
+    let config = pki.path("weir.toml");
+    let text = tls_config(up.addr, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])));
+    std::fs::write(&config, format!("{}{text}", crate::admin::admin_table(""))).unwrap();
+    let server = weir::Server::start(weir::config::Config::load(&config).unwrap()).await.unwrap();
+    let (admin, proxy, ca) = (server.admin_addr().unwrap(), server.addr("main").unwrap(), pki.ca());
+    assert_eq!(open(proxy, "site.test", &ca).await.1, "cert-1");
+
+    std::fs::write(pki.path("site.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    let (status, body) = crate::admin::call(admin, Method::POST, "/api/v1/reload", None, support::empty()).await;
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    let want = format!(
+        "weir.toml:12:34: listener[0].tls.certificates[0].cert: {}: bad PEM: no `-----END CERTIFICATE-----` line",
+        pki.path("site.pem").display()
+    );
+    assert!(error.ends_with(&want), "{body}");
+    assert_eq!(open(proxy, "site.test", &ca).await.1, "cert-1", "a file that does not load replaced the certificate");
+
+    pki.issue("site", "cert-2", &["site.test"]);
+    let (status, body) = crate::admin::call(admin, Method::POST, "/api/v1/reload", None, support::empty()).await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert_eq!((body["tls_reloaded"].as_u64(), body["tls_failed"].as_u64()), (Some(1), Some(0)), "{body}");
+    assert_eq!(body["tls_errors"], serde_json::json!([]), "{body}");
+    assert_eq!(open(proxy, "site.test", &ca).await.1, "cert-2");
+}
+
+/// The weir binary logs a certificate file that does not load with the file's name: when
+/// its file watcher sees the change (the listener keeps its certificate), and at a SIGHUP,
+/// which it refuses whole ("reload failed; config unchanged"); the listener serves its
+/// certificate throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_a_certificate_file_that_does_not_load_by_name_on_change_and_on_sighup() {
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("site", "cert-1", &["site.test"]);
+    let config = pki.path("weir.toml");
+    let text = tls_config(up.addr, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])));
+    std::fs::write(&config, &text).unwrap();
+    let run = config.clone();
+    let weir = tokio::task::spawn_blocking(move || support::Weir::run(&run)).await.unwrap();
+    let (proxy, ca) = (weir.addr(), pki.ca());
+    assert_eq!(open(proxy, "site.test", &ca).await.1, "cert-1");
+
+    let file = pki.path("site.pem").display().to_string();
+    let logged = |message: &'static str| {
+        let file = file.clone();
+        move |v: &serde_json::Value| {
+            v["level"] == "ERROR"
+                && v["fields"]["message"].as_str().is_some_and(|m| m.starts_with(message))
+                && v["fields"]["error"].as_str().is_some_and(|e| e.contains(&file))
+        }
+    };
+    let wait = async |what: &str, done: &dyn Fn() -> bool| {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never logged: {what}: {:?}",
+                weir.logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    std::fs::write(pki.path("site.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    let watcher = logged("TLS certificates not reloaded");
+    wait("the watcher's error naming the file", &|| weir.logged(&watcher) >= 1).await;
+    assert_eq!(open(proxy, "site.test", &ca).await.1, "cert-1");
+
+    let pid = weir.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let refused = logged("reload failed; config unchanged");
+    wait("the SIGHUP reload refused, naming the file", &|| weir.logged(&refused) == 1).await;
+    assert_eq!(open(proxy, "site.test", &ca).await.1, "cert-1");
+}
+
 /// Garbage, a ClientHello cut short and a client that sends nothing each cost one
 /// connection (closed, counted in `refused`, never reaching a backend) while a real
 /// client is served at the same time; the silent one is closed at the handshake timeout.

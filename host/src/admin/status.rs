@@ -193,6 +193,9 @@ pub(crate) async fn reload(admin: &Admin, req: Request<Incoming>) -> Reply {
                     "listeners_changed": applied.listeners_changed,
                     "listeners_closed": applied.listeners_closed,
                     "backends_retired": applied.backends_retired,
+                    "tls_reloaded": applied.tls_reloaded,
+                    "tls_failed": applied.tls_failed,
+                    "tls_errors": applied.tls_errors,
                 }),
             )
         }

@@ -162,6 +162,13 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 fn pem_error(path: &Path, e: pem::Error) -> String {
     match e {
         pem::Error::Io(e) => format!("cannot read {}: {e}", path.display()),
+        // The library prints these lines as lists of numbers.
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("{}: bad PEM: no `-----END {}-----` line", path.display(), String::from_utf8_lossy(&end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("{}: bad PEM: malformed line `{}`", path.display(), String::from_utf8_lossy(&line).trim_end())
+        }
         e => format!("{}: bad PEM: {e}", path.display()),
     }
 }
