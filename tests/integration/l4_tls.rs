@@ -147,13 +147,59 @@ async fn silent_and_garbage_clients_are_closed_and_counted() {
     assert_eq!(snapshot.pools["default"].view.members[0].live.active.load(Ordering::Relaxed), 0);
 }
 
-/// The PROXY header at the start of `s`, as one line: version, source, destination.
+/// The PROXY header at the start of `s`, parsed with the `ppp` crate (a parser written
+/// elsewhere); only the header's bytes are read (v1 to its CRLF, v2 by its length), so
+/// nothing after it is taken. One line: version, source and destination.
 async fn header_line(s: &mut TcpStream) -> String {
-    let accept = weir::net::proxy_protocol::expect::Accept::Any;
-    match weir::net::proxy_protocol::expect::read_header(s, accept, Duration::from_secs(5)).await {
-        Ok(h) => format!("{:?} {:?} {:?}", h.version, h.source, h.destination),
-        Err(e) => format!("no header: {e}"),
+    let mut header = vec![0u8; 16];
+    let read = async {
+        s.read_exact(&mut header[..1]).await?;
+        if header[0] == b'P' {
+            header.truncate(1);
+            while !header.ends_with(b"\r\n") && header.len() < 108 {
+                header.push(s.read_u8().await?);
+            }
+        } else {
+            s.read_exact(&mut header[1..16]).await?;
+            let len = u16::from_be_bytes([header[14], header[15]]) as usize;
+            header.resize(16 + len, 0);
+            s.read_exact(&mut header[16..]).await?;
+        }
+        std::io::Result::Ok(())
+    };
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    {
+        return format!("no header: {e}");
     }
+    match ppp::HeaderResult::parse(&header) {
+        ppp::HeaderResult::V1(Ok(h)) => match h.addresses {
+            ppp::v1::Addresses::Tcp4(a) => {
+                line("V1", a.source_address, a.source_port, a.destination_address, a.destination_port)
+            }
+            ppp::v1::Addresses::Tcp6(a) => {
+                line("V1", a.source_address, a.source_port, a.destination_address, a.destination_port)
+            }
+            ppp::v1::Addresses::Unknown => "V1 None None".to_owned(),
+        },
+        ppp::HeaderResult::V2(Ok(h)) if h.command == ppp::v2::Command::Proxy => match h.addresses {
+            ppp::v2::Addresses::IPv4(a) => {
+                line("V2", a.source_address, a.source_port, a.destination_address, a.destination_port)
+            }
+            ppp::v2::Addresses::IPv6(a) => {
+                line("V2", a.source_address, a.source_port, a.destination_address, a.destination_port)
+            }
+            other => format!("V2 {other:?}"),
+        },
+        other => format!("no header: {other:?}"),
+    }
+}
+
+/// `VERSION Some(source) Some(destination)`.
+fn line(version: &str, source: impl Into<IpAddr>, sport: u16, destination: impl Into<IpAddr>, dport: u16) -> String {
+    let (from, to) = (SocketAddr::new(source.into(), sport), SocketAddr::new(destination.into(), dport));
+    format!("{version} Some({from}) Some({to})")
 }
 
 /// An HTTP backend that reads the PROXY header each connection starts with and answers
@@ -182,7 +228,7 @@ async fn http_proxy_reader() -> SocketAddr {
     addr
 }
 
-/// A backend that reads the PROXY header weir sends (with weir's parser), then greets
+/// A backend that reads the PROXY header weir sends (with `ppp`), then greets
 /// with it as a line and echoes.
 async fn proxy_reader() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -340,6 +386,116 @@ async fn untrusted_headers_and_missing_headers_are_refused() {
     let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap();
     assert!(n.is_err() || got.is_empty());
     support::eventually("the missing header refused", || stats.refused.load(Ordering::Relaxed) == 2).await;
+}
+
+/// A proxy in front of weir: each connection to the returned address is joined to `to`
+/// after `header` is written there first.
+async fn header_adder(to: SocketAddr, header: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let header = header.clone();
+            tokio::spawn(async move {
+                let Ok(mut upstream) = TcpStream::connect(to).await else { return };
+                if upstream.write_all(&header).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A proxy behind weir: each connection's PROXY header is read (with `ppp`) and kept as
+/// a line in the returned list, then the rest of the connection is joined to `to`.
+async fn header_taker(to: SocketAddr) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut weir, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let line = header_line(&mut weir).await;
+                kept.lock().unwrap().push(line);
+                let Ok(mut backend) = TcpStream::connect(to).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut weir, &mut backend).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// PROXY on a tls-passthrough listener, both ways, with `openssl` at the ends: a client
+/// behind a trusted proxy (its v2 header first, then its ClientHello) is routed by the
+/// SNI that follows the header, its TLS handshake completes with the backend's own
+/// certificate, and the pool's `send_proxy = "v1"` tells the backend the client the
+/// header carried, not the proxy's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passthrough_client_behind_a_proxy_is_routed_by_sni_and_named_to_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TlsBackend::start(dir.path(), "db.example.com").await;
+    let other = TlsBackend::start(dir.path(), "default.test").await;
+    let (db_side, seen) = header_taker(db.addr).await;
+    let extra = "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"127.0.0.1\"]";
+    let text = passthrough_config(other.addr, db_side, other.addr, extra)
+        .replace("[pool.db]\n", "[pool.db]\nsend_proxy = \"v1\"\n");
+    let server = support::start(&text).await;
+    let proxy = server.addr("tls").unwrap();
+    let header = weir::net::proxy_protocol::send::encode(
+        weir::net::proxy_protocol::Version::V2,
+        "192.0.2.9:5555".parse().unwrap(),
+        "198.51.100.1:443".parse().unwrap(),
+    );
+    let front = header_adder(proxy, header.as_bytes().to_vec()).await;
+
+    let (ok, subject) = s_client(front, Some("db.example.com"), &db.cert, "db.example.com").await;
+    assert!(ok && subject.contains("db.example.com"), "{subject}");
+    assert_eq!(*seen.lock().unwrap(), ["V1 Some(192.0.2.9:5555) Some(198.51.100.1:443)"]);
+    // Another name after the same header goes to the default pool, which sends none.
+    let (ok, subject) = s_client(front, Some("elsewhere.org"), &other.cert, "default.test").await;
+    assert!(ok && subject.contains("default.test"), "{subject}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let stats = server.control().listener_stats("tls").unwrap();
+    assert_eq!(stats.refused.load(Ordering::Relaxed), 0);
+}
+
+/// Plugins see the client a PROXY header carries: a `consistent-hash` pool on the
+/// client's address places each carried address on the backend a direct connection from
+/// that address gets (through a second listener without PROXY), for twelve addresses
+/// spread over three backends. Had weir hashed the proxy's own address, all twelve would
+/// land on one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_place_the_client_a_proxy_header_carries() {
+    let backends = [greeter("a").await, greeter("b").await, greeter("c").await];
+    let text = tcp_config(
+        &backends,
+        "proxy_protocol = \"v1\"\nproxy_protocol_from = [\"127.0.0.1\"]",
+        "balancer = { plugin = \"consistent-hash\", config = { key = \"client-ip\" } }",
+    )
+    .replace(
+        "[pool.p]",
+        "[[listener]]\nname = \"direct\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"p\"\n\n[pool.p]",
+    );
+    let server = support::start(&text).await;
+    let (behind, direct) = (server.addr("main").unwrap(), server.addr("direct").unwrap());
+    let mut placed = std::collections::BTreeMap::new();
+    for i in 11..=22u8 {
+        let ip = IpAddr::from([127, 0, 0, i]);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(ip, 0)).unwrap();
+        let mut s = socket.connect(direct).await.unwrap();
+        let own = read_line(&mut s).await;
+        let mut s = TcpStream::connect(behind).await.unwrap();
+        s.write_all(format!("PROXY TCP4 {ip} 127.0.0.1 40000 80\r\n").as_bytes()).await.unwrap();
+        let carried = read_line(&mut s).await;
+        assert_eq!(carried, own, "{ip}: placed by another address than the one carried");
+        placed.insert(ip, own);
+    }
+    let spread: std::collections::BTreeSet<_> = placed.values().collect();
+    assert!(spread.len() > 1, "twelve addresses all on one backend: {placed:?}");
 }
 
 /// A user-written balancer (`tests/fixtures/by-tls`) sees the SNI and the ALPN protocols
