@@ -387,3 +387,94 @@ async fn a_continuation_flood_is_cut_off_and_does_not_starve_other_clients() {
     assert!(cut_short, "the server closed long before 64 MiB of header block (GOAWAY code {code:?})");
     honest(proxy, 5).await;
 }
+
+const WINDOW_UPDATE: u8 = 0x8;
+const ACK: u8 = 0x1;
+const REFUSED_STREAM: u32 = 0x7;
+
+/// Reads one frame: (type, flags, stream, payload).
+async fn read_frame(read: &mut (impl AsyncReadExt + Unpin)) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    let within = Duration::from_secs(5);
+    tokio::time::timeout(within, read.read_exact(&mut head)).await.expect("a frame in time").unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; len];
+    tokio::time::timeout(within, read.read_exact(&mut payload)).await.expect("a frame in time").unwrap();
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    (head[3], head[4], stream, payload)
+}
+
+/// `[listener.http2]` reaches the wire and is held to: the server's SETTINGS carry the
+/// configured stream limit, header list size and stream window, and its first
+/// WINDOW_UPDATE raises the connection window to the configured size; a stream past the
+/// limit is refused (`REFUSED_STREAM`) while the others wait on their backend; a header
+/// list over the size is answered `431` and never reaches the backend, one under it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_limits_are_told_in_settings_and_held_to() {
+    // A backend that takes connections and never answers: every stream stays open.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let limits = "http2 = { max_concurrent_streams = 3, max_header_list_size = 2048, \
+                  initial_stream_window_size = 100000, initial_connection_window_size = 1000000 }";
+    let with_limits = |text: String| text.replace("pool = \"p\"\n\n", &format!("pool = \"p\"\n{limits}\n\n"));
+    let server = support::start(&with_limits(support::config_text(&[silent_addr], ""))).await;
+    let proxy = server.addr("main").unwrap();
+
+    let (mut read, mut write) = TcpStream::connect(proxy).await.unwrap().into_split();
+    write.write_all(&preface()).await.unwrap();
+    let (mut settings, mut window) = (None, None);
+    while settings.is_none() || window.is_none() {
+        let (kind, flags, stream, payload) = read_frame(&mut read).await;
+        match (kind, stream) {
+            (SETTINGS, 0) if flags & ACK == 0 => {
+                let pairs = payload.chunks_exact(6);
+                settings = Some(
+                    pairs
+                        .map(|p| (u16::from_be_bytes([p[0], p[1]]), u32::from_be_bytes([p[2], p[3], p[4], p[5]])))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                );
+            }
+            (WINDOW_UPDATE, 0) => window = Some(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])),
+            _ => {}
+        }
+    }
+    let settings = settings.unwrap();
+    // SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE.
+    assert_eq!((settings.get(&0x3), settings.get(&0x4), settings.get(&0x6)), (Some(&3), Some(&100_000), Some(&2048)));
+    assert_eq!(window, Some(1_000_000 - 65_535), "the connection window's first raise");
+    write.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap();
+
+    // Four POSTs whose bodies never end: the fourth is past the limit.
+    let mut post = get_block();
+    post[0] = 0x83; // :method POST
+    for id in [1, 3, 5, 7] {
+        write.write_all(&frame(HEADERS, END_HEADERS, id, &post)).await.unwrap();
+    }
+    let refused = loop {
+        let (kind, _, stream, payload) = read_frame(&mut read).await;
+        if kind == RST_STREAM {
+            break (stream, u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]));
+        }
+    };
+    assert_eq!(refused, (7, REFUSED_STREAM));
+
+    // The header list size, on a backend that answers.
+    let backend = Upstream::start("h").await;
+    let server = support::start(&with_limits(support::config_text(&[backend.addr], ""))).await;
+    let proxy = server.addr("main").unwrap();
+    let live = server.snapshot().pools["p"].view.members[0].live.clone();
+    let mut sender = h2c(proxy).await;
+    for (size, status) in [(3000, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE), (1000, StatusCode::OK)] {
+        let req = Request::get(format!("http://{proxy}/")).header("x-big", "v".repeat(size));
+        sender.ready().await.unwrap();
+        let res = sender.send_request(req.body(Full::default()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), status, "a {size}-byte header");
+    }
+    assert_eq!(live.requests.load(Ordering::Relaxed), 1, "only the request under the size reached the backend");
+}

@@ -1,7 +1,8 @@
 //! TLS termination on http listeners, with clients nobody here wrote (`curl` and
 //! `openssl s_client`, installed by `.ci/run`) and a rustls client where a test must hold
 //! a connection open: certificates by SNI, mTLS, certificates reloaded from disk and by
-//! a reload while a connection stays open, and clients that send no good ClientHello.
+//! a reload while a connection stays open, and clients that send no good ClientHello;
+//! WebSockets over HTTP/2 chosen by ALPN.
 //! Certificates are made here with rcgen.
 
 use std::net::SocketAddr;
@@ -638,4 +639,45 @@ async fn tls13_and_tls12_sessions_resume_and_outlive_a_certificate_reload() {
         assert_eq!(kind, Resumed, "{what}: after the reload");
         assert!(body.starts_with("b0: "), "{what}: {body}");
     }
+}
+
+/// RFC 8441 on a TLS listener: on an HTTP/2 connection chosen by ALPN, an extended
+/// CONNECT opens a WebSocket, bridged to the backend's HTTP/1.1 Upgrade, and it echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_h2_chosen_by_alpn_echoes_through_a_backend_upgrade() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let backend = weir::demo::spawn_backend("demo-w").await.unwrap();
+    let pki = Pki::new();
+    pki.issue("site", "cert-1", &["site.test"]);
+    let server =
+        support::start(&tls_config(backend, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])))).await;
+    let live = server.snapshot().pools["p"].view.members[0].live.clone();
+    let (mut send, _) = open_h2(server.addr("main").unwrap(), "site.test", &pki.ca()).await;
+    // A first exchange, so the server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) are in.
+    get_h2(&mut send, "site.test", "/warm").await;
+
+    let mut req = Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("https://site.test/chat")
+        .header("sec-websocket-version", "13")
+        .body(support::empty())
+        .unwrap();
+    req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!((res.status(), res.version()), (http::StatusCode::OK, http::Version::HTTP_2));
+    let upgraded = hyper::upgrade::on(res).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("over h2 and TLS")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("demo-w: over h2 and TLS"));
+    assert_eq!(live.active.load(Ordering::Relaxed), 1, "the tunnel counts as its backend's connection");
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    support::eventually("the closed tunnel no longer counts", || live.active.load(Ordering::Relaxed) == 0).await;
 }

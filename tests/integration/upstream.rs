@@ -322,7 +322,7 @@ async fn h2c_upstream_carries_many_concurrent_streams_on_one_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_upstream_over_tls_by_alpn_carries_many_streams_on_one_connection() {
+async fn h2_upstream_over_tls_by_alpn_carries_trailers_and_many_streams_on_one_connection() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ca");
     let leaf = ca.issue("backend", &["127.0.0.1"]);
@@ -332,6 +332,10 @@ async fn h2_upstream_over_tls_by_alpn_carries_many_streams_on_one_connection() {
     let (status, body) = get(&server, "/").await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with("t HTTP/2.0 GET https://"), "{body}");
+    // gRPC's trailers both ways, over TLS too.
+    let raw = post_with_trailer(server.addr("main").unwrap(), "/grpc", true).await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert_eq!(trailer_lines(&raw), ["grpc-status: 0", "grpc-message: x-req-sum=42"], "{raw}");
     hold_many(&server, &backend, 40).await;
     assert_eq!(backend.accepted(), 1);
     assert_eq!(backend.handshakes.load(Ordering::SeqCst), 1);
