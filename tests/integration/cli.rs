@@ -237,3 +237,88 @@ fn check_blames_a_key_that_does_not_match_its_certificate() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains(": ok"), "{stdout}");
 }
+
+/// An example config with its listeners and backends moved to free ports (`moves`: the
+/// example's address, the one to use), in a directory of its own with the files its
+/// first lines make; the weir binary running it.
+async fn run_example(name: &str, moves: &[(&str, String)]) -> (crate::support::Weir, tempfile::TempDir) {
+    let example = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")).join(name);
+    let dir = make_example_files(&example).unwrap_or_else(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(&example, dir.path().join(name)).unwrap();
+        dir
+    });
+    let path = dir.path().join(name);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for (from, to) in moves {
+        assert!(text.contains(from), "{name} has no {from}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&path, text).unwrap();
+    let weir = tokio::task::spawn_blocking(move || crate::support::Weir::run(&path)).await.unwrap();
+    (weir, dir)
+}
+
+/// examples/tls-h2.toml, run as its comments say (its certificate made by its own
+/// `openssl` line): curl gets HTTP/2 or HTTP/1.1 over TLS as it asks, verified against
+/// that certificate, from both backends in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_h2_example_serves_curl_over_http2_and_http1() {
+    use crate::support::{self, Upstream};
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let listen = support::dead_addr().await;
+    let moves = [
+        ("127.0.0.1:8443", listen.to_string()),
+        ("127.0.0.1:9001", a.addr.to_string()),
+        ("127.0.0.1:9002", b.addr.to_string()),
+    ];
+    let (_weir, dir) = run_example("tls-h2.toml", &moves).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1"), ("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--resolve", &format!("localhost:{}:127.0.0.1", listen.port())])
+            .arg("--cacert")
+            .arg(dir.path().join("localhost.pem"))
+            .args([flag, "-w", "\n%{http_code} %{http_version}", &format!("https://localhost:{}/", listen.port())])
+            .output()
+            .await
+            .expect("curl is installed (.ci/run installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.ends_with(&format!("\n200 {version}")), "{flag}: {text}");
+        seen.insert(support::name_of(&text).to_owned());
+    }
+    assert_eq!(seen, ["a".to_owned(), "b".to_owned()].into(), "round-robin over both backends");
+}
+
+/// examples/l4.toml, run: its `least-connections` listener spreads three held
+/// connections over its three backends, and its `consistent-hash` listener keeps a client
+/// on one backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_l4_example_spreads_and_pins_tcp_connections() {
+    use crate::l4::{greeter, read_line};
+    let backends = [greeter("one").await, greeter("two").await, greeter("three").await];
+    let (db, cache) = (crate::support::dead_addr().await, crate::support::dead_addr().await);
+    let moves = [
+        ("127.0.0.1:7000", db.to_string()),
+        ("127.0.0.1:7001", cache.to_string()),
+        ("127.0.0.1:9001", backends[0].to_string()),
+        ("127.0.0.1:9002", backends[1].to_string()),
+        ("127.0.0.1:9003", backends[2].to_string()),
+    ];
+    let (_weir, _dir) = run_example("l4.toml", &moves).await;
+    let mut held = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(db).await.unwrap();
+        names.insert(read_line(&mut s).await);
+        held.push(s);
+    }
+    assert_eq!(names.len(), 3, "least-connections: {names:?}");
+    let mut pinned = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(cache).await.unwrap();
+        pinned.insert(read_line(&mut s).await);
+    }
+    assert_eq!(pinned.len(), 1, "consistent-hash on the client's address: {pinned:?}");
+}
