@@ -188,7 +188,8 @@ async fn the_backend_half_closes_and_still_receives() {
 }
 
 /// 30 long-lived connections under `least-connections` land exactly 10 on each of three
-/// backends, and each counts as an active connection of its backend while it lives.
+/// backends, and each counts as an active connection of its backend (and in the server's
+/// gauges) while it lives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_spreads_long_lived_connections_evenly() {
     let backends = [greeter("a").await, greeter("b").await, greeter("c").await];
@@ -207,6 +208,11 @@ async fn least_connections_spreads_long_lived_connections_evenly() {
     let snapshot = server.snapshot();
     for m in &snapshot.pools["p"].view.members {
         assert_eq!(m.live.active.load(Ordering::Relaxed), 10, "{}", m.config.address);
+    }
+    // The server's gauges count them as client connections and as tunnels.
+    let metrics = server.control().metrics().render();
+    for gauge in ["weir_control_client_connections 30\n", "weir_control_tunnels 30\n"] {
+        assert!(metrics.contains(gauge), "no `{gauge}` in\n{metrics}");
     }
     drop(open);
     support::eventually("every connection closed", || {

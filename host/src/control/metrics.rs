@@ -105,12 +105,17 @@ impl Collector for Counters {
         Family::new(
             &mut encoder,
             "client_connections",
-            "Open client connections (http listeners).",
+            "Open client connections (every listener).",
             MetricType::Gauge,
         )?
         .gauge(&NO_LABELS, ctx.connections.open() as u64)?;
-        Family::new(&mut encoder, "tunnels", "Open tunnels (WebSockets).", MetricType::Gauge)?
-            .gauge(&NO_LABELS, ctx.tunnels.len() as u64)?;
+        Family::new(
+            &mut encoder,
+            "tunnels",
+            "Open tunnels: WebSockets, and tcp and tls-passthrough connections joined to their backend.",
+            MetricType::Gauge,
+        )?
+        .gauge(&NO_LABELS, ctx.tunnels.len() as u64)?;
         let mut f = Family::new(
             &mut encoder,
             "worker_connections",
