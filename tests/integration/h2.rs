@@ -250,7 +250,7 @@ async fn shutdown_lets_streams_in_flight_finish_and_sends_goaway() {
 }
 
 /// One HTTP/2 frame: 9-byte header and payload (RFC 9113 §4.1).
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -258,25 +258,25 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
+pub(crate) const HEADERS: u8 = 0x1;
+pub(crate) const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
+pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// `GET /` for `localhost` in HPACK: indexed :method, :scheme, :path; a literal
 /// :authority, not indexed.
-fn get_block() -> Vec<u8> {
+pub(crate) fn get_block() -> Vec<u8> {
     let mut b = vec![0x82, 0x86, 0x84, 0x01, 9];
     b.extend_from_slice(b"localhost");
     b
 }
 
 /// The client preface and an empty SETTINGS.
-fn preface() -> Vec<u8> {
+pub(crate) fn preface() -> Vec<u8> {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     out
@@ -284,7 +284,7 @@ fn preface() -> Vec<u8> {
 
 /// Reads frames until the server sends GOAWAY (its error code) or closes (`None`), for at
 /// most `within`; panics if it does neither.
-async fn until_goaway(read: &mut (impl AsyncReadExt + Unpin), within: Duration) -> Option<u32> {
+pub(crate) async fn until_goaway(read: &mut (impl AsyncReadExt + Unpin), within: Duration) -> Option<u32> {
     let read_all = async {
         let mut head = [0u8; 9];
         loop {

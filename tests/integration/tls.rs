@@ -681,3 +681,54 @@ async fn a_websocket_over_h2_chosen_by_alpn_echoes_through_a_backend_upgrade() {
     drop(ws);
     support::eventually("the closed tunnel no longer counts", || live.active.load(Ordering::Relaxed) == 0).await;
 }
+
+/// The rapid-reset flood of `h2::a_rapid_reset_flood_is_cut_off_and_does_not_starve_other_clients`
+/// on a TLS listener, HTTP/2 chosen by ALPN: the flooding connection gets GOAWAY
+/// (`ENHANCE_YOUR_CALM`) while an honest HTTP/2 client over TLS is served throughout, and
+/// few of the flood's streams ever reach the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_over_tls_is_cut_off_and_does_not_starve_other_clients() {
+    use crate::h2::{END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, HEADERS, RST_STREAM, frame, get_block, preface};
+    let up = Upstream::start("b0").await;
+    let pki = Pki::new();
+    pki.issue("site", "cert-1", &["site.test"]);
+    let server =
+        support::start(&tls_config(up.addr, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])))).await;
+    let proxy = server.addr("main").unwrap();
+    let live = server.snapshot().pools["p"].view.members[0].live.clone();
+    let ca = pki.ca();
+
+    let mut flood = preface();
+    let block = get_block();
+    for i in 0..50_000u32 {
+        let id = 2 * i + 1;
+        flood.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+        flood.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    let attacker = async {
+        let tcp = TcpStream::connect(proxy).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("site.test").unwrap();
+        let tls = rustls_client_alpn(&ca, &[b"h2"]).connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+        let (mut read, mut write) = tokio::io::split(tls);
+        let writer = tokio::spawn(async move {
+            // The server may close before all of it is out.
+            let _ = write.write_all(&flood).await;
+            let _ = write.flush().await;
+            write
+        });
+        let code = crate::h2::until_goaway(&mut read, Duration::from_secs(20)).await;
+        drop(writer);
+        code
+    };
+    let honest = async {
+        let (mut send, _) = open_h2(proxy, "site.test", &ca).await;
+        for i in 0..200 {
+            assert!(get_h2(&mut send, "site.test", &format!("/honest/{i}")).await.starts_with("b0: "));
+        }
+    };
+    let (code, ()) = tokio::join!(attacker, honest);
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "the flooding connection gets GOAWAY (ENHANCE_YOUR_CALM)");
+    let forwarded = live.requests.load(Ordering::Relaxed);
+    assert!(forwarded < 200 + 1000, "{forwarded} requests reached the backend");
+}
