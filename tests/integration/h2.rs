@@ -250,7 +250,7 @@ async fn shutdown_lets_streams_in_flight_finish_and_sends_goaway() {
 }
 
 /// One HTTP/2 frame: 9-byte header and payload (RFC 9113 §4.1).
-pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -258,25 +258,25 @@ pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8>
     f
 }
 
-pub(crate) const HEADERS: u8 = 0x1;
-pub(crate) const RST_STREAM: u8 = 0x3;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
-pub(crate) const END_STREAM: u8 = 0x1;
-pub(crate) const END_HEADERS: u8 = 0x4;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
 pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// `GET /` for `localhost` in HPACK: indexed :method, :scheme, :path; a literal
 /// :authority, not indexed.
-pub(crate) fn get_block() -> Vec<u8> {
+fn get_block() -> Vec<u8> {
     let mut b = vec![0x82, 0x86, 0x84, 0x01, 9];
     b.extend_from_slice(b"localhost");
     b
 }
 
 /// The client preface and an empty SETTINGS.
-pub(crate) fn preface() -> Vec<u8> {
+fn preface() -> Vec<u8> {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(SETTINGS, 0, 0, &[]));
     out
@@ -304,6 +304,19 @@ pub(crate) async fn until_goaway(read: &mut (impl AsyncReadExt + Unpin), within:
     tokio::time::timeout(within, read_all).await.expect("the flooding connection was neither told off nor closed")
 }
 
+/// CVE-2023-44487 as an attacker writes it: the preface, then a stream opened and reset
+/// at once, 50,000 times, for one write.
+pub(crate) fn rapid_reset_flood() -> Vec<u8> {
+    let mut flood = preface();
+    let block = get_block();
+    for i in 0..50_000u32 {
+        let id = 2 * i + 1;
+        flood.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+        flood.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    flood
+}
+
 /// An honest HTTP/2 client's `count` requests, one after the other, each answered in full.
 async fn honest(proxy: SocketAddr, count: usize) {
     let mut sender = h2c(proxy).await;
@@ -320,15 +333,7 @@ async fn a_rapid_reset_flood_is_cut_off_and_does_not_starve_other_clients() {
     let proxy = server.addr("main").unwrap();
     let live = server.snapshot().pools["p"].view.members[0].live.clone();
 
-    // CVE-2023-44487: open a stream and reset it at once, 50,000 times, in one write.
-    const FLOOD: u32 = 50_000;
-    let mut flood = preface();
-    let block = get_block();
-    for i in 0..FLOOD {
-        let id = 2 * i + 1;
-        flood.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
-        flood.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
-    }
+    let flood = rapid_reset_flood();
     let attacker = async {
         let (mut read, mut write) = TcpStream::connect(proxy).await.unwrap().into_split();
         let writer = tokio::spawn(async move {

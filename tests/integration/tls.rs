@@ -688,7 +688,7 @@ async fn a_websocket_over_h2_chosen_by_alpn_echoes_through_a_backend_upgrade() {
 /// few of the flood's streams ever reach the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rapid_reset_flood_over_tls_is_cut_off_and_does_not_starve_other_clients() {
-    use crate::h2::{END_HEADERS, END_STREAM, ENHANCE_YOUR_CALM, HEADERS, RST_STREAM, frame, get_block, preface};
+    use crate::h2::ENHANCE_YOUR_CALM;
     let up = Upstream::start("b0").await;
     let pki = Pki::new();
     pki.issue("site", "cert-1", &["site.test"]);
@@ -698,13 +698,7 @@ async fn a_rapid_reset_flood_over_tls_is_cut_off_and_does_not_starve_other_clien
     let live = server.snapshot().pools["p"].view.members[0].live.clone();
     let ca = pki.ca();
 
-    let mut flood = preface();
-    let block = get_block();
-    for i in 0..50_000u32 {
-        let id = 2 * i + 1;
-        flood.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
-        flood.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
-    }
+    let flood = crate::h2::rapid_reset_flood();
     let attacker = async {
         let tcp = TcpStream::connect(proxy).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("site.test").unwrap();
