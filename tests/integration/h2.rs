@@ -416,13 +416,25 @@ async fn read_frame(read: &mut (impl AsyncReadExt + Unpin)) -> (u8, u8, u32, Vec
 /// list over the size is answered `431` and never reaches the backend, one under it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_limits_are_told_in_settings_and_held_to() {
-    // A backend that takes connections and never answers: every stream stays open.
+    // A backend that takes connections and never answers: every stream stays open. It
+    // counts the request heads it was sent.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = heads.clone();
     tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
+        while let Ok((mut s, _)) = silent.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).await.unwrap_or(0) == 1 {
+                    head.push(b[0]);
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                // Held open, unanswered, until the test ends.
+                std::future::pending::<()>().await;
+            });
         }
     });
     let limits = "http2 = { max_concurrent_streams = 3, max_header_list_size = 2048, \
@@ -463,11 +475,16 @@ async fn http2_limits_are_told_in_settings_and_held_to() {
     }
     let refused = loop {
         let (kind, _, stream, payload) = read_frame(&mut read).await;
+        assert!(kind != HEADERS, "stream {stream} was answered; it should wait on its backend");
         if kind == RST_STREAM {
             break (stream, u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]));
         }
     };
     assert_eq!(refused, (7, REFUSED_STREAM));
+    support::eventually("the three streams under the limit reach the backend", || heads.load(Ordering::SeqCst) == 3)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(heads.load(Ordering::SeqCst), 3, "the refused stream reached the backend");
 
     // The header list size, on a backend that answers.
     let backend = Upstream::start("h").await;

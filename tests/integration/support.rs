@@ -159,11 +159,15 @@ impl Weir {
         let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let kept = logs.clone();
         std::thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { return };
+            // Split on newlines as bytes: a line that is not UTF-8 is kept lossily, never a
+            // reason to stop reading (weir would block on a full pipe).
+            for line in std::io::BufRead::split(&mut stderr, b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).into_owned();
                 let v = serde_json::from_str(&line).unwrap_or(serde_json::Value::String(line));
                 kept.lock().unwrap().push(v);
             }
+            let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         });
         Self { child, start_logs, addr, logs, _dir: None }
     }

@@ -167,7 +167,9 @@ fn pem_error(path: &Path, e: pem::Error) -> String {
             format!("{}: bad PEM: no `-----END {}-----` line", path.display(), String::from_utf8_lossy(&end_marker))
         }
         pem::Error::IllegalSectionStart { line } => {
-            format!("{}: bad PEM: malformed line `{}`", path.display(), String::from_utf8_lossy(&line).trim_end())
+            let line = String::from_utf8_lossy(&line);
+            let shown: String = line.trim_end().chars().take(80).collect();
+            format!("{}: bad PEM: malformed line {shown:?}", path.display())
         }
         e => format!("{}: bad PEM: {e}", path.display()),
     }
