@@ -322,3 +322,30 @@ async fn the_l4_example_spreads_and_pins_tcp_connections() {
     }
     assert_eq!(pinned.len(), 1, "consistent-hash on the client's address: {pinned:?}");
 }
+
+/// examples/tls-passthrough.toml, run with two `openssl s_server` backends as its comments
+/// say: each name reaches its backend, whose own certificate completes the handshake
+/// (`openssl s_client` verifies it), and a name no route has goes to the default pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_passthrough_example_routes_by_sni_to_each_backend() {
+    use crate::l4_tls::{TlsBackend, s_client};
+    let certs = tempfile::tempdir().unwrap();
+    let db = TlsBackend::start(certs.path(), "db.example.com").await;
+    let web = TlsBackend::start(certs.path(), "web.example.com").await;
+    let listen = crate::support::dead_addr().await;
+    let moves = [
+        ("127.0.0.1:8443", listen.to_string()),
+        ("127.0.0.1:9441", db.addr.to_string()),
+        ("127.0.0.1:9442", web.addr.to_string()),
+    ];
+    let (_weir, _dir) = run_example("tls-passthrough.toml", &moves).await;
+    let cases = [
+        (Some("db.example.com"), &db, "db.example.com"),
+        (Some("www.example.com"), &web, "web.example.com"),
+        (Some("elsewhere.org"), &web, "web.example.com"),
+    ];
+    for (sni, backend, cn) in cases {
+        let (ok, subject) = s_client(listen, sni, &backend.cert, cn).await;
+        assert!(ok && subject.contains(cn), "SNI {sni:?}: {subject:?}, not {cn}");
+    }
+}

@@ -31,14 +31,14 @@ fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 /// `openssl s_server` with a certificate for `name`, on a free port; killed on drop.
-struct TlsBackend {
-    addr: SocketAddr,
-    cert: PathBuf,
+pub(crate) struct TlsBackend {
+    pub(crate) addr: SocketAddr,
+    pub(crate) cert: PathBuf,
     _child: Child,
 }
 
 impl TlsBackend {
-    async fn start(dir: &Path, name: &str) -> Self {
+    pub(crate) async fn start(dir: &Path, name: &str) -> Self {
         let (cert, key) = certificate(dir, name);
         let addr = support::dead_addr().await;
         let child = Command::new("openssl")
@@ -65,7 +65,12 @@ impl TlsBackend {
 /// Runs `openssl s_client` against `proxy` with `servername` (None: no SNI), verifying
 /// the chain against `ca` and the name against `verify_name`. Returns whether the
 /// handshake and verification succeeded, and the subject of the certificate it got.
-async fn s_client(proxy: SocketAddr, servername: Option<&str>, ca: &Path, verify_name: &str) -> (bool, String) {
+pub(crate) async fn s_client(
+    proxy: SocketAddr,
+    servername: Option<&str>,
+    ca: &Path,
+    verify_name: &str,
+) -> (bool, String) {
     let mut cmd = Command::new("openssl");
     cmd.args(["s_client", "-connect", &proxy.to_string(), "-verify_return_error"]);
     cmd.args(["-verify_hostname", verify_name]).arg("-CAfile").arg(ca);
