@@ -68,6 +68,13 @@ fn tls_config(backend: SocketAddr, tls: &str) -> String {
     support::config_text(&[backend], "").replace("pool = \"p\"\n\n", &format!("pool = \"p\"\ntls = {tls}\n\n"))
 }
 
+/// [`tls_config`] with one certificate, `site.pem` for `site.test` (common name
+/// `cert-1`), issued by `pki` now.
+fn one_site(pki: &Pki, backend: SocketAddr) -> String {
+    pki.issue("site", "cert-1", &["site.test"]);
+    tls_config(backend, &format!("{{ certificates = {} }}", certificates(pki, &["site"])))
+}
+
 fn certificates(pki: &Pki, files: &[&str]) -> String {
     let list: Vec<String> = files
         .iter()
@@ -323,8 +330,7 @@ async fn optional_client_auth_serves_clients_without_a_certificate() {
 async fn certificates_swapped_on_disk_serve_new_handshakes_and_keep_open_connections() {
     let up = Upstream::start("b0").await;
     let pki = Pki::new();
-    pki.issue("site", "cert-1", &["site.test"]);
-    let text = tls_config(up.addr, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])));
+    let text = one_site(&pki, up.addr);
     let server = support::start(&text).await;
     let proxy = server.addr("main").unwrap();
     let ca = pki.ca();
@@ -391,9 +397,8 @@ async fn the_admin_reload_reads_certificates_again_and_refuses_a_file_that_does_
     use hyper::Method;
     let up = Upstream::start("b0").await;
     let pki = Pki::new();
-    pki.issue("site", "cert-1", &["site.test"]);
     let config = pki.path("weir.toml");
-    let text = tls_config(up.addr, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])));
+    let text = one_site(&pki, up.addr);
     std::fs::write(&config, format!("{}{text}", crate::admin::admin_table(""))).unwrap();
     let server = weir::Server::start(weir::config::Config::load(&config).unwrap()).await.unwrap();
     let (admin, proxy, ca) = (server.admin_addr().unwrap(), server.addr("main").unwrap(), pki.ca());
@@ -426,9 +431,8 @@ async fn the_admin_reload_reads_certificates_again_and_refuses_a_file_that_does_
 async fn the_binary_logs_a_certificate_file_that_does_not_load_by_name_on_change_and_on_sighup() {
     let up = Upstream::start("b0").await;
     let pki = Pki::new();
-    pki.issue("site", "cert-1", &["site.test"]);
     let config = pki.path("weir.toml");
-    let text = tls_config(up.addr, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])));
+    let text = one_site(&pki, up.addr);
     std::fs::write(&config, &text).unwrap();
     let run = config.clone();
     let weir = tokio::task::spawn_blocking(move || support::Weir::run(&run)).await.unwrap();
@@ -654,9 +658,7 @@ async fn a_websocket_over_h2_chosen_by_alpn_echoes_through_a_backend_upgrade() {
     use tokio_tungstenite::tungstenite::Message;
     let backend = weir::demo::spawn_backend("demo-w").await.unwrap();
     let pki = Pki::new();
-    pki.issue("site", "cert-1", &["site.test"]);
-    let server =
-        support::start(&tls_config(backend, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])))).await;
+    let server = support::start(&one_site(&pki, backend)).await;
     let live = server.snapshot().pools["p"].view.members[0].live.clone();
     let (mut send, _) = open_h2(server.addr("main").unwrap(), "site.test", &pki.ca()).await;
     // A first exchange, so the server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) are in.
@@ -697,9 +699,7 @@ async fn a_rapid_reset_flood_over_tls_is_cut_off_and_does_not_starve_other_clien
     use crate::h2::ENHANCE_YOUR_CALM;
     let up = Upstream::start("b0").await;
     let pki = Pki::new();
-    pki.issue("site", "cert-1", &["site.test"]);
-    let server =
-        support::start(&tls_config(up.addr, &format!("{{ certificates = {} }}", certificates(&pki, &["site"])))).await;
+    let server = support::start(&one_site(&pki, up.addr)).await;
     let proxy = server.addr("main").unwrap();
     let live = server.snapshot().pools["p"].view.members[0].live.clone();
     let ca = pki.ca();
